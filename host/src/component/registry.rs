@@ -1,0 +1,197 @@
+//! Which component version serves each entity type.
+//!
+//! A new component is compiled, linked, instantiated and asked to `describe()`
+//! itself before it is stored and swapped in, so a broken upload is refused with
+//! the reason and the old version keeps serving. Shards look up the active version
+//! on every command: commands already running finish on the version they started
+//! with, the next ones run on the new one.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use wasmtime::component::Component;
+
+use super::bindings::EntityPre;
+use super::sandbox::{HostState, Runtime};
+use super::store::{sha256_hex, write_atomically, ComponentStore};
+use crate::journal::validate_entity_type;
+
+/// What a component says about itself (`describe()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityInfo {
+    pub type_name: String,
+    pub state_version: u32,
+    pub snapshot_every: u64,
+}
+
+/// An active, validated component version.
+pub struct LoadedComponent {
+    pub entity_type: String,
+    pub version: u64,
+    pub hash: String,
+    pub size: usize,
+    pub info: EntityInfo,
+    pub deployed_at_ms: u64,
+    pub pre: EntityPre<HostState>,
+}
+
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    store: ComponentStore,
+    active: RwLock<HashMap<String, Arc<LoadedComponent>>>,
+    /// Serialises deploys so version numbers are assigned in order.
+    deploying: Mutex<()>,
+    engine_fingerprint: String,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Registry {
+    pub fn open(runtime: Arc<Runtime>, data_dir: &Path) -> anyhow::Result<Registry> {
+        let store = ComponentStore::open(data_dir).context("opening the component store")?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        runtime.engine().precompile_compatibility_hash().hash(&mut h);
+        let engine_fingerprint = format!("{:016x}", h.finish());
+        let registry = Registry { runtime, store, active: RwLock::default(), deploying: Mutex::new(()), engine_fingerprint };
+        for v in registry.store.active()? {
+            let wasm = std::fs::read(&v.path)?;
+            match registry.load(&v.entity_type, v.version, &wasm) {
+                Ok(c) => {
+                    tracing::info!(entity_type = %v.entity_type, version = v.version, "loaded component");
+                    registry.active.write().unwrap().insert(v.entity_type.clone(), Arc::new(c));
+                }
+                Err(e) => tracing::error!(entity_type = %v.entity_type, version = v.version, "cannot load stored component: {e}"),
+            }
+        }
+        Ok(registry)
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub fn get(&self, entity_type: &str) -> Option<Arc<LoadedComponent>> {
+        self.active.read().unwrap().get(entity_type).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<LoadedComponent>> {
+        let mut v: Vec<_> = self.active.read().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.entity_type.cmp(&b.entity_type));
+        v
+    }
+
+    /// Every stored version number of `entity_type`.
+    pub fn versions(&self, entity_type: &str) -> Vec<u64> {
+        self.store.versions(entity_type).map(|v| v.into_iter().map(|v| v.version).collect()).unwrap_or_default()
+    }
+
+    /// Validate `wasm` and make it the active version of `entity_type`. Deploying
+    /// the bytes that are already active changes nothing.
+    pub fn deploy(&self, entity_type: &str, wasm: &[u8]) -> Result<Arc<LoadedComponent>, String> {
+        validate_entity_type(entity_type)?;
+        let _guard = self.deploying.lock().unwrap();
+        let hash = sha256_hex(wasm);
+        if let Some(current) = self.get(entity_type) {
+            if current.hash == hash {
+                return Ok(current);
+            }
+        }
+        let next = self.versions(entity_type).last().map_or(1, |v| v + 1);
+        let loaded = self.load(entity_type, next, wasm).map_err(|e| format!("invalid component for `{entity_type}`: {e}"))?;
+        let version = self.store.add_version(entity_type, wasm).map_err(|e| format!("cannot store component: {e}"))?;
+        debug_assert_eq!(version, next);
+        let loaded = Arc::new(loaded);
+        self.active.write().unwrap().insert(entity_type.to_string(), loaded.clone());
+        tracing::info!(entity_type, version, hash = %&hash[..12], "deployed component");
+        Ok(loaded)
+    }
+
+    /// Make an earlier stored version active again.
+    pub fn activate(&self, entity_type: &str, version: u64) -> Result<Arc<LoadedComponent>, String> {
+        let _guard = self.deploying.lock().unwrap();
+        let stored = self
+            .store
+            .versions(entity_type)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| format!("`{entity_type}` has no version {version}"))?;
+        let wasm = std::fs::read(&stored.path).map_err(|e| e.to_string())?;
+        let loaded = Arc::new(self.load(entity_type, version, &wasm).map_err(|e| e.to_string())?);
+        self.store.set_active(entity_type, version).map_err(|e| e.to_string())?;
+        self.active.write().unwrap().insert(entity_type.to_string(), loaded.clone());
+        tracing::info!(entity_type, version, "activated component version");
+        Ok(loaded)
+    }
+
+    /// Deploy every `*.wasm` of `dir` whose bytes differ from the active version of
+    /// the type named by its file stem. Returns the failures.
+    pub fn deploy_dir(&self, dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+        let mut failures = Vec::new();
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading components directory {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let result = std::fs::read(&path).map_err(|e| e.to_string()).and_then(|wasm| self.deploy(&name, &wasm));
+            if let Err(e) = result {
+                tracing::error!(file = %path.display(), "{e}");
+                failures.push((name, e));
+            }
+        }
+        Ok(failures)
+    }
+
+    /// Compile (or load precompiled), link, instantiate and describe.
+    fn load(&self, entity_type: &str, version: u64, wasm: &[u8]) -> anyhow::Result<LoadedComponent> {
+        let hash = sha256_hex(wasm);
+        let component = self.compile(wasm, &hash)?;
+        let pre = self.runtime.prepare(&component)?;
+        let mut sandbox = self.runtime.instantiate(&pre).map_err(|e| anyhow::anyhow!("instantiation failed: {e}"))?;
+        let info = sandbox.describe().map_err(|e| anyhow::anyhow!("describe() failed: {}", e.0))?;
+        sandbox.empty_state().map_err(|e| anyhow::anyhow!("empty-state() failed: {}", e.0))?;
+        Ok(LoadedComponent {
+            entity_type: entity_type.to_string(),
+            version,
+            hash,
+            size: wasm.len(),
+            info: EntityInfo { type_name: info.type_name, state_version: info.state_version, snapshot_every: info.snapshot_every },
+            deployed_at_ms: now_ms(),
+            pre,
+        })
+    }
+
+    /// Compiling a Python or JavaScript component takes seconds: keep the machine
+    /// code on disk, keyed by the wasm hash and the engine's compatibility hash.
+    fn compile(&self, wasm: &[u8], hash: &str) -> anyhow::Result<Component> {
+        let engine = self.runtime.engine();
+        let cached = self.store.cache_path(hash, &self.engine_fingerprint);
+        if cached.exists() {
+            // SAFETY: the cache directory is written only by `compile` below, atomically,
+            // from `Component::serialize` of an engine with the same compatibility hash.
+            match unsafe { Component::deserialize_file(engine, &cached) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(path = %cached.display(), "ignoring unusable precompiled component: {e}"),
+            }
+        }
+        let component = Component::new(engine, wasm)?;
+        match component.serialize() {
+            Ok(bytes) => {
+                if let Err(e) = write_atomically(&cached, &bytes) {
+                    tracing::warn!("cannot cache precompiled component: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot serialize component: {e}"),
+        }
+        Ok(component)
+    }
+}

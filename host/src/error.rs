@@ -1,0 +1,46 @@
+//! Why a command did not produce a successful reply.
+//!
+//! Every failure a caller can see is one of these variants; the HTTP layer maps each
+//! to one status code (see `api`), so the same failure always looks the same.
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CommandError {
+    /// No component is deployed under this entity type.
+    #[error("unknown entity type `{0}`")]
+    UnknownType(String),
+    /// The entity type or id does not satisfy the naming rules.
+    #[error("{0}")]
+    InvalidId(String),
+    /// The guest could not decode the command.
+    #[error("{0}")]
+    Malformed(String),
+    /// The entity does not handle this command in its current state (Akka's `unhandled`).
+    #[error("command not handled by `{entity_type}` in its current state")]
+    Unhandled { entity_type: String },
+    /// The entity's stash is at capacity, so a command it asked to stash was refused.
+    #[error("stash of `{0}` is full ({1} commands): command dropped")]
+    StashFull(String, usize),
+    /// The guest trapped, ran past its deadline or its memory cap. Nothing was persisted.
+    #[error("guest fault in `{entity_type}`: {reason}")]
+    GuestFault { entity_type: String, reason: String },
+    /// The journal refused the events (e.g. too large). Nothing was persisted.
+    #[error("journal rejected the events: {0}")]
+    Rejected(String),
+    /// The durable write failed. Nothing of this command is persisted; the entity
+    /// recovers from the journal on its next command.
+    #[error("journal write failed, nothing persisted: {0}")]
+    WriteFailed(String),
+    /// Recovery of the entity from the journal failed.
+    #[error("recovery of `{pid}` failed: {reason}")]
+    RecoveryFailed { pid: String, reason: String },
+    /// The entity stopped (or restarted) while the command was stashed.
+    #[error("{0}")]
+    Dropped(String),
+    /// The engine cannot take more work right now.
+    #[error("{0}")]
+    Overloaded(String),
+}
+
+pub type CommandResult<T> = Result<T, CommandError>;

@@ -1,0 +1,182 @@
+//! The journal: where events become durable.
+//!
+//! The [`Journal`] trait is what the engine needs from storage; `sled_store` is the
+//! embedded backend. Invariants every backend keeps:
+//!
+//! * `write` is atomic and durable: all events and snapshots of a batch are stored,
+//!   or none; when it returns `Ok` the bytes have been synced to stable storage.
+//! * sequence numbers of a persistence id are gapless from 1 (the engine, as the
+//!   single writer of an entity, assigns them; a backend refuses a batch that would
+//!   leave a gap or overwrite an event);
+//! * every event gets a global offset, strictly increasing in write order, which is
+//!   the order of `events_by_tag`;
+//! * every stored event carries a checksum that reads verify.
+
+pub mod codec;
+pub mod sled_store;
+
+use thiserror::Error;
+
+pub use sled_store::SledJournal;
+
+/// An event the engine wants stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub persistence_id: String,
+    pub seq_nr: u64,
+    pub timestamp_ms: u64,
+    pub writer_id: String,
+    pub manifest: String,
+    pub tags: Vec<String>,
+    pub payload: Vec<u8>,
+}
+
+/// An event as read back from the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub persistence_id: String,
+    pub seq_nr: u64,
+    pub offset: u64,
+    pub timestamp_ms: u64,
+    pub writer_id: String,
+    pub manifest: String,
+    pub tags: Vec<String>,
+    pub payload: Vec<u8>,
+}
+
+/// An entity's state bytes at a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub persistence_id: String,
+    pub seq_nr: u64,
+    pub state_version: u32,
+    pub timestamp_ms: u64,
+    pub state: Vec<u8>,
+}
+
+/// One atomic, durable write: the events of many commands (of many entities) and
+/// the snapshots taken at the end of them.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub events: Vec<NewEvent>,
+    pub snapshots: Vec<Snapshot>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.snapshots.is_empty()
+    }
+    pub fn append(&mut self, other: WriteBatch) {
+        self.events.extend(other.events);
+        self.snapshots.extend(other.snapshots);
+    }
+}
+
+/// A command stored to be delivered later (the `schedule` side effect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub id: u64,
+    pub due_ms: u64,
+    pub entity_type: String,
+    pub entity_id: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Error)]
+pub enum JournalError {
+    /// The batch breaks an invariant (gap or duplicate sequence number, bad name).
+    #[error("{0}")]
+    Invalid(String),
+    /// Stored bytes do not match their checksum or format.
+    #[error("journal corrupt: {0}")]
+    Corrupt(String),
+    /// The storage failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+pub type JournalResult<T> = Result<T, JournalError>;
+
+/// Storage for events, snapshots and timers. Implementations are shared between
+/// threads: the writer thread calls `write`, shards and the API read.
+pub trait Journal: Send + Sync + 'static {
+    /// Store the batch atomically and durably (see the module invariants).
+    fn write(&self, batch: &WriteBatch) -> JournalResult<()>;
+    /// Highest stored sequence number of `pid` (0 if none).
+    fn highest_seq_nr(&self, pid: &str) -> JournalResult<u64>;
+    /// Events of `pid` with `from <= seq_nr`, in order, at most `limit`.
+    fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>>;
+    /// Events carrying `tag` with `offset >= from`, in offset order, at most `limit`.
+    fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>>;
+    /// The latest snapshot of `pid`.
+    fn load_snapshot(&self, pid: &str) -> JournalResult<Option<Snapshot>>;
+    /// Store a timer durably.
+    fn put_timer(&self, timer: &Timer) -> JournalResult<()>;
+    /// Remove a delivered timer (durably).
+    fn remove_timer(&self, id: u64) -> JournalResult<()>;
+    /// All stored timers, earliest first.
+    fn timers(&self) -> JournalResult<Vec<Timer>>;
+    /// A fresh timer id, unique for this journal.
+    fn next_timer_id(&self) -> JournalResult<u64>;
+}
+
+/// `{entity-type}|{entity-id}` (Akka's PersistenceId).
+pub fn persistence_id(entity_type: &str, entity_id: &str) -> String {
+    format!("{entity_type}|{entity_id}")
+}
+
+/// Entity type names: what a component is deployed under.
+pub fn validate_entity_type(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        return Err(format!(
+            "invalid entity type `{}`: use 1-64 characters from a-z, 0-9, '-' and '_'",
+            name.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// Entity ids: printable ASCII without `|` or `/`, so a persistence id is unambiguous
+/// and fits a URL path segment.
+pub fn validate_entity_id(id: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.:@~+=".contains(c);
+    if id.is_empty() || id.len() > 200 || !id.chars().all(ok_char) {
+        return Err(format!(
+            "invalid entity id `{}`: use 1-200 characters from A-Z, a-z, 0-9 and -_.:@~+=",
+            id.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// Tags and manifests end up in keys and indexes: keep them short and NUL-free.
+pub fn validate_label(what: &str, s: &str, allow_empty: bool) -> Result<(), String> {
+    if (!allow_empty && s.is_empty()) || s.len() > 255 || s.contains('\0') {
+        return Err(format!(
+            "invalid {what} `{}`: must be {}at most 255 bytes without NUL",
+            s.escape_default(),
+            if allow_empty { "" } else { "non-empty, " }
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_entity_type("bank-account").is_ok());
+        assert!(validate_entity_type("Bank").is_err());
+        assert!(validate_entity_type("").is_err());
+        assert!(validate_entity_type("a|b").is_err());
+        assert!(validate_entity_id("alice@example.com").is_ok());
+        assert!(validate_entity_id("a|b").is_err());
+        assert!(validate_entity_id("a/b").is_err());
+        assert!(validate_entity_id(&"x".repeat(201)).is_err());
+        assert!(validate_label("tag", "", false).is_err());
+        assert!(validate_label("manifest", "", true).is_ok());
+    }
+}

@@ -1,0 +1,18 @@
+use clap::Parser;
+use mneme::cli::{run_client, Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "mneme=info".into()),
+                )
+                .init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(mneme::server::serve(args.into_config()))
+        }
+        other => std::process::exit(run_client(other)?),
+    }
+}

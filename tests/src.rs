@@ -1,0 +1,267 @@
+//! Shared helpers for mneme's black-box tests: find the built binary and
+//! components, start a real `mneme serve` on a free port, talk HTTP to it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+fn built(dir: &str, name: &str) -> PathBuf {
+    let p = target_dir().join(dir).join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run scripts/build-components.sh (scripts/test.sh does it for you)", p.display());
+    p
+}
+
+/// An example component built by `scripts/build-components.sh`.
+pub fn example(name: &str) -> PathBuf {
+    built("components", name)
+}
+
+/// A test-only component built by `scripts/build-components.sh`.
+pub fn test_component(name: &str) -> PathBuf {
+    built("test-components", name)
+}
+
+/// A fresh directory holding copies of the given components.
+pub fn components_dir(components: &[PathBuf]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for c in components {
+        std::fs::copy(c, dir.path().join(c.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// The `mneme` binary of this build.
+pub fn mneme_bin() -> PathBuf {
+    // target/<profile>/deps/<test-binary> -> target/<profile>/mneme
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join(format!("mneme{}", std::env::consts::EXE_SUFFIX));
+    assert!(p.exists(), "{} is missing: build it with `cargo build -p mneme`", p.display());
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `mneme serve` process. Dropping it kills the process.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    pub fn start(data: &Path, components: &Path, extra: &[&str]) -> Server {
+        let port = free_port();
+        let child = Command::new(mneme_bin())
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .arg("--components")
+            .arg(components)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "mneme=warn".into()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start mneme");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut server = Server { child, url: format!("http://127.0.0.1:{port}"), agent };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("mneme exited during start: {status}");
+            }
+            if let Ok(r) = self.agent.get(format!("{}/health", self.url)).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mneme did not become ready");
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().unwrap()
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let url = format!("{}{}", self.url, path);
+        let resp = match method {
+            "GET" => self.agent.get(&url).call(),
+            "POST" => self.agent.post(&url).header("content-type", "application/json").send(body),
+            "PUT" => self.agent.put(&url).send(body),
+            m => panic!("method {m}"),
+        };
+        let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+        (status, text)
+    }
+
+    /// POST a command; returns (status, body as JSON or Null when empty).
+    pub fn send(&self, entity_type: &str, id: &str, command: &str) -> (u16, Value) {
+        let (s, t) = self.request("POST", &format!("/v1/entities/{entity_type}/{id}"), command.as_bytes());
+        (s, json(&t))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let (s, t) = self.request("GET", path, b"");
+        (s, json(&t))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn json(text: &str) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// In-process engine, for tests that need to reach inside (failing journal,
+// counting writes, small limits).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mneme::component::{sandbox::Runtime, Registry, SandboxLimits};
+use mneme::journal::{Journal, JournalError, JournalResult, SledJournal, Snapshot, StoredEvent, Timer, WriteBatch};
+use mneme::{CommandError, Engine, EngineConfig, Outcome};
+
+/// The real sled journal, with a switch that makes its writes fail the way a full
+/// or broken disk does (the write returns an error, nothing is stored), and a
+/// counter of durable writes.
+pub struct SwitchableJournal {
+    inner: SledJournal,
+    pub fail_writes: AtomicBool,
+    pub writes: AtomicU64,
+}
+
+impl Journal for SwitchableJournal {
+    fn write(&self, batch: &WriteBatch) -> JournalResult<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(JournalError::Storage("No space left on device (os error 28)".into()));
+        }
+        self.inner.write(batch)?;
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn highest_seq_nr(&self, pid: &str) -> JournalResult<u64> {
+        self.inner.highest_seq_nr(pid)
+    }
+    fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        self.inner.events(pid, from, limit)
+    }
+    fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        self.inner.events_by_tag(tag, from, limit)
+    }
+    fn load_snapshot(&self, pid: &str) -> JournalResult<Option<Snapshot>> {
+        self.inner.load_snapshot(pid)
+    }
+    fn put_timer(&self, timer: &Timer) -> JournalResult<()> {
+        self.inner.put_timer(timer)
+    }
+    fn remove_timer(&self, id: u64) -> JournalResult<()> {
+        self.inner.remove_timer(id)
+    }
+    fn timers(&self) -> JournalResult<Vec<Timer>> {
+        self.inner.timers()
+    }
+    fn next_timer_id(&self) -> JournalResult<u64> {
+        self.inner.next_timer_id()
+    }
+}
+
+/// An engine over a data directory with the given components deployed under their names.
+pub struct TestEngine {
+    pub engine: Engine,
+    pub journal: Arc<SwitchableJournal>,
+}
+
+impl TestEngine {
+    pub fn start(data: &Path, components: &[(&str, PathBuf)], config: EngineConfig, limits: SandboxLimits) -> TestEngine {
+        let journal = Arc::new(SwitchableJournal {
+            inner: SledJournal::open(&data.join("journal")).unwrap(),
+            fail_writes: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+        });
+        let registry = Arc::new(Registry::open(Runtime::new(limits).unwrap(), data).unwrap());
+        for (name, path) in components {
+            registry.deploy(name, &std::fs::read(path).unwrap()).unwrap();
+        }
+        let engine = Engine::start(config, journal.clone(), registry);
+        TestEngine { engine, journal }
+    }
+
+    /// Send a JSON command and wait for its outcome.
+    pub fn send(&self, entity_type: &str, id: &str, command: &str) -> Result<Outcome, CommandError> {
+        self.engine.send_blocking(entity_type, id, command.as_bytes().to_vec())
+    }
+
+    /// Send a command that must succeed with a JSON reply.
+    pub fn ok(&self, entity_type: &str, id: &str, command: &str) -> Value {
+        match self.send(entity_type, id, command) {
+            Ok(Outcome::Reply(b)) => serde_json::from_slice(&b).unwrap(),
+            other => panic!("{command} -> {other:?}"),
+        }
+    }
+
+    /// The entity's durable state as JSON, and its sequence number.
+    pub fn state(&self, entity_type: &str, id: &str) -> (u64, Value) {
+        let s = self.engine.state_blocking(entity_type, id).unwrap();
+        (s.seq_nr, serde_json::from_slice(&s.state).unwrap())
+    }
+
+    pub fn events(&self, entity_type: &str, id: &str) -> Vec<StoredEvent> {
+        self.journal.events(&format!("{entity_type}|{id}"), 1, usize::MAX).unwrap()
+    }
+
+    /// Messages published to `topic` (as JSON).
+    pub fn published(&self, topic: &str) -> Vec<Value> {
+        self.engine.topics().read(topic, 1, usize::MAX).into_iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect()
+    }
+
+    pub fn stop(self) {
+        self.engine.shutdown();
+    }
+}
