@@ -1,0 +1,193 @@
+//! Write [mneme](https://github.com/) entities in Rust, with Akka Persistence's
+//! vocabulary.
+//!
+//! An entity is an event-sourced aggregate compiled to a WebAssembly component.
+//! You write two pure functions: [`Entity::handle`] decides what a command means
+//! (returning an [`Effect`]: persist events, reply, run side effects, stash...),
+//! and [`Entity::apply`] folds an event into the state. The mneme host does all
+//! the I/O: it persists the events, and only once they are durable does it
+//! release the reply and run the side effects. Recovery replays the journal
+//! through `apply`, so the state can always be rebuilt.
+//!
+//! Commands, events, state and replies are JSON (serde). [`export_entity!`] turns
+//! the type into the component's `mneme:entity/handler` export when compiled for
+//! `wasm32-wasip2`, and expands to nothing else natively, so `cargo test` runs your
+//! handlers as plain Rust.
+//!
+//! ```
+//! use mneme_sdk::{export_entity, Context, Effect, Entity, Reply};
+//! use serde::{Deserialize, Serialize};
+//!
+//! pub struct Counter;
+//!
+//! #[derive(Deserialize)]
+//! #[serde(tag = "type")]
+//! pub enum Command {
+//!     Add { amount: u64 },
+//!     Get,
+//! }
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! #[serde(tag = "type")]
+//! pub enum Event {
+//!     Added { amount: u64 },
+//! }
+//!
+//! #[derive(Serialize, Deserialize, Default)]
+//! pub struct State {
+//!     total: u64,
+//! }
+//!
+//! impl Entity for Counter {
+//!     type Command = Command;
+//!     type Event = Event;
+//!     type State = State;
+//!     const TYPE_NAME: &'static str = "counter";
+//!
+//!     fn handle(state: &State, command: Command, _ctx: &Context) -> Effect<Event> {
+//!         match command {
+//!             Command::Add { amount: 0 } => Effect::reply(Reply::error("amount must be positive")),
+//!             Command::Add { amount } => Effect::persist(Event::Added { amount })
+//!                 .then_reply(Reply::ok(&serde_json::json!({ "total": state.total + amount }))),
+//!             Command::Get => Effect::reply(Reply::ok(&serde_json::json!({ "total": state.total }))),
+//!         }
+//!     }
+//!
+//!     fn apply(state: State, event: &Event) -> State {
+//!         match event {
+//!             Event::Added { amount } => State { total: state.total + amount },
+//!         }
+//!     }
+//! }
+//!
+//! export_entity!(Counter);
+//!
+//! // Natively, the handlers are plain functions:
+//! let ctx = Context::new("counter", "c-1", 0, 0);
+//! let effect = Counter::handle(&State::default(), Command::Add { amount: 2 }, &ctx);
+//! assert_eq!(effect.events(), &[Event::Added { amount: 2 }]);
+//! assert_eq!(effect.reply_value().and_then(Reply::json), Some(serde_json::json!({ "total": 2 })));
+//! ```
+//!
+//! Build the component with
+//! `cargo build --target wasm32-wasip2 --profile wasm` and a `cdylib` crate type.
+//!
+//! Guests get no WASI from the host: never print (there is no stdout). Use
+//! [`SideEffect::log`] for logging. Panics are reported to the host through the
+//! `report-fault` import, so their message reaches the caller's error.
+
+mod codec;
+mod context;
+mod effect;
+mod entity;
+mod reply;
+mod side_effect;
+
+/// The handler protocol in plain Rust (decode, call the entity, encode); public so
+/// it can be exercised in native tests, e.g. to check that a JSON command decodes.
+pub mod runtime;
+
+pub use context::Context;
+pub use effect::Effect;
+pub use entity::Entity;
+pub use reply::Reply;
+pub use side_effect::{Level, SideEffect};
+
+// wit-bindgen's `runtime_path`/`default_bindings_module` must be paths that work
+// both here and in the entity crate where `export_entity!` expands.
+#[cfg(target_arch = "wasm32")]
+extern crate self as mneme_sdk;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "entity",
+        pub_export_macro: true,
+        export_macro_name: "__mneme_export_handler",
+        default_bindings_module: "::mneme_sdk::__private::bindings",
+        runtime_path: "::mneme_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod glue;
+
+/// Used by [`export_entity!`]; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::bindings;
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::bindings::exports::mneme::entity::handler::Guest;
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::bindings::mneme::entity::types as wit;
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::glue;
+    #[cfg(target_arch = "wasm32")]
+    pub use wit_bindgen;
+}
+
+/// Exports an [`Entity`] as the component's `mneme:entity/handler`.
+///
+/// Use it once per component crate, at the top level. On `wasm32` it generates the
+/// wit-bindgen glue; on any other target it only checks that the type implements
+/// [`Entity`], so native `cargo test` needs no Wasm toolchain.
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! export_entity {
+    ($ty:ty) => {
+        const _: () = {
+            struct __MnemeEntity;
+
+            impl $crate::__private::Guest for __MnemeEntity {
+                fn describe() -> $crate::__private::wit::EntityInfo {
+                    $crate::__private::glue::describe::<$ty>()
+                }
+                fn empty_state() -> ::std::vec::Vec<u8> {
+                    $crate::__private::glue::empty_state::<$ty>()
+                }
+                fn handle_command(
+                    state: ::std::vec::Vec<u8>,
+                    command: $crate::__private::wit::Command,
+                ) -> ::std::result::Result<$crate::__private::wit::Effect, ::std::string::String> {
+                    $crate::__private::glue::handle_command::<$ty>(state, command)
+                }
+                fn apply_events(
+                    state: ::std::vec::Vec<u8>,
+                    events: ::std::vec::Vec<$crate::__private::wit::Event>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                    $crate::__private::glue::apply_events::<$ty>(state, events)
+                }
+                fn on_recovery_completed(
+                    state: ::std::vec::Vec<u8>,
+                ) -> ::std::vec::Vec<$crate::__private::wit::SideEffect> {
+                    $crate::__private::glue::on_recovery_completed::<$ty>(state)
+                }
+            }
+
+            $crate::__private::bindings::__mneme_export_handler!(__MnemeEntity with_types_in $crate::__private::bindings);
+        };
+    };
+}
+
+/// Exports an [`Entity`] as the component's `mneme:entity/handler`.
+///
+/// Use it once per component crate, at the top level. On `wasm32` it generates the
+/// wit-bindgen glue; on any other target it only checks that the type implements
+/// [`Entity`], so native `cargo test` needs no Wasm toolchain.
+#[cfg(not(target_arch = "wasm32"))]
+#[macro_export]
+macro_rules! export_entity {
+    ($ty:ty) => {
+        const _: fn() = || {
+            fn assert_entity<E: $crate::Entity>() {}
+            assert_entity::<$ty>();
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests;

@@ -144,6 +144,7 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
         )
         .route("/v1/components/{entity_type}/versions/{version}/activate", post(activate_component))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route; see the README for the API".into()) })
         .with_state(state)
 }
@@ -316,4 +317,8 @@ async fn activate_component(
 
 async fn health(State(app): State<AppState>) -> Json<Value> {
     Json(json!({ "status": "ok", "components": app.engine.registry().list().len(), "writer_id": app.engine.writer_id() }))
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.engine.metrics().render())
 }

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::component::Registry;
 use crate::effects::{Effects, Topics};
 use crate::error::{CommandError, CommandResult};
+use crate::metrics::Metrics;
 use crate::journal::{persistence_id, validate_entity_id, validate_entity_type, Journal, WriteBatch};
 use crate::shard::{self, Envelope, ShardMsg};
 
@@ -138,6 +139,7 @@ pub(crate) struct Shared {
     pub writer: Sender<WriterMsg>,
     pub writer_id: String,
     pub recoveries: Semaphore,
+    pub metrics: Arc<Metrics>,
 }
 
 pub(crate) enum WriterMsg {
@@ -176,7 +178,9 @@ impl Engine {
             (std::process::id(), SystemTime::now()).hash(&mut h);
             format!("{:016x}", h.finish())
         };
+        let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(Shared {
+            metrics: metrics.clone(),
             recoveries: Semaphore::new(config.max_concurrent_recoveries),
             config,
             registry,
@@ -186,7 +190,7 @@ impl Engine {
             writer_id,
         });
         let mut threads = Vec::new();
-        threads.push(spawn_writer(journal.clone(), writer_rx));
+        threads.push(spawn_writer(journal.clone(), writer_rx, metrics));
         threads.push(crate::timers::spawn(journal, router.clone(), timer_rx));
         for (i, rx) in receivers.into_iter().enumerate() {
             let tx = router.shards[i].clone();
@@ -205,6 +209,10 @@ impl Engine {
 
     pub fn topics(&self) -> &Topics {
         &self.inner.shared.effects.topics
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.shared.metrics
     }
 
     pub fn writer_id(&self) -> &str {
@@ -300,7 +308,7 @@ impl Engine {
     }
 }
 
-fn spawn_writer(journal: Arc<dyn Journal>, rx: Receiver<WriterMsg>) -> JoinHandle<()> {
+fn spawn_writer(journal: Arc<dyn Journal>, rx: Receiver<WriterMsg>, metrics: Arc<Metrics>) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("mneme-writer".into())
         .spawn(move || {
@@ -321,8 +329,14 @@ fn spawn_writer(journal: Arc<dyn Journal>, rx: Receiver<WriterMsg>) -> JoinHandl
                     notify.push((r.notify, r.batch_id));
                 }
                 let result = journal.write(&merged).map_err(|e| e.to_string());
-                if let Err(e) = &result {
-                    tracing::error!(events = merged.events.len(), "journal write failed: {e}");
+                match &result {
+                    Ok(()) => {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        metrics.journal_writes_total.fetch_add(1, Relaxed);
+                        metrics.events_persisted_total.fetch_add(merged.events.len() as u64, Relaxed);
+                        metrics.snapshots_total.fetch_add(merged.snapshots.len() as u64, Relaxed);
+                    }
+                    Err(e) => tracing::error!(events = merged.events.len(), "journal write failed: {e}"),
                 }
                 for (tx, batch_id) in notify {
                     let _ = tx.send(ShardMsg::Written { batch_id, result: result.clone() });

@@ -7,6 +7,7 @@
 pub mod component;
 pub mod error;
 pub mod journal;
+pub mod metrics;
 pub mod effects;
 pub mod engine;
 mod shard;

@@ -32,6 +32,7 @@ use crate::component::bindings::mneme::entity::types::{Action, CommandMetadata, 
 use crate::component::{LoadedComponent, Sandbox};
 use crate::engine::{EntityState, Outcome, Shared, WriteRequest, WriterMsg};
 use crate::error::{CommandError, CommandResult};
+use crate::metrics::Metrics;
 use crate::journal::{persistence_id, validate_label, NewEvent, Snapshot, WriteBatch};
 
 /// How often a shard looks for idle entities.
@@ -49,7 +50,8 @@ pub(crate) struct Envelope {
 }
 
 impl Envelope {
-    fn respond(self, result: CommandResult<Outcome>) {
+    fn respond(self, metrics: &Metrics, result: CommandResult<Outcome>) {
+        metrics.count_outcome(&result);
         if let Some(tx) = self.reply {
             let _ = tx.send(result);
         }
@@ -228,7 +230,7 @@ impl Shard {
         }
         for c in batch.completions {
             self.shared.effects.run(&c.pid, c.effects);
-            c.envelope.respond(c.result);
+            c.envelope.respond(&self.shared.metrics, c.result);
             members.insert(c.pid);
         }
         for pid in members {
@@ -246,7 +248,7 @@ impl Shard {
     fn failed(&mut self, batch: Batch, error: String) {
         let dropped: HashSet<String> = batch.touched.into_keys().collect();
         for c in batch.completions {
-            c.envelope.respond(Err(CommandError::WriteFailed(error.clone())));
+            c.envelope.respond(&self.shared.metrics, Err(CommandError::WriteFailed(error.clone())));
         }
         // Later work built on the failed events goes too.
         self.open.write.events.retain(|e| !dropped.contains(&e.persistence_id));
@@ -256,13 +258,13 @@ impl Shard {
             std::mem::take(&mut self.open.completions).into_iter().partition(|c| dropped.contains(&c.pid));
         self.open.completions = kept;
         for c in lost {
-            c.envelope.respond(Err(CommandError::WriteFailed(error.clone())));
+            c.envelope.respond(&self.shared.metrics, Err(CommandError::WriteFailed(error.clone())));
         }
         let mut redeliver = Vec::new();
         for pid in &dropped {
             if let Some(e) = self.entities.remove(pid) {
                 for env in e.stash {
-                    env.respond(Err(CommandError::Dropped(
+                    env.respond(&self.shared.metrics, Err(CommandError::Dropped(
                         "entity restarted after a journal write failure: stashed command dropped".into(),
                     )));
                 }
@@ -282,6 +284,7 @@ impl Shard {
 
     fn passivate_idle(&mut self) {
         let timeout = self.shared.config.idle_timeout;
+        let before = self.entities.len();
         self.entities.retain(|_, e| {
             !(e.pending_batch.is_none()
                 && e.draining.is_none()
@@ -289,6 +292,8 @@ impl Shard {
                 && e.waiting.is_empty()
                 && e.last_active.elapsed() >= timeout)
         });
+        let passivated = (before - self.entities.len()) as u64;
+        self.shared.metrics.passivations_total.fetch_add(passivated, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn durable_state(&mut self, entity_type: &str, entity_id: &str) -> CommandResult<EntityState> {
@@ -364,6 +369,7 @@ impl Shard {
         let effects = self.sandbox(comp)?.on_recovery_completed(&state).map_err(|f| self.fault(comp, f.0))?;
         shared.effects.run(&pid, effects);
         let state: Arc<[u8]> = state.into();
+        shared.metrics.recoveries_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(%pid, seq_nr = seq, from_snapshot = snap_seq, "recovered");
         Ok(Entity {
             entity_type: entity_type.to_string(),
@@ -388,13 +394,13 @@ impl Shard {
         let pid = persistence_id(&env.entity_type, &env.entity_id);
         let comp = match self.component(&env.entity_type) {
             Ok(c) => c,
-            Err(e) => return env.respond(Err(e)),
+            Err(e) => return env.respond(&self.shared.metrics, Err(e)),
         };
         let mut entity = match self.entities.remove(&pid) {
             Some(e) => e,
             None => match self.recover(&comp, &env.entity_type, &env.entity_id) {
                 Ok(e) => e,
-                Err(e) => return env.respond(Err(e)),
+                Err(e) => return env.respond(&self.shared.metrics, Err(e)),
             },
         };
         entity.last_active = Instant::now();
@@ -425,8 +431,9 @@ impl Shard {
         }
         let e = self.entities.remove(pid).unwrap();
         for env in e.stash {
-            env.respond(Err(CommandError::Dropped("entity stopped: stashed command dropped".into())));
+            env.respond(&self.shared.metrics, Err(CommandError::Dropped("entity stopped: stashed command dropped".into())));
         }
+        self.shared.metrics.passivations_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(pid, reason = ?e.draining, "entity passivated");
         for env in e.waiting {
             self.deliver(env);
@@ -440,7 +447,7 @@ impl Shard {
             self.open.completions.push(Completion { pid: pid.to_string(), envelope, result, effects });
         } else {
             self.shared.effects.run(pid, effects);
-            envelope.respond(result);
+            envelope.respond(&self.shared.metrics, result);
         }
     }
 
@@ -457,16 +464,16 @@ impl Shard {
         };
         let decided = match self.sandbox(comp) {
             Ok(sb) => sb.handle_command(&entity.state, &command),
-            Err(e) => return env.respond(Err(e)),
+            Err(e) => return env.respond(&self.shared.metrics, Err(e)),
         };
         env.manifest = command.manifest;
         env.payload = command.payload;
         let effect = match decided {
             Ok(Ok(effect)) => effect,
-            Ok(Err(msg)) => return env.respond(Err(CommandError::Malformed(msg))),
+            Ok(Err(msg)) => return env.respond(&self.shared.metrics, Err(CommandError::Malformed(msg))),
             Err(f) => {
                 let err = self.fault(comp, f.0);
-                return env.respond(Err(err));
+                return env.respond(&self.shared.metrics, Err(err));
             }
         };
         let outcome = match effect.reply {
@@ -477,7 +484,7 @@ impl Shard {
         match effect.action {
             Action::Persist(events) if !events.is_empty() => {
                 if let Err(e) = self.persist(comp, pid, entity, env.accepted_ms, events) {
-                    return env.respond(Err(e));
+                    return env.respond(&self.shared.metrics, Err(e));
                 }
                 entity.pending_batch = Some(self.open.id);
                 self.open.completions.push(Completion { pid: pid.to_string(), envelope: env, result: Ok(outcome), effects: effect.then });
@@ -490,7 +497,7 @@ impl Shard {
             Action::Stash => {
                 let cap = self.shared.config.stash_capacity;
                 if entity.stash.len() >= cap {
-                    env.respond(Err(CommandError::StashFull(pid.to_string(), cap)));
+                    env.respond(&self.shared.metrics, Err(CommandError::StashFull(pid.to_string(), cap)));
                 } else {
                     entity.stash.push_back(env);
                 }

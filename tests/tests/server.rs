@@ -147,6 +147,8 @@ fn http_errors_have_documented_statuses_and_json_bodies() {
         let mut r = agent.post(format!("{url}/v1/entities/task-manager/m")).send(br#"{"type":"StartTask","taskId":"t2"}"#).unwrap();
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     });
+    // Let t2 reach the stash first (HTTP requests on two connections are not ordered).
+    std::thread::sleep(Duration::from_millis(500));
     let mut full = (0, Value::Null);
     for _ in 0..100 {
         full = server.send("task-manager", "m", r#"{"type":"StartTask","taskId":"t3"}"#);

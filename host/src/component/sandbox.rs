@@ -134,11 +134,12 @@ fn spawn_epoch_ticker(runtime: Weak<Runtime>) {
 
 /// Explain a failed call in words a caller can act on.
 fn fault_reason(err: &wasmtime::Error, state: &HostState, limits: SandboxLimits) -> String {
+    if state.memory_denied {
+        let detail = state.fault.as_deref().map(|m| format!(" (guest reported: {m})")).unwrap_or_default();
+        return format!("memory limit of {} MiB exceeded{detail}", limits.memory_bytes >> 20);
+    }
     if let Some(msg) = &state.fault {
         return format!("guest panicked: {msg}");
-    }
-    if state.memory_denied {
-        return format!("memory limit of {} MiB exceeded", limits.memory_bytes >> 20);
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!("deadline of {} ms exceeded", limits.call_timeout.as_millis()),

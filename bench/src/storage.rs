@@ -1,0 +1,66 @@
+//! Storage figures: the raw limit of the disk (append + fdatasync on a plain file)
+//! next to the journal backend doing the same amount of durable work.
+
+use std::io::Write;
+use std::time::Instant;
+
+use mneme::journal::{Journal, NewEvent, SledJournal, WriteBatch};
+
+use crate::report::Report;
+
+const RECORD: usize = 128;
+
+/// Append `batches` x `per_batch` records of 128 bytes, one fdatasync per batch.
+fn raw_appends(dir: &std::path::Path, batches: usize, per_batch: usize) -> f64 {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("raw.log")).unwrap();
+    let record = vec![7u8; RECORD];
+    let mut buf = Vec::with_capacity(RECORD * per_batch);
+    let t = Instant::now();
+    for _ in 0..batches {
+        buf.clear();
+        for _ in 0..per_batch {
+            buf.extend_from_slice(&record);
+        }
+        f.write_all(&buf).unwrap();
+        f.sync_data().unwrap();
+    }
+    (batches * per_batch) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn journal_appends(journal: &dyn Journal, batches: usize, per_batch: usize) -> f64 {
+    let payload = vec![7u8; RECORD - 28];
+    let mut seq = vec![0u64; per_batch];
+    let t = Instant::now();
+    for _ in 0..batches {
+        let mut batch = WriteBatch::default();
+        for (i, s) in seq.iter_mut().enumerate() {
+            *s += 1;
+            batch.events.push(NewEvent {
+                persistence_id: format!("bench|{i}"),
+                seq_nr: *s,
+                timestamp_ms: 0,
+                writer_id: "bench".into(),
+                manifest: "Deposited".into(),
+                tags: vec!["account".into()],
+                payload: payload.clone(),
+            });
+        }
+        journal.write(&batch).unwrap();
+    }
+    (batches * per_batch) as f64 / t.elapsed().as_secs_f64()
+}
+
+pub fn run(report: &mut Report, quick: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let single = if quick { 200 } else { 1000 };
+    let batches = if quick { 50 } else { 200 };
+    let raw_single = raw_appends(dir.path(), single, 1);
+    let raw_batched = raw_appends(dir.path(), batches, 512);
+    let sled = SledJournal::open(&dir.path().join("sled")).unwrap();
+    let sled_single = journal_appends(&sled, single, 1);
+    let sled_batched = journal_appends(&sled, batches, 512);
+    report.figure("raw file: append + fdatasync, 1 record/sync", raw_single, "records/s", None);
+    report.figure("raw file: append + fdatasync, 512 records/sync", raw_batched, "records/s", None);
+    report.figure("sled journal: 1 event/write (flush + syncfs)", sled_single, "events/s", Some(("raw 1/sync", raw_single)));
+    report.figure("sled journal: 512 events/write (flush + syncfs)", sled_batched, "events/s", Some(("raw 512/sync", raw_batched)));
+}

@@ -1,0 +1,234 @@
+"""The bank-account entity (Akka's AccountEntity) for mneme, in Python.
+
+Built into a WebAssembly component with componentize-py (see build.sh). The
+handlers are pure: they decode the state and command bytes, decide, and return
+an effect description; mneme persists the events and releases the reply.
+
+Wire formats (shared with the Rust, JavaScript and C versions, byte for byte):
+  commands  {"type":"CreateAccount"} {"type":"Deposit","amount":N}
+            {"type":"Withdraw","amount":N} {"type":"GetBalance"} {"type":"CloseAccount"}
+  events    {"type":"AccountCreated"} {"type":"Deposited","amount":N}
+            {"type":"Withdrawn","amount":N} {"type":"AccountClosed"}
+            manifest = the type string, tags = ["account"]
+  state     {"status":"empty"} {"status":"open","balance":N} {"status":"closed"}
+  replies   ok {"balance":N}
+"""
+
+import json
+import traceback
+from typing import List, Optional
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import host
+from wit_world.imports.types import (
+    Action_None_,
+    Action_Persist,
+    Action_Unhandled,
+    Command,
+    Effect,
+    EntityInfo,
+    Event,
+    Reply,
+    Reply_Error,
+    Reply_Ok,
+    SideEffect,
+)
+
+TAGS = ["account"]
+MAX_AMOUNT = 2**64 - 1  # amounts and balances are u64 in the Rust version
+
+
+# ---------------------------------------------------------------- encoding
+
+def dumps(value: dict) -> bytes:
+    """Compact JSON, keys in insertion order: the shared byte-for-byte format."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def empty() -> dict:
+    return {"status": "empty"}
+
+
+def opened(balance: int) -> dict:
+    return {"status": "open", "balance": balance}
+
+
+def closed() -> dict:
+    return {"status": "closed"}
+
+
+def decode_state(data: bytes) -> dict:
+    state = json.loads(data)
+    if not isinstance(state, dict):
+        raise ValueError("expected a JSON object")
+    status = state.get("status")
+    if status == "open":
+        return opened(_amount(state, "balance"))
+    if status in ("empty", "closed"):
+        return {"status": status}
+    raise ValueError(f"unknown status {json.dumps(status)}")
+
+
+def _amount(obj: dict, field: str) -> int:
+    value = obj.get(field) if isinstance(obj, dict) else None
+    if type(value) is not int or not 0 <= value <= MAX_AMOUNT:
+        raise ValueError(f"field `{field}` must be an integer between 0 and {MAX_AMOUNT}")
+    return value
+
+
+# ---------------------------------------------------------------- commands
+
+COMMANDS = {
+    "CreateAccount": [],
+    "Deposit": ["amount"],
+    "Withdraw": ["amount"],
+    "GetBalance": [],
+    "CloseAccount": [],
+}
+
+
+def decode_command(data: bytes) -> dict:
+    """The command as a dict, or raise ValueError (reported as a malformed command)."""
+    try:
+        cmd = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(cmd, dict):
+        raise ValueError("expected a JSON object")
+    kind = cmd.get("type")
+    if kind not in COMMANDS:
+        raise ValueError(f"unknown command type {json.dumps(kind)}")
+    result = {"type": kind}
+    for field in COMMANDS[kind]:
+        result[field] = _amount(cmd, field)
+    return result
+
+
+# ---------------------------------------------------------------- events
+
+def event(payload: dict) -> Event:
+    return Event(manifest=payload["type"], payload=dumps(payload), tags=TAGS)
+
+
+def upcast(ev: Event) -> dict:
+    """Decode a stored event into the current schema.
+
+    The manifest names the schema. When an event's shape changes, give the new
+    shape a new manifest (e.g. "Deposited.v2") and translate the old ones here,
+    so journals written by older code still replay.
+    """
+    payload = json.loads(ev.payload)
+    if ev.manifest in ("AccountCreated", "AccountClosed"):
+        return {"type": ev.manifest}
+    if ev.manifest in ("Deposited", "Withdrawn"):
+        return {"type": ev.manifest, "amount": _amount(payload, "amount")}
+    raise ValueError(f"unknown event manifest {json.dumps(ev.manifest)}")
+
+
+def apply(state: dict, ev: dict) -> dict:
+    status, kind = state["status"], ev["type"]
+    if status == "empty" and kind == "AccountCreated":
+        return opened(0)
+    if status == "open":
+        balance = state["balance"]
+        if kind == "Deposited":
+            if balance + ev["amount"] > MAX_AMOUNT:
+                raise ValueError("balance overflow")
+            return opened(balance + ev["amount"])
+        if kind == "Withdrawn":
+            if ev["amount"] > balance:
+                raise ValueError("balance would become negative")
+            return opened(balance - ev["amount"])
+        if kind == "AccountClosed":
+            return closed()
+    raise ValueError(f"event {kind} cannot be applied to an account in state {status}")
+
+
+# ---------------------------------------------------------------- effects
+
+def effect(action, reply: Optional[Reply] = None) -> Effect:
+    return Effect(action=action, reply=reply, then=[], unstash_all=False, stop=False)
+
+
+def persist_and_reply(events: List[dict], balance: int) -> Effect:
+    return effect(Action_Persist([event(e) for e in events]), ok({"balance": balance}))
+
+
+def ok(body: dict) -> Reply:
+    return Reply_Ok(dumps(body))
+
+
+def error(message: str) -> Effect:
+    return effect(Action_None_(), Reply_Error(message))
+
+
+def decide(state: dict, cmd: dict) -> Effect:
+    status, kind = state["status"], cmd["type"]
+    if status == "empty":
+        if kind == "CreateAccount":
+            return persist_and_reply([{"type": "AccountCreated"}], 0)
+        return effect(Action_Unhandled())
+    if status == "closed":
+        return error("Account is closed")
+    balance = state["balance"]
+    if kind == "Deposit":
+        amount = cmd["amount"]
+        if balance + amount > MAX_AMOUNT:
+            return error(f"Deposit of {amount} would overflow balance {balance}")
+        return persist_and_reply([{"type": "Deposited", "amount": amount}], balance + amount)
+    if kind == "Withdraw":
+        amount = cmd["amount"]
+        if amount > balance:
+            return error(f"Insufficient balance {balance} to be able to withdraw {amount}")
+        return persist_and_reply([{"type": "Withdrawn", "amount": amount}], balance - amount)
+    if kind == "GetBalance":
+        return effect(Action_None_(), ok({"balance": balance}))
+    if kind == "CloseAccount":
+        if balance != 0:
+            return error("Can't close account with non-zero balance")
+        return persist_and_reply([{"type": "AccountClosed"}], 0)
+    # CreateAccount on an open account
+    return error("Account is already created")
+
+
+# ---------------------------------------------------------------- the export
+
+def _fault(what: str) -> None:
+    """Unexpected exception: tell the host why the component is about to trap."""
+    host.report_fault(f"{what}: {traceback.format_exc()}")
+
+
+class Handler(exports.Handler):
+    def describe(self) -> EntityInfo:
+        return EntityInfo(type_name="bank-account", state_version=1, snapshot_every=100)
+
+    def empty_state(self) -> bytes:
+        return dumps(empty())
+
+    def handle_command(self, state: bytes, command: Command) -> Effect:
+        try:
+            cmd = decode_command(command.payload)
+        except ValueError as e:
+            raise Err(f"malformed command: {e}")
+        try:
+            current = decode_state(state)
+        except ValueError as e:
+            raise Err(f"corrupt state: {e}")
+        try:
+            return decide(current, cmd)
+        except Exception:
+            _fault("handle-command")
+            raise
+
+    def apply_events(self, state: bytes, events: List[Event]) -> bytes:
+        try:
+            current = decode_state(state)
+            for ev in events:
+                current = apply(current, upcast(ev))
+        except ValueError as e:
+            raise Err(str(e))
+        return dumps(current)
+
+    def on_recovery_completed(self, state: bytes) -> List[SideEffect]:
+        return []

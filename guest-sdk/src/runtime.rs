@@ -1,0 +1,77 @@
+//! The handler protocol in plain Rust types: decode, call the entity, encode.
+//!
+//! Kept free of the WIT bindings so it is unit-tested natively; `glue` only
+//! converts these results to and from the generated WIT types.
+
+use crate::codec::{decode_command, decode_event, decode_state, to_json};
+use crate::effect::Action;
+use crate::{Context, Effect, Entity};
+
+/// An event ready for the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEvent {
+    pub manifest: String,
+    pub payload: Vec<u8>,
+    pub tags: Vec<String>,
+}
+
+pub fn empty_state<E: Entity>() -> Vec<u8> {
+    to_json(&E::State::default(), "empty state")
+}
+
+/// Decodes state and command, runs `E::handle`, encodes the events.
+pub fn handle_command<E: Entity>(
+    state: &[u8],
+    command: &[u8],
+    ctx: &Context,
+) -> Result<Effect<EncodedEvent>, String> {
+    let state: E::State = decode_state(state)?;
+    let command: E::Command = decode_command(command)?;
+    let effect = E::handle(&state, command, ctx);
+    let action = match effect.action {
+        Action::Persist(events) => Action::Persist(
+            events
+                .iter()
+                .map(|event| EncodedEvent {
+                    manifest: E::manifest(event),
+                    payload: to_json(event, "event"),
+                    tags: E::tags(event),
+                })
+                .collect(),
+        ),
+        Action::None => Action::None,
+        Action::Unhandled => Action::Unhandled,
+        Action::Stash => Action::Stash,
+    };
+    Ok(Effect {
+        action,
+        reply: effect.reply,
+        then: effect.then,
+        unstash_all: effect.unstash_all,
+        stop: effect.stop,
+    })
+}
+
+/// Decodes the state once, folds every `(manifest, payload)` event, encodes once:
+/// recovery hands in long batches.
+pub fn apply_events<'a, E: Entity>(
+    state: &[u8],
+    events: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<Vec<u8>, String> {
+    let mut state: E::State = decode_state(state)?;
+    for (index, (manifest, payload)) in events.into_iter().enumerate() {
+        let event: E::Event = decode_event(index, manifest, payload)?;
+        state = E::apply(state, &event);
+    }
+    Ok(to_json(&state, "state"))
+}
+
+/// Decodes the recovered state and asks the entity for its side effects.
+/// Undecodable state is a broken snapshot, which cannot be reported through this
+/// function's signature, so it panics (the host sees the message as a fault).
+pub fn on_recovery_completed<E: Entity>(state: &[u8]) -> Vec<crate::SideEffect> {
+    match decode_state::<E::State>(state) {
+        Ok(state) => E::on_recovery_completed(&state),
+        Err(err) => panic!("on-recovery-completed: {err}"),
+    }
+}

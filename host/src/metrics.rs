@@ -1,0 +1,63 @@
+//! Counters for `GET /metrics` (Prometheus text format).
+//!
+//! Plain atomics bumped by the shards and the writer: cheap enough for the command
+//! path, and enough to answer "how many commands, how many were unhandled, how many
+//! durable writes carried them".
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::error::CommandError;
+
+macro_rules! counters {
+    ($($name:ident: $help:literal,)*) => {
+        #[derive(Default)]
+        pub struct Metrics { $(pub $name: AtomicU64,)* }
+
+        impl Metrics {
+            /// Prometheus exposition of every counter.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let _ = writeln!(out, "# HELP mneme_{} {}", stringify!($name), $help);
+                    let _ = writeln!(out, "# TYPE mneme_{} counter", stringify!($name));
+                    let _ = writeln!(out, "mneme_{} {}", stringify!($name), self.$name.load(Relaxed));
+                )*
+                out
+            }
+        }
+    };
+}
+
+counters! {
+    commands_total: "Commands that got an outcome (any).",
+    commands_failed_total: "Commands that failed (any error, including unhandled).",
+    unhandled_total: "Commands an entity did not handle in its state.",
+    malformed_total: "Commands the guest could not decode.",
+    guest_faults_total: "Guest traps, deadline or memory-cap hits.",
+    write_failures_total: "Commands failed because a journal write failed.",
+    stash_overflows_total: "Commands refused because a stash was full.",
+    events_persisted_total: "Events made durable.",
+    journal_writes_total: "Durable journal writes (group commits).",
+    snapshots_total: "Snapshots written.",
+    recoveries_total: "Entity recoveries.",
+    passivations_total: "Entities passivated (stop, idle, restart).",
+}
+
+impl Metrics {
+    pub fn count_outcome<T>(&self, result: &Result<T, CommandError>) {
+        self.commands_total.fetch_add(1, Relaxed);
+        if let Err(e) = result {
+            self.commands_failed_total.fetch_add(1, Relaxed);
+            let c = match e {
+                CommandError::Unhandled { .. } => &self.unhandled_total,
+                CommandError::Malformed(_) => &self.malformed_total,
+                CommandError::GuestFault { .. } => &self.guest_faults_total,
+                CommandError::WriteFailed(_) => &self.write_failures_total,
+                CommandError::StashFull(..) => &self.stash_overflows_total,
+                _ => return,
+            };
+            c.fetch_add(1, Relaxed);
+        }
+    }
+}

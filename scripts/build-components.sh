@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds the Wasm components from source:
+#   target/components/{bank-account,blog-post,task-manager}.wasm   (examples)
+#   target/test-components/faulty.wasm                              (test-only)
+# Runnable from any directory. Installs the wasm32-wasip2 target if it is missing
+# (no rust-toolchain.toml: the active toolchain is used as is).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=wasm32-wasip2
+PROFILE=wasm
+
+if ! rustup target list --installed | grep -qx "$TARGET"; then
+    rustup target add "$TARGET"
+fi
+
+cargo build --profile "$PROFILE" --target "$TARGET" \
+    -p bank-account -p blog-post -p task-manager -p faulty
+
+# Cargo's target dir may be moved with CARGO_TARGET_DIR.
+target_dir="${CARGO_TARGET_DIR:-target}"
+out_dir="$target_dir/$TARGET/$PROFILE"
+mkdir -p "$target_dir/components" "$target_dir/test-components"
+
+# A component starts with "\0asm" and the component-model version/layer
+# 0x0d 0x00 0x01 0x00; a core module (version 1) would mean the linker did not
+# produce a component.
+check_component() {
+    local file=$1 header
+    header=$(head -c 8 "$file" | od -An -tx1 | tr -d ' \n')
+    if [[ "$header" != "0061736d0d000100" ]]; then
+        echo "error: $file is not a WebAssembly component (header: $header)" >&2
+        exit 1
+    fi
+    if command -v wasm-tools >/dev/null 2>&1; then
+        wasm-tools validate --features component-model "$file"
+    fi
+}
+
+install_component() {
+    local crate=$1 dest=$2
+    local src="$out_dir/${crate//-/_}.wasm"
+    check_component "$src"
+    cp "$src" "$dest"
+    printf '  %-40s %8d bytes\n' "$dest" "$(wc -c <"$dest")"
+}
+
+echo "Built components:"
+for crate in bank-account blog-post task-manager; do
+    install_component "$crate" "$target_dir/components/$crate.wasm"
+done
+install_component faulty "$target_dir/test-components/faulty.wasm"
