@@ -57,7 +57,9 @@ pub fn apply_events<E: Entity>(state: Vec<u8>, events: Vec<wit::Event>) -> Resul
     install_panic_hook();
     runtime::apply_events::<E>(
         &state,
-        events.iter().map(|e| (e.manifest.as_str(), e.payload.as_slice())),
+        events
+            .iter()
+            .map(|e| (e.manifest.as_str(), e.payload.as_slice())),
     )
 }
 

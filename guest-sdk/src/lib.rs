@@ -1,4 +1,4 @@
-//! Write [mneme](https://github.com/) entities in Rust, with Akka Persistence's
+//! Write mneme entities in Rust, with Akka Persistence's
 //! vocabulary.
 //!
 //! An entity is an event-sourced aggregate compiled to a WebAssembly component.

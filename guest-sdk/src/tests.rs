@@ -35,7 +35,9 @@ impl Entity for Counter {
     fn handle(state: &State, command: Command, ctx: &Context) -> Effect<Event> {
         match command {
             Command::Add { amount } => Effect::persist_all(vec![Event::Added { amount }; 2])
-                .then_reply(Reply::ok(&json!({ "total": state.total + 2 * amount, "id": ctx.entity_id })))
+                .then_reply(Reply::ok(
+                    &json!({ "total": state.total + 2 * amount, "id": ctx.entity_id }),
+                ))
                 .then_run(SideEffect::info("added")),
             Command::Stash => Effect::stash(),
         }
@@ -43,7 +45,9 @@ impl Entity for Counter {
 
     fn apply(state: State, event: &Event) -> State {
         match event {
-            Event::Added { amount } => State { total: state.total + amount },
+            Event::Added { amount } => State {
+                total: state.total + amount,
+            },
         }
     }
 
@@ -59,28 +63,41 @@ fn ctx() -> Context {
 #[test]
 fn handle_command_encodes_events_with_manifest_and_tags() {
     let state = br#"{"total":1}"#;
-    let effect = runtime::handle_command::<Counter>(state, br#"{"type":"Add","amount":5}"#, &ctx()).unwrap();
+    let effect =
+        runtime::handle_command::<Counter>(state, br#"{"type":"Add","amount":5}"#, &ctx()).unwrap();
     let event = EncodedEvent {
         manifest: "Added".into(),
         payload: br#"{"type":"Added","amount":5}"#.to_vec(),
         tags: vec!["counting".into()],
     };
     assert_eq!(effect.events(), &[event.clone(), event]);
-    assert_eq!(effect.reply_value().and_then(Reply::json), Some(json!({"total": 11, "id": "c-1"})));
-    assert_eq!(effect.side_effects(), &[SideEffect::log(Level::Info, "added")]);
+    assert_eq!(
+        effect.reply_value().and_then(Reply::json),
+        Some(json!({"total": 11, "id": "c-1"}))
+    );
+    assert_eq!(
+        effect.side_effects(),
+        &[SideEffect::log(Level::Info, "added")]
+    );
 }
 
 #[test]
 fn malformed_command_is_an_error_not_a_panic() {
-    let err = runtime::handle_command::<Counter>(br#"{"total":0}"#, br#"{"type":"Nope"}"#, &ctx()).unwrap_err();
-    assert!(err.starts_with("malformed command: unknown variant `Nope`"), "{err}");
-    let err = runtime::handle_command::<Counter>(br#"{"total":0}"#, b"not json", &ctx()).unwrap_err();
+    let err = runtime::handle_command::<Counter>(br#"{"total":0}"#, br#"{"type":"Nope"}"#, &ctx())
+        .unwrap_err();
+    assert!(
+        err.starts_with("malformed command: unknown variant `Nope`"),
+        "{err}"
+    );
+    let err =
+        runtime::handle_command::<Counter>(br#"{"total":0}"#, b"not json", &ctx()).unwrap_err();
     assert!(err.starts_with("malformed command: "), "{err}");
 }
 
 #[test]
 fn undecodable_state_is_reported() {
-    let err = runtime::handle_command::<Counter>(br#""text""#, br#"{"type":"Stash"}"#, &ctx()).unwrap_err();
+    let err = runtime::handle_command::<Counter>(br#""text""#, br#"{"type":"Stash"}"#, &ctx())
+        .unwrap_err();
     assert!(err.starts_with("state could not be decoded: "), "{err}");
     let err = runtime::apply_events::<Counter>(b"", []).unwrap_err();
     assert!(err.starts_with("state could not be decoded: "), "{err}");
@@ -92,7 +109,8 @@ fn apply_events_folds_a_batch() {
     assert_eq!(empty, br#"{"total":0}"#);
     let e1 = br#"{"type":"Added","amount":2}"#;
     let e2 = br#"{"type":"Added","amount":3}"#;
-    let state = runtime::apply_events::<Counter>(&empty, [("Added", &e1[..]), ("Added", &e2[..])]).unwrap();
+    let state =
+        runtime::apply_events::<Counter>(&empty, [("Added", &e1[..]), ("Added", &e2[..])]).unwrap();
     assert_eq!(state, br#"{"total":5}"#);
 }
 
@@ -100,8 +118,15 @@ fn apply_events_folds_a_batch() {
 fn undecodable_event_names_its_position_and_manifest() {
     let good = br#"{"type":"Added","amount":2}"#;
     let bad = br#"{"type":"Removed"}"#;
-    let err = runtime::apply_events::<Counter>(br#"{"total":0}"#, [("Added", &good[..]), ("Removed", &bad[..])]).unwrap_err();
-    assert!(err.starts_with("event 1 of the batch (manifest `Removed`) could not be decoded"), "{err}");
+    let err = runtime::apply_events::<Counter>(
+        br#"{"total":0}"#,
+        [("Added", &good[..]), ("Removed", &bad[..])],
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("event 1 of the batch (manifest `Removed`) could not be decoded"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -160,6 +185,9 @@ fn side_effect_payloads_are_json() {
     );
     assert_eq!(
         SideEffect::publish("t", &1),
-        SideEffect::Publish { topic: "t".into(), payload: b"1".to_vec() }
+        SideEffect::Publish {
+            topic: "t".into(),
+            payload: b"1".to_vec()
+        }
     );
 }

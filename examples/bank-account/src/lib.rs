@@ -6,9 +6,9 @@
 //! `{"type":"Withdraw","amount":30}`, `{"type":"GetBalance"}`, `{"type":"CloseAccount"}`.
 //! Amounts are whole units (`u64`): money never goes through floats.
 //!
-//! Replies: `{"balance":N}` for `GetBalance`; `{"ok":true}` ([`Reply::ack`], Akka's
-//! `StatusReply.Ack`) for every other accepted command; error replies for
-//! rejections, with Akka's messages.
+//! Replies: every accepted command answers with the balance after it,
+//! `{"balance":N}` (where Akka answers `StatusReply.Ack`, the balance is more useful
+//! to an HTTP caller); rejections are error replies with Akka's messages.
 
 use mneme_sdk::{export_entity, Context, Effect, Entity, Reply};
 use serde::{Deserialize, Serialize};
@@ -34,20 +34,26 @@ pub enum Event {
     AccountClosed,
 }
 
-/// Stored as `{"status":"Empty"}`, `{"status":"Open","balance":N}` or
-/// `{"status":"Closed"}`.
+/// Stored as `{"status":"empty"}`, `{"status":"open","balance":N}` or
+/// `{"status":"closed"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(tag = "status")]
+#[serde(tag = "status", rename_all = "lowercase")]
 pub enum Account {
     #[default]
     Empty,
-    Open { balance: u64 },
+    Open {
+        balance: u64,
+    },
     Closed,
 }
 
 #[derive(Serialize)]
 struct CurrentBalance {
     balance: u64,
+}
+
+fn balance_reply(balance: u64) -> Reply {
+    Reply::ok(&CurrentBalance { balance })
 }
 
 impl Entity for AccountEntity {
@@ -61,20 +67,22 @@ impl Entity for AccountEntity {
         let account_number = &ctx.entity_id;
         match state {
             Account::Empty => match command {
-                Command::CreateAccount => Effect::persist(Event::AccountCreated).then_reply(Reply::ack()),
+                Command::CreateAccount => {
+                    Effect::persist(Event::AccountCreated).then_reply(balance_reply(0))
+                }
                 _ => Effect::unhandled(),
             },
             Account::Open { balance } => match command {
                 Command::Deposit { amount } => deposit(*balance, amount),
                 Command::Withdraw { amount } => withdraw(*balance, amount),
-                Command::GetBalance => Effect::reply(Reply::ok(&CurrentBalance { balance: *balance })),
+                Command::GetBalance => Effect::reply(balance_reply(*balance)),
                 Command::CloseAccount => close(*balance),
-                Command::CreateAccount => {
-                    Effect::reply(Reply::error(format!("Account {account_number} is already created")))
-                }
+                Command::CreateAccount => Effect::reply(Reply::error(format!(
+                    "Account {account_number} is already created"
+                ))),
             },
             Account::Closed => match command {
-                Command::GetBalance => Effect::reply(Reply::ok(&CurrentBalance { balance: 0 })),
+                Command::GetBalance => Effect::reply(balance_reply(0)),
                 _ => Effect::reply(Reply::error(format!("Account {account_number} is closed"))),
             },
         }
@@ -107,12 +115,12 @@ fn deposit(balance: u64, amount: u64) -> Effect<Event> {
             "Deposit of {amount} would overflow the balance {balance}"
         )));
     }
-    Effect::persist(Event::Deposited { amount }).then_reply(Reply::ack())
+    Effect::persist(Event::Deposited { amount }).then_reply(balance_reply(balance + amount))
 }
 
 fn withdraw(balance: u64, amount: u64) -> Effect<Event> {
     if amount <= balance {
-        Effect::persist(Event::Withdrawn { amount }).then_reply(Reply::ack())
+        Effect::persist(Event::Withdrawn { amount }).then_reply(balance_reply(balance - amount))
     } else {
         Effect::reply(Reply::error(format!(
             "Insufficient balance {balance} to be able to withdraw {amount}"
@@ -122,7 +130,7 @@ fn withdraw(balance: u64, amount: u64) -> Effect<Event> {
 
 fn close(balance: u64) -> Effect<Event> {
     if balance == 0 {
-        Effect::persist(Event::AccountClosed).then_reply(Reply::ack())
+        Effect::persist(Event::AccountClosed).then_reply(balance_reply(0))
     } else {
         Effect::reply(Reply::error("Can't close account with non-zero balance"))
     }

@@ -23,13 +23,20 @@ fn open(balance: u64) -> Account {
 fn create_account_opens_it_with_zero_balance() {
     let effect = handle(&Account::Empty, Command::CreateAccount);
     assert_eq!(effect.events(), &[Event::AccountCreated]);
-    assert_eq!(effect.reply_value(), Some(&Reply::ack()));
+    assert_eq!(
+        effect.reply_value(),
+        Some(&Reply::ok_raw(br#"{"balance":0}"#.to_vec()))
+    );
     assert_eq!(replay(effect.events()), open(0));
 }
 
 #[test]
 fn empty_account_handles_nothing_but_create() {
-    for command in [Command::Deposit { amount: 1 }, Command::GetBalance, Command::CloseAccount] {
+    for command in [
+        Command::Deposit { amount: 1 },
+        Command::GetBalance,
+        Command::CloseAccount,
+    ] {
         let effect = handle(&Account::Empty, command);
         assert!(effect.is_unhandled());
         assert!(effect.reply_value().is_none());
@@ -40,7 +47,10 @@ fn empty_account_handles_nothing_but_create() {
 fn deposit_and_withdraw_change_the_balance() {
     let effect = handle(&open(10), Command::Deposit { amount: 5 });
     assert_eq!(effect.events(), &[Event::Deposited { amount: 5 }]);
-    assert_eq!(effect.reply_value(), Some(&Reply::ack()));
+    assert_eq!(
+        effect.reply_value(),
+        Some(&Reply::ok_raw(br#"{"balance":15}"#.to_vec()))
+    );
     let effect = handle(&open(10), Command::Withdraw { amount: 10 });
     assert_eq!(effect.events(), &[Event::Withdrawn { amount: 10 }]);
     let state = replay(&[
@@ -58,7 +68,9 @@ fn withdrawing_more_than_the_balance_is_rejected_without_events() {
     assert!(effect.events().is_empty());
     assert_eq!(
         effect.reply_value(),
-        Some(&Reply::error("Insufficient balance 70 to be able to withdraw 71"))
+        Some(&Reply::error(
+            "Insufficient balance 70 to be able to withdraw 71"
+        ))
     );
 }
 
@@ -66,29 +78,52 @@ fn withdrawing_more_than_the_balance_is_rejected_without_events() {
 fn get_balance_replies_json() {
     let effect = handle(&open(42), Command::GetBalance);
     assert!(effect.is_none());
-    assert_eq!(effect.reply_value().and_then(Reply::json), Some(json!({"balance": 42})));
+    assert_eq!(
+        effect.reply_value().and_then(Reply::json),
+        Some(json!({"balance": 42}))
+    );
     let effect = handle(&Account::Closed, Command::GetBalance);
-    assert_eq!(effect.reply_value().and_then(Reply::json), Some(json!({"balance": 0})));
+    assert_eq!(
+        effect.reply_value().and_then(Reply::json),
+        Some(json!({"balance": 0}))
+    );
 }
 
 #[test]
 fn close_requires_zero_balance() {
     let effect = handle(&open(1), Command::CloseAccount);
     assert!(effect.events().is_empty());
-    assert_eq!(effect.reply_value(), Some(&Reply::error("Can't close account with non-zero balance")));
+    assert_eq!(
+        effect.reply_value(),
+        Some(&Reply::error("Can't close account with non-zero balance"))
+    );
     let effect = handle(&open(0), Command::CloseAccount);
     assert_eq!(effect.events(), &[Event::AccountClosed]);
-    assert_eq!(AccountEntity::apply(open(0), &Event::AccountClosed), Account::Closed);
+    assert_eq!(
+        AccountEntity::apply(open(0), &Event::AccountClosed),
+        Account::Closed
+    );
 }
 
 #[test]
 fn create_twice_and_commands_on_a_closed_account_are_errors() {
     let effect = handle(&open(0), Command::CreateAccount);
-    assert_eq!(effect.reply_value(), Some(&Reply::error("Account acc-1 is already created")));
-    for command in [Command::Deposit { amount: 1 }, Command::Withdraw { amount: 1 }, Command::CloseAccount, Command::CreateAccount] {
+    assert_eq!(
+        effect.reply_value(),
+        Some(&Reply::error("Account acc-1 is already created"))
+    );
+    for command in [
+        Command::Deposit { amount: 1 },
+        Command::Withdraw { amount: 1 },
+        Command::CloseAccount,
+        Command::CreateAccount,
+    ] {
         let effect = handle(&Account::Closed, command);
         assert!(effect.events().is_empty());
-        assert_eq!(effect.reply_value(), Some(&Reply::error("Account acc-1 is closed")));
+        assert_eq!(
+            effect.reply_value(),
+            Some(&Reply::error("Account acc-1 is closed"))
+        );
     }
 }
 
@@ -96,13 +131,16 @@ fn create_twice_and_commands_on_a_closed_account_are_errors() {
 fn deposit_overflow_is_rejected() {
     let effect = handle(&open(u64::MAX), Command::Deposit { amount: 1 });
     assert!(effect.events().is_empty());
-    assert!(effect.reply_value().and_then(Reply::error_message).is_some());
+    assert!(effect
+        .reply_value()
+        .and_then(Reply::error_message)
+        .is_some());
 }
 
 #[test]
 fn json_shapes_are_the_documented_ones() {
     let effect = runtime::handle_command::<AccountEntity>(
-        br#"{"status":"Open","balance":5}"#,
+        br#"{"status":"open","balance":5}"#,
         br#"{"type":"Deposit","amount":100}"#,
         &ctx(),
     )
@@ -113,10 +151,17 @@ fn json_shapes_are_the_documented_ones() {
     assert_eq!(event.tags, ["account"]);
     let state = runtime::apply_events::<AccountEntity>(
         &runtime::empty_state::<AccountEntity>(),
-        [("AccountCreated", &br#"{"type":"AccountCreated"}"#[..]), ("Deposited", &event.payload[..])],
+        [
+            ("AccountCreated", &br#"{"type":"AccountCreated"}"#[..]),
+            ("Deposited", &event.payload[..]),
+        ],
     )
     .unwrap();
-    assert_eq!(state, br#"{"status":"Open","balance":100}"#);
-    let err = runtime::handle_command::<AccountEntity>(b"{\"status\":\"Empty\"}", br#"{"type":"Deposit","amount":-1}"#, &ctx());
+    assert_eq!(state, br#"{"status":"open","balance":100}"#);
+    let err = runtime::handle_command::<AccountEntity>(
+        b"{\"status\":\"empty\"}",
+        br#"{"type":"Deposit","amount":-1}"#,
+        &ctx(),
+    );
     assert!(err.unwrap_err().starts_with("malformed command"));
 }

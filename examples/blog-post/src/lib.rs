@@ -35,9 +35,17 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum Event {
-    PostAdded { post_id: String, content: PostContent },
-    BodyChanged { post_id: String, new_body: String },
-    Published { post_id: String },
+    PostAdded {
+        post_id: String,
+        content: PostContent,
+    },
+    BodyChanged {
+        post_id: String,
+        new_body: String,
+    },
+    Published {
+        post_id: String,
+    },
 }
 
 /// Stored as `{"state":"Blank"}`, `{"state":"Draft","content":{..}}` or
@@ -47,8 +55,12 @@ pub enum Event {
 pub enum State {
     #[default]
     Blank,
-    Draft { content: PostContent },
-    Published { content: PostContent },
+    Draft {
+        content: PostContent,
+    },
+    Published {
+        content: PostContent,
+    },
 }
 
 #[derive(Serialize)]
@@ -91,9 +103,14 @@ impl Entity for BlogPostEntity {
 
     fn apply(state: State, event: &Event) -> State {
         match (state, event) {
-            (State::Blank, Event::PostAdded { content, .. }) => State::Draft { content: content.clone() },
+            (State::Blank, Event::PostAdded { content, .. }) => State::Draft {
+                content: content.clone(),
+            },
             (State::Draft { content }, Event::BodyChanged { new_body, .. }) => State::Draft {
-                content: PostContent { body: new_body.clone(), ..content },
+                content: PostContent {
+                    body: new_body.clone(),
+                    ..content
+                },
             },
             (State::Draft { content }, Event::Published { .. }) => State::Published { content },
             // As in Akka: never persisted by the command handler, so a corrupt journal.
@@ -107,15 +124,25 @@ impl Entity for BlogPostEntity {
 }
 
 fn add_post(content: PostContent) -> Effect<Event> {
-    let reply = Reply::ok(&AddPostDone { post_id: &content.post_id });
-    Effect::persist(Event::PostAdded { post_id: content.post_id.clone(), content }).then_reply(reply)
+    let reply = Reply::ok(&AddPostDone {
+        post_id: &content.post_id,
+    });
+    Effect::persist(Event::PostAdded {
+        post_id: content.post_id.clone(),
+        content,
+    })
+    .then_reply(reply)
 }
 
 fn publish(content: &PostContent) -> Effect<Event> {
     let post_id = content.post_id.clone();
-    Effect::persist(Event::Published { post_id: post_id.clone() })
-        .then_reply(Reply::ack())
-        .then_run(SideEffect::info(format!("Blog post {post_id} was published")))
+    Effect::persist(Event::Published {
+        post_id: post_id.clone(),
+    })
+    .then_reply(Reply::ack())
+    .then_run(SideEffect::info(format!(
+        "Blog post {post_id} was published"
+    )))
 }
 
 export_entity!(BlogPostEntity);
