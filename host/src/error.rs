@@ -16,9 +16,11 @@ pub enum CommandError {
     /// The guest could not decode the command.
     #[error("{0}")]
     Malformed(String),
-    /// The entity does not handle this command in its current state (Akka's `unhandled`).
-    #[error("command not handled by `{entity_type}` in its current state")]
-    Unhandled { entity_type: String },
+    /// The entity does not handle this command in its current state (Akka's
+    /// `unhandled`), with the entity's own explanation when it gave one
+    /// (Akka's `Effect.unhandled.thenReply(StatusReply.Error(..))`).
+    #[error("command not handled by `{entity_type}` in its current state{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Unhandled { entity_type: String, reason: Option<String> },
     /// The entity's stash is at capacity, so a command it asked to stash was refused.
     #[error("stash of `{0}` is full ({1} commands): command dropped")]
     StashFull(String, usize),

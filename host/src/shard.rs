@@ -491,7 +491,11 @@ impl Shard {
             }
             Action::Persist(_) | Action::None => self.complete(pid, entity, env, Ok(outcome), effect.then),
             Action::Unhandled => {
-                let err = CommandError::Unhandled { entity_type: entity.entity_type.clone() };
+                let reason = match outcome {
+                    Outcome::ReplyError(msg) => Some(msg),
+                    _ => None,
+                };
+                let err = CommandError::Unhandled { entity_type: entity.entity_type.clone(), reason };
                 self.complete(pid, entity, env, Err(err), Vec::new());
             }
             Action::Stash => {

@@ -79,6 +79,21 @@ fn none_persists_nothing_and_unhandled_is_reported() {
 }
 
 #[test]
+fn unhandled_carries_the_entitys_reason_when_it_gives_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(&dir, &all(), config());
+    let add = r#"{"type":"AddPost","content":{"postId":"p","title":"T","body":"B"}}"#;
+    t.ok("blog-post", "p", add);
+    match t.send("blog-post", "p", add) {
+        Err(e @ CommandError::Unhandled { .. }) => {
+            assert!(e.to_string().contains("Cannot add post while in draft state"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.events("blog-post", "p").len(), 1);
+}
+
+#[test]
 fn stash_and_unstash_all_keep_order_and_capacity_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let t = start(&dir, &all(), EngineConfig { stash_capacity: 2, ..config() });
