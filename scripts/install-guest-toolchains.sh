@@ -7,7 +7,7 @@
 #               wasm-tools (cargo install --locked, into ~/.cargo/bin)
 #   Python      componentize-py (pip --user, into ~/.local/bin, or the active
 #               virtualenv / pyenv)
-#   JavaScript  ComponentizeJS (npm ci in examples/bank-account-js, versions pinned
+#   JavaScript  ComponentizeJS (npm install in examples/bank-account-js, versions pinned
 #               by its package-lock.json); needs Node.js >= 18
 #
 # Idempotent: whatever is already installed at the pinned version is skipped.
@@ -72,7 +72,7 @@ cargo_tool() {
   cargo install --locked --quiet "$crate" --version "$version" "$@"
   done_step
 }
-# Only the subcommands and generators the examples use: halves the build time.
+# Only the subcommands and the generator the examples use (fewer crates to build).
 cargo_tool wasm-tools wasm-tools "$WASM_TOOLS_VERSION" \
   --no-default-features --features component,validate,print,parse,strip,metadata
 cargo_tool wit-bindgen wit-bindgen-cli "$WIT_BINDGEN_VERSION" \
@@ -103,8 +103,11 @@ have_js="$(node -p "try { require('$js/node_modules/@bytecodealliance/componenti
 if [ "$have_js" = "$want_js" ]; then
   echo "==> ComponentizeJS $want_js: already installed"
 else
-  step "npm ci (ComponentizeJS $want_js) in examples/bank-account-js"
-  npm ci --prefix "$js" --no-audit --no-fund --loglevel=error
+  step "npm install (ComponentizeJS $want_js) in examples/bank-account-js"
+  # `npm install` with the committed package-lock.json (and --no-save, so the lock
+  # is not rewritten) rather than `npm ci`: npm 11 rejects this lock in `npm ci`
+  # for lacking entries of optional packages of other platforms.
+  npm install --prefix "$js" --no-save --no-audit --no-fund --loglevel=error
   done_step
 fi
 

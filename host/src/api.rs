@@ -16,6 +16,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::component::LoadedComponent;
+
+/// Re-exported so an embedding program can serve [`router`] without naming axum's version.
+pub use axum;
 use crate::engine::{Engine, Outcome};
 use crate::error::CommandError;
 use crate::journal::{persistence_id, validate_entity_id, validate_entity_type, StoredEvent};

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::component::bindings::exports::mneme::entity::handler;
 use crate::component::bindings::mneme::entity::types::{Action, CommandMetadata, Reply, SideEffect};
-use crate::component::{LoadedComponent, Sandbox};
+use crate::component::{EntityHandler, LoadedComponent};
 use crate::engine::{EntityState, Outcome, Shared, WriteRequest, WriterMsg};
 use crate::error::{CommandError, CommandResult};
 use crate::metrics::Metrics;
@@ -122,7 +122,7 @@ struct Shard {
     shared: Arc<Shared>,
     me: Sender<ShardMsg>,
     entities: HashMap<String, Entity>,
-    sandboxes: HashMap<String, (u64, Sandbox)>,
+    sandboxes: HashMap<String, (u64, Box<dyn EntityHandler>)>,
     open: Batch,
     in_flight: Option<Batch>,
     next_batch_id: u64,
@@ -312,16 +312,16 @@ impl Shard {
     }
 
     /// This shard's live instance of the component's version.
-    fn sandbox(&mut self, comp: &LoadedComponent) -> CommandResult<&mut Sandbox> {
+    fn sandbox(&mut self, comp: &LoadedComponent) -> CommandResult<&mut dyn EntityHandler> {
         let fresh = !matches!(self.sandboxes.get(&comp.entity_type), Some((v, _)) if *v == comp.version);
         if fresh {
-            let sb = self.shared.registry.runtime().instantiate(&comp.pre).map_err(|reason| CommandError::GuestFault {
+            let sb = comp.instantiate(self.shared.registry.runtime()).map_err(|reason| CommandError::GuestFault {
                 entity_type: comp.entity_type.clone(),
                 reason: format!("instantiation failed: {reason}"),
             })?;
             self.sandboxes.insert(comp.entity_type.clone(), (comp.version, sb));
         }
-        Ok(&mut self.sandboxes.get_mut(&comp.entity_type).unwrap().1)
+        Ok(self.sandboxes.get_mut(&comp.entity_type).unwrap().1.as_mut())
     }
 
     /// A trapped instance cannot be entered again: forget it, the next call makes a new one.

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use wasmtime::component::Component;
 
 use super::bindings::EntityPre;
+use super::handler::{EntityHandler, NativeFactory};
 use super::sandbox::{HostState, Runtime};
 use super::store::{sha256_hex, write_atomically, ComponentStore};
 use crate::journal::validate_entity_type;
@@ -36,7 +37,23 @@ pub struct LoadedComponent {
     pub size: usize,
     pub info: EntityInfo,
     pub deployed_at_ms: u64,
-    pub pre: EntityPre<HostState>,
+    pub code: Code,
+}
+
+/// How instances of a component are made.
+pub enum Code {
+    Wasm(EntityPre<HostState>),
+    Native(NativeFactory),
+}
+
+impl LoadedComponent {
+    /// A fresh handler for this version.
+    pub fn instantiate(&self, runtime: &Runtime) -> Result<Box<dyn EntityHandler>, String> {
+        match &self.code {
+            Code::Wasm(pre) => Ok(Box::new(runtime.instantiate(pre)?)),
+            Code::Native(factory) => Ok(factory()),
+        }
+    }
 }
 
 pub struct Registry {
@@ -112,6 +129,26 @@ impl Registry {
         Ok(loaded)
     }
 
+    /// Serve `entity_type` with natively compiled entity code (not stored; for
+    /// embedding and for measuring what the sandbox costs).
+    pub fn register_native(&self, entity_type: &str, factory: NativeFactory) -> Result<Arc<LoadedComponent>, String> {
+        validate_entity_type(entity_type)?;
+        let info = factory().describe().map_err(|f| f.0)?;
+        let _guard = self.deploying.lock().unwrap();
+        let version = self.get(entity_type).map_or(1, |c| c.version + 1);
+        let loaded = Arc::new(LoadedComponent {
+            entity_type: entity_type.to_string(),
+            version,
+            hash: "native".into(),
+            size: 0,
+            info: EntityInfo { type_name: info.type_name, state_version: info.state_version, snapshot_every: info.snapshot_every },
+            deployed_at_ms: now_ms(),
+            code: Code::Native(factory),
+        });
+        self.active.write().unwrap().insert(entity_type.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
     /// Make an earlier stored version active again.
     pub fn activate(&self, entity_type: &str, version: u64) -> Result<Arc<LoadedComponent>, String> {
         let _guard = self.deploying.lock().unwrap();
@@ -166,7 +203,7 @@ impl Registry {
             size: wasm.len(),
             info: EntityInfo { type_name: info.type_name, state_version: info.state_version, snapshot_every: info.snapshot_every },
             deployed_at_ms: now_ms(),
-            pre,
+            code: Code::Wasm(pre),
         })
     }
 

@@ -17,6 +17,7 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use super::bindings::exports::mneme::entity::handler;
 use super::bindings::mneme::entity::host;
 use super::bindings::{Entity, EntityPre};
+use super::handler::{EntityHandler, Fault};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -109,14 +110,15 @@ impl Runtime {
         let state = HostState { memory_cap: self.limits.memory_bytes, memory_denied: false, fault: None };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(deadline_ticks(self.limits));
         let entity = pre.instantiate(&mut store).map_err(|e| fault_reason(&e, store.data(), self.limits))?;
         Ok(Sandbox { store, entity, limits: self.limits })
     }
+}
 
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.call_timeout.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1) + 1
-    }
+/// The call timeout in epoch ticks (+1: the current tick may be nearly over).
+fn deadline_ticks(limits: SandboxLimits) -> u64 {
+    (limits.call_timeout.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1) + 1
 }
 
 fn spawn_epoch_ticker(runtime: Weak<Runtime>) {
@@ -155,50 +157,35 @@ pub struct Sandbox {
     limits: SandboxLimits,
 }
 
-/// A call into the guest failed: the instance must be discarded.
-#[derive(Debug, Clone)]
-pub struct Fault(pub String);
-
 impl Sandbox {
-    fn call<R>(
-        &mut self,
-        ticks: u64,
-        f: impl FnOnce(&handler::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, Fault> {
-        self.store.set_epoch_deadline(ticks);
+    fn call<R>(&mut self, f: impl FnOnce(&handler::Guest, &mut Store<HostState>) -> wasmtime::Result<R>) -> Result<R, Fault> {
+        self.store.set_epoch_deadline(deadline_ticks(self.limits));
         let data = self.store.data_mut();
         data.fault = None;
         data.memory_denied = false;
         let guest = self.entity.mneme_entity_handler();
         f(guest, &mut self.store).map_err(|e| Fault(fault_reason(&e, self.store.data(), self.limits)))
     }
+}
 
-    fn ticks(&self) -> u64 {
-        (self.limits.call_timeout.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1) + 1
+impl EntityHandler for Sandbox {
+    fn describe(&mut self) -> Result<handler::EntityInfo, Fault> {
+        self.call(|g, s| g.call_describe(s))
     }
 
-    pub fn describe(&mut self) -> Result<handler::EntityInfo, Fault> {
-        let t = self.ticks();
-        self.call(t, |g, s| g.call_describe(s))
+    fn empty_state(&mut self) -> Result<Vec<u8>, Fault> {
+        self.call(|g, s| g.call_empty_state(s))
     }
 
-    pub fn empty_state(&mut self) -> Result<Vec<u8>, Fault> {
-        let t = self.ticks();
-        self.call(t, |g, s| g.call_empty_state(s))
+    fn handle_command(&mut self, state: &[u8], command: &handler::Command) -> Result<Result<handler::Effect, String>, Fault> {
+        self.call(|g, s| g.call_handle_command(s, state, command))
     }
 
-    pub fn handle_command(&mut self, state: &[u8], command: &handler::Command) -> Result<Result<handler::Effect, String>, Fault> {
-        let t = self.ticks();
-        self.call(t, |g, s| g.call_handle_command(s, state, command))
+    fn apply_events(&mut self, state: &[u8], events: &[handler::Event]) -> Result<Result<Vec<u8>, String>, Fault> {
+        self.call(|g, s| g.call_apply_events(s, state, events))
     }
 
-    pub fn apply_events(&mut self, state: &[u8], events: &[handler::Event]) -> Result<Result<Vec<u8>, String>, Fault> {
-        let t = self.ticks();
-        self.call(t, |g, s| g.call_apply_events(s, state, events))
-    }
-
-    pub fn on_recovery_completed(&mut self, state: &[u8]) -> Result<Vec<handler::SideEffect>, Fault> {
-        let t = self.ticks();
-        self.call(t, |g, s| g.call_on_recovery_completed(s, state))
+    fn on_recovery_completed(&mut self, state: &[u8]) -> Result<Vec<handler::SideEffect>, Fault> {
+        self.call(|g, s| g.call_on_recovery_completed(s, state))
     }
 }

@@ -13,13 +13,15 @@
 //! is an unambiguous prefix and big-endian numbers sort numerically.
 //! Timers live in the tree `timers`: id(u64 BE) -> codec::encode_timer.
 //!
-//! Durability: `write` applies the batch, calls `Db::flush`, then syncs the file
-//! system. `Db::flush` alone is not enough: sled 0.34 writes its log with
-//! `sync_file_range`, which pushes pages to the device but neither flushes the
-//! device's write cache nor syncs metadata, and it writes large pages to blob files
-//! without syncing them at all. That survives a killed process but not a power
-//! loss. `syncfs` on the journal's file system covers the log, the blobs and the
-//! directory entries with one call per batch (group commit keeps that cost shared).
+//! Durability: `write` applies the batch, calls `Db::flush`, then `fdatasync`s
+//! what sled wrote. `Db::flush` alone is not enough: sled 0.34 writes its log file
+//! (`db`) with `sync_file_range`, which pushes pages to the device but does not flush
+//! the device's write cache, and it writes pages larger than a quarter segment to
+//! separate files under `blobs/` without syncing them at all. Both survive a killed
+//! process, not a power loss. So after the flush the log file is `fdatasync`ed and
+//! every blob file not synced before is `fsync`ed (blob files are written once and
+//! never changed, so each is synced once). Group commit shares that cost among all
+//! commands of a batch.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -31,8 +33,11 @@ pub struct SledJournal {
     db: sled::Db,
     journal: sled::Tree,
     timers: sled::Tree,
-    /// An open handle on the journal directory, for `syncfs`.
-    dir: std::fs::File,
+    /// sled's log file, for `fdatasync`.
+    log: std::fs::File,
+    dir: std::path::PathBuf,
+    /// Blob files already synced.
+    synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
     /// Next global offset. Held across a whole `write` so offsets are assigned in
     /// commit order.
     next_offset: Mutex<u64>,
@@ -101,14 +106,40 @@ impl SledJournal {
             }
             None => 1,
         };
-        let dir = std::fs::File::open(dir).map_err(|e| JournalError::Storage(e.to_string()))?;
-        Ok(SledJournal { db, journal, timers, dir, next_offset: Mutex::new(next_offset) })
+        let log = std::fs::File::open(dir.join("db")).map_err(|e| JournalError::Storage(format!("opening sled's log: {e}")))?;
+        Ok(SledJournal {
+            db,
+            journal,
+            timers,
+            log,
+            dir: dir.to_path_buf(),
+            synced_blobs: Mutex::default(),
+            next_offset: Mutex::new(next_offset),
+        })
     }
 
     /// Make everything sled has written durable (see the module docs).
     fn sync(&self) -> JournalResult<()> {
         self.db.flush().map_err(storage)?;
-        sync_filesystem(&self.dir).map_err(|e| JournalError::Storage(format!("sync failed: {e}")))
+        let failed = |e: std::io::Error| JournalError::Storage(format!("sync failed: {e}"));
+        self.log.sync_data().map_err(failed)?;
+        let mut synced = self.synced_blobs.lock().unwrap();
+        let Ok(entries) = std::fs::read_dir(self.dir.join("blobs")) else { return Ok(()) };
+        let mut present = std::collections::HashSet::new();
+        let mut new_blobs = false;
+        for entry in entries {
+            let name = entry.map_err(failed)?.file_name();
+            if !synced.contains(&name) {
+                std::fs::File::open(self.dir.join("blobs").join(&name)).and_then(|f| f.sync_all()).map_err(failed)?;
+                new_blobs = true;
+            }
+            present.insert(name);
+        }
+        if new_blobs {
+            std::fs::File::open(self.dir.join("blobs")).and_then(|d| d.sync_all()).map_err(failed)?;
+        }
+        *synced = present;
+        Ok(())
     }
 
     fn read_event(&self, pid: &str, seq_nr: u64) -> JournalResult<StoredEvent> {
@@ -151,21 +182,6 @@ impl SledJournal {
         }
         Ok(())
     }
-}
-
-#[cfg(target_os = "linux")]
-fn sync_filesystem(dir: &std::fs::File) -> std::io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn sync_filesystem(dir: &std::fs::File) -> std::io::Result<()> {
-    dir.sync_all()
 }
 
 impl Journal for SledJournal {
@@ -328,5 +344,18 @@ mod tests {
         assert_eq!(j.timers().unwrap(), vec![t]);
         j.remove_timer(id).unwrap();
         assert!(j.timers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn large_events_stored_as_sled_blobs_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SledJournal::open(dir.path()).unwrap();
+        let mut e = ev("big|1", 1, &["t"]);
+        e.payload = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        j.write(&WriteBatch { events: vec![e.clone()], snapshots: vec![] }).unwrap();
+        assert!(std::fs::read_dir(dir.path().join("blobs")).unwrap().count() > 0, "expected sled to use a blob file");
+        drop(j);
+        let j = SledJournal::open(dir.path()).unwrap();
+        assert_eq!(j.events("big|1", 1, 10).unwrap()[0].payload, e.payload);
     }
 }

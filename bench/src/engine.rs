@@ -1,0 +1,352 @@
+//! Engine figures: handler cost, in-process and HTTP throughput with latency,
+//! recovery, activation, restart, memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bank_account::AccountEntity;
+use mneme::component::bindings::mneme::entity::types::{Command, CommandMetadata};
+use mneme::component::sandbox::Runtime;
+use mneme::component::{EntityHandler, Registry, SandboxLimits};
+use mneme::journal::{Journal, NewEvent, SledJournal, Snapshot, WriteBatch};
+use mneme::{Engine, EngineConfig, Outcome};
+
+use crate::native::Native;
+use crate::report::Report;
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target"))
+}
+
+fn component(name: &str) -> Vec<u8> {
+    let p = target_dir().join("components").join(format!("{name}.wasm"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-components.sh)", p.display()))
+}
+
+fn registry(data: &Path, native: bool) -> Arc<Registry> {
+    let registry = Arc::new(Registry::open(Runtime::new(SandboxLimits::default()).unwrap(), data).unwrap());
+    if native {
+        registry.register_native("bank-account", Arc::new(|| Box::new(Native::<AccountEntity>::new()))).unwrap();
+    } else {
+        registry.deploy("bank-account", &component("bank-account")).unwrap();
+    }
+    registry
+}
+
+fn start(data: &Path, native: bool, config: EngineConfig) -> Engine {
+    let journal = SledJournal::open(&data.join("journal")).unwrap();
+    Engine::start(config, Arc::new(journal), registry(data, native))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn deposit() -> Vec<u8> {
+    br#"{"type":"Deposit","amount":1}"#.to_vec()
+}
+
+/// Cost of one `handle-command` (a deposit on an open account), Wasm vs native,
+/// without the engine around it.
+pub fn handler_cost(report: &mut Report, quick: bool) {
+    let n = if quick { 20_000 } else { 200_000 };
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = registry(dir.path(), false).get("bank-account").unwrap();
+    let runtime = Runtime::new(SandboxLimits::default()).unwrap();
+    let mut handlers: Vec<(&str, Box<dyn EntityHandler>)> =
+        vec![("native", Box::new(Native::<AccountEntity>::new())), ("wasm", wasm.instantiate(&runtime).unwrap())];
+    let mut per_call = Vec::new();
+    for (_, h) in handlers.iter_mut() {
+        let state = br#"{"status":"open","balance":100}"#;
+        let mut cmd = Command {
+            manifest: String::new(),
+            payload: deposit(),
+            metadata: CommandMetadata { entity_type: "bank-account".into(), entity_id: "a".into(), sequence_nr: 1, timestamp_ms: 0 },
+        };
+        let t = Instant::now();
+        for i in 0..n {
+            cmd.metadata.sequence_nr = i as u64;
+            let effect = h.handle_command(state, &cmd).unwrap().unwrap();
+            std::hint::black_box(effect);
+        }
+        per_call.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    }
+    report.figure("handle-command (deposit), native Rust", per_call[0], "µs/call", None);
+    report.figure("handle-command (deposit), Wasm component", per_call[1], "µs/call", Some(("native", per_call[0])));
+}
+
+/// Closed-loop load: `clients` tasks, each sending deposits to its own entities
+/// one after another. Returns (commands/s, sorted latencies).
+fn closed_loop(engine: &Engine, entities: usize, clients: usize, duration: Duration) -> (f64, Vec<Duration>) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (engine, latencies, stop) = (engine.clone(), latencies.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("acc{}", (c + k * clients) % entities);
+                    k += 1;
+                    let sent = Instant::now();
+                    let r = engine.send("bank-account", &id, deposit()).await;
+                    assert!(matches!(r, Ok(Outcome::Reply(_))), "{r:?}");
+                    mine.push(sent.elapsed());
+                }
+                latencies.lock().unwrap().extend(mine);
+            }));
+        }
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    let elapsed = t.elapsed().as_secs_f64();
+    let mut l = std::mem::take(&mut *latencies.lock().unwrap());
+    l.sort();
+    (l.len() as f64 / elapsed, l)
+}
+
+fn create_accounts(engine: &Engine, n: usize) {
+    let rx: Vec<_> = (0..n)
+        .map(|i| engine.submit("bank-account", &format!("acc{i}"), String::new(), br#"{"type":"CreateAccount"}"#.to_vec()).unwrap())
+        .collect();
+    for r in rx {
+        let _ = r.blocking_recv().unwrap();
+    }
+}
+
+pub fn in_process(report: &mut Report, quick: bool) {
+    let entities = 10_000;
+    let duration = Duration::from_secs(if quick { 2 } else { 8 });
+    let mut figures = Vec::new();
+    for native in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = start(dir.path(), native, EngineConfig::default());
+        create_accounts(&engine, entities);
+        let (rate, lat) = closed_loop(&engine, entities, 4096, duration);
+        engine.shutdown();
+        figures.push((rate, percentile(&lat, 0.5), percentile(&lat, 0.99)));
+    }
+    let (n, w) = (figures[0], figures[1]);
+    report.figure("engine in-process, 10k accounts, 4096 clients, native handler", n.0, "cmds/s", None);
+    report.figure("engine in-process, 10k accounts, 4096 clients, Wasm handler", w.0, "cmds/s", Some(("native", n.0)));
+    report.figure("  latency p50 (Wasm)", w.1, "ms", Some(("native p50", n.1)));
+    report.figure("  latency p99 (Wasm)", w.2, "ms", Some(("native p99", n.2)));
+    // What the journal alone sustains with the same batch sizes is in the storage rows.
+}
+
+pub fn http(report: &mut Report, quick: bool) {
+    let entities = 10_000;
+    let clients = 64;
+    let duration = Duration::from_secs(if quick { 2 } else { 8 });
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path(), false, EngineConfig::default());
+    create_accounts(&engine, entities);
+    // Same-run baseline: the same 64 clients in-process.
+    let (base_rate, base_lat) = closed_loop(&engine, entities, clients, duration);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = mneme::api::router(engine.clone(), mneme::api::ApiConfig::default());
+    rt.spawn(async move { mneme::api::axum::serve(listener, app).await });
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                let mut lat = Vec::new();
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let url = format!("http://{addr}/v1/entities/bank-account/acc{}", (c + k * clients) % entities);
+                    k += 1;
+                    let sent = Instant::now();
+                    let r = agent.post(&url).send(&deposit()[..]).unwrap();
+                    assert_eq!(r.status(), 200);
+                    lat.push(sent.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    let mut lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let rate = lat.len() as f64 / t.elapsed().as_secs_f64();
+    lat.sort();
+    engine.shutdown();
+    report.figure("HTTP keep-alive, 64 clients (ureq threads, same machine)", rate, "cmds/s", Some(("in-process 64 clients", base_rate)));
+    report.figure("  latency p50 (HTTP)", percentile(&lat, 0.5), "ms", Some(("in-process p50", percentile(&base_lat, 0.5))));
+    report.figure("  latency p99 (HTTP)", percentile(&lat, 0.99), "ms", Some(("in-process p99", percentile(&base_lat, 0.99))));
+}
+
+fn write_account_events(journal: &dyn Journal, pid: &str, n: u64) {
+    let mut seq = 0;
+    while seq < n {
+        let mut batch = WriteBatch::default();
+        for _ in 0..10_000.min(n - seq) {
+            seq += 1;
+            let payload = if seq == 1 { br#"{"type":"AccountCreated"}"#.to_vec() } else { deposit_event() };
+            batch.events.push(NewEvent {
+                persistence_id: pid.into(),
+                seq_nr: seq,
+                timestamp_ms: 0,
+                writer_id: "bench".into(),
+                manifest: if seq == 1 { "AccountCreated".into() } else { "Deposited".into() },
+                tags: vec!["account".into()],
+                payload,
+            });
+        }
+        journal.write(&batch).unwrap();
+    }
+}
+
+fn deposit_event() -> Vec<u8> {
+    br#"{"type":"Deposited","amount":1}"#.to_vec()
+}
+
+pub fn recovery(report: &mut Report, quick: bool) {
+    let n: u64 = if quick { 100_000 } else { 1_000_000 };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = SledJournal::open(&dir.path().join("journal")).unwrap();
+        write_account_events(&journal, "bank-account|big", n);
+    }
+    let mut rates = Vec::new();
+    for native in [true, false] {
+        let engine = start(dir.path(), native, EngineConfig::default());
+        let t = Instant::now();
+        let s = engine.state_blocking("bank-account", "big").unwrap();
+        rates.push(n as f64 / t.elapsed().as_secs_f64());
+        assert_eq!(s.seq_nr, n);
+        engine.shutdown();
+    }
+    // Baseline: reading the same events from the journal without applying them.
+    let journal = SledJournal::open(&dir.path().join("journal")).unwrap();
+    let t = Instant::now();
+    let mut from = 1;
+    while from <= n {
+        let chunk = journal.events("bank-account|big", from, 1000).unwrap();
+        from += chunk.len() as u64;
+    }
+    let read = n as f64 / t.elapsed().as_secs_f64();
+    report.figure("recovery replay, 1 account (JSON), native handler", rates[0], "events/s", Some(("journal read only", read)));
+    report.figure("recovery replay, 1 account (JSON), Wasm handler", rates[1], "events/s", Some(("native", rates[0])));
+}
+
+pub fn activation(report: &mut Report, quick: bool) {
+    let n = if quick { 500 } else { 5_000 };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = SledJournal::open(&dir.path().join("journal")).unwrap();
+        let mut batch = WriteBatch::default();
+        for i in 0..n {
+            let pid = format!("bank-account|s{i}");
+            batch.snapshots.push(Snapshot {
+                persistence_id: pid,
+                seq_nr: 0,
+                state_version: 1,
+                timestamp_ms: 0,
+                state: br#"{"status":"open","balance":100}"#.to_vec(),
+            });
+        }
+        journal.write(&batch).unwrap();
+    }
+    let engine = start(dir.path(), false, EngineConfig { shards: 1, ..EngineConfig::default() });
+    let t = Instant::now();
+    for i in 0..n {
+        engine.state_blocking("bank-account", &format!("s{i}")).unwrap();
+    }
+    let per = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    engine.shutdown();
+    let journal = SledJournal::open(&dir.path().join("journal")).unwrap();
+    let t = Instant::now();
+    for i in 0..n {
+        let pid = format!("bank-account|s{i}");
+        std::hint::black_box(journal.load_snapshot(&pid).unwrap());
+        std::hint::black_box(journal.events(&pid, 1, 1000).unwrap());
+    }
+    let base = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    report.figure("activation from snapshot (recover + on-recovery-completed)", per, "µs", Some(("journal reads alone", base)));
+}
+
+pub fn restart(report: &mut Report) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wasm: Vec<(String, Vec<u8>)> = ["bank-account", "blog-post", "task-manager"].iter().map(|n| (n.to_string(), component(n))).collect();
+    let poly = target_dir().join("components-polyglot");
+    if let Ok(entries) = std::fs::read_dir(&poly) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "wasm") {
+                wasm.push((p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let names: Vec<String> = wasm.iter().map(|(n, _)| n.clone()).collect();
+    let mut i = 0;
+    while wasm.len() < 10 {
+        let (name, bytes) = wasm[i % 3].clone();
+        wasm.push((format!("{name}-{}", wasm.len()), bytes));
+        i += 1;
+    }
+    {
+        let registry = Registry::open(Runtime::new(SandboxLimits::default()).unwrap(), dir.path()).unwrap();
+        for (name, bytes) in &wasm {
+            registry.deploy(name, bytes).unwrap();
+        }
+    }
+    let open = || {
+        let t = Instant::now();
+        let journal = SledJournal::open(&dir.path().join("journal")).unwrap();
+        let registry = Arc::new(Registry::open(Runtime::new(SandboxLimits::default()).unwrap(), dir.path()).unwrap());
+        assert_eq!(registry.list().len(), 10);
+        let engine = Engine::start(EngineConfig::default(), Arc::new(journal), registry);
+        let elapsed = t.elapsed().as_secs_f64() * 1e3;
+        engine.shutdown();
+        elapsed
+    };
+    let warm = open();
+    std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+    std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+    let cold = open();
+    let what = format!("restart with 10 components ({})", names.join(", "));
+    report.figure(&what, warm, "ms", Some(("same, compile cache emptied", cold)));
+}
+
+fn rss_kib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub fn memory(report: &mut Report, quick: bool) {
+    let n = if quick { 10_000 } else { 50_000 };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path(), false, EngineConfig::default());
+    create_accounts(&engine, 100);
+    let before = rss_kib();
+    create_accounts(&engine, n);
+    let after = rss_kib();
+    engine.shutdown();
+    let per_10k = (after - before) / 1024.0 * 10_000.0 / n as f64;
+    report.figure("RSS per 10k active bank accounts", per_10k, "MiB", Some(("process RSS before (MiB)", before / 1024.0)));
+}

@@ -1,0 +1,52 @@
+//! mneme's benchmark. Every figure is printed next to a baseline measured in the
+//! same run, so the ratios mean something on a shared, noisy machine.
+//!
+//!   scripts/bench.sh            (builds components, runs this in release mode)
+//!   scripts/bench.sh --quick    (smaller runs, for a smoke check)
+
+mod engine;
+mod native;
+mod report;
+mod storage;
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// Smaller runs: a smoke check, not figures to publish.
+    #[arg(long)]
+    quick: bool,
+    /// Run only the scenarios whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut report = report::Report::new();
+    let want = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    if want("storage") {
+        storage::run(&mut report, args.quick);
+    }
+    if want("handler") {
+        engine::handler_cost(&mut report, args.quick);
+    }
+    if want("engine") {
+        engine::in_process(&mut report, args.quick);
+    }
+    if want("http") {
+        engine::http(&mut report, args.quick);
+    }
+    if want("recovery") {
+        engine::recovery(&mut report, args.quick);
+    }
+    if want("activation") {
+        engine::activation(&mut report, args.quick);
+    }
+    if want("restart") {
+        engine::restart(&mut report);
+    }
+    if want("memory") {
+        engine::memory(&mut report, args.quick);
+    }
+}
