@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Run every test: builds the Wasm components from source first (installing the
-# wasm32-wasip2 target if needed), then the whole workspace's tests.
+# Run every test. Installs what is missing (the wasm32-wasip2 target; the Python,
+# JavaScript and C guest toolchains), builds every Wasm component from source, then
+# runs the whole workspace's tests, including the cross-language conformance suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/install-guest-toolchains.sh
 scripts/build-components.sh
+scripts/build-polyglot.sh
 cargo build -p mneme --bins
 cargo test --workspace "$@"

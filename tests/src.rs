@@ -265,3 +265,8 @@ impl TestEngine {
         self.engine.shutdown();
     }
 }
+
+/// A component built by `scripts/build-polyglot.sh` (Python, JavaScript, C).
+pub fn polyglot(name: &str) -> PathBuf {
+    built("components-polyglot", name)
+}

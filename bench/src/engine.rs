@@ -59,10 +59,10 @@ fn deposit() -> Vec<u8> {
 pub fn handler_cost(report: &mut Report, quick: bool) {
     let n = if quick { 20_000 } else { 200_000 };
     let dir = tempfile::tempdir().unwrap();
-    let wasm = registry(dir.path(), false).get("bank-account").unwrap();
-    let runtime = Runtime::new(SandboxLimits::default()).unwrap();
+    let registry = registry(dir.path(), false);
+    let wasm = registry.get("bank-account").unwrap();
     let mut handlers: Vec<(&str, Box<dyn EntityHandler>)> =
-        vec![("native", Box::new(Native::<AccountEntity>::new())), ("wasm", wasm.instantiate(&runtime).unwrap())];
+        vec![("native", Box::new(Native::<AccountEntity>::new())), ("wasm", wasm.instantiate(registry.runtime()).unwrap())];
     let mut per_call = Vec::new();
     for (_, h) in handlers.iter_mut() {
         let state = br#"{"status":"open","balance":100}"#;

@@ -177,13 +177,12 @@ static bool apply(account_t *a, event_t ev, buf_t *why) {
   }
   if (a->status == OPEN) {
     switch (ev.kind) {
+      // Saturating, as the Rust version (the command handler never goes past the limits).
       case DEPOSITED:
-        if (a->balance > UINT64_MAX - ev.amount) return fail(why, "balance overflow", NULL);
-        a->balance += ev.amount;
+        a->balance = a->balance > UINT64_MAX - ev.amount ? UINT64_MAX : a->balance + ev.amount;
         return true;
       case WITHDRAWN:
-        if (ev.amount > a->balance) return fail(why, "balance would become negative", NULL);
-        a->balance -= ev.amount;
+        a->balance = ev.amount > a->balance ? 0 : a->balance - ev.amount;
         return true;
       case ACCOUNT_CLOSED:
         *a = (account_t){CLOSED, 0};
@@ -232,7 +231,19 @@ static void persist_and_reply(mneme_entity_types_effect_t *fx, event_t ev, uint6
   reply_balance(fx, balance);
 }
 
-static void decide(account_t a, command_kind_t cmd, uint64_t amount, mneme_entity_types_effect_t *fx) {
+// "Account <id> <what>" as an error reply.
+static void reply_account_error(mneme_entity_types_effect_t *fx, const entity_string_t *id,
+                                const char *what) {
+  buf_t msg = {0};
+  buf_str(&msg, "Account ");
+  buf_bytes(&msg, id->ptr, id->len);
+  buf_str(&msg, what);
+  reply_error(fx, (const char *)msg.ptr);
+  free(msg.ptr);
+}
+
+static void decide(account_t a, command_kind_t cmd, uint64_t amount, const entity_string_t *id,
+                   mneme_entity_types_effect_t *fx) {
   if (a.status == EMPTY) {
     if (cmd == CREATE_ACCOUNT)
       persist_and_reply(fx, (event_t){ACCOUNT_CREATED, 0}, 0);
@@ -241,7 +252,12 @@ static void decide(account_t a, command_kind_t cmd, uint64_t amount, mneme_entit
     return;
   }
   if (a.status == CLOSED) {
-    reply_error(fx, "Account is closed");
+    if (cmd == GET_BALANCE) {
+      init_effect(fx, MNEME_ENTITY_TYPES_ACTION_NONE);
+      reply_balance(fx, 0);
+    } else {
+      reply_account_error(fx, id, " is closed");
+    }
     return;
   }
   buf_t msg = {0};
@@ -250,7 +266,7 @@ static void decide(account_t a, command_kind_t cmd, uint64_t amount, mneme_entit
       if (a.balance > UINT64_MAX - amount) {
         buf_str(&msg, "Deposit of ");
         buf_u64(&msg, amount);
-        buf_str(&msg, " would overflow balance ");
+        buf_str(&msg, " would overflow the balance ");
         buf_u64(&msg, a.balance);
         reply_error(fx, (const char *)msg.ptr);
         free(msg.ptr);
@@ -281,7 +297,7 @@ static void decide(account_t a, command_kind_t cmd, uint64_t amount, mneme_entit
         persist_and_reply(fx, (event_t){ACCOUNT_CLOSED, 0}, 0);
       return;
     case CREATE_ACCOUNT:
-      reply_error(fx, "Account is already created");
+      reply_account_error(fx, id, " is already created");
       return;
   }
 }
@@ -318,7 +334,7 @@ bool exports_mneme_entity_handler_handle_command(entity_list_u8_t *state,
     buf_bytes(&msg, why.ptr, why.len);
     *err = (entity_string_t){msg.ptr, msg.len};
   } else {
-    decide(account, kind, amount, ret);
+    decide(account, kind, amount, &command->metadata.entity_id, ret);
     ok = true;
   }
   free(why.ptr);

@@ -13,8 +13,6 @@
 //   state     {"status":"empty"} {"status":"open","balance":N} {"status":"closed"}
 //   replies   ok {"balance":N}
 //
-// Amounts are JavaScript numbers: this version accepts integers up to
-// Number.MAX_SAFE_INTEGER (2^53 - 1) and rejects larger ones as malformed.
 
 import { reportFault } from 'mneme:entity/host@0.1.0';
 
@@ -24,30 +22,122 @@ const decoder = new TextDecoder('utf-8', { fatal: true });
 
 // ------------------------------------------------------------------ encoding
 
-// JSON.stringify is compact and keeps insertion order: the shared format.
-const encode = (value) => encoder.encode(JSON.stringify(value));
+// Amounts and balances are u64, as in the Rust version: BigInt here, because a JS
+// number is exact only up to 2^53. JSON.parse/stringify would go through numbers,
+// so this file reads JSON with a small parser that keeps integers as BigInt, and
+// writes the flat objects it needs itself (compact, keys in insertion order: the
+// shared byte-for-byte format).
+const U64_MAX = 2n ** 64n - 1n;
 
-function decode(bytes) {
-  let value;
-  try {
-    value = JSON.parse(decoder.decode(bytes));
-  } catch (e) {
-    throw new DomainError(`not JSON: ${e.message}`);
-  }
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-    throw new DomainError('expected a JSON object');
-  }
-  return value;
+function encode(obj) {
+  const fields = Object.entries(obj).map(
+    ([k, v]) => `${JSON.stringify(k)}:${typeof v === 'bigint' ? v.toString() : JSON.stringify(v)}`,
+  );
+  return encoder.encode(`{${fields.join(',')}}`);
 }
 
 // A problem with the input (reported through the WIT `err` case), as opposed to
 // a bug (which traps).
 class DomainError extends Error {}
 
+const NUMBER = /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
+const STRING = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
+
+// A JSON value in an error message.
+function show(v) {
+  if (typeof v === 'bigint') return v.toString();
+  try {
+    return JSON.stringify(v) ?? 'null';
+  } catch {
+    return typeof v; // an object holding a BigInt
+  }
+}
+
+// Parses JSON text; integers (no fraction, no exponent) become BigInt.
+function parseJson(text) {
+  let i = 0;
+  const fail = (what) => {
+    throw new DomainError(`not JSON: ${what} at character ${i}`);
+  };
+  const ws = () => {
+    while (i < text.length && ' \t\n\r'.includes(text[i])) i++;
+  };
+  const value = (depth) => {
+    if (depth > 64) fail('nested too deeply');
+    ws();
+    const c = text[i];
+    if (c === '{') {
+      const obj = Object.create(null); // so that a "__proto__" key is just a key
+      i++;
+      ws();
+      if (text[i] === '}') { i++; return obj; }
+      for (;;) {
+        ws();
+        if (text[i] !== '"') fail('expected a key');
+        const key = string();
+        ws();
+        if (text[i++] !== ':') fail("expected ':'");
+        obj[key] = value(depth + 1);
+        ws();
+        const d = text[i++];
+        if (d === '}') return obj;
+        if (d !== ',') fail("expected ',' or '}'");
+      }
+    }
+    if (c === '[') {
+      const arr = [];
+      i++;
+      ws();
+      if (text[i] === ']') { i++; return arr; }
+      for (;;) {
+        arr.push(value(depth + 1));
+        ws();
+        const d = text[i++];
+        if (d === ']') return arr;
+        if (d !== ',') fail("expected ',' or ']'");
+      }
+    }
+    if (c === '"') return string();
+    for (const [word, v] of [['true', true], ['false', false], ['null', null]]) {
+      if (text.startsWith(word, i)) { i += word.length; return v; }
+    }
+    NUMBER.lastIndex = i;
+    const m = NUMBER.exec(text);
+    if (!m) fail(c === undefined ? 'unexpected end of input' : 'unexpected character');
+    i += m[0].length;
+    return m[2] === undefined && m[3] === undefined ? BigInt(m[0]) : Number(m[0]);
+  };
+  const string = () => {
+    STRING.lastIndex = i;
+    const m = STRING.exec(text);
+    if (!m) fail('invalid string');
+    i += m[0].length;
+    return JSON.parse(m[0]);
+  };
+  const result = value(0);
+  ws();
+  if (i !== text.length) fail('trailing characters');
+  return result;
+}
+
+function decode(bytes) {
+  let text;
+  try {
+    text = decoder.decode(bytes);
+  } catch (e) {
+    throw new DomainError('not JSON: invalid UTF-8');
+  }
+  const value = parseJson(text);
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new DomainError('expected a JSON object');
+  }
+  return value;
+}
+
 function amount(obj, field) {
   const value = obj[field];
-  if (!Number.isSafeInteger(value) || value < 0) {
-    throw new DomainError(`field \`${field}\` must be an integer between 0 and ${Number.MAX_SAFE_INTEGER}`);
+  if (typeof value !== 'bigint' || value < 0n || value > U64_MAX) {
+    throw new DomainError(`field \`${field}\` must be an integer between 0 and ${U64_MAX}`);
   }
   return value;
 }
@@ -62,7 +152,7 @@ function decodeState(bytes) {
     case 'empty': return empty();
     case 'open': return opened(amount(state, 'balance'));
     case 'closed': return closed();
-    default: throw new DomainError(`unknown status ${JSON.stringify(state.status)}`);
+    default: throw new DomainError(`unknown status ${show(state.status)}`);
   }
 }
 
@@ -78,8 +168,8 @@ const COMMANDS = {
 
 function decodeCommand(bytes) {
   const cmd = decode(bytes);
-  const fields = Object.hasOwn(COMMANDS, cmd.type) ? COMMANDS[cmd.type] : undefined;
-  if (!fields) throw new DomainError(`unknown command type ${JSON.stringify(cmd.type)}`);
+  const fields = typeof cmd.type === 'string' && Object.hasOwn(COMMANDS, cmd.type) ? COMMANDS[cmd.type] : undefined;
+  if (!fields) throw new DomainError(`unknown command type ${show(cmd.type)}`);
   const result = { type: cmd.type };
   for (const field of fields) result[field] = amount(cmd, field);
   return result;
@@ -102,22 +192,21 @@ function upcast(ev) {
     case 'Withdrawn':
       return { type: ev.manifest, amount: amount(payload, 'amount') };
     default:
-      throw new DomainError(`unknown event manifest ${JSON.stringify(ev.manifest)}`);
+      throw new DomainError(`unknown event manifest ${show(ev.manifest)}`);
   }
 }
 
 function apply(state, ev) {
-  if (state.status === 'empty' && ev.type === 'AccountCreated') return opened(0);
+  if (state.status === 'empty' && ev.type === 'AccountCreated') return opened(0n);
   if (state.status === 'open') {
     switch (ev.type) {
+      // Saturating, as the Rust version (the command handler never goes past the limits).
       case 'Deposited': {
         const balance = state.balance + ev.amount;
-        if (!Number.isSafeInteger(balance)) throw new DomainError('balance overflow');
-        return opened(balance);
+        return opened(balance > U64_MAX ? U64_MAX : balance);
       }
       case 'Withdrawn':
-        if (ev.amount > state.balance) throw new DomainError('balance would become negative');
-        return opened(state.balance - ev.amount);
+        return opened(ev.amount > state.balance ? 0n : state.balance - ev.amount);
       case 'AccountClosed':
         return closed();
     }
@@ -134,17 +223,20 @@ const error = (message) => effect({ tag: 'none' }, { tag: 'error', val: message 
 const persistAndReply = (events, balance) =>
   effect({ tag: 'persist', val: events.map(event) }, ok({ balance }));
 
-function decide(state, cmd) {
+function decide(state, cmd, accountNumber) {
   if (state.status === 'empty') {
-    if (cmd.type === 'CreateAccount') return persistAndReply([{ type: 'AccountCreated' }], 0);
+    if (cmd.type === 'CreateAccount') return persistAndReply([{ type: 'AccountCreated' }], 0n);
     return effect({ tag: 'unhandled' });
   }
-  if (state.status === 'closed') return error('Account is closed');
+  if (state.status === 'closed') {
+    if (cmd.type === 'GetBalance') return effect({ tag: 'none' }, ok({ balance: 0n }));
+    return error(`Account ${accountNumber} is closed`);
+  }
   const balance = state.balance;
   switch (cmd.type) {
     case 'Deposit': {
       const next = balance + cmd.amount;
-      if (!Number.isSafeInteger(next)) return error(`Deposit of ${cmd.amount} would overflow balance ${balance}`);
+      if (next > U64_MAX) return error(`Deposit of ${cmd.amount} would overflow the balance ${balance}`);
       return persistAndReply([{ type: 'Deposited', amount: cmd.amount }], next);
     }
     case 'Withdraw':
@@ -155,10 +247,10 @@ function decide(state, cmd) {
     case 'GetBalance':
       return effect({ tag: 'none' }, ok({ balance }));
     case 'CloseAccount':
-      if (balance !== 0) return error("Can't close account with non-zero balance");
-      return persistAndReply([{ type: 'AccountClosed' }], 0);
+      if (balance !== 0n) return error("Can't close account with non-zero balance");
+      return persistAndReply([{ type: 'AccountClosed' }], 0n);
     default: // CreateAccount on an open account
-      return error('Account is already created');
+      return error(`Account ${accountNumber} is already created`);
   }
 }
 
@@ -189,7 +281,7 @@ export const handler = {
   handleCommand(state, command) {
     const cmd = guard('handle-command', 'malformed command: ', () => decodeCommand(command.payload));
     const current = guard('handle-command', 'corrupt state: ', () => decodeState(state));
-    return guard('handle-command', '', () => decide(current, cmd));
+    return guard('handle-command', '', () => decide(current, cmd, command.metadata.entityId));
   },
 
   applyEvents(state, events) {

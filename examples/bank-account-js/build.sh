@@ -2,7 +2,7 @@
 # Build the JavaScript bank-account entity into a WebAssembly component:
 #   target/components-polyglot/bank-account-js.wasm
 # Needs node and this directory's npm packages (scripts/install-guest-toolchains.sh
-# installs them with `npm ci`).
+# installs them with `npm install`).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -13,7 +13,7 @@ if ! command -v node >/dev/null 2>&1; then
   exit 1
 fi
 if [ ! -f "$here/node_modules/@bytecodealliance/componentize-js/package.json" ]; then
-  echo "error: ComponentizeJS is not installed in $here/node_modules; run scripts/install-guest-toolchains.sh (or: npm ci --prefix $here)" >&2
+  echo "error: ComponentizeJS is not installed in $here/node_modules; run scripts/install-guest-toolchains.sh (or: npm install --prefix $here)" >&2
   exit 1
 fi
 

@@ -88,16 +88,44 @@ COMMANDS = {
 }
 
 
+MAX_DEPTH = 64
+
+
+def _check_depth(data: bytes) -> None:
+    """Refuse deeply nested JSON before json.loads sees it: CPython's parser recurses
+    in C, and inside Wasm it exhausts the stack (a trap) before RecursionError."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return  # the common case: no scan needed
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ValueError("not JSON: nested too deeply")
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+
+
 def decode_command(data: bytes) -> dict:
     """The command as a dict, or raise ValueError (reported as a malformed command)."""
+    _check_depth(data)
     try:
         cmd = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:
         raise ValueError(f"not JSON: {e}") from None
     if not isinstance(cmd, dict):
         raise ValueError("expected a JSON object")
     kind = cmd.get("type")
-    if kind not in COMMANDS:
+    if not isinstance(kind, str) or kind not in COMMANDS:
         raise ValueError(f"unknown command type {json.dumps(kind)}")
     result = {"type": kind}
     for field in COMMANDS[kind]:
@@ -132,14 +160,11 @@ def apply(state: dict, ev: dict) -> dict:
         return opened(0)
     if status == "open":
         balance = state["balance"]
+        # Saturating, as the Rust version (the command handler never goes past the limits).
         if kind == "Deposited":
-            if balance + ev["amount"] > MAX_AMOUNT:
-                raise ValueError("balance overflow")
-            return opened(balance + ev["amount"])
+            return opened(min(balance + ev["amount"], MAX_AMOUNT))
         if kind == "Withdrawn":
-            if ev["amount"] > balance:
-                raise ValueError("balance would become negative")
-            return opened(balance - ev["amount"])
+            return opened(max(balance - ev["amount"], 0))
         if kind == "AccountClosed":
             return closed()
     raise ValueError(f"event {kind} cannot be applied to an account in state {status}")
@@ -163,19 +188,21 @@ def error(message: str) -> Effect:
     return effect(Action_None_(), Reply_Error(message))
 
 
-def decide(state: dict, cmd: dict) -> Effect:
+def decide(state: dict, cmd: dict, account_number: str) -> Effect:
     status, kind = state["status"], cmd["type"]
     if status == "empty":
         if kind == "CreateAccount":
             return persist_and_reply([{"type": "AccountCreated"}], 0)
         return effect(Action_Unhandled())
     if status == "closed":
-        return error("Account is closed")
+        if kind == "GetBalance":
+            return effect(Action_None_(), ok({"balance": 0}))
+        return error(f"Account {account_number} is closed")
     balance = state["balance"]
     if kind == "Deposit":
         amount = cmd["amount"]
         if balance + amount > MAX_AMOUNT:
-            return error(f"Deposit of {amount} would overflow balance {balance}")
+            return error(f"Deposit of {amount} would overflow the balance {balance}")
         return persist_and_reply([{"type": "Deposited", "amount": amount}], balance + amount)
     if kind == "Withdraw":
         amount = cmd["amount"]
@@ -189,7 +216,7 @@ def decide(state: dict, cmd: dict) -> Effect:
             return error("Can't close account with non-zero balance")
         return persist_and_reply([{"type": "AccountClosed"}], 0)
     # CreateAccount on an open account
-    return error("Account is already created")
+    return error(f"Account {account_number} is already created")
 
 
 # ---------------------------------------------------------------- the export
@@ -216,7 +243,7 @@ class Handler(exports.Handler):
         except ValueError as e:
             raise Err(f"corrupt state: {e}")
         try:
-            return decide(current, cmd)
+            return decide(current, cmd, command.metadata.entity_id)
         except Exception:
             _fault("handle-command")
             raise

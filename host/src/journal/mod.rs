@@ -1,7 +1,9 @@
 //! The journal: where events become durable.
 //!
-//! The [`Journal`] trait is what the engine needs from storage; `sled_store` is the
-//! embedded backend. Invariants every backend keeps:
+//! The [`Journal`] trait is what the engine needs from storage; `sled_store` and
+//! `fjall_store` are the embedded backends (same key layout, `keys.rs`; same record
+//! formats, `codec.rs`). Invariants every backend keeps (checked for each backend
+//! by the shared tests in `tests.rs`):
 //!
 //! * `write` is atomic and durable: all events and snapshots of a batch are stored,
 //!   or none; when it returns `Ok` the bytes have been synced to stable storage.
@@ -13,10 +15,15 @@
 //! * every stored event carries a checksum that reads verify.
 
 pub mod codec;
+pub mod fjall_store;
+mod keys;
 pub mod sled_store;
+#[cfg(test)]
+pub(crate) mod tests;
 
 use thiserror::Error;
 
+pub use fjall_store::FjallJournal;
 pub use sled_store::SledJournal;
 
 /// An event the engine wants stored.
@@ -160,23 +167,4 @@ pub fn validate_label(what: &str, s: &str, allow_empty: bool) -> Result<(), Stri
         ));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_validated() {
-        assert!(validate_entity_type("bank-account").is_ok());
-        assert!(validate_entity_type("Bank").is_err());
-        assert!(validate_entity_type("").is_err());
-        assert!(validate_entity_type("a|b").is_err());
-        assert!(validate_entity_id("alice@example.com").is_ok());
-        assert!(validate_entity_id("a|b").is_err());
-        assert!(validate_entity_id("a/b").is_err());
-        assert!(validate_entity_id(&"x".repeat(201)).is_err());
-        assert!(validate_label("tag", "", false).is_err());
-        assert!(validate_label("manifest", "", true).is_ok());
-    }
 }

@@ -1,7 +1,8 @@
 //! The embedded journal on sled.
 //!
 //! Key layout in the single tree `journal` (one tree, so that one `apply_batch`
-//! makes events, their indexes and snapshots atomic together):
+//! makes events, their indexes and snapshots atomic together; built by `keys.rs`,
+//! shared with `fjall_store`):
 //!
 //! ```text
 //! b'e' pid 0x00 seq_nr(u64 BE)   -> event record (codec::encode_event)
@@ -27,6 +28,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::codec;
+use super::keys::{self, event_key, event_prefix, snapshot_key};
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
 pub struct SledJournal {
@@ -47,62 +49,15 @@ fn storage(e: sled::Error) -> JournalError {
     JournalError::Storage(e.to_string())
 }
 
-fn event_prefix(pid: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(pid.len() + 10);
-    k.push(b'e');
-    k.extend_from_slice(pid.as_bytes());
-    k.push(0);
-    k
-}
-
-fn event_key(pid: &str, seq_nr: u64) -> Vec<u8> {
-    let mut k = event_prefix(pid);
-    k.extend_from_slice(&seq_nr.to_be_bytes());
-    k
-}
-
-fn event_ref(pid: &str, seq_nr: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(pid.len() + 9);
-    k.extend_from_slice(pid.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq_nr.to_be_bytes());
-    k
-}
-
-fn parse_ref(r: &[u8]) -> JournalResult<(String, u64)> {
-    let bad = || JournalError::Corrupt("bad index entry".into());
-    if r.len() < 10 || r[r.len() - 9] != 0 {
-        return Err(bad());
-    }
-    let pid = std::str::from_utf8(&r[..r.len() - 9]).map_err(|_| bad())?;
-    let seq = u64::from_be_bytes(r[r.len() - 8..].try_into().unwrap());
-    Ok((pid.to_string(), seq))
-}
-
-fn tag_prefix(tag: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(tag.len() + 10);
-    k.push(b't');
-    k.extend_from_slice(tag.as_bytes());
-    k.push(0);
-    k
-}
-
-fn snapshot_key(pid: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(pid.len() + 1);
-    k.push(b's');
-    k.extend_from_slice(pid.as_bytes());
-    k
-}
-
 impl SledJournal {
     pub fn open(dir: &Path) -> JournalResult<Self> {
         let db = sled::Config::new().path(dir).open().map_err(storage)?;
         let journal = db.open_tree("journal").map_err(storage)?;
         let timers = db.open_tree("timers").map_err(storage)?;
-        let next_offset = match journal.scan_prefix([b'o']).next_back() {
+        let next_offset = match journal.scan_prefix([keys::OFFSET_PREFIX]).next_back() {
             Some(kv) => {
                 let (k, _) = kv.map_err(storage)?;
-                u64::from_be_bytes(k[1..9].try_into().map_err(|_| JournalError::Corrupt("bad offset key".into()))?) + 1
+                keys::parse_offset_key(&k)? + 1
             }
             None => 1,
         };
@@ -150,38 +105,6 @@ impl SledJournal {
             .ok_or_else(|| JournalError::Corrupt(format!("index points at missing event {pid}#{seq_nr}")))?;
         codec::decode_event(pid, &v)
     }
-
-    /// Refuse a batch that would overwrite an event or leave a gap.
-    fn check_sequence(&self, batch: &WriteBatch) -> JournalResult<()> {
-        let mut expected: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-        for e in &batch.events {
-            match expected.get_mut(e.persistence_id.as_str()) {
-                Some(next) => {
-                    if e.seq_nr != *next {
-                        return Err(JournalError::Invalid(format!(
-                            "{}: sequence number {} where {} was expected",
-                            e.persistence_id, e.seq_nr, next
-                        )));
-                    }
-                    *next += 1;
-                }
-                None => {
-                    let pid = e.persistence_id.as_str();
-                    if e.seq_nr == 0
-                        || self.journal.contains_key(event_key(pid, e.seq_nr)).map_err(storage)?
-                        || (e.seq_nr > 1 && !self.journal.contains_key(event_key(pid, e.seq_nr - 1)).map_err(storage)?)
-                    {
-                        return Err(JournalError::Invalid(format!(
-                            "{pid}: sequence number {} does not follow the stored events (another writer?)",
-                            e.seq_nr
-                        )));
-                    }
-                    expected.insert(pid, e.seq_nr + 1);
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Journal for SledJournal {
@@ -190,24 +113,11 @@ impl Journal for SledJournal {
             return Ok(());
         }
         let mut next_offset = self.next_offset.lock().unwrap();
-        self.check_sequence(batch)?;
+        keys::check_sequence(batch, |k| self.journal.contains_key(k).map_err(storage))?;
+        let (entries, offset) = keys::batch_entries(batch, *next_offset);
         let mut b = sled::Batch::default();
-        let mut offset = *next_offset;
-        for e in &batch.events {
-            let r = event_ref(&e.persistence_id, e.seq_nr);
-            b.insert(event_key(&e.persistence_id, e.seq_nr), codec::encode_event(e, offset));
-            let mut ok = vec![b'o'];
-            ok.extend_from_slice(&offset.to_be_bytes());
-            b.insert(ok, r.clone());
-            for t in &e.tags {
-                let mut tk = tag_prefix(t);
-                tk.extend_from_slice(&offset.to_be_bytes());
-                b.insert(tk, r.clone());
-            }
-            offset += 1;
-        }
-        for s in &batch.snapshots {
-            b.insert(snapshot_key(&s.persistence_id), codec::encode_snapshot(s));
+        for (k, v) in entries {
+            b.insert(k, v);
         }
         self.journal.apply_batch(b).map_err(storage)?;
         self.sync()?;
@@ -219,7 +129,7 @@ impl Journal for SledJournal {
         match self.journal.scan_prefix(event_prefix(pid)).next_back() {
             Some(kv) => {
                 let (k, _) = kv.map_err(storage)?;
-                Ok(u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap()))
+                keys::event_key_seq_nr(&k)
             }
             None => Ok(0),
         }
@@ -237,14 +147,12 @@ impl Journal for SledJournal {
     }
 
     fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
-        let mut start = tag_prefix(tag);
-        start.extend_from_slice(&from.to_be_bytes());
-        let mut end = tag_prefix(tag);
-        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        let start = keys::tag_key(tag, from);
+        let end = keys::tag_key(tag, u64::MAX);
         let mut out = Vec::new();
         for kv in self.journal.range(start..=end).take(limit) {
             let (_, r) = kv.map_err(storage)?;
-            let (pid, seq) = parse_ref(&r)?;
+            let (pid, seq) = keys::parse_ref(&r)?;
             out.push(self.read_event(&pid, seq)?);
         }
         Ok(out)
@@ -258,13 +166,13 @@ impl Journal for SledJournal {
     }
 
     fn put_timer(&self, timer: &Timer) -> JournalResult<()> {
-        self.timers.insert(timer.id.to_be_bytes(), codec::encode_timer(timer)).map_err(storage)?;
+        self.timers.insert(keys::timer_key(timer.id), codec::encode_timer(timer)).map_err(storage)?;
         self.sync()?;
         Ok(())
     }
 
     fn remove_timer(&self, id: u64) -> JournalResult<()> {
-        self.timers.remove(id.to_be_bytes()).map_err(storage)?;
+        self.timers.remove(keys::timer_key(id)).map_err(storage)?;
         self.sync()?;
         Ok(())
     }
@@ -273,7 +181,7 @@ impl Journal for SledJournal {
         let mut out = Vec::new();
         for kv in self.timers.iter() {
             let (k, v) = kv.map_err(storage)?;
-            let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| JournalError::Corrupt("bad timer key".into()))?);
+            let id = keys::parse_timer_key(&k)?;
             out.push(codec::decode_timer(id, &v)?);
         }
         out.sort_by_key(|t| (t.due_ms, t.id));
@@ -287,64 +195,10 @@ impl Journal for SledJournal {
 
 #[cfg(test)]
 mod tests {
+    //! Tests every backend must pass live in `journal/tests.rs`; this one is about
+    //! sled's blob files.
     use super::*;
-    use crate::journal::NewEvent;
-
-    fn ev(pid: &str, seq: u64, tags: &[&str]) -> NewEvent {
-        NewEvent {
-            persistence_id: pid.into(),
-            seq_nr: seq,
-            timestamp_ms: 1,
-            writer_id: "w1".into(),
-            manifest: "M".into(),
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            payload: format!("{pid}-{seq}").into_bytes(),
-        }
-    }
-
-    #[test]
-    fn batch_is_stored_with_offsets_tags_and_gapless_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = SledJournal::open(dir.path()).unwrap();
-        let batch = WriteBatch { events: vec![ev("a|1", 1, &["x"]), ev("b|1", 1, &[]), ev("a|1", 2, &["x", "y"])], snapshots: vec![] };
-        j.write(&batch).unwrap();
-        assert_eq!(j.highest_seq_nr("a|1").unwrap(), 2);
-        assert_eq!(j.highest_seq_nr("a|10").unwrap(), 0, "prefix of another id must not match");
-        let a = j.events("a|1", 1, 100).unwrap();
-        assert_eq!(a.iter().map(|e| (e.seq_nr, e.offset)).collect::<Vec<_>>(), vec![(1, 1), (2, 3)]);
-        let x = j.events_by_tag("x", 0, 100).unwrap();
-        assert_eq!(x.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![1, 3]);
-        assert_eq!(j.events_by_tag("x", 2, 100).unwrap().len(), 1);
-        // A gap or an overwrite is refused and stores nothing.
-        let gap = WriteBatch { events: vec![ev("b|1", 2, &["x"]), ev("a|1", 4, &[])], snapshots: vec![] };
-        assert!(matches!(j.write(&gap), Err(JournalError::Invalid(_))));
-        let dup = WriteBatch { events: vec![ev("a|1", 2, &[])], snapshots: vec![] };
-        assert!(j.write(&dup).is_err());
-        assert_eq!(j.highest_seq_nr("b|1").unwrap(), 1);
-        assert_eq!(j.events_by_tag("x", 0, 100).unwrap().len(), 2);
-        drop(j);
-        // Offsets continue after a reopen.
-        let j = SledJournal::open(dir.path()).unwrap();
-        j.write(&WriteBatch { events: vec![ev("a|1", 3, &["x"])], snapshots: vec![] }).unwrap();
-        assert_eq!(j.events("a|1", 3, 1).unwrap()[0].offset, 4);
-    }
-
-    #[test]
-    fn snapshots_and_timers_persist() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = SledJournal::open(dir.path()).unwrap();
-        let s = Snapshot { persistence_id: "a|1".into(), seq_nr: 5, state_version: 2, timestamp_ms: 9, state: b"st".to_vec() };
-        j.write(&WriteBatch { events: vec![], snapshots: vec![s.clone()] }).unwrap();
-        let id = j.next_timer_id().unwrap();
-        let t = Timer { id, due_ms: 10, entity_type: "t".into(), entity_id: "1".into(), payload: b"{}".to_vec() };
-        j.put_timer(&t).unwrap();
-        drop(j);
-        let j = SledJournal::open(dir.path()).unwrap();
-        assert_eq!(j.load_snapshot("a|1").unwrap(), Some(s));
-        assert_eq!(j.timers().unwrap(), vec![t]);
-        j.remove_timer(id).unwrap();
-        assert!(j.timers().unwrap().is_empty());
-    }
+    use crate::journal::tests::ev;
 
     #[test]
     fn large_events_stored_as_sled_blobs_survive_a_reopen() {

@@ -1,0 +1,227 @@
+//! Tests every backend must pass: each is a function taking an opener, run once per
+//! backend by `backend_tests!` (as `journal::tests::{sled,fjall}::NAME`).
+
+use std::path::Path;
+
+use super::*;
+
+type Opener = fn(&Path) -> JournalResult<Box<dyn Journal>>;
+
+fn open_sled(dir: &Path) -> JournalResult<Box<dyn Journal>> {
+    Ok(Box::new(SledJournal::open(dir)?))
+}
+
+fn open_fjall(dir: &Path) -> JournalResult<Box<dyn Journal>> {
+    Ok(Box::new(FjallJournal::open(dir)?))
+}
+
+macro_rules! backend_tests {
+    ($($test:ident),* $(,)?) => {
+        mod sled {
+            $( #[test] fn $test() { super::$test(super::open_sled) } )*
+        }
+        mod fjall {
+            $( #[test] fn $test() { super::$test(super::open_fjall) } )*
+        }
+    };
+}
+
+backend_tests!(
+    batch_is_stored_with_offsets_tags_and_gapless_seq,
+    snapshots_and_timers_persist,
+    reopened_journal_sees_everything,
+    timer_ids_are_unique_across_restarts,
+    opening_twice_at_once_fails,
+);
+
+pub(crate) fn ev(pid: &str, seq: u64, tags: &[&str]) -> NewEvent {
+    NewEvent {
+        persistence_id: pid.into(),
+        seq_nr: seq,
+        timestamp_ms: 1,
+        writer_id: "w1".into(),
+        manifest: "M".into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        payload: format!("{pid}-{seq}").into_bytes(),
+    }
+}
+
+fn snap(pid: &str, seq_nr: u64, state: &[u8]) -> Snapshot {
+    Snapshot { persistence_id: pid.into(), seq_nr, state_version: 2, timestamp_ms: 9, state: state.to_vec() }
+}
+
+fn batch_is_stored_with_offsets_tags_and_gapless_seq(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path()).unwrap();
+    let batch = WriteBatch { events: vec![ev("a|1", 1, &["x"]), ev("b|1", 1, &[]), ev("a|1", 2, &["x", "y"])], snapshots: vec![] };
+    j.write(&batch).unwrap();
+    assert_eq!(j.highest_seq_nr("a|1").unwrap(), 2);
+    assert_eq!(j.highest_seq_nr("a|10").unwrap(), 0, "prefix of another id must not match");
+    assert_eq!(j.highest_seq_nr("a|").unwrap(), 0);
+    let a = j.events("a|1", 1, 100).unwrap();
+    assert_eq!(a.iter().map(|e| (e.seq_nr, e.offset)).collect::<Vec<_>>(), vec![(1, 1), (2, 3)]);
+    assert_eq!(a[1].tags, vec!["x", "y"]);
+    assert_eq!(a[1].payload, b"a|1-2");
+    assert_eq!(j.events("a|1", 2, 100).unwrap().len(), 1);
+    assert_eq!(j.events("a|1", 0, 1).unwrap().len(), 1);
+    assert!(j.events("a|1", 3, 100).unwrap().is_empty());
+    let x = j.events_by_tag("x", 0, 100).unwrap();
+    assert_eq!(x.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(j.events_by_tag("x", 2, 100).unwrap().len(), 1);
+    assert_eq!(j.events_by_tag("x", 0, 1).unwrap().len(), 1);
+    assert_eq!(j.events_by_tag("y", 0, 100).unwrap()[0].persistence_id, "a|1");
+    // A gap or an overwrite is refused and stores nothing, snapshots included.
+    let gap = WriteBatch { events: vec![ev("b|1", 2, &["x"]), ev("a|1", 4, &[])], snapshots: vec![snap("b|1", 2, b"s")] };
+    assert!(matches!(j.write(&gap), Err(JournalError::Invalid(_))));
+    let dup = WriteBatch { events: vec![ev("a|1", 2, &[])], snapshots: vec![] };
+    assert!(matches!(j.write(&dup), Err(JournalError::Invalid(_))));
+    let skip = WriteBatch { events: vec![ev("c|1", 1, &[]), ev("c|1", 3, &[])], snapshots: vec![] };
+    assert!(matches!(j.write(&skip), Err(JournalError::Invalid(_))));
+    let zero = WriteBatch { events: vec![ev("c|1", 0, &[])], snapshots: vec![] };
+    assert!(matches!(j.write(&zero), Err(JournalError::Invalid(_))));
+    assert_eq!(j.highest_seq_nr("b|1").unwrap(), 1);
+    assert_eq!(j.highest_seq_nr("c|1").unwrap(), 0);
+    assert_eq!(j.load_snapshot("b|1").unwrap(), None);
+    assert_eq!(j.events_by_tag("x", 0, 100).unwrap().len(), 2);
+    // Refused batches use no offsets.
+    j.write(&WriteBatch { events: vec![ev("c|1", 1, &["x"])], snapshots: vec![] }).unwrap();
+    assert_eq!(j.events("c|1", 1, 1).unwrap()[0].offset, 4);
+    drop(j);
+    // Offsets continue after a reopen.
+    let j = open(dir.path()).unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 3, &["x"])], snapshots: vec![] }).unwrap();
+    assert_eq!(j.events("a|1", 3, 1).unwrap()[0].offset, 5);
+    assert_eq!(j.events_by_tag("x", 0, 100).unwrap().iter().map(|e| e.offset).collect::<Vec<_>>(), vec![1, 3, 4, 5]);
+}
+
+fn snapshots_and_timers_persist(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path()).unwrap();
+    let s = snap("a|1", 5, b"st");
+    j.write(&WriteBatch { events: vec![], snapshots: vec![s.clone()] }).unwrap();
+    let id = j.next_timer_id().unwrap();
+    let t = Timer { id, due_ms: 10, entity_type: "t".into(), entity_id: "1".into(), payload: b"{}".to_vec() };
+    j.put_timer(&t).unwrap();
+    drop(j);
+    let j = open(dir.path()).unwrap();
+    assert_eq!(j.load_snapshot("a|1").unwrap(), Some(s));
+    assert_eq!(j.load_snapshot("a|").unwrap(), None);
+    assert_eq!(j.timers().unwrap(), vec![t]);
+    j.remove_timer(id).unwrap();
+    assert!(j.timers().unwrap().is_empty());
+    drop(j);
+    let j = open(dir.path()).unwrap();
+    assert!(j.timers().unwrap().is_empty(), "a removed timer stays removed after a reopen");
+}
+
+/// Everything the journal answers, for comparing before and after a reopen.
+fn everything(j: &dyn Journal, pids: &[&str], tags: &[&str]) -> String {
+    let mut out = String::new();
+    for pid in pids {
+        out += &format!("{pid} highest={}\n", j.highest_seq_nr(pid).unwrap());
+        out += &format!("{pid} events={:?}\n", j.events(pid, 0, usize::MAX).unwrap());
+        out += &format!("{pid} snapshot={:?}\n", j.load_snapshot(pid).unwrap());
+    }
+    for tag in tags {
+        out += &format!("{tag} tagged={:?}\n", j.events_by_tag(tag, 0, usize::MAX).unwrap());
+    }
+    out += &format!("timers={:?}\n", j.timers().unwrap());
+    out
+}
+
+fn reopened_journal_sees_everything(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = ["acct|1", "acct|2", "acct|10", "blog|x", "big|1"];
+    let tags = ["account", "even", "blog", "big"];
+    let j = open(dir.path()).unwrap();
+    let mut seq = std::collections::HashMap::new();
+    for round in 0..50u64 {
+        let mut batch = WriteBatch::default();
+        for (i, pid) in pids[..4].iter().enumerate() {
+            if (round + i as u64) % 3 == 0 {
+                continue;
+            }
+            let s = seq.entry(*pid).or_insert(0u64);
+            *s += 1;
+            let mut tags = vec![if pid.starts_with("blog") { "blog" } else { "account" }];
+            if *s % 2 == 0 {
+                tags.push("even");
+            }
+            batch.events.push(ev(pid, *s, &tags));
+            if *s % 7 == 0 {
+                batch.snapshots.push(snap(pid, *s, format!("state of {pid} at {s}").as_bytes()));
+            }
+        }
+        j.write(&batch).unwrap();
+    }
+    let mut big = ev("big|1", 1, &["big"]);
+    big.payload = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    j.write(&WriteBatch { events: vec![big], snapshots: vec![snap("big|1", 1, &[1; 100_000])] }).unwrap();
+    let mut ids = Vec::new();
+    for due in [30, 10, 20] {
+        let id = j.next_timer_id().unwrap();
+        ids.push(id);
+        j.put_timer(&Timer { id, due_ms: due, entity_type: "t".into(), entity_id: format!("{due}"), payload: vec![due as u8] })
+            .unwrap();
+    }
+    j.remove_timer(ids[0]).unwrap();
+    assert_eq!(j.timers().unwrap().iter().map(|t| t.due_ms).collect::<Vec<_>>(), vec![10, 20]);
+    let before = everything(&*j, &pids, &tags);
+    let last_offset = j.events_by_tag("big", 0, 1).unwrap()[0].offset;
+    drop(j);
+
+    let j = open(dir.path()).unwrap();
+    assert_eq!(everything(&*j, &pids, &tags), before);
+    let s = seq["acct|1"] + 1;
+    j.write(&WriteBatch { events: vec![ev("acct|1", s, &["account"])], snapshots: vec![] }).unwrap();
+    assert_eq!(j.events("acct|1", s, 1).unwrap()[0].offset, last_offset + 1);
+    let id = j.next_timer_id().unwrap();
+    assert!(ids.iter().all(|old| id > *old), "timer id {id} after reopen, before: {ids:?}");
+}
+
+fn timer_ids_are_unique_across_restarts(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for run in 0..3 {
+        let j = open(dir.path()).unwrap();
+        let mut last = 0;
+        for _ in 0..1500 {
+            let id = j.next_timer_id().unwrap();
+            assert!(seen.insert(id), "timer id {id} handed out twice (run {run})");
+            last = id;
+        }
+        // The highest id was stored and then removed: it must not come back.
+        j.put_timer(&Timer { id: last, due_ms: 1, entity_type: "t".into(), entity_id: "1".into(), payload: vec![] }).unwrap();
+        j.remove_timer(last).unwrap();
+    }
+}
+
+fn opening_twice_at_once_fails(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path()).unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 1, &[])], snapshots: vec![] }).unwrap();
+    match open(dir.path()) {
+        Err(JournalError::Storage(msg)) => assert!(msg.contains("lock"), "unclear error: {msg}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a second journal opened the same directory"),
+    }
+    // The first one is unaffected, and once it is gone the directory opens again.
+    j.write(&WriteBatch { events: vec![ev("a|1", 2, &[])], snapshots: vec![] }).unwrap();
+    drop(j);
+    let j = open(dir.path()).unwrap();
+    assert_eq!(j.highest_seq_nr("a|1").unwrap(), 2);
+}
+
+#[test]
+fn names_are_validated() {
+    assert!(validate_entity_type("bank-account").is_ok());
+    assert!(validate_entity_type("Bank").is_err());
+    assert!(validate_entity_type("").is_err());
+    assert!(validate_entity_type("a|b").is_err());
+    assert!(validate_entity_id("alice@example.com").is_ok());
+    assert!(validate_entity_id("a|b").is_err());
+    assert!(validate_entity_id("a/b").is_err());
+    assert!(validate_entity_id(&"x".repeat(201)).is_err());
+    assert!(validate_label("tag", "", false).is_err());
+    assert!(validate_label("manifest", "", true).is_ok());
+}
