@@ -165,14 +165,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mneme::component::{sandbox::Runtime, Registry, SandboxLimits};
-use mneme::journal::{Journal, JournalError, JournalResult, SledJournal, Snapshot, StoredEvent, Timer, WriteBatch};
+use mneme::journal::{Backend, Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 use mneme::{CommandError, Engine, EngineConfig, Outcome};
 
-/// The real sled journal, with a switch that makes its writes fail the way a full
+/// The real journal (the default backend), with a switch that makes its writes fail the way a full
 /// or broken disk does (the write returns an error, nothing is stored), and a
 /// counter of durable writes.
 pub struct SwitchableJournal {
-    inner: SledJournal,
+    inner: Arc<dyn Journal>,
     pub fail_writes: AtomicBool,
     pub writes: AtomicU64,
 }
@@ -221,7 +221,7 @@ pub struct TestEngine {
 impl TestEngine {
     pub fn start(data: &Path, components: &[(&str, PathBuf)], config: EngineConfig, limits: SandboxLimits) -> TestEngine {
         let journal = Arc::new(SwitchableJournal {
-            inner: SledJournal::open(&data.join("journal")).unwrap(),
+            inner: mneme::journal::open(data, Backend::default()).unwrap(),
             fail_writes: AtomicBool::new(false),
             writes: AtomicU64::new(0),
         });

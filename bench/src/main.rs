@@ -16,6 +16,9 @@ struct Args {
     /// Smaller runs: a smoke check, not figures to publish.
     #[arg(long)]
     quick: bool,
+    /// Journal backend for the engine scenarios: fjall or sled.
+    #[arg(long, default_value = "fjall")]
+    journal: String,
     /// Run only the scenarios whose name contains this.
     #[arg(long)]
     only: Option<String>,
@@ -23,8 +26,15 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    let backend = mneme::journal::Backend::parse(&args.journal).unwrap_or_else(|e| panic!("{e}"));
+    engine::BACKEND.set(backend).unwrap();
+    println!("engine scenarios on the {} journal\n", backend.name());
     let mut report = report::Report::new();
     let want = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    // First, before other scenarios leave freed-but-retained heap behind.
+    if want("memory") {
+        engine::memory(&mut report, args.quick);
+    }
     if want("storage") {
         storage::run(&mut report, args.quick);
     }
@@ -45,8 +55,5 @@ fn main() {
     }
     if want("restart") {
         engine::restart(&mut report);
-    }
-    if want("memory") {
-        engine::memory(&mut report, args.quick);
     }
 }

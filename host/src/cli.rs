@@ -92,6 +92,9 @@ pub struct ServeArgs {
     pub components: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Journal backend (a data directory keeps the one it was created with).
+    #[arg(long, default_value = "fjall", value_parser = crate::journal::Backend::NAMES)]
+    pub journal: String,
     /// Shards (threads running entities); default: number of cores.
     #[arg(long)]
     pub shards: Option<usize>,
@@ -143,6 +146,7 @@ impl ServeArgs {
             data: self.data,
             components: self.components,
             listen: self.listen,
+            journal: crate::journal::Backend::parse(&self.journal).expect("validated by clap"),
             engine,
             sandbox: SandboxLimits {
                 memory_bytes: self.memory_limit_mb << 20,

@@ -11,12 +11,13 @@ use anyhow::Context as _;
 use crate::api::{self, ApiConfig};
 use crate::component::{sandbox::Runtime, Registry, SandboxLimits};
 use crate::engine::{Engine, EngineConfig};
-use crate::journal::SledJournal;
+use crate::journal::{self, Backend};
 
 pub struct ServeConfig {
     pub data: PathBuf,
     pub components: Option<PathBuf>,
     pub listen: SocketAddr,
+    pub journal: Backend,
     pub engine: EngineConfig,
     pub sandbox: SandboxLimits,
     pub api: ApiConfig,
@@ -25,9 +26,16 @@ pub struct ServeConfig {
 }
 
 /// Open storage and components and start the engine (no HTTP).
-pub fn start_engine(data: &Path, components: Option<&Path>, engine: EngineConfig, sandbox: SandboxLimits) -> anyhow::Result<Engine> {
+pub fn start_engine(
+    data: &Path,
+    backend: Backend,
+    components: Option<&Path>,
+    engine: EngineConfig,
+    sandbox: SandboxLimits,
+) -> anyhow::Result<Engine> {
     std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
-    let journal = SledJournal::open(&data.join("journal")).context("opening the journal (is another mneme using this data directory?)")?;
+    let journal = journal::open(data, backend)
+        .with_context(|| format!("opening the {} journal (is another mneme using this data directory?)", backend.name()))?;
     let runtime = Runtime::new(sandbox)?;
     let registry = Arc::new(Registry::open(runtime, data)?);
     if let Some(dir) = components {
@@ -35,13 +43,15 @@ pub fn start_engine(data: &Path, components: Option<&Path>, engine: EngineConfig
             tracing::error!("component `{name}` not loaded: {err}");
         }
     }
-    Ok(Engine::start(engine, Arc::new(journal), registry))
+    tracing::info!(journal = backend.name(), "journal open");
+    Ok(Engine::start(engine, journal, registry))
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (data, components) = (config.data.clone(), config.components.clone());
-    let (engine_config, sandbox) = (config.engine.clone(), config.sandbox);
-    let engine = tokio::task::spawn_blocking(move || start_engine(&data, components.as_deref(), engine_config, sandbox)).await??;
+    let (engine_config, sandbox, backend) = (config.engine.clone(), config.sandbox, config.journal);
+    let engine =
+        tokio::task::spawn_blocking(move || start_engine(&data, backend, components.as_deref(), engine_config, sandbox)).await??;
     for c in engine.registry().list() {
         tracing::info!(entity_type = %c.entity_type, version = c.version, "serving component");
     }

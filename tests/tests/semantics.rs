@@ -331,8 +331,8 @@ fn every_event_carries_the_writer_id_and_a_second_writer_is_refused() {
     let e = &t.events("bank-account", "w")[0];
     assert_eq!(e.writer_id, t.engine.writer_id());
     assert!(e.timestamp_ms > 1_600_000_000_000);
-    // A second process on the same journal cannot open it (sled holds a file lock).
-    assert!(mneme::journal::SledJournal::open(&dir.path().join("journal")).is_err());
+    // A second process on the same journal cannot open it (the backend holds a file lock).
+    assert!(mneme::journal::open(dir.path(), mneme::journal::Backend::default()).is_err());
 }
 
 #[test]

@@ -14,9 +14,18 @@ fn examples() -> Vec<std::path::PathBuf> {
 
 #[test]
 fn acknowledged_commands_survive_kill_9() {
+    kill_9_keeps_every_acknowledged_command(&[]);
+}
+
+#[test]
+fn acknowledged_commands_survive_kill_9_on_the_sled_journal() {
+    kill_9_keeps_every_acknowledged_command(&["--journal", "sled"]);
+}
+
+fn kill_9_keeps_every_acknowledged_command(journal: &[&str]) {
     let data = tempfile::tempdir().unwrap();
     let comps = components_dir(&examples());
-    let server = Server::start(data.path(), comps.path(), &[]);
+    let server = Server::start(data.path(), comps.path(), journal);
     let url = server.url.clone();
     const CLIENTS: usize = 8;
     for c in 0..CLIENTS {
@@ -56,7 +65,7 @@ fn acknowledged_commands_survive_kill_9() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.iter().all(|&n| n > 0), "every client got acknowledgements before the kill: {acked:?}");
 
-    let server = Server::start(data.path(), comps.path(), &[]);
+    let server = Server::start(data.path(), comps.path(), journal);
     for (c, &n) in acked.iter().enumerate() {
         let id = format!("k{c}");
         let mut amounts = Vec::new();
@@ -83,6 +92,24 @@ fn acknowledged_commands_survive_kill_9() {
         assert_eq!(s, 200);
         assert_eq!(state["balance"].as_u64().unwrap(), amounts.iter().sum::<u64>(), "{id}: recovered state");
     }
+}
+
+#[test]
+fn a_data_directory_keeps_its_journal_backend() {
+    let data = tempfile::tempdir().unwrap();
+    let comps = components_dir(&[example("bank-account")]);
+    let server = Server::start(data.path(), comps.path(), &["--journal", "sled"]);
+    assert_eq!(server.send("bank-account", "s", r#"{"type":"CreateAccount"}"#).0, 200);
+    drop(server);
+    // Starting on the other backend is refused instead of showing an empty journal.
+    let out = Command::new(mneme_bin())
+        .args(["serve", "--data"])
+        .arg(data.path())
+        .args(["--listen", "127.0.0.1:0", "--journal", "fjall"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--journal sled"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -127,6 +127,60 @@ pub trait Journal: Send + Sync + 'static {
     fn next_timer_id(&self) -> JournalResult<u64>;
 }
 
+/// The embedded journal backends. fjall is the default: measured 3-4x sled's
+/// durable write rate (BENCHMARKS.md), and its sync is an `fdatasync` of its
+/// write-ahead journal (see `fjall_store.rs`), at least as strong as what the sled
+/// backend does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    #[default]
+    Fjall,
+    Sled,
+}
+
+impl Backend {
+    pub const NAMES: [&'static str; 2] = ["fjall", "sled"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Fjall => "fjall",
+            Backend::Sled => "sled",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Backend, String> {
+        match name {
+            "fjall" => Ok(Backend::Fjall),
+            "sled" => Ok(Backend::Sled),
+            other => Err(format!("unknown journal backend `{other}`: use fjall or sled")),
+        }
+    }
+
+    /// Where this backend keeps its files inside a data directory.
+    pub fn dir(self, data: &std::path::Path) -> std::path::PathBuf {
+        data.join(format!("journal-{}", self.name()))
+    }
+}
+
+/// Open the journal of a data directory. Refuses a backend other than the one that
+/// wrote the directory, so switching `--journal` never shows an empty journal.
+pub fn open(data: &std::path::Path, backend: Backend) -> JournalResult<std::sync::Arc<dyn Journal>> {
+    for other in [Backend::Fjall, Backend::Sled] {
+        if other != backend && other.dir(data).exists() && !backend.dir(data).exists() {
+            return Err(JournalError::Invalid(format!(
+                "{} holds a {} journal: start with `--journal {}`",
+                data.display(),
+                other.name(),
+                other.name()
+            )));
+        }
+    }
+    Ok(match backend {
+        Backend::Fjall => std::sync::Arc::new(FjallJournal::open(&backend.dir(data))?),
+        Backend::Sled => std::sync::Arc::new(SledJournal::open(&backend.dir(data))?),
+    })
+}
+
 /// `{entity-type}|{entity-id}` (Akka's PersistenceId).
 pub fn persistence_id(entity_type: &str, entity_id: &str) -> String {
     format!("{entity_type}|{entity_id}")

@@ -7,8 +7,21 @@ use super::*;
 
 type Opener = fn(&Path) -> JournalResult<Box<dyn Journal>>;
 
+/// sled releases its lock on `db` only when the last reference to its log is gone,
+/// and jobs on sled's own thread pool can still hold one for a moment after the
+/// `SledJournal` is dropped; so a reopen right after a drop may find the directory
+/// still locked. Retry that for up to 2 s (a lock that is really held, as in
+/// `opening_twice_at_once_fails`, still fails).
 fn open_sled(dir: &Path) -> JournalResult<Box<dyn Journal>> {
-    Ok(Box::new(SledJournal::open(dir)?))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match SledJournal::open(dir) {
+            Err(JournalError::Storage(msg)) if msg.contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            r => return Ok(Box::new(r?)),
+        }
+    }
 }
 
 fn open_fjall(dir: &Path) -> JournalResult<Box<dyn Journal>> {
