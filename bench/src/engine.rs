@@ -60,17 +60,26 @@ fn deposit() -> Vec<u8> {
     br#"{"type":"Deposit","amount":1}"#.to_vec()
 }
 
-/// Cost of one `handle-command` (a deposit on an open account), Wasm vs native,
-/// without the engine around it.
+/// Cost of one `handle-command` (a deposit on an open account): the Rust component
+/// and, when built (`scripts/build-polyglot.sh`), the Python, JavaScript and C ones,
+/// each against the same Rust code compiled natively, without the engine around it.
 pub fn handler_cost(report: &mut Report, quick: bool) {
     let n = if quick { 20_000 } else { 200_000 };
     let dir = tempfile::tempdir().unwrap();
     let registry = registry(dir.path(), false);
-    let wasm = registry.get("bank-account").unwrap();
-    let mut handlers: Vec<(&str, Box<dyn EntityHandler>)> =
-        vec![("native", Box::new(Native::<AccountEntity>::new())), ("wasm", wasm.instantiate(registry.runtime()).unwrap())];
-    let mut per_call = Vec::new();
-    for (_, h) in handlers.iter_mut() {
+    let mut handlers: Vec<(String, Box<dyn EntityHandler>, usize)> = vec![
+        ("native Rust".into(), Box::new(Native::<AccountEntity>::new()), n),
+        ("Rust component".into(), registry.get("bank-account").unwrap().instantiate(registry.runtime()).unwrap(), n),
+    ];
+    for lang in ["c", "js", "python"] {
+        let p = target_dir().join("components-polyglot").join(format!("bank-account-{lang}.wasm"));
+        if let Ok(wasm) = std::fs::read(&p) {
+            let c = registry.deploy(&format!("bank-account-{lang}"), &wasm).unwrap();
+            handlers.push((format!("{lang} component"), c.instantiate(registry.runtime()).unwrap(), n / 10));
+        }
+    }
+    let mut native = 0.0;
+    for (name, h, calls) in handlers.iter_mut() {
         let state = br#"{"status":"open","balance":100}"#;
         let mut cmd = Command {
             manifest: String::new(),
@@ -78,15 +87,20 @@ pub fn handler_cost(report: &mut Report, quick: bool) {
             metadata: CommandMetadata { entity_type: "bank-account".into(), entity_id: "a".into(), sequence_nr: 1, timestamp_ms: 0 },
         };
         let t = Instant::now();
-        for i in 0..n {
+        for i in 0..*calls {
             cmd.metadata.sequence_nr = i as u64;
             let effect = h.handle_command(state, &cmd).unwrap().unwrap();
             std::hint::black_box(effect);
         }
-        per_call.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+        let per_call = t.elapsed().as_secs_f64() * 1e6 / *calls as f64;
+        let scenario = format!("handle-command (deposit), {name}");
+        if native == 0.0 {
+            native = per_call;
+            report.figure(&scenario, per_call, "µs/call", None);
+        } else {
+            report.figure(&scenario, per_call, "µs/call", Some(("native Rust", native)));
+        }
     }
-    report.figure("handle-command (deposit), native Rust", per_call[0], "µs/call", None);
-    report.figure("handle-command (deposit), Wasm component", per_call[1], "µs/call", Some(("native", per_call[0])));
 }
 
 /// Closed-loop load: `clients` tasks, each sending deposits to its own entities
