@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt;
 
 use crate::api::{self, ApiConfig};
 use crate::component::{sandbox::Runtime, Registry, SandboxLimits};
@@ -60,6 +61,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     tracing::info!("mneme listening on http://{}", listener.local_addr()?);
+    // Replies are small: without TCP_NODELAY they can wait on Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, api::router(engine.clone(), config.api)).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("shutting down: finishing in-flight writes");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
