@@ -207,6 +207,16 @@ fn journal_error(e: crate::journal::JournalError) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
+/// Run storage or compilation work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// A page of events and where the next page starts.
+fn events_page(events: Vec<StoredEvent>, next_from: u64) -> Json<Value> {
+    Json(json!({ "events": events.into_iter().map(event_json).collect::<Vec<_>>(), "next_from": next_from }))
+}
+
 async fn entity_events(
     State(app): State<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
@@ -219,12 +229,9 @@ async fn entity_events(
     let from = page.from.unwrap_or(1).max(1);
     let limit = page.limit();
     let journal = app.engine.journal().clone();
-    let events = tokio::task::spawn_blocking(move || journal.events(&pid, from, limit))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(journal_error)?;
+    let events = blocking(move || journal.events(&pid, from, limit)).await?.map_err(journal_error)?;
     let next = events.last().map_or(from, |e| e.seq_nr + 1);
-    Ok(Json(json!({ "events": events.into_iter().map(event_json).collect::<Vec<_>>(), "next_from": next })))
+    Ok(events_page(events, next))
 }
 
 async fn entity_state(
@@ -250,12 +257,9 @@ async fn events_by_tag(State(app): State<AppState>, q: Result<Query<Page>, Query
     let from = page.from.unwrap_or(0);
     let limit = page.limit();
     let journal = app.engine.journal().clone();
-    let events = tokio::task::spawn_blocking(move || journal.events_by_tag(&tag, from, limit))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(journal_error)?;
+    let events = blocking(move || journal.events_by_tag(&tag, from, limit)).await?.map_err(journal_error)?;
     let next = events.last().map_or(from, |e| e.offset + 1);
-    Ok(Json(json!({ "events": events.into_iter().map(event_json).collect::<Vec<_>>(), "next_from": next })))
+    Ok(events_page(events, next))
 }
 
 async fn topic_messages(
@@ -297,10 +301,7 @@ async fn deploy_component(
     let wasm = body(b)?;
     let registry = app.engine.registry().clone();
     let t = entity_type.clone();
-    let loaded = tokio::task::spawn_blocking(move || registry.deploy(&t, &wasm))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(bad_request)?;
+    let loaded = blocking(move || registry.deploy(&t, &wasm)).await?.map_err(bad_request)?;
     Ok(Json(component_json(&loaded, app.engine.registry().versions(&entity_type))))
 }
 
@@ -311,10 +312,7 @@ async fn activate_component(
     let (entity_type, version) = path(p)?;
     let registry = app.engine.registry().clone();
     let t = entity_type.clone();
-    let loaded = tokio::task::spawn_blocking(move || registry.activate(&t, version))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
+    let loaded = blocking(move || registry.activate(&t, version)).await?.map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
     Ok(Json(component_json(&loaded, app.engine.registry().versions(&entity_type))))
 }
 

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use wasmtime::component::Component;
@@ -19,6 +18,7 @@ use super::bindings::EntityPre;
 use super::handler::{EntityHandler, NativeFactory};
 use super::sandbox::{HostState, Runtime};
 use super::store::{sha256_hex, write_atomically, ComponentStore};
+use crate::engine::now_ms;
 use crate::journal::validate_entity_type;
 
 /// What a component says about itself (`describe()`).
@@ -63,10 +63,6 @@ pub struct Registry {
     /// Serialises deploys so version numbers are assigned in order.
     deploying: Mutex<()>,
     engine_fingerprint: String,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Registry {
