@@ -270,7 +270,7 @@ fn snapshots_follow_the_policy_and_recovery_uses_them() {
 }
 
 #[test]
-fn recoveries_are_bounded_and_all_complete() {
+fn recoveries_under_a_bound_of_one_all_complete() {
     let dir = tempfile::tempdir().unwrap();
     let t = start(&dir, &bank(), config());
     for i in 0..50 {

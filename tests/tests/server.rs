@@ -194,6 +194,18 @@ fn http_errors_have_documented_statuses_and_json_bodies() {
 }
 
 #[test]
+fn a_command_without_reply_in_time_gets_504() {
+    let data = tempfile::tempdir().unwrap();
+    let comps = components_dir(&examples());
+    let server = Server::start(data.path(), comps.path(), &["--reply-timeout-secs", "1"]);
+    assert_eq!(server.send("task-manager", "m", r#"{"type":"StartTask","taskId":"t1"}"#).0, 200);
+    // Stashed behind t1, which never ends.
+    let (s, body) = server.send("task-manager", "m", r#"{"type":"StartTask","taskId":"t2"}"#);
+    assert_eq!(s, 504, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("stashed"), "{body}");
+}
+
+#[test]
 fn events_state_and_tag_queries() {
     let data = tempfile::tempdir().unwrap();
     let comps = components_dir(&examples());
