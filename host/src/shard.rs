@@ -411,8 +411,11 @@ impl Shard {
                 entity.component_version = comp.version;
             }
         }
-        let mut queue = VecDeque::from([env]);
-        while let Some(env) = queue.pop_front() {
+        // `queue` only ever holds commands unstashed by an earlier one (no allocation
+        // on the common path).
+        let mut queue = VecDeque::new();
+        let mut next = Some(env);
+        while let Some(env) = next.take().or_else(|| queue.pop_front()) {
             if entity.draining.is_some() {
                 entity.waiting.push_back(env);
                 continue;
