@@ -80,6 +80,11 @@ impl Runtime {
         config.epoch_interruption(true);
         // Async component-model support doubles the cost of a call; mneme's calls are synchronous.
         config.concurrency_support(false);
+        // `MNEME_WASM_PROFILER=perfmap` writes /tmp/perf-PID.map so `perf report`
+        // names guest functions (BENCHMARKS.md, "Profiles").
+        if std::env::var("MNEME_WASM_PROFILER").is_ok_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         Entity::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;

@@ -5,9 +5,9 @@
 //!
 //! ```text
 //! b'e' pid 0x00 seq_nr(u64 BE)   -> event record (codec::encode_event)
-//! b'o' offset(u64 BE)            -> pid 0x00 seq_nr(u64 BE)      global order
 //! b't' tag 0x00 offset(u64 BE)   -> pid 0x00 seq_nr(u64 BE)      tag index
 //! b's' pid                       -> latest snapshot (codec::encode_snapshot)
+//! b'n'                           -> next global offset (u64 BE), rewritten per batch
 //! ```
 //! Persistence ids, tags and manifests never contain NUL (validated), so `pid 0x00`
 //! is an unambiguous prefix and big-endian numbers sort numerically.
@@ -50,7 +50,7 @@ use std::sync::Mutex;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::codec;
-use super::keys::{self, event_key, event_prefix, snapshot_key};
+use super::keys::{self, event_key, event_prefix, snapshot_key, WriterState};
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
 /// How every write is made durable (see the module docs).
@@ -66,9 +66,9 @@ pub struct FjallJournal {
     journal: Keyspace,
     timers: Keyspace,
     meta: Keyspace,
-    /// Next global offset. Held across a whole `write` so offsets are assigned in
-    /// commit order.
-    next_offset: Mutex<u64>,
+    /// Next global offset and recent sequence numbers (`keys::WriterState`). Held
+    /// across a whole `write` so offsets are assigned in commit order.
+    writer: Mutex<WriterState>,
     timer_ids: Mutex<TimerIds>,
 }
 
@@ -88,9 +88,13 @@ impl FjallJournal {
         let journal = db.keyspace("journal", KeyspaceCreateOptions::default).map_err(storage)?;
         let timers = db.keyspace("timers", KeyspaceCreateOptions::default).map_err(storage)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage)?;
-        let next_offset = match journal.prefix([keys::OFFSET_PREFIX]).next_back() {
-            Some(g) => keys::parse_offset_key(&g.key().map_err(storage)?)? + 1,
-            None => 1,
+        let next_offset = match journal.get(keys::NEXT_OFFSET_KEY).map_err(storage)? {
+            Some(v) => keys::parse_next_offset(&v)?,
+            None => {
+                let last = journal.prefix([keys::LEGACY_OFFSET_PREFIX]).next_back();
+                let last = last.map(|g| g.key().map_err(storage)).transpose()?;
+                keys::legacy_next_offset(last.as_deref())?
+            }
         };
         let reserved = match meta.get(TIMER_IDS_RESERVED).map_err(storage)? {
             Some(v) => u64::from_be_bytes(
@@ -109,7 +113,7 @@ impl FjallJournal {
             journal,
             timers,
             meta,
-            next_offset: Mutex::new(next_offset),
+            writer: Mutex::new(WriterState::new(next_offset)),
             timer_ids: Mutex::new(TimerIds { next, reserved: next }),
         })
     }
@@ -145,16 +149,23 @@ impl Journal for FjallJournal {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut next_offset = self.next_offset.lock().unwrap();
-        keys::check_sequence(batch, |k| self.journal.contains_key(k).map_err(storage))?;
-        let (entries, offset) = keys::batch_entries(batch, *next_offset);
+        let mut writer = self.writer.lock().unwrap();
+        writer.check_sequence(batch, |k| self.journal.contains_key(k).map_err(storage))?;
+        let (entries, offset) = keys::batch_entries(batch, writer.next_offset);
         let mut b = self.durable_batch();
         for (k, v) in entries {
             b.insert(&self.journal, k, v);
         }
-        b.commit().map_err(storage)?;
-        *next_offset = offset;
-        Ok(())
+        match b.commit() {
+            Ok(()) => {
+                writer.written(batch, offset);
+                Ok(())
+            }
+            Err(e) => {
+                writer.failed(batch);
+                Err(storage(e))
+            }
+        }
     }
 
     fn highest_seq_nr(&self, pid: &str) -> JournalResult<u64> {

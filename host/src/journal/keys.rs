@@ -3,20 +3,29 @@
 //!
 //! ```text
 //! b'e' pid 0x00 seq_nr(u64 BE)   -> event record (codec::encode_event)
-//! b'o' offset(u64 BE)            -> pid 0x00 seq_nr(u64 BE)      global order
 //! b't' tag 0x00 offset(u64 BE)   -> pid 0x00 seq_nr(u64 BE)      tag index
 //! b's' pid                       -> latest snapshot (codec::encode_snapshot)
+//! b'n'                           -> next global offset (u64 BE)
 //! ```
 //! Persistence ids, tags and manifests never contain NUL (validated), so `pid 0x00`
 //! is an unambiguous prefix and big-endian numbers sort numerically.
 //! Timers: id(u64 BE) -> codec::encode_timer, in a separate tree/keyspace.
+//!
+//! The global offset of an event is stored in its record; `b'n'` is rewritten by
+//! every batch that has events (in the same atomic write), so a reopened journal
+//! continues after the last offset it made durable. Journals written before `b'n'`
+//! existed kept one `b'o' offset -> ref` key per event; `legacy_next_offset` reads
+//! the last of those.
 
 use std::collections::HashMap;
 
 use super::codec;
 use super::{JournalError, JournalResult, WriteBatch};
 
-pub(crate) const OFFSET_PREFIX: u8 = b'o';
+/// Prefix of the per-event global-order keys of older journals (no longer written).
+pub(crate) const LEGACY_OFFSET_PREFIX: u8 = b'o';
+/// Key of the next global offset.
+pub(crate) const NEXT_OFFSET_KEY: &[u8] = b"n";
 
 pub(crate) fn event_prefix(pid: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(pid.len() + 10);
@@ -55,18 +64,18 @@ pub(crate) fn parse_ref(r: &[u8]) -> JournalResult<(String, u64)> {
     Ok((pid.to_string(), seq))
 }
 
-pub(crate) fn offset_key(offset: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(OFFSET_PREFIX);
-    k.extend_from_slice(&offset.to_be_bytes());
-    k
+/// The next offset after a journal's last `b'o'` key (see the module docs).
+pub(crate) fn legacy_next_offset(last_offset_key: Option<&[u8]>) -> JournalResult<u64> {
+    match last_offset_key {
+        None => Ok(1),
+        Some([LEGACY_OFFSET_PREFIX, rest @ ..]) if rest.len() == 8 => Ok(u64::from_be_bytes(rest.try_into().unwrap()) + 1),
+        Some(_) => Err(JournalError::Corrupt("bad offset key".into())),
+    }
 }
 
-pub(crate) fn parse_offset_key(k: &[u8]) -> JournalResult<u64> {
-    match k {
-        [OFFSET_PREFIX, rest @ ..] if rest.len() == 8 => Ok(u64::from_be_bytes(rest.try_into().unwrap())),
-        _ => Err(JournalError::Corrupt("bad offset key".into())),
-    }
+/// The stored value of `NEXT_OFFSET_KEY`.
+pub(crate) fn parse_next_offset(v: &[u8]) -> JournalResult<u64> {
+    Ok(u64::from_be_bytes(v.try_into().map_err(|_| JournalError::Corrupt("bad next-offset value".into()))?))
 }
 
 pub(crate) fn tag_prefix(tag: &str) -> Vec<u8> {
@@ -107,16 +116,17 @@ fn trailing_u64(k: &[u8]) -> Option<u64> {
 /// the offset after the last event.
 pub(crate) fn batch_entries(batch: &WriteBatch, first_offset: u64) -> (Vec<(Vec<u8>, Vec<u8>)>, u64) {
     let tags: usize = batch.events.iter().map(|e| e.tags.len()).sum();
-    let mut out = Vec::with_capacity(2 * batch.events.len() + tags + batch.snapshots.len());
+    let mut out = Vec::with_capacity(batch.events.len() + tags + batch.snapshots.len() + 1);
     let mut offset = first_offset;
     for e in &batch.events {
-        let r = event_ref(&e.persistence_id, e.seq_nr);
         out.push((event_key(&e.persistence_id, e.seq_nr), codec::encode_event(e, offset)));
-        out.push((offset_key(offset), r.clone()));
         for t in &e.tags {
-            out.push((tag_key(t, offset), r.clone()));
+            out.push((tag_key(t, offset), event_ref(&e.persistence_id, e.seq_nr)));
         }
         offset += 1;
+    }
+    if !batch.events.is_empty() {
+        out.push((NEXT_OFFSET_KEY.to_vec(), offset.to_be_bytes().to_vec()));
     }
     for s in &batch.snapshots {
         out.push((snapshot_key(&s.persistence_id), codec::encode_snapshot(s)));
@@ -124,38 +134,80 @@ pub(crate) fn batch_entries(batch: &WriteBatch, first_offset: u64) -> (Vec<(Vec<
     (out, offset)
 }
 
-/// Refuse a batch that would overwrite an event or leave a gap. `stored(key)` tells
-/// whether an event key is already stored.
-pub(crate) fn check_sequence(
-    batch: &WriteBatch,
-    mut stored: impl FnMut(&[u8]) -> JournalResult<bool>,
-) -> JournalResult<()> {
-    let mut expected: HashMap<&str, u64> = HashMap::new();
-    for e in &batch.events {
-        match expected.get_mut(e.persistence_id.as_str()) {
-            Some(next) => {
-                if e.seq_nr != *next {
-                    return Err(JournalError::Invalid(format!(
-                        "{}: sequence number {} where {} was expected",
-                        e.persistence_id, e.seq_nr, next
-                    )));
-                }
-                *next += 1;
-            }
-            None => {
-                let pid = e.persistence_id.as_str();
-                if e.seq_nr == 0
-                    || stored(&event_key(pid, e.seq_nr))?
-                    || (e.seq_nr > 1 && !stored(&event_key(pid, e.seq_nr - 1))?)
-                {
-                    return Err(JournalError::Invalid(format!(
+/// What the single writer of a journal keeps between writes: the next global
+/// offset, and the highest stored sequence number of recently written persistence
+/// ids, so the sequence check of a batch mostly costs a lookup in memory instead of
+/// two in the store. Backends hold it under a mutex for the whole `write`.
+pub(crate) struct WriterState {
+    pub next_offset: u64,
+    last_seq: HashMap<String, u64>,
+}
+
+/// Forget the sequence numbers when this many persistence ids are remembered (the
+/// next write of each costs the two store lookups again).
+const LAST_SEQ_CAPACITY: usize = 200_000;
+
+impl WriterState {
+    pub fn new(next_offset: u64) -> Self {
+        WriterState { next_offset, last_seq: HashMap::new() }
+    }
+
+    /// Refuse a batch that would overwrite an event or leave a gap. `stored(key)`
+    /// tells whether an event key is already stored.
+    pub fn check_sequence(
+        &self,
+        batch: &WriteBatch,
+        mut stored: impl FnMut(&[u8]) -> JournalResult<bool>,
+    ) -> JournalResult<()> {
+        let mut expected: HashMap<&str, u64> = HashMap::new();
+        for e in &batch.events {
+            let pid = e.persistence_id.as_str();
+            let follows = match expected.get(pid) {
+                Some(&next) => e.seq_nr == next,
+                None => match self.last_seq.get(pid) {
+                    Some(&last) => e.seq_nr == last + 1,
+                    None => {
+                        e.seq_nr != 0
+                            && !stored(&event_key(pid, e.seq_nr))?
+                            && (e.seq_nr == 1 || stored(&event_key(pid, e.seq_nr - 1))?)
+                    }
+                },
+            };
+            if !follows {
+                return Err(JournalError::Invalid(match expected.get(pid) {
+                    Some(next) => format!("{pid}: sequence number {} where {next} was expected", e.seq_nr),
+                    None => format!(
                         "{pid}: sequence number {} does not follow the stored events (another writer?)",
                         e.seq_nr
-                    )));
+                    ),
+                }));
+            }
+            expected.insert(pid, e.seq_nr + 1);
+        }
+        Ok(())
+    }
+
+    /// A write of `batch` failed: it may or may not have reached the store, so the
+    /// next write of each of its persistence ids checks the store again.
+    pub fn failed(&mut self, batch: &WriteBatch) {
+        for e in &batch.events {
+            self.last_seq.remove(e.persistence_id.as_str());
+        }
+    }
+
+    /// Remember what a batch made durable.
+    pub fn written(&mut self, batch: &WriteBatch, next_offset: u64) {
+        self.next_offset = next_offset;
+        if self.last_seq.len() + batch.events.len() > LAST_SEQ_CAPACITY {
+            self.last_seq.clear();
+        }
+        for e in &batch.events {
+            match self.last_seq.get_mut(e.persistence_id.as_str()) {
+                Some(last) => *last = e.seq_nr,
+                None => {
+                    self.last_seq.insert(e.persistence_id.clone(), e.seq_nr);
                 }
-                expected.insert(pid, e.seq_nr + 1);
             }
         }
     }
-    Ok(())
 }

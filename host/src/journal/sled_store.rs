@@ -6,9 +6,9 @@
 //!
 //! ```text
 //! b'e' pid 0x00 seq_nr(u64 BE)   -> event record (codec::encode_event)
-//! b'o' offset(u64 BE)            -> pid 0x00 seq_nr(u64 BE)      global order
 //! b't' tag 0x00 offset(u64 BE)   -> pid 0x00 seq_nr(u64 BE)      tag index
 //! b's' pid                       -> latest snapshot (codec::encode_snapshot)
+//! b'n'                           -> next global offset (u64 BE), rewritten per batch
 //! ```
 //! Persistence ids, tags and manifests never contain NUL (validated), so `pid 0x00`
 //! is an unambiguous prefix and big-endian numbers sort numerically.
@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::codec;
-use super::keys::{self, event_key, event_prefix, snapshot_key};
+use super::keys::{self, event_key, event_prefix, snapshot_key, WriterState};
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
 pub struct SledJournal {
@@ -40,9 +40,9 @@ pub struct SledJournal {
     dir: std::path::PathBuf,
     /// Blob files already synced.
     synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
-    /// Next global offset. Held across a whole `write` so offsets are assigned in
-    /// commit order.
-    next_offset: Mutex<u64>,
+    /// Next global offset and recent sequence numbers (`keys::WriterState`). Held
+    /// across a whole `write` so offsets are assigned in commit order.
+    writer: Mutex<WriterState>,
 }
 
 fn storage(e: sled::Error) -> JournalError {
@@ -54,12 +54,13 @@ impl SledJournal {
         let db = sled::Config::new().path(dir).open().map_err(storage)?;
         let journal = db.open_tree("journal").map_err(storage)?;
         let timers = db.open_tree("timers").map_err(storage)?;
-        let next_offset = match journal.scan_prefix([keys::OFFSET_PREFIX]).next_back() {
-            Some(kv) => {
-                let (k, _) = kv.map_err(storage)?;
-                keys::parse_offset_key(&k)? + 1
+        let next_offset = match journal.get(keys::NEXT_OFFSET_KEY).map_err(storage)? {
+            Some(v) => keys::parse_next_offset(&v)?,
+            None => {
+                let last = journal.scan_prefix([keys::LEGACY_OFFSET_PREFIX]).next_back();
+                let last = last.map(|kv| kv.map(|(k, _)| k).map_err(storage)).transpose()?;
+                keys::legacy_next_offset(last.as_deref())?
             }
-            None => 1,
         };
         let log = std::fs::File::open(dir.join("db")).map_err(|e| JournalError::Storage(format!("opening sled's log: {e}")))?;
         Ok(SledJournal {
@@ -69,7 +70,7 @@ impl SledJournal {
             log,
             dir: dir.to_path_buf(),
             synced_blobs: Mutex::default(),
-            next_offset: Mutex::new(next_offset),
+            writer: Mutex::new(WriterState::new(next_offset)),
         })
     }
 
@@ -112,17 +113,28 @@ impl Journal for SledJournal {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut next_offset = self.next_offset.lock().unwrap();
-        keys::check_sequence(batch, |k| self.journal.contains_key(k).map_err(storage))?;
-        let (entries, offset) = keys::batch_entries(batch, *next_offset);
+        let mut writer = self.writer.lock().unwrap();
+        writer.check_sequence(batch, |k| self.journal.contains_key(k).map_err(storage))?;
+        let (entries, offset) = keys::batch_entries(batch, writer.next_offset);
         let mut b = sled::Batch::default();
         for (k, v) in entries {
             b.insert(k, v);
         }
-        self.journal.apply_batch(b).map_err(storage)?;
-        self.sync()?;
-        *next_offset = offset;
-        Ok(())
+        let result = self.journal.apply_batch(b).map_err(storage);
+        if result.is_ok() {
+            // Applied, so its offsets are taken even if the sync below fails.
+            writer.next_offset = offset;
+        }
+        match result.and_then(|()| self.sync()) {
+            Ok(()) => {
+                writer.written(batch, offset);
+                Ok(())
+            }
+            Err(e) => {
+                writer.failed(batch);
+                Err(e)
+            }
+        }
     }
 
     fn highest_seq_nr(&self, pid: &str) -> JournalResult<u64> {

@@ -100,8 +100,11 @@ fn batch_is_stored_with_offsets_tags_and_gapless_seq(open: Opener) {
     j.write(&WriteBatch { events: vec![ev("c|1", 1, &["x"])], snapshots: vec![] }).unwrap();
     assert_eq!(j.events("c|1", 1, 1).unwrap()[0].offset, 4);
     drop(j);
-    // Offsets continue after a reopen.
+    // Offsets continue after a reopen, and the reopened journal still refuses an
+    // overwrite or a gap (it checks the store, not what it remembers).
     let j = open(dir.path()).unwrap();
+    assert!(matches!(j.write(&WriteBatch { events: vec![ev("a|1", 2, &[])], snapshots: vec![] }), Err(JournalError::Invalid(_))));
+    assert!(matches!(j.write(&WriteBatch { events: vec![ev("b|1", 3, &[])], snapshots: vec![] }), Err(JournalError::Invalid(_))));
     j.write(&WriteBatch { events: vec![ev("a|1", 3, &["x"])], snapshots: vec![] }).unwrap();
     assert_eq!(j.events("a|1", 3, 1).unwrap()[0].offset, 5);
     assert_eq!(j.events_by_tag("x", 0, 100).unwrap().iter().map(|e| e.offset).collect::<Vec<_>>(), vec![1, 3, 4, 5]);
