@@ -11,6 +11,10 @@ mod storage;
 
 use clap::Parser;
 
+/// The same allocator as the `mneme` binary (host/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Smaller runs: a smoke check, not figures to publish.

@@ -34,15 +34,76 @@ pub(crate) fn decode_event<E: DeserializeOwned>(
 
 /// The default event manifest: the name a JSON reader would use for the event's
 /// variant. See [`crate::Entity::manifest`].
+///
+/// Runs for every persisted event, so it reads the encoded JSON with a probe that
+/// skips values instead of building a `serde_json::Value` tree.
 pub(crate) fn default_manifest(event: &impl Serialize) -> String {
-    use serde_json::Value;
-    match serde_json::to_value(event) {
-        Ok(Value::Object(map)) => match map.get("type") {
-            Some(Value::String(name)) => name.clone(),
-            _ if map.len() == 1 => map.keys().next().cloned().unwrap_or_default(),
-            _ => "event".to_owned(),
-        },
-        Ok(Value::String(name)) => name,
-        _ => "event".to_owned(),
+    match serde_json::to_vec(event) {
+        Ok(bytes) => serde_json::from_slice::<ManifestProbe>(&bytes).map_or_else(|_| EVENT.to_owned(), |p| p.0),
+        Err(_) => EVENT.to_owned(),
+    }
+}
+
+const EVENT: &str = "event";
+
+/// The manifest of a JSON value: an object's string `"type"` field, else the key of
+/// a one-key object, else a string itself, else `"event"`.
+struct ManifestProbe(String);
+
+impl<'de> serde::Deserialize<'de> for ManifestProbe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ManifestVisitor)
+    }
+}
+
+struct ManifestVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ManifestVisitor {
+    type Value = ManifestProbe;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON event")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<ManifestProbe, E> {
+        Ok(ManifestProbe(v.to_owned()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ManifestProbe, A::Error> {
+        let (mut first_key, mut keys, mut type_name) = (None, 0, None);
+        while let Some(key) = map.next_key::<String>()? {
+            keys += 1;
+            if key == "type" && type_name.is_none() {
+                if let serde_json::Value::String(name) = map.next_value()? {
+                    type_name = Some(name);
+                }
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            if keys == 1 {
+                first_key = Some(key);
+            }
+        }
+        Ok(ManifestProbe(match (type_name, first_key) {
+            (Some(name), _) => name,
+            (None, Some(key)) if keys == 1 => key,
+            _ => EVENT.to_owned(),
+        }))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<ManifestProbe, E> {
+        Ok(ManifestProbe(EVENT.to_owned()))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ManifestProbe, E> {
+        Ok(ManifestProbe(EVENT.to_owned()))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ManifestProbe, E> {
+        Ok(ManifestProbe(EVENT.to_owned()))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ManifestProbe, E> {
+        Ok(ManifestProbe(EVENT.to_owned()))
+    }
+    fn visit_unit<E>(self) -> Result<ManifestProbe, E> {
+        Ok(ManifestProbe(EVENT.to_owned()))
     }
 }

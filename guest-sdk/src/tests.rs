@@ -149,6 +149,12 @@ fn default_manifest_covers_common_serde_shapes() {
     assert_eq!(m(&External::Struct { a: 1 }), "Struct");
     assert_eq!(m(&Plain { a: 1, b: 2 }), "event");
     assert_eq!(m(&42), "event");
+    assert_eq!(m(&vec![1, 2]), "event");
+    assert_eq!(m(&Option::<u8>::None), "event");
+    assert_eq!(m(&json!({"a": {"type": "Inner"}, "type": "Outer", "z": [1, {"b": 2}]})), "Outer");
+    assert_eq!(m(&json!({"type": 7})), "type", "a non-string `type` is the one key");
+    assert_eq!(m(&json!({"type": 7, "a": 1})), "event");
+    assert_eq!(m(&json!({"Escaped\\name": {}})), "Escaped\\name");
 }
 
 #[test]

@@ -1,6 +1,12 @@
 use clap::Parser;
 use mneme::cli::{run_client, Cli, Command};
 
+/// mimalloc instead of the system allocator: the engine allocates many small,
+/// short-lived buffers per command (event records, journal keys, reply bodies), and
+/// glibc's malloc measured as the largest single cost of recovery (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {

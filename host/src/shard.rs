@@ -358,7 +358,8 @@ impl Shard {
                     return Err(failed(format!("journal has a gap: event {} follows {}", e.seq_nr, seq)));
                 }
                 seq = e.seq_nr;
-                events.push(handler::Event { manifest: e.manifest, payload: e.payload, tags: e.tags });
+                // Tags are for the journal's queries, not for the state: not handed in.
+                events.push(handler::Event { manifest: e.manifest, payload: e.payload, tags: Vec::new() });
             }
             state = match self.sandbox(comp)?.apply_events(&state, &events) {
                 Ok(Ok(s)) => s,
@@ -545,7 +546,11 @@ impl Shard {
                 validate_label("tag", t, false).map_err(CommandError::Rejected)?;
             }
         }
-        let new_state = match self.sandbox(comp)?.apply_events(&entity.state, &events) {
+        // `apply-events` gets no tags, live as in recovery (see wit/entity.wit).
+        let mut events = events;
+        let tags: Vec<Vec<String>> = events.iter_mut().map(|e| std::mem::take(&mut e.tags)).collect();
+        let applied = self.sandbox(comp)?.apply_events(&entity.state, &events);
+        let new_state = match applied {
             Ok(Ok(s)) => s,
             Ok(Err(msg)) => {
                 return Err(CommandError::GuestFault { entity_type: comp.entity_type.clone(), reason: format!("apply-events failed: {msg}") })
@@ -553,14 +558,14 @@ impl Shard {
             Err(f) => return Err(self.fault(comp, f.0)),
         };
         let writer_id = &self.shared.writer_id;
-        for (i, e) in events.into_iter().enumerate() {
+        for (i, (e, tags)) in events.into_iter().zip(tags).enumerate() {
             self.open.write.events.push(NewEvent {
                 persistence_id: pid.to_string(),
                 seq_nr: entity.seq_nr + 1 + i as u64,
                 timestamp_ms,
                 writer_id: writer_id.clone(),
                 manifest: e.manifest,
-                tags: e.tags,
+                tags,
                 payload: e.payload,
             });
         }

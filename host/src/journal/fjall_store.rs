@@ -59,6 +59,12 @@ const DURABLE: PersistMode = PersistMode::SyncData;
 /// Timer ids are reserved durably this many at a time, so `next_timer_id` syncs
 /// once per block instead of once per id.
 const TIMER_ID_BLOCK: u64 = 1024;
+
+/// Memtable size of the `journal` keyspace (fjall's default is 64 MiB). A full
+/// memtable is flushed to a table file in the background; a 64 MiB flush on 2 cores
+/// showed up as 100–500 ms stalls of the `fdatasync`s queued behind it (HTTP p99 in
+/// `scripts/bench-wrk.sh`), 16 MiB flushes did not (BENCHMARKS.md).
+const JOURNAL_MEMTABLE_BYTES: u64 = 16 << 20;
 const TIMER_IDS_RESERVED: &[u8] = b"timer-ids-reserved";
 
 pub struct FjallJournal {
@@ -85,7 +91,9 @@ fn storage(e: fjall::Error) -> JournalError {
 impl FjallJournal {
     pub fn open(dir: &Path) -> JournalResult<Self> {
         let db = Database::builder(dir).open().map_err(|e| open_error(dir, e))?;
-        let journal = db.keyspace("journal", KeyspaceCreateOptions::default).map_err(storage)?;
+        let journal = db
+            .keyspace("journal", || KeyspaceCreateOptions::default().max_memtable_size(JOURNAL_MEMTABLE_BYTES))
+            .map_err(storage)?;
         let timers = db.keyspace("timers", KeyspaceCreateOptions::default).map_err(storage)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(storage)?;
         let next_offset = match journal.get(keys::NEXT_OFFSET_KEY).map_err(storage)? {
