@@ -60,12 +60,13 @@ const DURABLE: PersistMode = PersistMode::SyncData;
 /// once per block instead of once per id.
 const TIMER_ID_BLOCK: u64 = 1024;
 
+const TIMER_IDS_RESERVED: &[u8] = b"timer-ids-reserved";
+
 /// Memtable size of the `journal` keyspace (fjall's default is 64 MiB). A full
 /// memtable is flushed to a table file in the background; a 64 MiB flush on 2 cores
 /// showed up as 100–500 ms stalls of the `fdatasync`s queued behind it (HTTP p99 in
 /// `scripts/bench-wrk.sh`), 16 MiB flushes did not (BENCHMARKS.md).
 const JOURNAL_MEMTABLE_BYTES: u64 = 16 << 20;
-const TIMER_IDS_RESERVED: &[u8] = b"timer-ids-reserved";
 
 pub struct FjallJournal {
     db: Database,

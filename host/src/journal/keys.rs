@@ -211,3 +211,42 @@ impl WriterState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::tests::ev;
+
+    #[test]
+    fn legacy_journals_continue_after_their_last_offset_key() {
+        assert_eq!(legacy_next_offset(None).unwrap(), 1);
+        let mut k = vec![LEGACY_OFFSET_PREFIX];
+        k.extend_from_slice(&41u64.to_be_bytes());
+        assert_eq!(legacy_next_offset(Some(&k)).unwrap(), 42);
+        assert!(matches!(legacy_next_offset(Some(b"o1")), Err(JournalError::Corrupt(_))));
+    }
+
+    #[test]
+    fn remembered_sequence_numbers_refuse_without_reading_and_a_failed_write_reads_again() {
+        let batch = |events| WriteBatch { events, snapshots: vec![] };
+        let mut w = WriterState::new(1);
+        let first = batch(vec![ev("a|1", 1, &[]), ev("a|1", 2, &[])]);
+        w.check_sequence(&first, |_| Ok(false)).unwrap();
+        w.written(&first, 3);
+        assert_eq!(w.next_offset, 3);
+        let never = |_: &[u8]| -> JournalResult<bool> { panic!("the store is not read for a remembered id") };
+        assert!(w.check_sequence(&batch(vec![ev("a|1", 2, &[])]), never).is_err(), "overwrite");
+        assert!(w.check_sequence(&batch(vec![ev("a|1", 4, &[])]), never).is_err(), "gap");
+        w.check_sequence(&batch(vec![ev("a|1", 3, &[])]), never).unwrap();
+        // After a failed write the store decides: here it says seq 3 is stored.
+        let third = batch(vec![ev("a|1", 3, &[])]);
+        w.failed(&third);
+        let mut reads = 0;
+        let stored_up_to_3 = |k: &[u8]| {
+            reads += 1;
+            Ok(event_key_seq_nr(k)? <= 3)
+        };
+        assert!(w.check_sequence(&third, stored_up_to_3).is_err());
+        assert_eq!(reads, 1);
+    }
+}
