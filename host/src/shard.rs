@@ -534,7 +534,7 @@ impl Shard {
         pid: &str,
         entity: &mut Entity,
         timestamp_ms: u64,
-        events: Vec<handler::Event>,
+        mut events: Vec<handler::Event>,
     ) -> CommandResult<()> {
         let max = self.shared.config.max_event_bytes;
         for e in &events {
@@ -547,7 +547,6 @@ impl Shard {
             }
         }
         // `apply-events` gets no tags, live as in recovery (see wit/entity.wit).
-        let mut events = events;
         let tags: Vec<Vec<String>> = events.iter_mut().map(|e| std::mem::take(&mut e.tags)).collect();
         let applied = self.sandbox(comp)?.apply_events(&entity.state, &events);
         let new_state = match applied {
