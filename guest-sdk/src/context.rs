@@ -26,11 +26,6 @@ impl Context {
         sequence_nr: u64,
         timestamp_ms: u64,
     ) -> Self {
-        Context {
-            entity_type: entity_type.into(),
-            entity_id: entity_id.into(),
-            sequence_nr,
-            timestamp_ms,
-        }
+        Context { entity_type: entity_type.into(), entity_id: entity_id.into(), sequence_nr, timestamp_ms }
     }
 }

@@ -1,6 +1,46 @@
 //! The description a command handler returns (Akka's `Effect`).
 
+use std::any::Any;
+use std::fmt;
+use std::rc::Rc;
+
 use crate::{Reply, SideEffect};
+
+/// A reply computed from the state after the command's events
+/// ([`Effect::then_reply_with`]). The state's type is checked when it is called.
+#[derive(Clone)]
+pub(crate) struct ReplyWith(Rc<ReplyFn>);
+
+/// Takes the state after the events (type-checked when called).
+type ReplyFn = dyn Fn(&dyn Any) -> Reply;
+
+impl ReplyWith {
+    fn new<S: 'static>(reply: impl Fn(&S) -> Reply + 'static) -> Self {
+        ReplyWith(Rc::new(move |state: &dyn Any| match state.downcast_ref::<S>() {
+            Some(state) => reply(state),
+            None => panic!(
+                "then_reply_with: the closure takes a `{}`, which is not the entity's State",
+                std::any::type_name::<S>()
+            ),
+        }))
+    }
+
+    pub(crate) fn call(&self, state_after: &dyn Any) -> Reply {
+        (self.0)(state_after)
+    }
+}
+
+impl fmt::Debug for ReplyWith {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReplyWith(<computed from the state after the events>)")
+    }
+}
+
+impl PartialEq for ReplyWith {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
 
 /// What to do with a command. Exactly one per command, as in Akka: it is not
 /// possible to both persist and be unhandled.
@@ -31,6 +71,7 @@ pub(crate) enum Action<E> {
 pub struct Effect<E> {
     pub(crate) action: Action<E>,
     pub(crate) reply: Option<Reply>,
+    pub(crate) reply_with: Option<ReplyWith>,
     pub(crate) then: Vec<SideEffect>,
     pub(crate) unstash_all: bool,
     pub(crate) stop: bool,
@@ -38,13 +79,7 @@ pub struct Effect<E> {
 
 impl<E> Effect<E> {
     fn with_action(action: Action<E>) -> Self {
-        Effect {
-            action,
-            reply: None,
-            then: Vec::new(),
-            unstash_all: false,
-            stop: false,
-        }
+        Effect { action, reply: None, reply_with: None, then: Vec::new(), unstash_all: false, stop: false }
     }
 
     /// Persist one event, then apply it to the state.
@@ -88,6 +123,26 @@ impl<E> Effect<E> {
     /// Reply to the caller once the events are durable (replaces an earlier reply).
     pub fn then_reply(mut self, reply: Reply) -> Self {
         self.reply = Some(reply);
+        self.reply_with = None;
+        self
+    }
+
+    /// Reply to the caller once the events are durable, with a reply computed from
+    /// the state *after* the events (Akka's `thenReply(replyTo)(newState => ...)`),
+    /// so the handler need not repeat its event handler to know the new state.
+    /// Replaces an earlier reply. `S` must be the entity's `State`.
+    ///
+    /// ```
+    /// # use mneme_sdk::{Effect, Reply};
+    /// #[derive(Default)]
+    /// struct Counter { total: u64 }
+    /// let effect: Effect<u64> = Effect::persist(5).then_reply_with(|c: &Counter| Reply::ok(&c.total));
+    /// assert_eq!(effect.reply_value(), None, "not known before the events are applied");
+    /// assert_eq!(effect.reply_after(&Counter { total: 5 }), Some(Reply::ok(&5)));
+    /// ```
+    pub fn then_reply_with<S: 'static>(mut self, reply: impl Fn(&S) -> Reply + 'static) -> Self {
+        self.reply = None;
+        self.reply_with = Some(ReplyWith::new(reply));
         self
     }
 
@@ -118,9 +173,23 @@ impl<E> Effect<E> {
         }
     }
 
-    /// The reply, if any.
+    /// The reply given with [`Effect::then_reply`] or [`Effect::reply`], if any.
+    /// `None` too for a reply computed from the new state: see [`Effect::reply_after`].
     pub fn reply_value(&self) -> Option<&Reply> {
         self.reply.as_ref()
+    }
+
+    /// The reply the caller gets when the state after this effect's events is
+    /// `state_after`: the fixed reply, or the one [`Effect::then_reply_with`]
+    /// computes from that state.
+    ///
+    /// # Panics
+    /// If `S` is not the type the closure of `then_reply_with` takes.
+    pub fn reply_after<S: 'static>(&self, state_after: &S) -> Option<Reply> {
+        match &self.reply_with {
+            Some(reply) => Some(reply.call(state_after)),
+            None => self.reply.clone(),
+        }
     }
 
     /// The side effects, in order.

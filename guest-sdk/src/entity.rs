@@ -21,7 +21,7 @@ pub trait Entity {
     type Event: Serialize + DeserializeOwned;
     /// The current state; also the snapshot form. `Default` is the state of an
     /// entity with no events.
-    type State: Serialize + DeserializeOwned + Default;
+    type State: Serialize + DeserializeOwned + Default + 'static;
 
     /// The entity type name, e.g. `"bank-account"`.
     const TYPE_NAME: &'static str;

@@ -38,10 +38,7 @@ pub fn empty_state<E: Entity>() -> Vec<u8> {
     runtime::empty_state::<E>()
 }
 
-pub fn handle_command<E: Entity>(
-    state: Vec<u8>,
-    command: wit::Command,
-) -> Result<wit::Effect, String> {
+pub fn handle_command<E: Entity>(state: Vec<u8>, command: wit::Command) -> Result<wit::Effect, String> {
     install_panic_hook();
     let meta = command.metadata;
     let ctx = Context {
@@ -55,33 +52,18 @@ pub fn handle_command<E: Entity>(
 
 pub fn apply_events<E: Entity>(state: Vec<u8>, events: Vec<wit::Event>) -> Result<Vec<u8>, String> {
     install_panic_hook();
-    runtime::apply_events::<E>(
-        &state,
-        events
-            .iter()
-            .map(|e| (e.manifest.as_str(), e.payload.as_slice())),
-    )
+    runtime::apply_events::<E>(&state, events.iter().map(|e| (e.manifest.as_str(), e.payload.as_slice())))
 }
 
 pub fn on_recovery_completed<E: Entity>(state: Vec<u8>) -> Vec<wit::SideEffect> {
     install_panic_hook();
-    runtime::on_recovery_completed::<E>(&state)
-        .into_iter()
-        .map(side_effect_to_wit)
-        .collect()
+    runtime::on_recovery_completed::<E>(&state).into_iter().map(side_effect_to_wit).collect()
 }
 
 fn effect_to_wit(effect: Effect<EncodedEvent>) -> wit::Effect {
     let action = match effect.action {
         Action::Persist(events) => wit::Action::Persist(
-            events
-                .into_iter()
-                .map(|e| wit::Event {
-                    manifest: e.manifest,
-                    payload: e.payload,
-                    tags: e.tags,
-                })
-                .collect(),
+            events.into_iter().map(|e| wit::Event { manifest: e.manifest, payload: e.payload, tags: e.tags }).collect(),
         ),
         Action::None => wit::Action::None,
         Action::Unhandled => wit::Action::Unhandled,
@@ -101,31 +83,14 @@ fn effect_to_wit(effect: Effect<EncodedEvent>) -> wit::Effect {
 
 fn side_effect_to_wit(side_effect: SideEffect) -> wit::SideEffect {
     match side_effect {
-        SideEffect::Send {
-            entity_type,
-            entity_id,
-            payload,
-        } => wit::SideEffect::Send(wit::CommandTo {
-            entity_type,
-            entity_id,
-            payload,
-        }),
-        SideEffect::Schedule {
-            delay_ms,
-            entity_type,
-            entity_id,
-            payload,
-        } => wit::SideEffect::Schedule(wit::Timer {
-            delay_ms,
-            command: wit::CommandTo {
-                entity_type,
-                entity_id,
-                payload,
-            },
-        }),
-        SideEffect::Publish { topic, payload } => {
-            wit::SideEffect::Publish(wit::Message { topic, payload })
+        SideEffect::Send { entity_type, entity_id, payload } => {
+            wit::SideEffect::Send(wit::CommandTo { entity_type, entity_id, payload })
         }
+        SideEffect::Schedule { delay_ms, entity_type, entity_id, payload } => wit::SideEffect::Schedule(wit::Timer {
+            delay_ms,
+            command: wit::CommandTo { entity_type, entity_id, payload },
+        }),
+        SideEffect::Publish { topic, payload } => wit::SideEffect::Publish(wit::Message { topic, payload }),
         SideEffect::Log { level, message } => wit::SideEffect::Log(wit::LogLine {
             level: match level {
                 Level::Trace => wit::LogLevel::Trace,

@@ -47,8 +47,9 @@
 //!     fn handle(state: &State, command: Command, _ctx: &Context) -> Effect<Event> {
 //!         match command {
 //!             Command::Add { amount: 0 } => Effect::reply(Reply::error("amount must be positive")),
+//!             // The reply is computed from the state after the event.
 //!             Command::Add { amount } => Effect::persist(Event::Added { amount })
-//!                 .then_reply(Reply::ok(&serde_json::json!({ "total": state.total + amount }))),
+//!                 .then_reply_with(|after: &State| Reply::ok(&serde_json::json!({ "total": after.total }))),
 //!             Command::Get => Effect::reply(Reply::ok(&serde_json::json!({ "total": state.total }))),
 //!         }
 //!     }
@@ -66,7 +67,8 @@
 //! let ctx = Context::new("counter", "c-1", 0, 0);
 //! let effect = Counter::handle(&State::default(), Command::Add { amount: 2 }, &ctx);
 //! assert_eq!(effect.events(), &[Event::Added { amount: 2 }]);
-//! assert_eq!(effect.reply_value().and_then(Reply::json), Some(serde_json::json!({ "total": 2 })));
+//! let after = effect.events().iter().fold(State::default(), Counter::apply);
+//! assert_eq!(effect.reply_after(&after).as_ref().and_then(Reply::json), Some(serde_json::json!({ "total": 2 })));
 //! ```
 //!
 //! Build the component with

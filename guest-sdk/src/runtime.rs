@@ -20,14 +20,15 @@ pub fn empty_state<E: Entity>() -> Vec<u8> {
 }
 
 /// Decodes state and command, runs `E::handle`, encodes the events.
-pub fn handle_command<E: Entity>(
-    state: &[u8],
-    command: &[u8],
-    ctx: &Context,
-) -> Result<Effect<EncodedEvent>, String> {
+pub fn handle_command<E: Entity>(state: &[u8], command: &[u8], ctx: &Context) -> Result<Effect<EncodedEvent>, String> {
     let state: E::State = decode_state(state)?;
     let command: E::Command = decode_command(command)?;
     let effect = E::handle(&state, command, ctx);
+    let reply = match &effect.reply_with {
+        // The state after the events, by the entity's own event handler.
+        Some(reply) => Some(reply.call(&effect.events().iter().fold(state, E::apply))),
+        None => effect.reply,
+    };
     let action = match effect.action {
         Action::Persist(events) => Action::Persist(
             events
@@ -45,7 +46,8 @@ pub fn handle_command<E: Entity>(
     };
     Ok(Effect {
         action,
-        reply: effect.reply,
+        reply,
+        reply_with: None,
         then: effect.then,
         unstash_all: effect.unstash_all,
         stop: effect.stop,

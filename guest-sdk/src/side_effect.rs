@@ -21,19 +21,10 @@ pub enum Level {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SideEffect {
     /// Send a command to another entity (fire and forget: its reply is dropped).
-    Send {
-        entity_type: String,
-        entity_id: String,
-        payload: Vec<u8>,
-    },
+    Send { entity_type: String, entity_id: String, payload: Vec<u8> },
     /// Deliver a command later. The host stores the timer durably, so it survives
     /// restarts.
-    Schedule {
-        delay_ms: u64,
-        entity_type: String,
-        entity_id: String,
-        payload: Vec<u8>,
-    },
+    Schedule { delay_ms: u64, entity_type: String, entity_id: String, payload: Vec<u8> },
     /// Publish a message to a topic's subscribers.
     Publish { topic: String, payload: Vec<u8> },
     /// Write a line through the host's logging (guests have no stdout).
@@ -45,11 +36,7 @@ impl SideEffect {
     ///
     /// # Panics
     /// If `command` cannot be encoded as JSON.
-    pub fn send(
-        entity_type: impl Into<String>,
-        entity_id: impl Into<String>,
-        command: &impl Serialize,
-    ) -> Self {
+    pub fn send(entity_type: impl Into<String>, entity_id: impl Into<String>, command: &impl Serialize) -> Self {
         SideEffect::Send {
             entity_type: entity_type.into(),
             entity_id: entity_id.into(),
@@ -80,18 +67,12 @@ impl SideEffect {
     /// # Panics
     /// If `message` cannot be encoded as JSON.
     pub fn publish(topic: impl Into<String>, message: &impl Serialize) -> Self {
-        SideEffect::Publish {
-            topic: topic.into(),
-            payload: crate::codec::to_json(message, "published message"),
-        }
+        SideEffect::Publish { topic: topic.into(), payload: crate::codec::to_json(message, "published message") }
     }
 
     /// A log line at `level`.
     pub fn log(level: Level, message: impl Into<String>) -> Self {
-        SideEffect::Log {
-            level,
-            message: message.into(),
-        }
+        SideEffect::Log { level, message: message.into() }
     }
 
     /// A log line at [`Level::Info`].

@@ -12,6 +12,8 @@ struct Counter;
 #[serde(tag = "type")]
 enum Command {
     Add { amount: u64 },
+    AddAndTell { amount: u64 },
+    WrongStateType,
     Stash,
 }
 
@@ -35,19 +37,18 @@ impl Entity for Counter {
     fn handle(state: &State, command: Command, ctx: &Context) -> Effect<Event> {
         match command {
             Command::Add { amount } => Effect::persist_all(vec![Event::Added { amount }; 2])
-                .then_reply(Reply::ok(
-                    &json!({ "total": state.total + 2 * amount, "id": ctx.entity_id }),
-                ))
+                .then_reply(Reply::ok(&json!({ "total": state.total + 2 * amount, "id": ctx.entity_id })))
                 .then_run(SideEffect::info("added")),
+            Command::AddAndTell { amount } => Effect::persist_all(vec![Event::Added { amount }; 2])
+                .then_reply_with(|after: &State| Reply::ok(&json!({ "total": after.total }))),
+            Command::WrongStateType => Effect::none().then_reply_with(|n: &u64| Reply::ok(n)),
             Command::Stash => Effect::stash(),
         }
     }
 
     fn apply(state: State, event: &Event) -> State {
         match event {
-            Event::Added { amount } => State {
-                total: state.total + amount,
-            },
+            Event::Added { amount } => State { total: state.total + amount },
         }
     }
 
@@ -63,41 +64,28 @@ fn ctx() -> Context {
 #[test]
 fn handle_command_encodes_events_with_manifest_and_tags() {
     let state = br#"{"total":1}"#;
-    let effect =
-        runtime::handle_command::<Counter>(state, br#"{"type":"Add","amount":5}"#, &ctx()).unwrap();
+    let effect = runtime::handle_command::<Counter>(state, br#"{"type":"Add","amount":5}"#, &ctx()).unwrap();
     let event = EncodedEvent {
         manifest: "Added".into(),
         payload: br#"{"type":"Added","amount":5}"#.to_vec(),
         tags: vec!["counting".into()],
     };
     assert_eq!(effect.events(), &[event.clone(), event]);
-    assert_eq!(
-        effect.reply_value().and_then(Reply::json),
-        Some(json!({"total": 11, "id": "c-1"}))
-    );
-    assert_eq!(
-        effect.side_effects(),
-        &[SideEffect::log(Level::Info, "added")]
-    );
+    assert_eq!(effect.reply_value().and_then(Reply::json), Some(json!({"total": 11, "id": "c-1"})));
+    assert_eq!(effect.side_effects(), &[SideEffect::log(Level::Info, "added")]);
 }
 
 #[test]
 fn malformed_command_is_an_error_not_a_panic() {
-    let err = runtime::handle_command::<Counter>(br#"{"total":0}"#, br#"{"type":"Nope"}"#, &ctx())
-        .unwrap_err();
-    assert!(
-        err.starts_with("malformed command: unknown variant `Nope`"),
-        "{err}"
-    );
-    let err =
-        runtime::handle_command::<Counter>(br#"{"total":0}"#, b"not json", &ctx()).unwrap_err();
+    let err = runtime::handle_command::<Counter>(br#"{"total":0}"#, br#"{"type":"Nope"}"#, &ctx()).unwrap_err();
+    assert!(err.starts_with("malformed command: unknown variant `Nope`"), "{err}");
+    let err = runtime::handle_command::<Counter>(br#"{"total":0}"#, b"not json", &ctx()).unwrap_err();
     assert!(err.starts_with("malformed command: "), "{err}");
 }
 
 #[test]
 fn undecodable_state_is_reported() {
-    let err = runtime::handle_command::<Counter>(br#""text""#, br#"{"type":"Stash"}"#, &ctx())
-        .unwrap_err();
+    let err = runtime::handle_command::<Counter>(br#""text""#, br#"{"type":"Stash"}"#, &ctx()).unwrap_err();
     assert!(err.starts_with("state could not be decoded: "), "{err}");
     let err = runtime::apply_events::<Counter>(b"", []).unwrap_err();
     assert!(err.starts_with("state could not be decoded: "), "{err}");
@@ -109,8 +97,7 @@ fn apply_events_folds_a_batch() {
     assert_eq!(empty, br#"{"total":0}"#);
     let e1 = br#"{"type":"Added","amount":2}"#;
     let e2 = br#"{"type":"Added","amount":3}"#;
-    let state =
-        runtime::apply_events::<Counter>(&empty, [("Added", &e1[..]), ("Added", &e2[..])]).unwrap();
+    let state = runtime::apply_events::<Counter>(&empty, [("Added", &e1[..]), ("Added", &e2[..])]).unwrap();
     assert_eq!(state, br#"{"total":5}"#);
 }
 
@@ -118,15 +105,9 @@ fn apply_events_folds_a_batch() {
 fn undecodable_event_names_its_position_and_manifest() {
     let good = br#"{"type":"Added","amount":2}"#;
     let bad = br#"{"type":"Removed"}"#;
-    let err = runtime::apply_events::<Counter>(
-        br#"{"total":0}"#,
-        [("Added", &good[..]), ("Removed", &bad[..])],
-    )
-    .unwrap_err();
-    assert!(
-        err.starts_with("event 1 of the batch (manifest `Removed`) could not be decoded"),
-        "{err}"
-    );
+    let err =
+        runtime::apply_events::<Counter>(br#"{"total":0}"#, [("Added", &good[..]), ("Removed", &bad[..])]).unwrap_err();
+    assert!(err.starts_with("event 1 of the batch (manifest `Removed`) could not be decoded"), "{err}");
 }
 
 #[test]
@@ -189,11 +170,27 @@ fn side_effect_payloads_are_json() {
             payload: serde_json::to_vec(&cmd).unwrap(),
         }
     );
-    assert_eq!(
-        SideEffect::publish("t", &1),
-        SideEffect::Publish {
-            topic: "t".into(),
-            payload: b"1".to_vec()
-        }
-    );
+    assert_eq!(SideEffect::publish("t", &1), SideEffect::Publish { topic: "t".into(), payload: b"1".to_vec() });
+}
+
+#[test]
+fn then_reply_with_replies_from_the_state_after_the_events() {
+    let effect =
+        runtime::handle_command::<Counter>(br#"{"total":1}"#, br#"{"type":"AddAndTell","amount":5}"#, &ctx()).unwrap();
+    assert_eq!(effect.events().len(), 2);
+    assert_eq!(effect.reply_value().and_then(Reply::json), Some(json!({"total": 11})));
+    // Natively, the handler's effect computes it from a given state.
+    let effect = Counter::handle(&State { total: 1 }, Command::AddAndTell { amount: 5 }, &ctx());
+    assert_eq!(effect.reply_value(), None);
+    let after = effect.events().iter().fold(State { total: 1 }, Counter::apply);
+    assert_eq!(effect.reply_after(&after).as_ref().and_then(Reply::json), Some(json!({"total": 11})));
+    // A later `then_reply` replaces it.
+    let fixed = effect.then_reply(Reply::ack());
+    assert_eq!(fixed.reply_after(&after), Some(Reply::ack()));
+}
+
+#[test]
+#[should_panic(expected = "then_reply_with: the closure takes a `u64`, which is not the entity's State")]
+fn then_reply_with_of_another_type_than_the_state_names_the_type() {
+    let _ = runtime::handle_command::<Counter>(br#"{"total":1}"#, br#"{"type":"WrongStateType"}"#, &ctx());
 }

@@ -56,6 +56,14 @@ fn balance_reply(balance: u64) -> Reply {
     Reply::ok(&CurrentBalance { balance })
 }
 
+/// The reply to an accepted command: the balance after its events.
+fn balance_of(account: &Account) -> Reply {
+    match account {
+        Account::Open { balance } => balance_reply(*balance),
+        Account::Empty | Account::Closed => balance_reply(0),
+    }
+}
+
 impl Entity for AccountEntity {
     type Command = Command;
     type Event = Event;
@@ -67,9 +75,7 @@ impl Entity for AccountEntity {
         let account_number = &ctx.entity_id;
         match state {
             Account::Empty => match command {
-                Command::CreateAccount => {
-                    Effect::persist(Event::AccountCreated).then_reply(balance_reply(0))
-                }
+                Command::CreateAccount => Effect::persist(Event::AccountCreated).then_reply_with(balance_of),
                 _ => Effect::unhandled(),
             },
             Account::Open { balance } => match command {
@@ -77,9 +83,9 @@ impl Entity for AccountEntity {
                 Command::Withdraw { amount } => withdraw(*balance, amount),
                 Command::GetBalance => Effect::reply(balance_reply(*balance)),
                 Command::CloseAccount => close(*balance),
-                Command::CreateAccount => Effect::reply(Reply::error(format!(
-                    "Account {account_number} is already created"
-                ))),
+                Command::CreateAccount => {
+                    Effect::reply(Reply::error(format!("Account {account_number} is already created")))
+                }
             },
             Account::Closed => match command {
                 Command::GetBalance => Effect::reply(balance_reply(0)),
@@ -91,12 +97,12 @@ impl Entity for AccountEntity {
     fn apply(state: Account, event: &Event) -> Account {
         match (state, event) {
             (Account::Empty, Event::AccountCreated) => Account::Open { balance: 0 },
-            (Account::Open { balance }, Event::Deposited { amount }) => Account::Open {
-                balance: balance.saturating_add(*amount),
-            },
-            (Account::Open { balance }, Event::Withdrawn { amount }) => Account::Open {
-                balance: balance.saturating_sub(*amount),
-            },
+            (Account::Open { balance }, Event::Deposited { amount }) => {
+                Account::Open { balance: balance.saturating_add(*amount) }
+            }
+            (Account::Open { balance }, Event::Withdrawn { amount }) => {
+                Account::Open { balance: balance.saturating_sub(*amount) }
+            }
             (Account::Open { .. }, Event::AccountClosed) => Account::Closed,
             // As in Akka: the command handler never persists these, so seeing one
             // means the journal is corrupt; fail recovery loudly.
@@ -111,26 +117,22 @@ impl Entity for AccountEntity {
 
 fn deposit(balance: u64, amount: u64) -> Effect<Event> {
     if balance.checked_add(amount).is_none() {
-        return Effect::reply(Reply::error(format!(
-            "Deposit of {amount} would overflow the balance {balance}"
-        )));
+        return Effect::reply(Reply::error(format!("Deposit of {amount} would overflow the balance {balance}")));
     }
-    Effect::persist(Event::Deposited { amount }).then_reply(balance_reply(balance + amount))
+    Effect::persist(Event::Deposited { amount }).then_reply_with(balance_of)
 }
 
 fn withdraw(balance: u64, amount: u64) -> Effect<Event> {
     if amount <= balance {
-        Effect::persist(Event::Withdrawn { amount }).then_reply(balance_reply(balance - amount))
+        Effect::persist(Event::Withdrawn { amount }).then_reply_with(balance_of)
     } else {
-        Effect::reply(Reply::error(format!(
-            "Insufficient balance {balance} to be able to withdraw {amount}"
-        )))
+        Effect::reply(Reply::error(format!("Insufficient balance {balance} to be able to withdraw {amount}")))
     }
 }
 
 fn close(balance: u64) -> Effect<Event> {
     if balance == 0 {
-        Effect::persist(Event::AccountClosed).then_reply(balance_reply(0))
+        Effect::persist(Event::AccountClosed).then_reply_with(balance_of)
     } else {
         Effect::reply(Reply::error("Can't close account with non-zero balance"))
     }

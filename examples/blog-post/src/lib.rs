@@ -35,17 +35,9 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum Event {
-    PostAdded {
-        post_id: String,
-        content: PostContent,
-    },
-    BodyChanged {
-        post_id: String,
-        new_body: String,
-    },
-    Published {
-        post_id: String,
-    },
+    PostAdded { post_id: String, content: PostContent },
+    BodyChanged { post_id: String, new_body: String },
+    Published { post_id: String },
 }
 
 /// Stored as `{"state":"Blank"}`, `{"state":"Draft","content":{..}}` or
@@ -82,20 +74,21 @@ impl Entity for BlogPostEntity {
                 _ => Effect::unhandled(),
             },
             State::Draft { content } => match command {
-                Command::ChangeBody { new_body } => Effect::persist(Event::BodyChanged {
-                    post_id: content.post_id.clone(),
-                    new_body,
-                })
-                .then_reply(Reply::ack()),
+                Command::ChangeBody { new_body } => {
+                    Effect::persist(Event::BodyChanged { post_id: content.post_id.clone(), new_body })
+                        .then_reply(Reply::ack())
+                }
                 Command::Publish => publish(content),
                 Command::GetPost => Effect::reply(Reply::ok(content)),
-                Command::AddPost { .. } => Effect::unhandled()
-                    .then_reply(Reply::error("Cannot add post while in draft state")),
+                Command::AddPost { .. } => {
+                    Effect::unhandled().then_reply(Reply::error("Cannot add post while in draft state"))
+                }
             },
             State::Published { content } => match command {
                 Command::GetPost => Effect::reply(Reply::ok(content)),
-                Command::AddPost { .. } => Effect::unhandled()
-                    .then_reply(Reply::error("Cannot add post, already published")),
+                Command::AddPost { .. } => {
+                    Effect::unhandled().then_reply(Reply::error("Cannot add post, already published"))
+                }
                 _ => Effect::unhandled(),
             },
         }
@@ -103,15 +96,10 @@ impl Entity for BlogPostEntity {
 
     fn apply(state: State, event: &Event) -> State {
         match (state, event) {
-            (State::Blank, Event::PostAdded { content, .. }) => State::Draft {
-                content: content.clone(),
-            },
-            (State::Draft { content }, Event::BodyChanged { new_body, .. }) => State::Draft {
-                content: PostContent {
-                    body: new_body.clone(),
-                    ..content
-                },
-            },
+            (State::Blank, Event::PostAdded { content, .. }) => State::Draft { content: content.clone() },
+            (State::Draft { content }, Event::BodyChanged { new_body, .. }) => {
+                State::Draft { content: PostContent { body: new_body.clone(), ..content } }
+            }
             (State::Draft { content }, Event::Published { .. }) => State::Published { content },
             // As in Akka: never persisted by the command handler, so a corrupt journal.
             (state, event) => panic!("unexpected event [{event:?}] in state [{state:?}]"),
@@ -124,25 +112,15 @@ impl Entity for BlogPostEntity {
 }
 
 fn add_post(content: PostContent) -> Effect<Event> {
-    let reply = Reply::ok(&AddPostDone {
-        post_id: &content.post_id,
-    });
-    Effect::persist(Event::PostAdded {
-        post_id: content.post_id.clone(),
-        content,
-    })
-    .then_reply(reply)
+    let reply = Reply::ok(&AddPostDone { post_id: &content.post_id });
+    Effect::persist(Event::PostAdded { post_id: content.post_id.clone(), content }).then_reply(reply)
 }
 
 fn publish(content: &PostContent) -> Effect<Event> {
     let post_id = content.post_id.clone();
-    Effect::persist(Event::Published {
-        post_id: post_id.clone(),
-    })
-    .then_reply(Reply::ack())
-    .then_run(SideEffect::info(format!(
-        "Blog post {post_id} was published"
-    )))
+    Effect::persist(Event::Published { post_id: post_id.clone() })
+        .then_reply(Reply::ack())
+        .then_run(SideEffect::info(format!("Blog post {post_id} was published")))
 }
 
 export_entity!(BlogPostEntity);

@@ -8,11 +8,7 @@ fn handle(state: &State, command: Command) -> Effect<Event> {
 }
 
 fn content() -> PostContent {
-    PostContent {
-        post_id: "p1".into(),
-        title: "Hello".into(),
-        body: "first".into(),
-    }
+    PostContent { post_id: "p1".into(), title: "Hello".into(), body: "first".into() }
 }
 
 fn draft() -> State {
@@ -22,32 +18,14 @@ fn draft() -> State {
 #[test]
 fn add_post_creates_a_draft_and_replies_the_post_id() {
     let effect = handle(&State::Blank, Command::AddPost { content: content() });
-    assert_eq!(
-        effect.events(),
-        &[Event::PostAdded {
-            post_id: "p1".into(),
-            content: content()
-        }]
-    );
-    assert_eq!(
-        effect.reply_value().and_then(Reply::json),
-        Some(json!({"postId": "p1"}))
-    );
-    assert_eq!(
-        BlogPostEntity::apply(State::Blank, &effect.events()[0]),
-        draft()
-    );
+    assert_eq!(effect.events(), &[Event::PostAdded { post_id: "p1".into(), content: content() }]);
+    assert_eq!(effect.reply_value().and_then(Reply::json), Some(json!({"postId": "p1"})));
+    assert_eq!(BlogPostEntity::apply(State::Blank, &effect.events()[0]), draft());
 }
 
 #[test]
 fn blank_post_handles_only_add_post() {
-    for command in [
-        Command::GetPost,
-        Command::Publish,
-        Command::ChangeBody {
-            new_body: "x".into(),
-        },
-    ] {
+    for command in [Command::GetPost, Command::Publish, Command::ChangeBody { new_body: "x".into() }] {
         let effect = handle(&State::Blank, command);
         assert!(effect.is_unhandled());
         assert!(effect.reply_value().is_none());
@@ -56,19 +34,8 @@ fn blank_post_handles_only_add_post() {
 
 #[test]
 fn draft_body_changes_and_get_post_returns_content() {
-    let effect = handle(
-        &draft(),
-        Command::ChangeBody {
-            new_body: "second".into(),
-        },
-    );
-    assert_eq!(
-        effect.events(),
-        &[Event::BodyChanged {
-            post_id: "p1".into(),
-            new_body: "second".into()
-        }]
-    );
+    let effect = handle(&draft(), Command::ChangeBody { new_body: "second".into() });
+    assert_eq!(effect.events(), &[Event::BodyChanged { post_id: "p1".into(), new_body: "second".into() }]);
     assert_eq!(effect.reply_value(), Some(&Reply::ack()));
     let state = BlogPostEntity::apply(draft(), &effect.events()[0]);
     let effect = handle(&state, Command::GetPost);
@@ -82,27 +49,13 @@ fn draft_body_changes_and_get_post_returns_content() {
 #[test]
 fn publish_persists_logs_and_makes_the_post_read_only() {
     let effect = handle(&draft(), Command::Publish);
-    assert_eq!(
-        effect.events(),
-        &[Event::Published {
-            post_id: "p1".into()
-        }]
-    );
+    assert_eq!(effect.events(), &[Event::Published { post_id: "p1".into() }]);
     assert_eq!(effect.reply_value(), Some(&Reply::ack()));
-    assert_eq!(
-        effect.side_effects(),
-        &[SideEffect::info("Blog post p1 was published")]
-    );
+    assert_eq!(effect.side_effects(), &[SideEffect::info("Blog post p1 was published")]);
     let published = BlogPostEntity::apply(draft(), &effect.events()[0]);
     assert_eq!(published, State::Published { content: content() });
     assert!(handle(&published, Command::Publish).is_unhandled());
-    assert!(handle(
-        &published,
-        Command::ChangeBody {
-            new_body: "x".into()
-        }
-    )
-    .is_unhandled());
+    assert!(handle(&published, Command::ChangeBody { new_body: "x".into() }).is_unhandled());
     assert!(handle(&published, Command::GetPost).reply_value().is_some());
 }
 
@@ -110,19 +63,10 @@ fn publish_persists_logs_and_makes_the_post_read_only() {
 fn adding_an_existing_post_is_unhandled_with_an_error_reply() {
     let effect = handle(&draft(), Command::AddPost { content: content() });
     assert!(effect.is_unhandled());
-    assert_eq!(
-        effect.reply_value(),
-        Some(&Reply::error("Cannot add post while in draft state"))
-    );
-    let effect = handle(
-        &State::Published { content: content() },
-        Command::AddPost { content: content() },
-    );
+    assert_eq!(effect.reply_value(), Some(&Reply::error("Cannot add post while in draft state")));
+    let effect = handle(&State::Published { content: content() }, Command::AddPost { content: content() });
     assert!(effect.is_unhandled());
-    assert_eq!(
-        effect.reply_value(),
-        Some(&Reply::error("Cannot add post, already published"))
-    );
+    assert_eq!(effect.reply_value(), Some(&Reply::error("Cannot add post, already published")));
 }
 
 #[test]
@@ -142,25 +86,12 @@ fn json_shapes_are_the_documented_ones() {
         json,
         json!({"type": "PostAdded", "postId": "p1", "content": {"postId": "p1", "title": "T", "body": "B"}})
     );
-    let state = runtime::apply_events::<BlogPostEntity>(
-        br#"{"state":"Blank"}"#,
-        [("PostAdded", &event.payload[..])],
-    )
-    .unwrap();
-    let effect = runtime::handle_command::<BlogPostEntity>(
-        &state,
-        br#"{"type":"ChangeBody","newBody":"N"}"#,
-        &ctx,
-    )
-    .unwrap();
+    let state =
+        runtime::apply_events::<BlogPostEntity>(br#"{"state":"Blank"}"#, [("PostAdded", &event.payload[..])]).unwrap();
+    let effect =
+        runtime::handle_command::<BlogPostEntity>(&state, br#"{"type":"ChangeBody","newBody":"N"}"#, &ctx).unwrap();
     let json: serde_json::Value = serde_json::from_slice(&effect.events()[0].payload).unwrap();
-    assert_eq!(
-        json,
-        json!({"type": "BodyChanged", "postId": "p1", "newBody": "N"})
-    );
+    assert_eq!(json, json!({"type": "BodyChanged", "postId": "p1", "newBody": "N"}));
     let json: serde_json::Value = serde_json::from_slice(&state).unwrap();
-    assert_eq!(
-        json,
-        json!({"state": "Draft", "content": {"postId": "p1", "title": "T", "body": "B"}})
-    );
+    assert_eq!(json, json!({"state": "Draft", "content": {"postId": "p1", "title": "T", "body": "B"}}));
 }

@@ -20,31 +20,17 @@ pub struct TaskManager;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum Command {
-    StartTask {
-        task_id: String,
-    },
-    NextStep {
-        task_id: String,
-        instruction: String,
-    },
-    EndTask {
-        task_id: String,
-    },
+    StartTask { task_id: String },
+    NextStep { task_id: String, instruction: String },
+    EndTask { task_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum Event {
-    TaskStarted {
-        task_id: String,
-    },
-    TaskStep {
-        task_id: String,
-        instruction: String,
-    },
-    TaskCompleted {
-        task_id: String,
-    },
+    TaskStarted { task_id: String },
+    TaskStep { task_id: String, instruction: String },
+    TaskCompleted { task_id: String },
 }
 
 /// Stored as `{"taskIdInProgress":null}` or `{"taskIdInProgress":"t1"}`.
@@ -72,23 +58,14 @@ impl Entity for TaskManager {
                 // Duplicate: already in progress.
                 Effect::reply(Reply::ok(&json!({ "started": task_id, "duplicate": true })))
             }
-            Command::NextStep {
-                task_id,
-                instruction,
-            } if &task_id == in_progress => {
+            Command::NextStep { task_id, instruction } if &task_id == in_progress => {
                 let reply = Reply::ok(&json!({ "taskId": task_id, "step": instruction }));
-                Effect::persist(Event::TaskStep {
-                    task_id,
-                    instruction,
-                })
-                .then_reply(reply)
+                Effect::persist(Event::TaskStep { task_id, instruction }).then_reply(reply)
             }
             Command::EndTask { task_id } if &task_id == in_progress => {
                 let reply = Reply::ok(&json!({ "ended": task_id }));
                 // Continue with the next task.
-                Effect::persist(Event::TaskCompleted { task_id })
-                    .then_reply(reply)
-                    .then_unstash_all()
+                Effect::persist(Event::TaskCompleted { task_id }).then_reply(reply).then_unstash_all()
             }
             // Another task is in progress: wait with this one until later.
             _ => Effect::stash(),
@@ -97,13 +74,9 @@ impl Entity for TaskManager {
 
     fn apply(state: State, event: &Event) -> State {
         match event {
-            Event::TaskStarted { task_id } => State {
-                task_id_in_progress: Some(task_id.clone()),
-            },
+            Event::TaskStarted { task_id } => State { task_id_in_progress: Some(task_id.clone()) },
             Event::TaskStep { .. } => state,
-            Event::TaskCompleted { .. } => State {
-                task_id_in_progress: None,
-            },
+            Event::TaskCompleted { .. } => State { task_id_in_progress: None },
         }
     }
 }
