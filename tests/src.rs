@@ -19,7 +19,11 @@ fn target_dir() -> PathBuf {
 
 fn built(dir: &str, name: &str) -> PathBuf {
     let p = target_dir().join(dir).join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} is missing: run scripts/build-components.sh (scripts/test.sh does it for you)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-components.sh (scripts/test.sh does it for you)",
+        p.display()
+    );
     p
 }
 
@@ -219,7 +223,12 @@ pub struct TestEngine {
 }
 
 impl TestEngine {
-    pub fn start(data: &Path, components: &[(&str, PathBuf)], config: EngineConfig, limits: SandboxLimits) -> TestEngine {
+    pub fn start(
+        data: &Path,
+        components: &[(&str, PathBuf)],
+        config: EngineConfig,
+        limits: SandboxLimits,
+    ) -> TestEngine {
         let journal = Arc::new(SwitchableJournal {
             inner: mneme::journal::open(data, Backend::default()).unwrap(),
             fail_writes: AtomicBool::new(false),
@@ -258,7 +267,12 @@ impl TestEngine {
 
     /// Messages published to `topic` (as JSON).
     pub fn published(&self, topic: &str) -> Vec<Value> {
-        self.engine.topics().read(topic, 1, usize::MAX).into_iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect()
+        self.engine
+            .topics()
+            .read(topic, 1, usize::MAX)
+            .into_iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect()
     }
 
     pub fn stop(self) {

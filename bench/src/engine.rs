@@ -84,7 +84,12 @@ pub fn handler_cost(report: &mut Report, quick: bool) {
         let mut cmd = Command {
             manifest: String::new(),
             payload: deposit(),
-            metadata: CommandMetadata { entity_type: "bank-account".into(), entity_id: "a".into(), sequence_nr: 1, timestamp_ms: 0 },
+            metadata: CommandMetadata {
+                entity_type: "bank-account".into(),
+                entity_id: "a".into(),
+                sequence_nr: 1,
+                timestamp_ms: 0,
+            },
         };
         let t = Instant::now();
         for i in 0..*calls {
@@ -142,7 +147,11 @@ fn closed_loop(engine: &Engine, entities: usize, clients: usize, duration: Durat
 
 fn create_accounts(engine: &Engine, n: usize) {
     let rx: Vec<_> = (0..n)
-        .map(|i| engine.submit("bank-account", &format!("acc{i}"), String::new(), br#"{"type":"CreateAccount"}"#.to_vec()).unwrap())
+        .map(|i| {
+            engine
+                .submit("bank-account", &format!("acc{i}"), String::new(), br#"{"type":"CreateAccount"}"#.to_vec())
+                .unwrap()
+        })
         .collect();
     for r in rx {
         let _ = r.blocking_recv().unwrap();
@@ -210,9 +219,24 @@ pub fn http(report: &mut Report, quick: bool) {
     let rate = lat.len() as f64 / t.elapsed().as_secs_f64();
     lat.sort();
     engine.shutdown();
-    report.figure("HTTP keep-alive, 64 clients (ureq threads, same machine)", rate, "cmds/s", Some(("in-process 64 clients", base_rate)));
-    report.figure("  latency p50 (HTTP)", percentile(&lat, 0.5), "ms", Some(("in-process p50", percentile(&base_lat, 0.5))));
-    report.figure("  latency p99 (HTTP)", percentile(&lat, 0.99), "ms", Some(("in-process p99", percentile(&base_lat, 0.99))));
+    report.figure(
+        "HTTP keep-alive, 64 clients (ureq threads, same machine)",
+        rate,
+        "cmds/s",
+        Some(("in-process 64 clients", base_rate)),
+    );
+    report.figure(
+        "  latency p50 (HTTP)",
+        percentile(&lat, 0.5),
+        "ms",
+        Some(("in-process p50", percentile(&base_lat, 0.5))),
+    );
+    report.figure(
+        "  latency p99 (HTTP)",
+        percentile(&lat, 0.99),
+        "ms",
+        Some(("in-process p99", percentile(&base_lat, 0.99))),
+    );
 }
 
 fn write_account_events(journal: &dyn Journal, pid: &str, n: u64) {
@@ -272,7 +296,12 @@ pub fn recovery(report: &mut Report, quick: bool) {
         assert_eq!(s.seq_nr, n);
         engine.shutdown();
     }
-    report.figure("recovery replay, 1 account (JSON), native handler", rates[0], "events/s", Some(("journal read only", read)));
+    report.figure(
+        "recovery replay, 1 account (JSON), native handler",
+        rates[0],
+        "events/s",
+        Some(("journal read only", read)),
+    );
     report.figure("recovery replay, 1 account (JSON), Wasm handler", rates[1], "events/s", Some(("native", rates[0])));
 }
 
@@ -310,12 +339,18 @@ pub fn activation(report: &mut Report, quick: bool) {
         std::hint::black_box(journal.events(&pid, 1, 1000).unwrap());
     }
     let base = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-    report.figure("activation from snapshot (recover + on-recovery-completed)", per, "µs", Some(("journal reads alone", base)));
+    report.figure(
+        "activation from snapshot (recover + on-recovery-completed)",
+        per,
+        "µs",
+        Some(("journal reads alone", base)),
+    );
 }
 
 pub fn restart(report: &mut Report) {
     let dir = tempfile::tempdir().unwrap();
-    let mut wasm: Vec<(String, Vec<u8>)> = ["bank-account", "blog-post", "task-manager"].iter().map(|n| (n.to_string(), component(n))).collect();
+    let mut wasm: Vec<(String, Vec<u8>)> =
+        ["bank-account", "blog-post", "task-manager"].iter().map(|n| (n.to_string(), component(n))).collect();
     let poly = target_dir().join("components-polyglot");
     if let Ok(entries) = std::fs::read_dir(&poly) {
         for e in entries.flatten() {
@@ -376,5 +411,10 @@ pub fn memory(report: &mut Report, quick: bool) {
     let after = rss_kib();
     engine.shutdown();
     let per_10k = (after - before) / 1024.0 * 10_000.0 / n as f64;
-    report.figure("RSS per 10k active bank accounts", per_10k, "MiB", Some(("process RSS before (MiB)", before / 1024.0)));
+    report.figure(
+        "RSS per 10k active bank accounts",
+        per_10k,
+        "MiB",
+        Some(("process RSS before (MiB)", before / 1024.0)),
+    );
 }

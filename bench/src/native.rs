@@ -40,7 +40,11 @@ fn side_effect(s: &mneme_sdk::SideEffect) -> SideEffect {
 
 impl<E: mneme_sdk::Entity> EntityHandler for Native<E> {
     fn describe(&mut self) -> Result<EntityInfo, Fault> {
-        Ok(EntityInfo { type_name: E::TYPE_NAME.into(), state_version: E::STATE_VERSION, snapshot_every: E::SNAPSHOT_EVERY })
+        Ok(EntityInfo {
+            type_name: E::TYPE_NAME.into(),
+            state_version: E::STATE_VERSION,
+            snapshot_every: E::SNAPSHOT_EVERY,
+        })
     }
 
     fn empty_state(&mut self) -> Result<Vec<u8>, Fault> {
@@ -56,7 +60,11 @@ impl<E: mneme_sdk::Entity> EntityHandler for Native<E> {
         };
         let action = if effect.is_persist() {
             Action::Persist(
-                effect.events().iter().map(|e| Event { manifest: e.manifest.clone(), payload: e.payload.clone(), tags: e.tags.clone() }).collect(),
+                effect
+                    .events()
+                    .iter()
+                    .map(|e| Event { manifest: e.manifest.clone(), payload: e.payload.clone(), tags: e.tags.clone() })
+                    .collect(),
             )
         } else if effect.is_unhandled() {
             Action::Unhandled

@@ -61,13 +61,28 @@ pub fn run(report: &mut Report, quick: bool) {
     let sled_batched = journal_appends(&sled, batches, 512);
     report.figure("raw file: append + fdatasync, 1 record/sync", raw_single, "records/s", None);
     report.figure("raw file: append + fdatasync, 512 records/sync", raw_batched, "records/s", None);
-    report.figure("sled journal: 1 event/write (flush + fdatasync)", sled_single, "events/s", Some(("raw 1/sync", raw_single)));
-    report.figure("sled journal: 512 events/write (flush + fdatasync)", sled_batched, "events/s", Some(("raw 512/sync", raw_batched)));
+    report.figure(
+        "sled journal: 1 event/write (flush + fdatasync)",
+        sled_single,
+        "events/s",
+        Some(("raw 1/sync", raw_single)),
+    );
+    report.figure(
+        "sled journal: 512 events/write (flush + fdatasync)",
+        sled_batched,
+        "events/s",
+        Some(("raw 512/sync", raw_batched)),
+    );
     drop(sled);
     let fjall = FjallJournal::open(&dir.path().join("fjall")).unwrap();
     let fjall_single = journal_appends(&fjall, single, 1);
     let fjall_batched = journal_appends(&fjall, batches, 512);
-    report.figure("fjall journal: 1 event/write (batch commit + fdatasync)", fjall_single, "events/s", Some(("raw 1/sync", raw_single)));
+    report.figure(
+        "fjall journal: 1 event/write (batch commit + fdatasync)",
+        fjall_single,
+        "events/s",
+        Some(("raw 1/sync", raw_single)),
+    );
     report.figure(
         "fjall journal: 512 events/write (batch commit + fdatasync)",
         fjall_batched,

@@ -17,11 +17,13 @@ use serde_json::{json, Value};
 
 use crate::component::LoadedComponent;
 
+use crate::engine::Engine;
+use crate::error::CommandError;
+use crate::journal::StoredEvent;
+use crate::names::{persistence_id, validate_entity, validate_entity_type};
+use crate::router::Outcome;
 /// Re-exported so an embedding program can serve [`router`] without naming axum's version.
 pub use axum;
-use crate::engine::{Engine, Outcome};
-use crate::error::CommandError;
-use crate::journal::{persistence_id, validate_entity_id, validate_entity_type, StoredEvent};
 
 #[derive(Clone)]
 pub struct ApiConfig {
@@ -64,7 +66,7 @@ impl From<CommandError> for ApiError {
             CommandError::StashFull(..)
             | CommandError::WriteFailed(_)
             | CommandError::Dropped(_)
-            | CommandError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | CommandError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }
@@ -85,7 +87,11 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     b.map_err(|e| {
         let status = e.status();
-        let msg = if status == StatusCode::PAYLOAD_TOO_LARGE { "request body is larger than the limit".to_string() } else { e.body_text() };
+        let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request body is larger than the limit".to_string()
+        } else {
+            e.body_text()
+        };
         ApiError(status, msg)
     })
 }
@@ -164,7 +170,7 @@ async fn send_command(
     let rx = app.engine.submit(&entity_type, &entity_id, manifest, payload.to_vec())?;
     let outcome = match tokio::time::timeout(app.config.reply_timeout, rx).await {
         Ok(Ok(result)) => result?,
-        Ok(Err(_)) => return Err(CommandError::Overloaded("engine shut down before replying".into()).into()),
+        Ok(Err(_)) => return Err(CommandError::ShuttingDown.into()),
         Err(_) => {
             return Err(ApiError(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -177,7 +183,11 @@ async fn send_command(
     };
     Ok(match outcome {
         Outcome::Reply(bytes) => {
-            let ct = if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() { "application/json" } else { "application/octet-stream" };
+            let ct = if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            };
             (StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response()
         }
         Outcome::ReplyError(msg) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, msg).into_response(),
@@ -196,11 +206,6 @@ impl Page {
     fn limit(&self) -> usize {
         self.limit.unwrap_or(100).clamp(1, 10_000)
     }
-}
-
-fn check_ids(entity_type: &str, entity_id: &str) -> Result<(), ApiError> {
-    validate_entity_type(entity_type).map_err(bad_request)?;
-    validate_entity_id(entity_id).map_err(bad_request)
 }
 
 fn journal_error(e: crate::journal::JournalError) -> ApiError {
@@ -224,7 +229,7 @@ async fn entity_events(
 ) -> Result<Json<Value>, ApiError> {
     let (entity_type, entity_id) = path(p)?;
     let page = query(q)?;
-    check_ids(&entity_type, &entity_id)?;
+    validate_entity(&entity_type, &entity_id).map_err(bad_request)?;
     let pid = persistence_id(&entity_type, &entity_id);
     let from = page.from.unwrap_or(1).max(1);
     let limit = page.limit();
@@ -249,7 +254,10 @@ async fn entity_state(
     Ok(Json(Value::Object(o)))
 }
 
-async fn events_by_tag(State(app): State<AppState>, q: Result<Query<Page>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+async fn events_by_tag(
+    State(app): State<AppState>,
+    q: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let page = query(q)?;
     let Some(tag) = page.tag.clone().filter(|t| !t.is_empty()) else {
         return Err(bad_request("missing query parameter `tag`"));
@@ -288,7 +296,8 @@ async fn topic_messages(
 
 async fn list_components(State(app): State<AppState>) -> Json<Value> {
     let registry = app.engine.registry();
-    let list: Vec<Value> = registry.list().iter().map(|c| component_json(c, registry.versions(&c.entity_type))).collect();
+    let list: Vec<Value> =
+        registry.list().iter().map(|c| component_json(c, registry.versions(&c.entity_type))).collect();
     Json(json!({ "components": list }))
 }
 
@@ -310,14 +319,18 @@ async fn activate_component(
     p: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (entity_type, version) = path(p)?;
+    validate_entity_type(&entity_type).map_err(bad_request)?;
     let registry = app.engine.registry().clone();
     let t = entity_type.clone();
-    let loaded = blocking(move || registry.activate(&t, version)).await?.map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
+    let loaded =
+        blocking(move || registry.activate(&t, version)).await?.map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
     Ok(Json(component_json(&loaded, app.engine.registry().versions(&entity_type))))
 }
 
 async fn health(State(app): State<AppState>) -> Json<Value> {
-    Json(json!({ "status": "ok", "components": app.engine.registry().list().len(), "writer_id": app.engine.writer_id() }))
+    Json(
+        json!({ "status": "ok", "components": app.engine.registry().list().len(), "writer_id": app.engine.writer_id() }),
+    )
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {

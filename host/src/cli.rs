@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::api::ApiConfig;
 use crate::component::SandboxLimits;
-use crate::engine::EngineConfig;
+use crate::config::EngineConfig;
 use crate::server::ServeConfig;
 
 #[derive(Parser)]
@@ -192,7 +192,13 @@ impl Client {
 
 fn encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 

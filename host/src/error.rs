@@ -40,9 +40,9 @@ pub enum CommandError {
     /// The entity stopped (or restarted) while the command was stashed.
     #[error("{0}")]
     Dropped(String),
-    /// The engine cannot take more work right now.
-    #[error("{0}")]
-    Overloaded(String),
+    /// The engine is shutting down (or has shut down) and will not reply.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
 }
 
 pub type CommandResult<T> = Result<T, CommandError>;

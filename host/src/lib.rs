@@ -1,20 +1,30 @@
 //! mneme: an event-sourced entity engine whose entities are WebAssembly components.
 //!
 //! See ARCHITECTURE.md at the repository root for the map. The command path:
-//! `api` -> `engine` -> `shard` (entity state machine) -> `component` (pure call)
-//! -> `journal` (group commit by `writer`) -> `effects` -> reply.
+//! `api` -> `engine` -> `router` -> `shard` (entity state machine) -> `component`
+//! (pure call) -> `writer` (group commit) -> `journal` -> `side_effects` -> reply.
+//! Modules are listed here from the top layer down; a module imports only from
+//! modules below it (checked by `tests/architecture.rs`).
 
-pub mod component;
-pub mod error;
-pub mod journal;
-pub mod metrics;
-pub mod effects;
-pub mod engine;
-mod shard;
-mod timers;
-
-pub use engine::{Engine, EngineConfig, EntityState, Outcome};
-pub use error::CommandError;
-pub mod api;
 pub mod cli;
 pub mod server;
+pub mod api;
+pub mod engine;
+mod shard;
+mod writer;
+mod side_effects;
+mod timers;
+pub mod topics;
+mod router;
+pub mod component;
+pub mod journal;
+pub mod config;
+pub mod metrics;
+pub mod error;
+pub mod names;
+pub mod clock;
+
+pub use config::EngineConfig;
+pub use engine::Engine;
+pub use error::CommandError;
+pub use router::{EntityState, Outcome};

@@ -11,7 +11,8 @@ use axum::serve::ListenerExt;
 
 use crate::api::{self, ApiConfig};
 use crate::component::{sandbox::Runtime, Registry, SandboxLimits};
-use crate::engine::{Engine, EngineConfig};
+use crate::config::EngineConfig;
+use crate::engine::Engine;
 use crate::journal::{self, Backend};
 
 pub struct ServeConfig {
@@ -35,8 +36,9 @@ pub fn start_engine(
     sandbox: SandboxLimits,
 ) -> anyhow::Result<Engine> {
     std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
-    let journal = journal::open(data, backend)
-        .with_context(|| format!("opening the {} journal (is another mneme using this data directory?)", backend.name()))?;
+    let journal = journal::open(data, backend).with_context(|| {
+        format!("opening the {} journal (is another mneme using this data directory?)", backend.name())
+    })?;
     let runtime = Runtime::new(sandbox)?;
     let registry = Arc::new(Registry::open(runtime, data)?);
     if let Some(dir) = components {
@@ -51,15 +53,18 @@ pub fn start_engine(
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (data, components) = (config.data.clone(), config.components.clone());
     let (engine_config, sandbox, backend) = (config.engine.clone(), config.sandbox, config.journal);
-    let engine =
-        tokio::task::spawn_blocking(move || start_engine(&data, backend, components.as_deref(), engine_config, sandbox)).await??;
+    let engine = tokio::task::spawn_blocking(move || {
+        start_engine(&data, backend, components.as_deref(), engine_config, sandbox)
+    })
+    .await??;
     for c in engine.registry().list() {
         tracing::info!(entity_type = %c.entity_type, version = c.version, "serving component");
     }
     if let (Some(dir), Some(every)) = (config.components.clone(), config.watch) {
         tokio::spawn(watch_components(engine.clone(), dir, every));
     }
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     tracing::info!("mneme listening on http://{}", listener.local_addr()?);
     // Replies are small: without TCP_NODELAY they can wait on Nagle's algorithm.
     let listener = listener.tap_io(|tcp| {
@@ -109,9 +114,14 @@ async fn watch_components(engine: Engine, dir: PathBuf, every: Duration) {
         for p in changed {
             let registry = engine.registry().clone();
             let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-            let result = tokio::task::spawn_blocking(move || std::fs::read(&p).map_err(|e| e.to_string()).and_then(|w| registry.deploy(&name, &w))).await;
+            let result = tokio::task::spawn_blocking(move || {
+                std::fs::read(&p).map_err(|e| e.to_string()).and_then(|w| registry.deploy(&name, &w))
+            })
+            .await;
             match result {
-                Ok(Ok(c)) => tracing::info!(entity_type = %c.entity_type, version = c.version, "hot-loaded from components directory"),
+                Ok(Ok(c)) => {
+                    tracing::info!(entity_type = %c.entity_type, version = c.version, "hot-loaded from components directory")
+                }
                 Ok(Err(e)) => tracing::error!("hot-load failed: {e}"),
                 Err(e) => tracing::error!("hot-load failed: {e}"),
             }

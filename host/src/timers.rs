@@ -3,6 +3,8 @@
 //! A timer is written to the journal's timer store (synced) before it is armed,
 //! delivered as a command to its target entity when due, then removed. Timers that
 //! were due while the host was down are delivered at start.
+//!
+//! Architecture invariant: timers reach entities only through the [`Router`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,10 +12,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::engine::{now_ms, Router};
+use crate::clock::now_ms;
 use crate::journal::{Journal, Timer};
+use crate::router::Router;
 
-pub(crate) enum TimerMsg {
+pub enum TimerMsg {
     Schedule(TimerRequest),
     Stop,
 }
@@ -25,7 +28,7 @@ pub struct TimerRequest {
     pub payload: Vec<u8>,
 }
 
-pub(crate) fn spawn(journal: Arc<dyn Journal>, router: Router, rx: Receiver<TimerMsg>) -> std::thread::JoinHandle<()> {
+pub fn spawn(journal: Arc<dyn Journal>, router: Router, rx: Receiver<TimerMsg>) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("mneme-timers".into())
         .spawn(move || run(journal, router, rx))
@@ -50,7 +53,10 @@ fn run(journal: Arc<dyn Journal>, router: Router, rx: Receiver<TimerMsg>) {
                 tracing::error!(timer = t.id, "cannot remove delivered timer: {e}");
             }
         }
-        let wait = armed.keys().next().map_or(Duration::from_secs(3600), |(due, _)| Duration::from_millis(due.saturating_sub(now)));
+        let wait = armed
+            .keys()
+            .next()
+            .map_or(Duration::from_secs(3600), |(due, _)| Duration::from_millis(due.saturating_sub(now)));
         match rx.recv_timeout(wait) {
             Ok(TimerMsg::Stop) => return,
             Ok(TimerMsg::Schedule(req)) => {

@@ -7,7 +7,7 @@
 //! `scripts/build-polyglot.sh` (both run by `scripts/test.sh`); a missing one fails
 //! the test rather than skipping it.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use mneme::component::SandboxLimits;
 use mneme::journal::Journal;
@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 
 fn outcome(r: Result<Outcome, CommandError>) -> Value {
     match r {
-        Ok(Outcome::Reply(b)) => json!({ "ok": serde_json::from_slice::<Value>(&b).unwrap_or_else(|_| json!(String::from_utf8_lossy(&b))) }),
+        Ok(Outcome::Reply(b)) => {
+            json!({ "ok": serde_json::from_slice::<Value>(&b).unwrap_or_else(|_| json!(String::from_utf8_lossy(&b))) })
+        }
         Ok(Outcome::ReplyError(m)) => json!({ "error": m }),
         Ok(Outcome::NoReply) => json!("no reply"),
         Err(CommandError::Unhandled { reason, .. }) => json!({ "unhandled": reason }),
@@ -28,9 +30,9 @@ fn outcome(r: Result<Outcome, CommandError>) -> Value {
 
 /// Runs the scenario against the component deployed as `bank-account` and returns
 /// everything a user can observe, as JSON lines.
-fn transcript(component: &PathBuf) -> Vec<Value> {
+fn transcript(component: &Path) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
-    let comps = [("bank-account", component.clone())];
+    let comps = [("bank-account", component.to_path_buf())];
     let limits = SandboxLimits { memory_bytes: 256 << 20, ..SandboxLimits::default() };
     let config = || EngineConfig { shards: 2, ..EngineConfig::default() };
     let t = TestEngine::start(dir.path(), &comps, config(), limits);

@@ -1,6 +1,6 @@
-//! One test per row of DESIGN.md's semantics table (Akka Persistence Typed ->
-//! mneme), each through the real engine, the real sled journal and the example
-//! components built from source.
+//! One test per row of the README's semantics table (Akka Persistence Typed ->
+//! mneme), each through the real engine, the real journal on disk (the default
+//! backend) and the example components built from source.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -100,8 +100,11 @@ fn stash_and_unstash_all_keep_order_and_capacity_is_bounded() {
     let e = &t.engine;
     t.ok("task-manager", "m", r#"{"type":"StartTask","taskId":"t1"}"#);
     // Another task's commands are stashed while t1 runs: no reply yet.
-    let start2 = e.submit("task-manager", "m", String::new(), br#"{"type":"StartTask","taskId":"t2"}"#.to_vec()).unwrap();
-    let step2 = e.submit("task-manager", "m", String::new(), br#"{"type":"NextStep","taskId":"t2","instruction":"go"}"#.to_vec()).unwrap();
+    let start2 =
+        e.submit("task-manager", "m", String::new(), br#"{"type":"StartTask","taskId":"t2"}"#.to_vec()).unwrap();
+    let step2 = e
+        .submit("task-manager", "m", String::new(), br#"{"type":"NextStep","taskId":"t2","instruction":"go"}"#.to_vec())
+        .unwrap();
     // The stash holds 2: a third is refused with a clear error.
     let r = t.send("task-manager", "m", r#"{"type":"EndTask","taskId":"t2"}"#);
     assert!(matches!(r, Err(CommandError::StashFull(..))), "{r:?}");
@@ -112,7 +115,8 @@ fn stash_and_unstash_all_keep_order_and_capacity_is_bounded() {
     assert!(matches!(step2.blocking_recv().unwrap(), Ok(Outcome::Reply(_))));
     let manifests: Vec<String> = t.events("task-manager", "m").into_iter().map(|e| e.manifest).collect();
     assert_eq!(manifests, ["TaskStarted", "TaskStep", "TaskCompleted", "TaskStarted", "TaskStep"]);
-    let steps: Vec<Value> = t.events("task-manager", "m").iter().map(|e| serde_json::from_slice(&e.payload).unwrap()).collect();
+    let steps: Vec<Value> =
+        t.events("task-manager", "m").iter().map(|e| serde_json::from_slice(&e.payload).unwrap()).collect();
     assert_eq!(steps[3]["taskId"], "t2");
 }
 
@@ -183,7 +187,16 @@ fn commands_wait_while_events_are_written_and_run_in_order() {
     t.ok("bank-account", "c", r#"{"type":"CreateAccount"}"#);
     // 300 deposits in flight at once to one entity: each sees the previous ones.
     let rx: Vec<_> = (1..=300)
-        .map(|i| t.engine.submit("bank-account", "c", String::new(), format!(r#"{{"type":"Deposit","amount":{i}}}"#).into_bytes()).unwrap())
+        .map(|i| {
+            t.engine
+                .submit(
+                    "bank-account",
+                    "c",
+                    String::new(),
+                    format!(r#"{{"type":"Deposit","amount":{i}}}"#).into_bytes(),
+                )
+                .unwrap()
+        })
         .collect();
     for r in rx {
         assert!(matches!(r.blocking_recv().unwrap(), Ok(Outcome::Reply(_))));
@@ -204,7 +217,11 @@ fn many_commands_share_one_durable_write() {
     let t = start(&dir, &bank(), config());
     let before = t.journal.writes.load(Ordering::SeqCst);
     let rx: Vec<_> = (0..1000)
-        .map(|i| t.engine.submit("bank-account", &format!("g{i}"), String::new(), br#"{"type":"CreateAccount"}"#.to_vec()).unwrap())
+        .map(|i| {
+            t.engine
+                .submit("bank-account", &format!("g{i}"), String::new(), br#"{"type":"CreateAccount"}"#.to_vec())
+                .unwrap()
+        })
         .collect();
     for r in rx {
         assert!(matches!(r.blocking_recv().unwrap(), Ok(Outcome::Reply(_))));
@@ -279,7 +296,11 @@ fn recoveries_under_a_bound_of_one_all_complete() {
     t.stop();
     let t = start(&dir, &bank(), EngineConfig { max_concurrent_recoveries: 1, ..config() });
     let rx: Vec<_> = (0..50)
-        .map(|i| t.engine.submit("bank-account", &format!("r{i}"), String::new(), br#"{"type":"GetBalance"}"#.to_vec()).unwrap())
+        .map(|i| {
+            t.engine
+                .submit("bank-account", &format!("r{i}"), String::new(), br#"{"type":"GetBalance"}"#.to_vec())
+                .unwrap()
+        })
         .collect();
     for r in rx {
         assert!(matches!(r.blocking_recv().unwrap(), Ok(Outcome::Reply(_))));
@@ -295,7 +316,9 @@ fn a_failed_write_fails_the_command_and_the_entity_restarts_from_the_journal() {
     t.journal.fail_writes.store(true, Ordering::SeqCst);
     // Several commands in flight on top of each other: all fail, none half-applied.
     let rx: Vec<_> = (0..10)
-        .map(|_| t.engine.submit("bank-account", "f", String::new(), br#"{"type":"Deposit","amount":5}"#.to_vec()).unwrap())
+        .map(|_| {
+            t.engine.submit("bank-account", "f", String::new(), br#"{"type":"Deposit","amount":5}"#.to_vec()).unwrap()
+        })
         .collect();
     for r in rx {
         match r.blocking_recv().unwrap() {
@@ -367,7 +390,9 @@ fn send_delivers_a_command_to_another_entity() {
     let dir = tempfile::tempdir().unwrap();
     let t = start(&dir, &all(), config());
     t.ok("faulty", "from", r#"{"type":"Send","to":"to","value":"hello"}"#);
-    eventually("the sent command is persisted by its target", || t.ok("faulty", "to", r#"{"type":"Get"}"#) == json!(["hello"]));
+    eventually("the sent command is persisted by its target", || {
+        t.ok("faulty", "to", r#"{"type":"Get"}"#) == json!(["hello"])
+    });
 }
 
 #[test]
@@ -378,7 +403,9 @@ fn scheduled_commands_survive_a_restart() {
     t.stop();
     let t = start(&dir, &all(), config());
     assert_eq!(t.ok("faulty", "timer", r#"{"type":"Get"}"#), json!([]), "not due yet");
-    eventually("the timer fires after the restart", || t.ok("faulty", "timer", r#"{"type":"Get"}"#) == json!(["later"]));
+    eventually("the timer fires after the restart", || {
+        t.ok("faulty", "timer", r#"{"type":"Get"}"#) == json!(["later"])
+    });
     t.stop();
     // Delivered timers are removed: no second delivery after another restart.
     let t = start(&dir, &all(), config());

@@ -109,7 +109,11 @@ fn a_data_directory_keeps_its_journal_backend() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--journal sled"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--journal sled"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -171,7 +175,10 @@ fn http_errors_have_documented_statuses_and_json_bodies() {
     let url = server.url.clone();
     let waiting = std::thread::spawn(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut r = agent.post(format!("{url}/v1/entities/task-manager/m")).send(br#"{"type":"StartTask","taskId":"t2"}"#).unwrap();
+        let mut r = agent
+            .post(format!("{url}/v1/entities/task-manager/m"))
+            .send(br#"{"type":"StartTask","taskId":"t2"}"#)
+            .unwrap();
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     });
     // Let t2 reach the stash first (HTTP requests on two connections are not ordered).
@@ -229,7 +236,8 @@ fn events_state_and_tag_queries() {
     assert!(state["state"].to_string().contains("40"), "{state}");
     let (s, tagged) = server.get("/v1/events?tag=account&from=0&limit=10");
     assert_eq!(s, 200);
-    let pids: Vec<&str> = tagged["events"].as_array().unwrap().iter().map(|e| e["persistence_id"].as_str().unwrap()).collect();
+    let pids: Vec<&str> =
+        tagged["events"].as_array().unwrap().iter().map(|e| e["persistence_id"].as_str().unwrap()).collect();
     assert_eq!(pids, ["bank-account|q", "bank-account|q", "bank-account|q2"]);
     assert_eq!(server.get("/v1/events").0, 400, "tag is required");
 }
@@ -253,12 +261,17 @@ fn components_hot_load_reject_invalid_uploads_and_roll_back() {
     assert_eq!(server.send("ledger", "l", r#"{"type":"CreateAccount"}"#).0, 200);
     let (s, body) = server.request("PUT", "/v1/components/ledger", &faulty);
     assert_eq!((s, json(&body)["version"].clone()), (200, json!(2)));
-    assert_eq!(server.send("ledger", "new", r#"{"type":"Record","value":"v2"}"#).0, 200, "new commands run the new version");
+    assert_eq!(
+        server.send("ledger", "new", r#"{"type":"Record","value":"v2"}"#).0,
+        200,
+        "new commands run the new version"
+    );
     let (s, _) = server.request("POST", "/v1/components/ledger/versions/1/activate", b"");
     assert_eq!(s, 200);
     assert_eq!(server.send("ledger", "l", r#"{"type":"GetBalance"}"#).1["balance"], 0);
     let (_, list) = server.get("/v1/components");
-    let names: Vec<&str> = list["components"].as_array().unwrap().iter().map(|c| c["entity_type"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        list["components"].as_array().unwrap().iter().map(|c| c["entity_type"].as_str().unwrap()).collect();
     assert_eq!(names, ["bank-account", "blog-post", "ledger", "task-manager"]);
     // Deployed versions survive a restart.
     drop(server);
@@ -288,7 +301,11 @@ fn components_directory_is_watched() {
 
 fn cli(server: &Server, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(mneme_bin()).args(args).arg("--server").arg(&server.url).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

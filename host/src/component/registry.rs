@@ -18,8 +18,8 @@ use super::bindings::EntityPre;
 use super::handler::{EntityHandler, NativeFactory};
 use super::sandbox::{HostState, Runtime};
 use super::store::{sha256_hex, write_atomically, ComponentStore};
-use crate::engine::now_ms;
-use crate::journal::validate_entity_type;
+use crate::clock::now_ms;
+use crate::names::validate_entity_type;
 
 /// What a component says about itself (`describe()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,8 @@ impl Registry {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         runtime.engine().precompile_compatibility_hash().hash(&mut h);
         let engine_fingerprint = format!("{:016x}", h.finish());
-        let registry = Registry { runtime, store, active: RwLock::default(), deploying: Mutex::new(()), engine_fingerprint };
+        let registry =
+            Registry { runtime, store, active: RwLock::default(), deploying: Mutex::new(()), engine_fingerprint };
         for v in registry.store.active()? {
             let wasm = std::fs::read(&v.path)?;
             match registry.load(&v.entity_type, v.version, &wasm) {
@@ -79,7 +80,9 @@ impl Registry {
                     tracing::info!(entity_type = %v.entity_type, version = v.version, "loaded component");
                     registry.active.write().unwrap().insert(v.entity_type.clone(), Arc::new(c));
                 }
-                Err(e) => tracing::error!(entity_type = %v.entity_type, version = v.version, "cannot load stored component: {e}"),
+                Err(e) => {
+                    tracing::error!(entity_type = %v.entity_type, version = v.version, "cannot load stored component: {e}")
+                }
             }
         }
         Ok(registry)
@@ -116,7 +119,8 @@ impl Registry {
             }
         }
         let next = self.versions(entity_type).last().map_or(1, |v| v + 1);
-        let loaded = self.load(entity_type, next, wasm).map_err(|e| format!("invalid component for `{entity_type}`: {e}"))?;
+        let loaded =
+            self.load(entity_type, next, wasm).map_err(|e| format!("invalid component for `{entity_type}`: {e}"))?;
         let version = self.store.add_version(entity_type, wasm).map_err(|e| format!("cannot store component: {e}"))?;
         debug_assert_eq!(version, next);
         let loaded = Arc::new(loaded);
@@ -137,7 +141,11 @@ impl Registry {
             version,
             hash: "native".into(),
             size: 0,
-            info: EntityInfo { type_name: info.type_name, state_version: info.state_version, snapshot_every: info.snapshot_every },
+            info: EntityInfo {
+                type_name: info.type_name,
+                state_version: info.state_version,
+                snapshot_every: info.snapshot_every,
+            },
             deployed_at_ms: now_ms(),
             code: Code::Native(factory),
         });
@@ -147,6 +155,7 @@ impl Registry {
 
     /// Make an earlier stored version active again.
     pub fn activate(&self, entity_type: &str, version: u64) -> Result<Arc<LoadedComponent>, String> {
+        validate_entity_type(entity_type)?;
         let _guard = self.deploying.lock().unwrap();
         let stored = self
             .store
@@ -197,7 +206,11 @@ impl Registry {
             version,
             hash,
             size: wasm.len(),
-            info: EntityInfo { type_name: info.type_name, state_version: info.state_version, snapshot_every: info.snapshot_every },
+            info: EntityInfo {
+                type_name: info.type_name,
+                state_version: info.state_version,
+                snapshot_every: info.snapshot_every,
+            },
             deployed_at_ms: now_ms(),
             code: Code::Wasm(pre),
         })

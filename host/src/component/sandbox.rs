@@ -163,7 +163,10 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    fn call<R>(&mut self, f: impl FnOnce(&handler::Guest, &mut Store<HostState>) -> wasmtime::Result<R>) -> Result<R, Fault> {
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&handler::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Fault> {
         self.store.set_epoch_deadline(deadline_ticks(self.limits));
         let data = self.store.data_mut();
         data.fault = None;
@@ -182,7 +185,11 @@ impl EntityHandler for Sandbox {
         self.call(|g, s| g.call_empty_state(s))
     }
 
-    fn handle_command(&mut self, state: &[u8], command: &handler::Command) -> Result<Result<handler::Effect, String>, Fault> {
+    fn handle_command(
+        &mut self,
+        state: &[u8],
+        command: &handler::Command,
+    ) -> Result<Result<handler::Effect, String>, Fault> {
         self.call(|g, s| g.call_handle_command(s, state, command))
     }
 

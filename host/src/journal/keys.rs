@@ -68,7 +68,9 @@ pub(crate) fn parse_ref(r: &[u8]) -> JournalResult<(String, u64)> {
 pub(crate) fn legacy_next_offset(last_offset_key: Option<&[u8]>) -> JournalResult<u64> {
     match last_offset_key {
         None => Ok(1),
-        Some([LEGACY_OFFSET_PREFIX, rest @ ..]) if rest.len() == 8 => Ok(u64::from_be_bytes(rest.try_into().unwrap()) + 1),
+        Some([LEGACY_OFFSET_PREFIX, rest @ ..]) if rest.len() == 8 => {
+            Ok(u64::from_be_bytes(rest.try_into().unwrap()) + 1)
+        }
         Some(_) => Err(JournalError::Corrupt("bad offset key".into())),
     }
 }
@@ -112,9 +114,12 @@ fn trailing_u64(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k[start..].try_into().unwrap()))
 }
 
+/// A key and its value.
+pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+
 /// Every key/value a batch stores, its events numbered from `first_offset`, and
 /// the offset after the last event.
-pub(crate) fn batch_entries(batch: &WriteBatch, first_offset: u64) -> (Vec<(Vec<u8>, Vec<u8>)>, u64) {
+pub(crate) fn batch_entries(batch: &WriteBatch, first_offset: u64) -> (Vec<Entry>, u64) {
     let tags: usize = batch.events.iter().map(|e| e.tags.len()).sum();
     let mut out = Vec::with_capacity(batch.events.len() + tags + batch.snapshots.len() + 1);
     let mut offset = first_offset;

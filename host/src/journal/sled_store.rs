@@ -62,7 +62,8 @@ impl SledJournal {
                 keys::legacy_next_offset(last.as_deref())?
             }
         };
-        let log = std::fs::File::open(dir.join("db")).map_err(|e| JournalError::Storage(format!("opening sled's log: {e}")))?;
+        let log = std::fs::File::open(dir.join("db"))
+            .map_err(|e| JournalError::Storage(format!("opening sled's log: {e}")))?;
         Ok(SledJournal {
             db,
             journal,

@@ -22,16 +22,28 @@ pub struct Faulty;
 #[derive(Deserialize, Serialize)]
 #[serde(tag = "type")]
 pub enum Command {
-    Record { value: String },
-    RecordMany { values: Vec<String> },
+    Record {
+        value: String,
+    },
+    RecordMany {
+        values: Vec<String>,
+    },
     Get,
     Stop,
     #[serde(rename_all = "camelCase")]
-    Schedule { delay_ms: u64, value: String },
-    Send { to: String, value: String },
+    Schedule {
+        delay_ms: u64,
+        value: String,
+    },
+    Send {
+        to: String,
+        value: String,
+    },
     Loop,
     Allocate,
-    Panic { message: String },
+    Panic {
+        message: String,
+    },
     BadApply,
 }
 
@@ -70,9 +82,12 @@ impl Entity for Faulty {
             }
             Command::Get => Effect::reply(Reply::ok(&state.values)),
             Command::Stop => Effect::reply(Reply::ok(&state.values)).then_stop(),
-            Command::Schedule { delay_ms, value } => Effect::reply(Reply::ack()).then_run(
-                SideEffect::schedule(delay_ms, "faulty", ctx.entity_id.clone(), &Command::Record { value }),
-            ),
+            Command::Schedule { delay_ms, value } => Effect::reply(Reply::ack()).then_run(SideEffect::schedule(
+                delay_ms,
+                "faulty",
+                ctx.entity_id.clone(),
+                &Command::Record { value },
+            )),
             Command::Send { to, value } => {
                 Effect::reply(Reply::ack()).then_run(SideEffect::send("faulty", to, &Command::Record { value }))
             }

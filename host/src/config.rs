@@ -1,0 +1,35 @@
+//! How the engine runs: shards, snapshots, stash, passivation, recovery.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Number of shards (threads running entities).
+    pub shards: usize,
+    /// Snapshot every N events for components whose `describe()` leaves it to the host (0 = never).
+    pub snapshot_every: u64,
+    /// Capacity of each entity's explicit stash.
+    pub stash_capacity: usize,
+    /// Passivate entities idle this long.
+    pub idle_timeout: Duration,
+    /// At most this many entities recover at the same time.
+    pub max_concurrent_recoveries: usize,
+    /// The journal refuses events with a larger payload.
+    pub max_event_bytes: usize,
+    /// Events handed to `apply-events` per call during recovery.
+    pub recovery_batch: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            snapshot_every: 1000,
+            stash_capacity: 1000,
+            idle_timeout: Duration::from_secs(120),
+            max_concurrent_recoveries: 64,
+            max_event_bytes: 1 << 20,
+            recovery_batch: 1000,
+        }
+    }
+}

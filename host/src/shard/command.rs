@@ -1,0 +1,281 @@
+//! Running a command: route it to its entity (recovering it first if needed), call
+//! the pure handler, carry out the effect it describes (persist into the open
+//! batch, reply, stash, unstash, stop), and release the reply and side effects
+//! only when everything they depend on is durable.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::component::bindings::exports::mneme::entity::handler;
+use crate::component::bindings::mneme::entity::types::{Action, CommandMetadata, Reply, SideEffect};
+use crate::component::LoadedComponent;
+use crate::error::{CommandError, CommandResult};
+use crate::journal::{NewEvent, Snapshot};
+use crate::names::{persistence_id, validate_label};
+use crate::router::{Envelope, Outcome};
+
+use super::batch::PendingReply;
+use super::entity::{Drain, Entity};
+use super::Shard;
+
+impl Shard {
+    /// Route a command to its entity, recovering the entity first if needed.
+    pub(super) fn deliver(&mut self, env: Envelope) {
+        let pid = persistence_id(&env.entity_type, &env.entity_id);
+        let comp = match self.component(&env.entity_type) {
+            Ok(c) => c,
+            Err(e) => return self.respond(env, Err(e)),
+        };
+        let mut entity = match self.entities.remove(&pid) {
+            Some(e) => e,
+            None => match self.recover(&comp, &env.entity_type, &env.entity_id) {
+                Ok(e) => e,
+                Err(e) => return self.respond(env, Err(e)),
+            },
+        };
+        entity.last_active = Instant::now();
+        if entity.draining.is_none() && entity.component_version != comp.version {
+            if entity.state_version != comp.info.state_version {
+                entity.draining = Some(Drain::Restart);
+            } else {
+                entity.component_version = comp.version;
+            }
+        }
+        // `queue` only ever holds commands unstashed by an earlier one (no allocation
+        // on the common path).
+        let mut queue = VecDeque::new();
+        let mut next = Some(env);
+        while let Some(env) = next.take().or_else(|| queue.pop_front()) {
+            if entity.draining.is_some() {
+                entity.waiting.push_back(env);
+                continue;
+            }
+            self.run_command(&comp, &pid, &mut entity, env, &mut queue);
+        }
+        self.entities.insert(pid.clone(), entity);
+        self.finish_drain(&pid);
+    }
+
+    /// Count the outcome and hand it to whoever waits for it.
+    pub(super) fn respond(&self, env: Envelope, result: CommandResult<Outcome>) {
+        self.shared.metrics.count_outcome(&result);
+        if let Some(tx) = env.reply_to {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn run_command(
+        &mut self,
+        comp: &Arc<LoadedComponent>,
+        pid: &str,
+        entity: &mut Entity,
+        mut env: Envelope,
+        queue: &mut VecDeque<Envelope>,
+    ) {
+        let mut effect = match self.decide(comp, entity, &mut env) {
+            Ok(effect) => effect,
+            Err(e) => return self.respond(env, Err(e)),
+        };
+        let action = std::mem::replace(&mut effect.action, Action::None);
+        if matches!(action, Action::Stash) {
+            // Unstashing right after stashing would loop forever: no unstash here.
+            return self.stash(pid, entity, env, effect.stop);
+        }
+        let (unstash_all, stop) = (effect.unstash_all, effect.stop);
+        self.carry_out(comp, pid, entity, env, action, effect);
+        if unstash_all {
+            while let Some(env) = entity.stash.pop_back() {
+                queue.push_front(env);
+            }
+        }
+        if stop {
+            entity.draining = Some(Drain::Stop);
+        }
+    }
+
+    /// Persist / none / unhandled, and the reply and side effects that go with it.
+    fn carry_out(
+        &mut self,
+        comp: &LoadedComponent,
+        pid: &str,
+        entity: &mut Entity,
+        env: Envelope,
+        action: Action,
+        effect: handler::Effect,
+    ) {
+        let outcome = match effect.reply {
+            Some(Reply::Ok(bytes)) => Outcome::Reply(bytes),
+            Some(Reply::Error(msg)) => Outcome::ReplyError(msg),
+            None => Outcome::NoReply,
+        };
+        match action {
+            Action::Persist(events) if !events.is_empty() => {
+                if let Err(e) = self.persist(comp, pid, entity, env.accepted_ms, events) {
+                    return self.respond(env, Err(e));
+                }
+                let side_effects = effect.then;
+                let reply = PendingReply { pid: pid.to_string(), envelope: env, result: Ok(outcome), side_effects };
+                entity.pending_batch = Some(self.batches.hold_reply(reply));
+            }
+            // (`Stash` is handled before `carry_out` is called.)
+            Action::Persist(_) | Action::None | Action::Stash => {
+                self.reply_when_durable(pid, entity, env, Ok(outcome), effect.then)
+            }
+            Action::Unhandled => {
+                let reason = match outcome {
+                    Outcome::ReplyError(msg) => Some(msg),
+                    _ => None,
+                };
+                let err = CommandError::Unhandled { entity_type: entity.entity_type.clone(), reason };
+                self.reply_when_durable(pid, entity, env, Err(err), Vec::new());
+            }
+        }
+    }
+
+    /// Call the command handler on the entity's newest state.
+    fn decide(
+        &mut self,
+        comp: &LoadedComponent,
+        entity: &Entity,
+        env: &mut Envelope,
+    ) -> CommandResult<handler::Effect> {
+        let command = handler::Command {
+            manifest: std::mem::take(&mut env.manifest),
+            payload: std::mem::take(&mut env.payload),
+            metadata: CommandMetadata {
+                entity_type: entity.entity_type.clone(),
+                entity_id: entity.entity_id.clone(),
+                sequence_nr: entity.seq_nr,
+                timestamp_ms: env.accepted_ms,
+            },
+        };
+        let decided = self.handler(comp).map(|h| h.handle_command(&entity.state, &command));
+        // The envelope may be stashed and handed in again: give the command back.
+        env.manifest = command.manifest;
+        env.payload = command.payload;
+        match decided? {
+            Ok(Ok(effect)) => Ok(effect),
+            Ok(Err(msg)) => Err(CommandError::Malformed(msg)),
+            Err(f) => Err(self.fault(comp, f.0)),
+        }
+    }
+
+    fn stash(&self, pid: &str, entity: &mut Entity, env: Envelope, stop: bool) {
+        let cap = self.shared.config.stash_capacity;
+        if entity.stash.len() >= cap {
+            self.respond(env, Err(CommandError::StashFull(pid.to_string(), cap)));
+        } else {
+            entity.stash.push_back(env);
+        }
+        if stop {
+            entity.draining = Some(Drain::Stop);
+        }
+    }
+
+    /// Release now if nothing of the entity is pending, else with its newest batch.
+    fn reply_when_durable(
+        &mut self,
+        pid: &str,
+        entity: &mut Entity,
+        envelope: Envelope,
+        result: CommandResult<Outcome>,
+        side_effects: Vec<SideEffect>,
+    ) {
+        if entity.pending_batch.is_some() {
+            let reply = PendingReply { pid: pid.to_string(), envelope, result, side_effects };
+            entity.pending_batch = Some(self.batches.hold_reply(reply));
+        } else {
+            self.shared.side_effects.run(pid, side_effects);
+            self.respond(envelope, result);
+        }
+    }
+
+    /// Validate the events, apply them to the newest state and add them (and a
+    /// snapshot if the policy says so) to the open batch.
+    fn persist(
+        &mut self,
+        comp: &LoadedComponent,
+        pid: &str,
+        entity: &mut Entity,
+        timestamp_ms: u64,
+        mut events: Vec<handler::Event>,
+    ) -> CommandResult<()> {
+        self.check_events(&events)?;
+        // `apply-events` gets no tags, live as in recovery (see wit/entity.wit).
+        let tags: Vec<Vec<String>> = events.iter_mut().map(|e| std::mem::take(&mut e.tags)).collect();
+        let new_state = self.apply(comp, &entity.state, &events)?;
+        let writer_id = &self.shared.writer_id;
+        let first = entity.seq_nr + 1;
+        let new_events: Vec<NewEvent> = (events.into_iter().zip(tags).enumerate())
+            .map(|(i, (e, tags))| NewEvent {
+                persistence_id: pid.to_string(),
+                seq_nr: first + i as u64,
+                timestamp_ms,
+                writer_id: writer_id.clone(),
+                manifest: e.manifest,
+                tags,
+                payload: e.payload,
+            })
+            .collect();
+        entity.seq_nr += new_events.len() as u64;
+        entity.state = new_state.into();
+        let snapshot = self.snapshot_due(comp, pid, entity, timestamp_ms);
+        self.batches.add_events(pid, new_events, entity.seq_nr, entity.state.clone(), snapshot);
+        Ok(())
+    }
+
+    /// The journal's rules for events: size, manifest and tag names.
+    fn check_events(&self, events: &[handler::Event]) -> CommandResult<()> {
+        let max = self.shared.config.max_event_bytes;
+        for e in events {
+            if e.payload.len() > max {
+                let size = e.payload.len();
+                return Err(CommandError::Rejected(format!(
+                    "event `{}` is {size} bytes, the limit is {max}",
+                    e.manifest
+                )));
+            }
+            validate_label("manifest", &e.manifest, true).map_err(CommandError::Rejected)?;
+            for t in &e.tags {
+                validate_label("tag", t, false).map_err(CommandError::Rejected)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The state after `events`, by the entity's own event handler.
+    fn apply(&mut self, comp: &LoadedComponent, state: &[u8], events: &[handler::Event]) -> CommandResult<Vec<u8>> {
+        match self.handler(comp)?.apply_events(state, events) {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(msg)) => Err(CommandError::GuestFault {
+                entity_type: comp.entity_type.clone(),
+                reason: format!("apply-events failed: {msg}"),
+            }),
+            Err(f) => Err(self.fault(comp, f.0)),
+        }
+    }
+
+    /// A snapshot of the entity's newest state, when the snapshot policy says so.
+    fn snapshot_due(
+        &self,
+        comp: &LoadedComponent,
+        pid: &str,
+        entity: &mut Entity,
+        timestamp_ms: u64,
+    ) -> Option<Snapshot> {
+        let every =
+            if comp.info.snapshot_every > 0 { comp.info.snapshot_every } else { self.shared.config.snapshot_every };
+        if every == 0 || entity.seq_nr - entity.last_snapshot_seq_nr < every {
+            return None;
+        }
+        entity.last_snapshot_seq_nr = entity.seq_nr;
+        Some(Snapshot {
+            persistence_id: pid.to_string(),
+            seq_nr: entity.seq_nr,
+            state_version: entity.state_version,
+            timestamp_ms,
+            state: entity.state.to_vec(),
+        })
+    }
+}

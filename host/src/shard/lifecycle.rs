@@ -1,0 +1,137 @@
+//! An entity's life on a shard: recovery (latest snapshot, then replay), durable
+//! state queries, idle passivation, and draining (stop or restart once nothing of
+//! the entity is pending).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::component::bindings::exports::mneme::entity::handler;
+use crate::component::LoadedComponent;
+use crate::error::{CommandError, CommandResult};
+use crate::names::persistence_id;
+use crate::router::EntityState;
+
+use super::entity::Entity;
+use super::Shard;
+
+impl Shard {
+    /// Recovery: latest snapshot of the current state version, then the events after
+    /// it through `apply-events` in batches, then `on-recovery-completed`.
+    pub(super) fn recover(
+        &mut self,
+        comp: &Arc<LoadedComponent>,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> CommandResult<Entity> {
+        let shared = self.shared.clone();
+        let _permit = shared.recoveries.acquire();
+        let pid = persistence_id(entity_type, entity_id);
+        let (state, snapshot_seq_nr) = self.recovery_start(comp, &pid)?;
+        let (state, seq_nr) = self.replay(comp, &pid, state, snapshot_seq_nr)?;
+        let side_effects = self.handler(comp)?.on_recovery_completed(&state).map_err(|f| self.fault(comp, f.0))?;
+        shared.side_effects.run(&pid, side_effects);
+        shared.metrics.recoveries_total.fetch_add(1, Relaxed);
+        tracing::debug!(%pid, seq_nr, from_snapshot = snapshot_seq_nr, "recovered");
+        let (version, state_version) = (comp.version, comp.info.state_version);
+        Ok(Entity::recovered(entity_type, entity_id, version, state_version, state.into(), seq_nr, snapshot_seq_nr))
+    }
+
+    /// The state recovery starts from: the latest snapshot taken with the current
+    /// state version, else the component's empty state.
+    fn recovery_start(&mut self, comp: &LoadedComponent, pid: &str) -> CommandResult<(Vec<u8>, u64)> {
+        let snapshot = self.shared.journal.load_snapshot(pid).map_err(|e| recovery_failed(pid, e.to_string()))?;
+        match snapshot.filter(|s| s.state_version == comp.info.state_version) {
+            Some(s) => Ok((s.state, s.seq_nr)),
+            None => {
+                let empty = self.handler(comp)?.empty_state();
+                Ok((empty.map_err(|f| self.fault(comp, f.0))?, 0))
+            }
+        }
+    }
+
+    /// Apply every event after `seq_nr` to `state`, `recovery_batch` events per call.
+    fn replay(
+        &mut self,
+        comp: &LoadedComponent,
+        pid: &str,
+        mut state: Vec<u8>,
+        mut seq_nr: u64,
+    ) -> CommandResult<(Vec<u8>, u64)> {
+        let shared = self.shared.clone();
+        loop {
+            let stored = shared
+                .journal
+                .events(pid, seq_nr + 1, shared.config.recovery_batch)
+                .map_err(|e| recovery_failed(pid, e.to_string()))?;
+            if stored.is_empty() {
+                return Ok((state, seq_nr));
+            }
+            let mut events = Vec::with_capacity(stored.len());
+            for e in stored {
+                if e.seq_nr != seq_nr + 1 {
+                    return Err(recovery_failed(
+                        pid,
+                        format!("journal has a gap: event {} follows {seq_nr}", e.seq_nr),
+                    ));
+                }
+                seq_nr = e.seq_nr;
+                // Tags are for the journal's queries, not for the state: not handed in.
+                events.push(handler::Event { manifest: e.manifest, payload: e.payload, tags: Vec::new() });
+            }
+            state = match self.handler(comp)?.apply_events(&state, &events) {
+                Ok(Ok(s)) => s,
+                Ok(Err(msg)) => {
+                    return Err(recovery_failed(pid, format!("apply-events refused a stored event: {msg}")))
+                }
+                Err(f) => return Err(self.fault(comp, f.0)),
+            };
+        }
+    }
+
+    /// The entity's durable state, recovering it if it is not in memory.
+    pub(super) fn durable_state(&mut self, entity_type: &str, entity_id: &str) -> CommandResult<EntityState> {
+        let pid = persistence_id(entity_type, entity_id);
+        if !self.entities.contains_key(&pid) {
+            let comp = self.component(entity_type)?;
+            let entity = self.recover(&comp, entity_type, entity_id)?;
+            self.entities.insert(pid.clone(), entity);
+        }
+        let e = &self.entities[&pid];
+        Ok(EntityState {
+            seq_nr: e.durable_seq_nr,
+            state: e.durable_state.clone(),
+            component_version: e.component_version,
+        })
+    }
+
+    /// Drop entities idle longer than the idle timeout with nothing pending.
+    pub(super) fn passivate_idle(&mut self) {
+        let timeout = self.shared.config.idle_timeout;
+        let before = self.entities.len();
+        self.entities.retain(|_, e| !(e.is_quiet() && e.last_active.elapsed() >= timeout));
+        let passivated = (before - self.entities.len()) as u64;
+        self.shared.metrics.passivations_total.fetch_add(passivated, Relaxed);
+    }
+
+    /// Passivate or restart a draining entity once nothing of it is pending.
+    pub(super) fn finish_drain(&mut self, pid: &str) {
+        let ready = matches!(self.entities.get(pid), Some(e) if e.draining.is_some() && e.pending_batch.is_none());
+        if !ready {
+            return;
+        }
+        let e = self.entities.remove(pid).unwrap();
+        for env in e.stash {
+            let dropped = CommandError::Dropped("entity stopped: stashed command dropped".into());
+            self.respond(env, Err(dropped));
+        }
+        self.shared.metrics.passivations_total.fetch_add(1, Relaxed);
+        tracing::debug!(pid, reason = ?e.draining, "entity passivated");
+        for env in e.waiting {
+            self.deliver(env);
+        }
+    }
+}
+
+fn recovery_failed(pid: &str, reason: String) -> CommandError {
+    CommandError::RecoveryFailed { pid: pid.to_string(), reason }
+}

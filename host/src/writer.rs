@@ -1,0 +1,77 @@
+//! The group-commit writer: one thread that merges whatever batches the shards
+//! have handed in since its last write into one `Journal::write`, so one durable
+//! write (one fsync) covers many commands of many entities.
+//!
+//! Each shard has at most one batch in flight, so the size of a group follows the
+//! latency of the write: the slower the sync, the more each write carries.
+//!
+//! Architecture invariant: the writer knows nothing of shards or entities; it
+//! writes batches and calls back with the result.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::journal::{Journal, WriteBatch};
+use crate::metrics::Metrics;
+
+/// Called with the outcome of the write that carried a batch.
+pub type OnWritten = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// A batch on its way to the journal.
+pub struct WriteRequest {
+    pub batch: WriteBatch,
+    pub on_written: OnWritten,
+}
+
+pub enum WriterMsg {
+    Write(WriteRequest),
+    /// Write what is queued, then stop.
+    Stop,
+}
+
+/// The writer's handle: where batches go.
+pub type Writer = Sender<WriterMsg>;
+
+pub fn spawn(journal: Arc<dyn Journal>, metrics: Arc<Metrics>) -> (Writer, JoinHandle<()>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let thread = std::thread::Builder::new()
+        .name("mneme-writer".into())
+        .spawn(move || run(&*journal, &rx, &metrics))
+        .expect("spawn writer thread");
+    (tx, thread)
+}
+
+fn run(journal: &dyn Journal, rx: &Receiver<WriterMsg>, metrics: &Metrics) {
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else { return };
+        let mut requests = Vec::new();
+        for msg in std::iter::once(first).chain(rx.try_iter()) {
+            match msg {
+                WriterMsg::Write(r) => requests.push(r),
+                WriterMsg::Stop => stop = true,
+            }
+        }
+        let mut merged = WriteBatch::default();
+        let mut callbacks = Vec::with_capacity(requests.len());
+        for r in requests {
+            merged.append(r.batch);
+            callbacks.push(r.on_written);
+        }
+        let result = journal.write(&merged).map_err(|e| e.to_string());
+        match &result {
+            Ok(()) => {
+                metrics.journal_writes_total.fetch_add(1, Relaxed);
+                metrics.events_persisted_total.fetch_add(merged.events.len() as u64, Relaxed);
+                metrics.snapshots_total.fetch_add(merged.snapshots.len() as u64, Relaxed);
+            }
+            Err(e) => tracing::error!(events = merged.events.len(), "journal write failed: {e}"),
+        }
+        for on_written in callbacks {
+            on_written(result.clone());
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The layers of `host/src`, checked against the code: every module imports only
+//! from modules below it, so data flows one way (api → engine → shard → component
+//! → journal → side effects) and there is no import circle. ARCHITECTURE.md states
+//! the same list; this test is what keeps it true.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Top-level modules of `host/src`, from the top layer down. A module may import
+/// only from modules on a later line; modules on the same line do not import each
+/// other.
+const LAYERS: &[&[&str]] = &[
+    &["main"],
+    &["cli"],
+    &["server"],
+    &["api"],
+    &["engine"],
+    &["shard"],
+    &["writer", "side_effects"],
+    &["timers", "topics"],
+    &["router"],
+    &["component", "journal"],
+    &["config", "metrics"],
+    &["error"],
+    &["names", "clock"],
+];
+
+/// Crates a module must never use (what it must not know).
+const FORBIDDEN: &[(&str, &[&str], &str)] = &[
+    ("api", &["wasmtime", "fjall", "sled"], "the API knows nothing of Wasm or the storage engine"),
+    ("journal", &["wasmtime", "axum", "tokio"], "the journal knows nothing of Wasm or HTTP"),
+    ("component", &["axum", "fjall", "sled"], "components know nothing of HTTP or storage"),
+    ("shard", &["axum", "fjall", "sled"], "shards know nothing of HTTP or the storage engine"),
+    ("writer", &["wasmtime", "axum"], "the writer knows nothing of Wasm or HTTP"),
+    ("router", &["wasmtime", "axum", "fjall", "sled"], "the router only carries messages"),
+];
+
+fn layer_of(module: &str) -> usize {
+    LAYERS
+        .iter()
+        .position(|l| l.contains(&module))
+        .unwrap_or_else(|| panic!("module `{module}` is in no layer: add it to LAYERS here and to ARCHITECTURE.md"))
+}
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Every `.rs` file under `dir`, with the top-level module it belongs to.
+fn files(dir: &Path, top: Option<&str>, out: &mut Vec<(String, PathBuf)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            files(&path, Some(top.unwrap_or(&stem)), out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let module = top.map_or(stem.clone(), str::to_string);
+            if module != "lib" {
+                out.push((module, path));
+            }
+        }
+    }
+}
+
+/// Code without comments (doc comments mention modules freely).
+fn code(text: &str) -> String {
+    text.lines().map(|l| l.split("//").next().unwrap()).collect::<Vec<_>>().join("\n")
+}
+
+/// The top-level modules named after `crate::` (also inside `use crate::{a, b::C}`).
+fn crate_imports(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let ident = |s: &str| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>();
+    for (i, _) in code.match_indices("crate::") {
+        let rest = &code[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Top-level items of the group: split at commas outside nested braces.
+            let mut depth = 0;
+            let mut item = String::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.insert(ident(item.trim()));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                item.push(c);
+            }
+            out.insert(ident(item.trim()));
+        } else {
+            out.insert(ident(rest));
+        }
+    }
+    out.retain(|m| !m.is_empty() && m != "self");
+    out
+}
+
+#[test]
+fn every_module_imports_only_from_the_layers_below_it() {
+    let mut all = Vec::new();
+    files(&src(), None, &mut all);
+    let mut wrong = Vec::new();
+    for (module, path) in &all {
+        let text = code(&std::fs::read_to_string(path).unwrap());
+        for imported in crate_imports(&text) {
+            if &imported == module {
+                continue;
+            }
+            if layer_of(&imported) <= layer_of(module) {
+                wrong.push(format!("{} imports `{imported}`, which is not below `{module}`", path.display()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "imports that run up or sideways:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn modules_do_not_use_what_they_must_not_know() {
+    let mut all = Vec::new();
+    files(&src(), None, &mut all);
+    let mut wrong = Vec::new();
+    for (module, path) in &all {
+        let text = code(&std::fs::read_to_string(path).unwrap());
+        for (m, crates, why) in FORBIDDEN {
+            if m != module {
+                continue;
+            }
+            for c in *crates {
+                if text.contains(&format!("{c}::")) {
+                    wrong.push(format!("{} uses `{c}`: {why}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_import_reader_sees_grouped_and_nested_imports() {
+    let found = crate_imports("use crate::{a::X, b::{c::Y, Z}, d};\nfn f() { crate::e::g(); }");
+    assert_eq!(found, ["a", "b", "d", "e"].into_iter().map(String::from).collect());
+}
