@@ -396,3 +396,64 @@ fn new_segment_header_is_synced_before_its_first_frame() {
     assert!(bytes[SEGMENT_HEADER_LEN as usize..].iter().all(|&b| b == 0));
     drop(log);
 }
+
+#[test]
+fn a_valid_frame_in_the_wrong_place_is_corruption() {
+    // A misdirected or duplicated write: frame k's bytes (CRCs intact) where
+    // frame k+1 belongs. Its sequence number gives it away, with or without
+    // COMMITTED, in an earlier segment and in the last one.
+    let dir = tempfile::tempdir().unwrap();
+    let a = closed_log(dir.path());
+    let last = a.last().unwrap().segment;
+    for segment in [1, last] {
+        for committed in [true, false] {
+            let case = tempfile::tempdir().unwrap();
+            copy_log(dir.path(), case.path());
+            if !committed {
+                std::fs::remove_file(case.path().join(COMMITTED)).unwrap();
+            }
+            let here: Vec<&Appended> = a.iter().filter(|x| x.segment == segment).collect();
+            let (k, k1) = (here[0], here[1]);
+            let seg = segment_file(case.path(), segment);
+            let bytes = std::fs::read(&seg).unwrap();
+            patch(
+                &seg,
+                k1.frame_pos,
+                &bytes[k.frame_pos as usize..k.end.pos as usize],
+            );
+            match open(case.path(), 256) {
+                Err(LogError::Corrupt { file, offset, what }) => {
+                    assert_eq!(file, seg);
+                    assert!(offset <= k1.frame_pos, "{offset}");
+                    assert!(!what.is_empty());
+                }
+                other => panic!(
+                    "segment {segment}, committed {committed}: {:?}",
+                    other.map(|(_, r)| r)
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn damage_after_open_is_reported_by_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), 4096).unwrap();
+    let a: Vec<Appended> = (0..5)
+        .map(|i| log.append(i, &body(i, 30)).unwrap())
+        .collect();
+    patch(&segment_file(dir.path(), 1), a[2].body_pos + 1, b"\0");
+    let got: Vec<Result<Frame, LogError>> = log.reader().frames_from(Position::START).collect();
+    assert_eq!(got.len(), 3, "two frames, then the error, then nothing");
+    assert!(got[0].is_ok() && got[1].is_ok());
+    match &got[2] {
+        Err(LogError::Corrupt { file, offset, .. }) => {
+            assert_eq!(
+                (file, *offset),
+                (&segment_file(dir.path(), 1), a[2].frame_pos)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
