@@ -57,13 +57,15 @@
 //! * The `fdatasync` fails: the file's page cache is no longer trusted (after a
 //!   failed `fsync` the kernel may have dropped the dirty pages or marked them
 //!   clean, and a retried `fsync` can report success for data that never reached
-//!   the disk: PostgreSQL's "fsyncgate"). The log rolls to a new segment whose
-//!   `prev_end` excludes the frame, which makes the frame void even if its
-//!   bytes did reach the disk. If undoing a failed `pwrite` fails, likewise.
-//! * If that roll fails (`ENOSPC`, ...), the frame's header is zeroed (best
-//!   effort) and every append fails, each retrying the roll first, until a roll
-//!   succeeds: no frame is ever acknowledged after an unresolved failed sync in
-//!   the same segment.
+//!   the disk: PostgreSQL's "fsyncgate"). The frame's header is zeroed (best
+//!   effort, in the page cache: a process killed before the next step is done
+//!   restarts to a torn tail there, not a frame), then the log rolls to a new
+//!   segment whose `prev_end` excludes the frame, which makes the frame void
+//!   whatever bytes of it reached the disk. A failed `pwrite` whose undoing
+//!   fails is handled the same way.
+//! * If that roll fails (`ENOSPC`, ...), every append fails, each retrying the
+//!   roll first, until a roll succeeds: no frame is ever acknowledged after an
+//!   unresolved failed sync in the same segment.
 //! * Creating a segment fails (`ENOSPC` from `fallocate`, ...): the partial file
 //!   is removed, the append fails with nothing written, later appends retry.
 //!
@@ -109,10 +111,22 @@
 //!    than its capacity is extended again) and reported in
 //!    [`OpenReport::torn_tail`] with file, offset and length.
 //!
-//! What recovery cannot tell: with `COMMITTED` lost or stale (power loss), damage
-//! confined to the acknowledged last frame of the log, with nothing valid after
-//! it, looks exactly like a torn write and is cut as one. Everywhere else a
-//! single damaged byte is detected and refused (see the flipped-byte test).
+//! What recovery cannot tell, and what it therefore does:
+//!
+//! * With `COMMITTED` lost or stale (power loss), damage confined to the
+//!   acknowledged last frame of the log, with nothing valid after it, looks
+//!   exactly like a torn write and is cut as one. Everywhere else a single
+//!   damaged byte is detected and refused (see the flipped-byte test).
+//! * A frame written whole but not acknowledged (the process stopped between
+//!   its write and the end of its `append`) is a valid last frame and is kept:
+//!   the caller never got an answer for it, so either outcome is allowed. A
+//!   frame whose `append` returned `Err` is kept only if the process stops
+//!   before a roll succeeds *and* zeroing its header failed too (or a power loss
+//!   lost the zeroed page while the frame's own pages were on disk).
+//! * Rule 8 searches the bytes of a torn frame whose header was lost for frames.
+//!   A body that itself holds the bytes of a valid frame, at an 8-aligned
+//!   position, would then make `open` refuse: a refusal, never a loss.
+//!
 //! `open` reads every frame of every segment, so its time grows with the size of
 //! the log.
 //!

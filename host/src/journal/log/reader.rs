@@ -185,6 +185,8 @@ impl Iterator for Frames {
     }
 }
 
+impl std::iter::FusedIterator for Frames {}
+
 impl Frames {
     fn read_frame(&mut self, seg: &Segment, end: u64) -> Result<Frame, LogError> {
         let pos = self.pos;

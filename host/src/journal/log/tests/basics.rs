@@ -285,3 +285,12 @@ fn bench_appends_measures_both_sides() {
         500
     );
 }
+
+#[test]
+fn the_writer_is_send_and_readers_are_shared_between_threads() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync + Clone>() {}
+    send::<CommitLog>();
+    send::<Frames>();
+    shared::<LogReader>();
+}
