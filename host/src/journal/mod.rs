@@ -17,6 +17,7 @@
 pub mod codec;
 pub mod fjall_store;
 mod keys;
+pub mod log;
 pub mod sled_store;
 #[cfg(test)]
 pub(crate) mod tests;
