@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Wasm components from source:
 #   target/components/{bank-account,blog-post,task-manager}.wasm   (examples)
-#   target/test-components/faulty.wasm                              (test-only)
+#   target/test-components/{faulty,hostile}.wasm                    (test-only)
+#   target/test-components/{uses-wasi,wrong-world}.wasm              (test-only, built
+#                                      to be refused at deploy: WASI, WIT 0.2.0)
 # Runnable from any directory. Installs the wasm32-wasip2 target if it is missing
 # (no rust-toolchain.toml: the active toolchain is used as is).
 set -euo pipefail
@@ -15,7 +17,8 @@ if ! rustup target list --installed | grep -qx "$TARGET"; then
 fi
 
 cargo build --profile "$PROFILE" --target "$TARGET" \
-    -p bank-account -p blog-post -p task-manager -p faulty
+    -p bank-account -p blog-post -p task-manager \
+    -p faulty -p hostile -p uses-wasi -p wrong-world
 
 # Cargo's target dir may be moved with CARGO_TARGET_DIR.
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -49,4 +52,6 @@ echo "Built components:"
 for crate in bank-account blog-post task-manager; do
     install_component "$crate" "$target_dir/components/$crate.wasm"
 done
-install_component faulty "$target_dir/test-components/faulty.wasm"
+for crate in faulty hostile uses-wasi wrong-world; do
+    install_component "$crate" "$target_dir/test-components/$crate.wasm"
+done

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::ApiConfig;
-use crate::component::SandboxLimits;
+use crate::component::{limits, SandboxLimits};
 use crate::config::EngineConfig;
 use crate::server::ServeConfig;
 
@@ -110,11 +110,21 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64)]
     pub max_concurrent_recoveries: usize,
     /// Deadline of one call into a component, in milliseconds.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = limits::DEFAULT_CALL_TIMEOUT.as_millis() as u64)]
     pub call_timeout_ms: u64,
     /// Memory cap of one component instance, in MiB.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = limits::DEFAULT_MEMORY_BYTES >> 20)]
     pub memory_limit_mb: usize,
+    /// Wasm stack of one call into a component, in KiB (bounds recursion depth; at most 1024).
+    #[arg(long, default_value_t = (limits::DEFAULT_WASM_STACK_BYTES >> 10) as u64,
+          value_parser = clap::value_parser!(u64).range(1..=(limits::MAX_WASM_STACK_BYTES >> 10) as u64))]
+    pub wasm_stack_kb: u64,
+    /// Largest reply body (or error message) one command may return, in bytes.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_REPLY_BYTES)]
+    pub max_reply_bytes: usize,
+    /// Most events one command may persist.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_EVENTS_PER_COMMAND)]
+    pub max_events_per_command: usize,
     /// Largest command body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_command_bytes: usize,
@@ -151,6 +161,10 @@ impl ServeArgs {
             sandbox: SandboxLimits {
                 memory_bytes: self.memory_limit_mb << 20,
                 call_timeout: Duration::from_millis(self.call_timeout_ms),
+                wasm_stack_bytes: (self.wasm_stack_kb as usize) << 10,
+                max_reply_bytes: self.max_reply_bytes,
+                max_events_per_command: self.max_events_per_command,
+                ..SandboxLimits::default()
             },
             api: ApiConfig {
                 max_command_bytes: self.max_command_bytes,

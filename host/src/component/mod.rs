@@ -1,20 +1,29 @@
 //! Components: how entity code gets in, and how it is run.
 //!
 //! * `handler`  — [`EntityHandler`], what the engine calls (Wasm or native).
-//! * `sandbox`  — the wasmtime engine, the per-call deadline and memory cap, and
-//!   [`sandbox::Sandbox`], one live instance with typed calls into the handler.
+//! * `sandbox`  — the wasmtime engine, the per-call deadline, memory, table and
+//!   stack caps, and [`sandbox::Sandbox`], one live instance with typed calls into
+//!   the handler.
+//! * `limits`   — [`SandboxLimits`] and the check of what `handle-command` returns
+//!   (reply size, events per command).
+//! * `world`    — the deploy-time check of a component's imports and exports
+//!   against the `entity` world (no WASI, the right WIT version).
 //! * `store`    — every deployed version on disk, and the precompiled-code cache.
 //! * `registry` — which version of each entity type is active; validates a new
-//!   component (compile, instantiate, `describe`) before it replaces the old one.
+//!   component (compile, check its world, instantiate, `describe`) before it
+//!   replaces the old one.
 
 pub mod handler;
+pub mod limits;
 pub mod registry;
 pub mod sandbox;
 pub mod store;
+pub mod world;
 
 pub use handler::{EntityHandler, Fault, NativeFactory};
+pub use limits::SandboxLimits;
 pub use registry::{Code, LoadedComponent, Registry};
-pub use sandbox::{Sandbox, SandboxLimits};
+pub use sandbox::Sandbox;
 
 /// Host-side bindings generated from `wit/entity.wit`.
 pub mod bindings {

@@ -1,8 +1,9 @@
 //! Which component version serves each entity type.
 //!
-//! A new component is compiled, linked, instantiated and asked to `describe()`
-//! itself before it is stored and swapped in, so a broken upload is refused with
-//! the reason and the old version keeps serving. Shards look up the active version
+//! A new component is compiled, checked against the `entity` world (its imports
+//! and exports, see `world`), linked, instantiated and asked to `describe()`
+//! itself before it is stored and swapped in, so a broken or unfit upload is
+//! refused with the reason and the old version keeps serving. Shards look up the active version
 //! on every command: commands already running finish on the version they started
 //! with, the next ones run on the new one.
 

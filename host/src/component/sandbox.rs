@@ -1,12 +1,14 @@
 //! Running guest code: the wasmtime engine and one live instance per entity type
 //! per shard.
 //!
-//! Guests get no WASI: every import other than `mneme:entity/host` is defined as a
-//! trap, so a guest that touches files, clocks or sockets faults instead of doing it.
-//! Every call runs under an epoch deadline and a memory cap. A call that traps
-//! leaves the instance unusable (wasmtime forbids re-entering it), so the caller
-//! drops the [`Sandbox`] and instantiates a fresh one; the entity's state bytes live
-//! in the host and are untouched by the fault.
+//! Guests get no WASI: a component importing anything but `mneme:entity/host` is
+//! refused when it is deployed (`world`), except the stdio/environment interfaces
+//! Rust's standard library always links, which are defined as traps. Every call
+//! runs under an epoch deadline, a memory and table cap and a bounded Wasm stack,
+//! and what `handle-command` returns is checked against the limits of `limits`.
+//! A call that traps leaves the instance unusable (wasmtime forbids re-entering
+//! it), so the caller drops the [`Sandbox`] and instantiates a fresh one; the
+//! entity's state bytes live in the host and are untouched by the fault.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -18,29 +20,21 @@ use super::bindings::exports::mneme::entity::handler;
 use super::bindings::mneme::entity::host;
 use super::bindings::{Entity, EntityPre};
 use super::handler::{EntityHandler, Fault};
+use super::limits::{self, SandboxLimits};
+use super::world;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-#[derive(Debug, Clone, Copy)]
-pub struct SandboxLimits {
-    /// Linear memory cap per instance, in bytes.
-    pub memory_bytes: usize,
-    /// Wall-clock budget of one call into the guest.
-    pub call_timeout: Duration,
-}
-
-impl Default for SandboxLimits {
-    fn default() -> Self {
-        SandboxLimits { memory_bytes: 128 << 20, call_timeout: Duration::from_secs(2) }
-    }
-}
-
-/// Per-instance host data: the memory limiter and what the guest told us before a trap.
+/// Per-instance host data: the limiters and what the guest did before a trap.
 pub struct HostState {
     memory_cap: usize,
     memory_denied: bool,
+    table_cap: usize,
+    table_denied: bool,
     fault: Option<String>,
+    /// The WASI function the guest called (they are all traps).
+    pub(super) wasi_called: Option<String>,
 }
 
 impl host::Host for HostState {
@@ -63,7 +57,11 @@ impl ResourceLimiter for HostState {
         Ok(true)
     }
     fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        if desired > self.table_cap {
+            self.table_denied = true;
+            return Ok(false);
+        }
+        Ok(true)
     }
 }
 
@@ -76,8 +74,17 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(limits: SandboxLimits) -> anyhow::Result<Arc<Runtime>> {
+        if limits.wasm_stack_bytes == 0 || limits.wasm_stack_bytes > limits::MAX_WASM_STACK_BYTES {
+            anyhow::bail!(
+                "the Wasm stack limit must be between 1 byte and {} KiB, not {} bytes",
+                limits::MAX_WASM_STACK_BYTES >> 10,
+                limits.wasm_stack_bytes
+            );
+        }
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // Bounds recursion: a guest past it traps with `Trap::StackOverflow`.
+        config.max_wasm_stack(limits.wasm_stack_bytes);
         // Async component-model support doubles the cost of a call; mneme's calls are synchronous.
         config.concurrency_support(false);
         // `MNEME_WASM_PROFILER=perfmap` writes /tmp/perf-PID.map so `perf report`
@@ -101,18 +108,27 @@ impl Runtime {
         self.limits
     }
 
-    /// Link a compiled component: imports it has beyond `mneme:entity/host` (WASI
-    /// pulled in by a language's standard library) become traps.
+    /// Check that a compiled component fits the `entity` world (refusing it with
+    /// every reason if not), then link it: the WASI interfaces Rust's standard
+    /// library always imports become traps.
     pub fn prepare(&self, component: &Component) -> anyhow::Result<EntityPre<HostState>> {
+        world::check(&self.engine, component)?;
         let mut linker = self.linker.clone();
-        linker.define_unknown_imports_as_traps(component)?;
+        world::link_inert_imports(&self.engine, component, &mut linker)?;
         let pre = linker.instantiate_pre(component)?;
-        Ok(EntityPre::new(pre)?)
+        EntityPre::new(pre).map_err(|e| anyhow::anyhow!("its exports do not match the `entity` world: {e:#}"))
     }
 
     /// A fresh, empty instance.
     pub fn instantiate(&self, pre: &EntityPre<HostState>) -> Result<Sandbox, String> {
-        let state = HostState { memory_cap: self.limits.memory_bytes, memory_denied: false, fault: None };
+        let state = HostState {
+            memory_cap: self.limits.memory_bytes,
+            memory_denied: false,
+            table_cap: self.limits.table_elements,
+            table_denied: false,
+            fault: None,
+            wasi_called: None,
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(deadline_ticks(self.limits));
@@ -145,11 +161,30 @@ fn fault_reason(err: &wasmtime::Error, state: &HostState, limits: SandboxLimits)
         let detail = state.fault.as_deref().map(|m| format!(" (guest reported: {m})")).unwrap_or_default();
         return format!("memory limit of {} MiB exceeded{detail}", limits.memory_bytes >> 20);
     }
+    if let Some(function) = &state.wasi_called {
+        return format!(
+            "the guest called `{function}`: mneme gives guests no WASI (no stdio, environment, files, clocks or \
+             randomness); return a `log` side effect to log"
+        );
+    }
     if let Some(msg) = &state.fault {
         return format!("guest panicked: {msg}");
     }
+    if let Some(e) = err.downcast_ref::<std::str::Utf8Error>() {
+        return format!("the guest handed the host a string that is not valid UTF-8 ({e})");
+    }
+    if let Some(e) = err.downcast_ref::<std::char::DecodeUtf16Error>() {
+        return format!("the guest handed the host a string that is not valid UTF-16 ({e})");
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!("deadline of {} ms exceeded", limits.call_timeout.as_millis()),
+        Some(Trap::StackOverflow) => format!(
+            "stack overflow: the guest used more than its {} KiB Wasm stack (recursion too deep)",
+            limits.wasm_stack_bytes >> 10
+        ),
+        Some(trap) if state.table_denied => {
+            format!("table limit of {} elements exceeded ({trap})", limits.table_elements)
+        }
         Some(trap) => format!("trap: {trap}"),
         None => format!("{err:#}"),
     }
@@ -171,6 +206,8 @@ impl Sandbox {
         let data = self.store.data_mut();
         data.fault = None;
         data.memory_denied = false;
+        data.table_denied = false;
+        data.wasi_called = None;
         let guest = self.entity.mneme_entity_handler();
         f(guest, &mut self.store).map_err(|e| Fault(fault_reason(&e, self.store.data(), self.limits)))
     }
@@ -190,7 +227,9 @@ impl EntityHandler for Sandbox {
         state: &[u8],
         command: &handler::Command,
     ) -> Result<Result<handler::Effect, String>, Fault> {
-        self.call(|g, s| g.call_handle_command(s, state, command))
+        let decision = self.call(|g, s| g.call_handle_command(s, state, command))?;
+        limits::check_decision(&decision, &self.limits)?;
+        Ok(decision)
     }
 
     fn apply_events(&mut self, state: &[u8], events: &[handler::Event]) -> Result<Result<Vec<u8>, String>, Fault> {

@@ -19,8 +19,8 @@ use super::{CommitLog, LogOptions, StdIo};
 pub fn bench_appends(dir: &Path, frames: usize, frame_bytes: usize) -> (f64, f64) {
     let body: Vec<u8> = (0..frame_bytes).map(|i| (i % 251) as u8 + 1).collect();
 
-    let (mut log, _) = CommitLog::open(&dir.join("log"), LogOptions::default(), StdIo::new())
-        .expect("open the commit log");
+    let (mut log, _) =
+        CommitLog::open(&dir.join("log"), LogOptions::default(), StdIo::new()).expect("open the commit log");
     let t = Instant::now();
     for i in 0..frames {
         log.append(i as u64, &body).expect("append");
@@ -28,11 +28,7 @@ pub fn bench_appends(dir: &Path, frames: usize, frame_bytes: usize) -> (f64, f64
     let log_secs = t.elapsed().as_secs_f64();
     log.close().expect("close the commit log");
 
-    let mut raw = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("raw"))
-        .expect("create the raw file");
+    let mut raw = OpenOptions::new().create(true).append(true).open(dir.join("raw")).expect("create the raw file");
     let t = Instant::now();
     for _ in 0..frames {
         raw.write_all(&body).expect("write");

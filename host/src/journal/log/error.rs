@@ -30,33 +30,16 @@ pub enum LogError {
     TooLarge { len: usize },
     /// A read of bytes at or beyond the durable end of a segment, or of a segment
     /// that does not exist.
-    OutOfRange {
-        segment: u64,
-        pos: u64,
-        len: u64,
-        end: Position,
-    },
+    OutOfRange { segment: u64, pos: u64, len: u64, end: Position },
 }
 
 impl LogError {
     pub(super) fn io(op: &'static str, file: impl Into<PathBuf>, source: io::Error) -> LogError {
-        LogError::Io {
-            op,
-            file: file.into(),
-            source,
-        }
+        LogError::Io { op, file: file.into(), source }
     }
 
-    pub(super) fn corrupt(
-        file: impl Into<PathBuf>,
-        offset: u64,
-        what: impl Into<String>,
-    ) -> LogError {
-        LogError::Corrupt {
-            file: file.into(),
-            offset,
-            what: what.into(),
-        }
+    pub(super) fn corrupt(file: impl Into<PathBuf>, offset: u64, what: impl Into<String>) -> LogError {
+        LogError::Corrupt { file: file.into(), offset, what: what.into() }
     }
 
     /// The OS error, for an `Io` error.

@@ -29,10 +29,7 @@ struct Arm {
 
 impl Arm {
     fn set(&mut self, when: When) {
-        *self = Arm {
-            when: Some(when),
-            seen: 0,
-        };
+        *self = Arm { when: Some(when), seen: 0 };
     }
 
     fn fire(&mut self) -> bool {
@@ -68,10 +65,7 @@ pub struct FaultyIo {
 
 impl FaultyIo {
     pub fn new() -> Arc<FaultyIo> {
-        Arc::new(FaultyIo {
-            inner: StdIo,
-            faults: Arc::default(),
-        })
+        Arc::new(FaultyIo { inner: StdIo, faults: Arc::default() })
     }
 
     /// Writes to segment files fail with `EIO`, writing nothing.
@@ -103,10 +97,7 @@ impl FaultyIo {
     pub fn clear(&self) {
         let mut f = self.faults.lock().unwrap();
         let injected = f.injected;
-        *f = Faults {
-            injected,
-            ..Faults::default()
-        };
+        *f = Faults { injected, ..Faults::default() };
     }
 
     /// How many faults fired so far.
@@ -191,10 +182,7 @@ impl LogFile for FaultyFile {
 
 impl FaultyIo {
     fn wrap(&self, file: Arc<dyn LogFile>) -> Arc<dyn LogFile> {
-        Arc::new(FaultyFile {
-            inner: file,
-            faults: self.faults.clone(),
-        })
+        Arc::new(FaultyFile { inner: file, faults: self.faults.clone() })
     }
 }
 

@@ -120,9 +120,7 @@ impl SegmentHeader {
             return Err(Invalid(format!("unknown segment format version {version}")));
         }
         if u32_at(b, 12) != 0 || b[48..60].iter().any(|&x| x != 0) {
-            return Err(Invalid::new(
-                "non-zero reserved bytes in the segment header",
-            ));
+            return Err(Invalid::new("non-zero reserved bytes in the segment header"));
         }
         let h = SegmentHeader {
             id: u64_at(b, 16),
@@ -130,10 +128,7 @@ impl SegmentHeader {
             first_seq: u64_at(b, 32),
             capacity: u64_at(b, 40),
         };
-        if h.capacity < SEGMENT_HEADER_LEN
-            || !h.prev_end.is_multiple_of(FRAME_ALIGN)
-            || h.first_seq == 0
-        {
+        if h.capacity < SEGMENT_HEADER_LEN || !h.prev_end.is_multiple_of(FRAME_ALIGN) || h.first_seq == 0 {
             return Err(Invalid::new("segment header fields out of range"));
         }
         Ok(h)
@@ -168,12 +163,7 @@ impl FrameHeader {
         if body_len as usize > MAX_BODY {
             return Err(Invalid::new("frame body length out of range"));
         }
-        Ok(FrameHeader {
-            body_len,
-            seq: u64_at(b, 8),
-            first_offset: u64_at(b, 16),
-            frame_crc: u32_at(b, 28),
-        })
+        Ok(FrameHeader { body_len, seq: u64_at(b, 8), first_offset: u64_at(b, 16), frame_crc: u32_at(b, 28) })
     }
 
     /// Length of the whole frame, padding included.
@@ -244,11 +234,7 @@ impl Committed {
         {
             return None;
         }
-        let c = Committed {
-            segment: u64_at(b, 16),
-            pos: u64_at(b, 24),
-            seq: u64_at(b, 32),
-        };
+        let c = Committed { segment: u64_at(b, 16), pos: u64_at(b, 24), seq: u64_at(b, 32) };
         (c.segment >= 1 && c.seq >= 1 && c.pos > SEGMENT_HEADER_LEN).then_some(c)
     }
 }
@@ -281,22 +267,14 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_every_flipped_byte_is_detected() {
-        let h = SegmentHeader {
-            id: 7,
-            prev_end: 4096,
-            first_seq: 99,
-            capacity: 1 << 20,
-        };
+        let h = SegmentHeader { id: 7, prev_end: 4096, first_seq: 99, capacity: 1 << 20 };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
         for i in 0..b.len() {
             for mask in [0x01u8, 0x80, 0xff] {
                 let mut bad = b;
                 bad[i] ^= mask;
-                assert!(
-                    SegmentHeader::decode(&bad).is_err(),
-                    "flip {mask:#x} at byte {i} went unnoticed"
-                );
+                assert!(SegmentHeader::decode(&bad).is_err(), "flip {mask:#x} at byte {i} went unnoticed");
             }
         }
     }
@@ -320,10 +298,7 @@ mod tests {
                 Ok(h)
             };
             let h = check(&b).unwrap();
-            assert_eq!(
-                (h.seq, h.first_offset, h.body_len as usize),
-                (42, 1000, body_len)
-            );
+            assert_eq!((h.seq, h.first_offset, h.body_len as usize), (42, 1000, body_len));
             for i in 0..b.len() {
                 for mask in [0x01u8, 0x80, 0xff] {
                     let mut bad = b.clone();
@@ -339,11 +314,7 @@ mod tests {
 
     #[test]
     fn committed_round_trips_and_every_flipped_byte_is_detected() {
-        let c = Committed {
-            segment: 3,
-            pos: 4160,
-            seq: 12,
-        };
+        let c = Committed { segment: 3, pos: 4160, seq: 12 };
         let b = c.encode();
         assert_eq!(Committed::decode(&b), Some(c));
         assert_eq!(Committed::decode(&b[..43]), None);
@@ -351,11 +322,7 @@ mod tests {
             for mask in [0x01u8, 0x80, 0xff] {
                 let mut bad = b;
                 bad[i] ^= mask;
-                assert_eq!(
-                    Committed::decode(&bad),
-                    None,
-                    "flip {mask:#x} at byte {i} went unnoticed"
-                );
+                assert_eq!(Committed::decode(&bad), None, "flip {mask:#x} at byte {i} went unnoticed");
             }
         }
     }

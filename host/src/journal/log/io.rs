@@ -96,8 +96,7 @@ fn preallocate(file: &File, len: u64) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    let len_off =
-        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let len_off = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     loop {
         // SAFETY: fallocate on a descriptor we own; mode 0 allocates and extends.
         let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len_off) };
@@ -149,12 +148,7 @@ impl LogIo for StdIo {
     }
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         match file.try_lock() {
             Ok(()) => Ok(Box::new(file)),
             Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
@@ -163,28 +157,17 @@ impl LogIo for StdIo {
     }
 
     fn create_segment(&self, path: &Path, len: u64) -> io::Result<Arc<dyn LogFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
         preallocate(&file, len)?;
         Ok(Arc::new(StdFile(file)))
     }
 
     fn open_segment(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
-        Ok(Arc::new(StdFile(
-            OpenOptions::new().read(true).write(true).open(path)?,
-        )))
+        Ok(Arc::new(StdFile(OpenOptions::new().read(true).write(true).open(path)?)))
     }
 
     fn open_committed(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         Ok(Arc::new(StdFile(file)))
     }
 
@@ -217,10 +200,7 @@ const READ_AHEAD: u64 = 1 << 20;
 
 impl Window {
     pub fn new() -> Window {
-        Window {
-            buf: Vec::new(),
-            start: 0,
-        }
+        Window { buf: Vec::new(), start: 0 }
     }
 
     /// Forget what was read (the next `get` reads from the file).

@@ -175,9 +175,7 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions {
-            segment_bytes: 64 << 20,
-        }
+        LogOptions { segment_bytes: 64 << 20 }
     }
 }
 
@@ -190,10 +188,7 @@ pub struct Position {
 
 impl Position {
     /// Where the first frame of a log goes.
-    pub const START: Position = Position {
-        segment: 1,
-        pos: format::SEGMENT_HEADER_LEN,
-    };
+    pub const START: Position = Position { segment: 1, pos: format::SEGMENT_HEADER_LEN };
 }
 
 impl fmt::Display for Position {

@@ -36,9 +36,7 @@ pub(super) struct Shared {
 impl Shared {
     pub fn segment(&self, id: u64) -> Option<Arc<Segment>> {
         let segments = self.segments.read().unwrap();
-        id.checked_sub(1)
-            .and_then(|i| segments.get(i as usize))
-            .cloned()
+        id.checked_sub(1).and_then(|i| segments.get(i as usize)).cloned()
     }
 }
 
@@ -68,10 +66,7 @@ impl LogReader {
     pub fn end(&self) -> Position {
         let segments = self.shared.segments.read().unwrap();
         let last = segments.last().expect("an open log has a segment");
-        Position {
-            segment: last.id,
-            pos: last.end.load(Ordering::Acquire),
-        }
+        Position { segment: last.id, pos: last.end.load(Ordering::Acquire) }
     }
 
     /// Bytes `[pos, pos + len)` of segment `segment`, which must lie below the
@@ -79,21 +74,14 @@ impl LogReader {
     /// (`pread`): no map of the file outlives the call, and every read goes
     /// through the log's I/O layer.
     pub fn read(&self, segment: u64, pos: u64, len: u32) -> Result<Vec<u8>, LogError> {
-        let out_of_range = || LogError::OutOfRange {
-            segment,
-            pos,
-            len: len as u64,
-            end: self.end(),
-        };
+        let out_of_range = || LogError::OutOfRange { segment, pos, len: len as u64, end: self.end() };
         let seg = self.shared.segment(segment).ok_or_else(out_of_range)?;
         let end = seg.end.load(Ordering::Acquire);
         if pos.checked_add(len as u64).is_none_or(|e| e > end) {
             return Err(out_of_range());
         }
         let mut buf = vec![0u8; len as usize];
-        seg.file
-            .read_at(pos, &mut buf)
-            .map_err(|e| LogError::io("read", &seg.path, e))?;
+        seg.file.read_at(pos, &mut buf).map_err(|e| LogError::io("read", &seg.path, e))?;
         Ok(buf)
     }
 
@@ -103,36 +91,14 @@ impl LogReader {
     /// iterator ends at the durable end as it is when it gets there, and after
     /// an error.
     pub fn frames_from(&self, from: Position) -> Frames {
-        let from = if from.segment == 0 {
-            Position { segment: 1, pos: 0 }
-        } else {
-            from
-        };
+        let from = if from.segment == 0 { Position { segment: 1, pos: 0 } } else { from };
         let (seg, error) = match self.shared.segment(from.segment) {
             Some(seg) if from.pos <= seg.end.load(Ordering::Acquire) => (Some(seg), None),
-            _ => (
-                None,
-                Some(LogError::OutOfRange {
-                    segment: from.segment,
-                    pos: from.pos,
-                    len: 0,
-                    end: self.end(),
-                }),
-            ),
+            _ => (None, Some(LogError::OutOfRange { segment: from.segment, pos: from.pos, len: 0, end: self.end() })),
         };
         let pos = from.pos.max(SEGMENT_HEADER_LEN);
-        let seq = seg
-            .as_ref()
-            .filter(|_| pos == SEGMENT_HEADER_LEN)
-            .map(|s| s.first_seq);
-        Frames {
-            shared: self.shared.clone(),
-            seg,
-            pos,
-            seq,
-            window: Window::new(),
-            error,
-        }
+        let seq = seg.as_ref().filter(|_| pos == SEGMENT_HEADER_LEN).map(|s| s.first_seq);
+        Frames { shared: self.shared.clone(), seg, pos, seq, window: Window::new(), error }
     }
 }
 
@@ -191,28 +157,17 @@ impl Frames {
     fn read_frame(&mut self, seg: &Segment, end: u64) -> Result<Frame, LogError> {
         let pos = self.pos;
         let io_err = |e| LogError::io("read", &seg.path, e);
-        let h =
-            match decode_frame(&*seg.file, &mut self.window, pos, end, self.seq).map_err(io_err)? {
-                Ok(h) => h,
-                Err(bad) => return Err(LogError::corrupt(&seg.path, bad.pos, bad.why.0)),
-            };
+        let h = match decode_frame(&*seg.file, &mut self.window, pos, end, self.seq).map_err(io_err)? {
+            Ok(h) => h,
+            Err(bad) => return Err(LogError::corrupt(&seg.path, bad.pos, bad.why.0)),
+        };
         let body_pos = pos + FRAME_HEADER_LEN;
-        let body = self
-            .window
-            .get(&*seg.file, body_pos, h.body_len as u64, end)
-            .map_err(io_err)?
-            .to_vec();
+        let body = self.window.get(&*seg.file, body_pos, h.body_len as u64, end).map_err(io_err)?.to_vec();
         self.pos = pos + h.frame_len();
         self.seq = Some(h.seq + 1);
         Ok(Frame {
-            start: Position {
-                segment: seg.id,
-                pos,
-            },
-            end: Position {
-                segment: seg.id,
-                pos: self.pos,
-            },
+            start: Position { segment: seg.id, pos },
+            end: Position { segment: seg.id, pos: self.pos },
             seq: h.seq,
             first_offset: h.first_offset,
             body_pos,

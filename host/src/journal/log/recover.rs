@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{
-    Committed, FrameHeader, Invalid, SegmentHeader, FRAME_ALIGN, FRAME_HEADER_LEN, FRAME_MAGIC,
-    SEGMENT_HEADER_LEN,
+    Committed, FrameHeader, Invalid, SegmentHeader, FRAME_ALIGN, FRAME_HEADER_LEN, FRAME_MAGIC, SEGMENT_HEADER_LEN,
 };
 use super::io::{LogFile, LogIo, Window};
 use super::{LogError, RemovedSegment, TornTail};
@@ -58,7 +57,9 @@ pub(super) fn recover(dir: &Path, io: &dyn LogIo) -> Result<Recovered, LogError>
             return Err(LogError::corrupt(
                 segment_path(dir, want),
                 0,
-                format!("segment {want} is missing but segment {id} exists (segments are numbered from 1 without gaps)"),
+                format!(
+                    "segment {want} is missing but segment {id} exists (segments are numbered from 1 without gaps)"
+                ),
             ));
         }
     }
@@ -73,44 +74,25 @@ pub(super) fn recover(dir: &Path, io: &dyn LogIo) -> Result<Recovered, LogError>
     let mut removed_segment = None;
     for id in ids {
         let path = segment_path(dir, id);
-        let file = io
-            .open_segment(&path)
-            .map_err(|e| LogError::io("open", &path, e))?;
+        let file = io.open_segment(&path).map_err(|e| LogError::io("open", &path, e))?;
         let len = file.size().map_err(|e| LogError::io("stat", &path, e))?;
         match read_header(&*file, len).map_err(|e| LogError::io("read", &path, e))? {
             Ok(h) if h.id == id => opened.push((path, file, len, h)),
-            Ok(h) => {
-                return Err(LogError::corrupt(
-                    path,
-                    16,
-                    format!("the segment header names segment {}", h.id),
-                ))
-            }
+            Ok(h) => return Err(LogError::corrupt(path, 16, format!("the segment header names segment {}", h.id))),
             Err(why) => {
                 // A torn creation: the newest segment, made after the last
                 // acknowledged frame, crashed before its header was durable, and
                 // never held a frame (frames are written only after that).
                 let after_committed = committed.is_none_or(|c| c.segment < id);
-                let empty = || {
-                    all_zero(&*file, SEGMENT_HEADER_LEN.min(len), len)
-                        .map_err(|e| LogError::io("read", &path, e))
-                };
+                let empty =
+                    || all_zero(&*file, SEGMENT_HEADER_LEN.min(len), len).map_err(|e| LogError::io("read", &path, e));
                 if id == count && after_committed && empty()? {
                     drop(file);
-                    io.remove(&path)
-                        .map_err(|e| LogError::io("remove", &path, e))?;
-                    io.sync_dir(dir)
-                        .map_err(|e| LogError::io("sync directory", dir, e))?;
-                    removed_segment = Some(RemovedSegment {
-                        file: path,
-                        what: why.0,
-                    });
+                    io.remove(&path).map_err(|e| LogError::io("remove", &path, e))?;
+                    io.sync_dir(dir).map_err(|e| LogError::io("sync directory", dir, e))?;
+                    removed_segment = Some(RemovedSegment { file: path, what: why.0 });
                 } else {
-                    return Err(LogError::corrupt(
-                        path,
-                        0,
-                        format!("segment header damaged ({why})"),
-                    ));
+                    return Err(LogError::corrupt(path, 0, format!("segment header damaged ({why})")));
                 }
             }
         }
@@ -138,11 +120,7 @@ pub(super) fn recover(dir: &Path, io: &dyn LogIo) -> Result<Recovered, LogError>
         let (len, h) = (*len, *h);
         let last = i + 1 == n;
         if i == 0 && h.prev_end != 0 {
-            return Err(LogError::corrupt(
-                path,
-                24,
-                "the first segment's header records a previous segment",
-            ));
+            return Err(LogError::corrupt(path, 24, "the first segment's header records a previous segment"));
         }
         if h.first_seq != next_seq {
             return Err(LogError::corrupt(
@@ -169,15 +147,11 @@ pub(super) fn recover(dir: &Path, io: &dyn LogIo) -> Result<Recovered, LogError>
             ));
         }
         if !last && limit < SEGMENT_HEADER_LEN {
-            return Err(LogError::corrupt(
-                &opened[i + 1].0,
-                24,
-                "the previous segment's end lies inside its header",
-            ));
+            return Err(LogError::corrupt(&opened[i + 1].0, 24, "the previous segment's end lies inside its header"));
         }
         let this_committed = committed.filter(|c| c.segment == h.id);
-        let scan = scan_frames(&**file, h.first_seq, limit, this_committed)
-            .map_err(|e| LogError::io("read", path, e))?;
+        let scan =
+            scan_frames(&**file, h.first_seq, limit, this_committed).map_err(|e| LogError::io("read", path, e))?;
         if !last {
             if let Some(bad) = &scan.bad {
                 return Err(LogError::corrupt(path, bad.pos, bad.why.0.clone()));
@@ -186,10 +160,7 @@ pub(super) fn recover(dir: &Path, io: &dyn LogIo) -> Result<Recovered, LogError>
         if let Some(c) = this_committed {
             if c.pos > scan.end {
                 let damaged = match &scan.bad {
-                    Some(bad) => format!(
-                        "the frame at byte {} is damaged ({}) but ",
-                        bad.pos, bad.why
-                    ),
+                    Some(bad) => format!("the frame at byte {} is damaged ({}) but ", bad.pos, bad.why),
                     None => String::new(),
                 };
                 return Err(LogError::corrupt(
@@ -219,28 +190,15 @@ pub(super) fn recover(dir: &Path, io: &dyn LogIo) -> Result<Recovered, LogError>
             torn_tail = cut_tail(&**file, path, &h, len, &scan)?;
         }
         next_seq = scan.next_seq;
-        segments.push(RecoveredSegment {
-            path: path.clone(),
-            file: file.clone(),
-            header: h,
-            end: scan.end,
-        });
+        segments.push(RecoveredSegment { path: path.clone(), file: file.clone(), header: h, end: scan.end });
     }
-    Ok(Recovered {
-        segments,
-        next_seq,
-        committed,
-        torn_tail,
-        removed_segment,
-    })
+    Ok(Recovered { segments, next_seq, committed, torn_tail, removed_segment })
 }
 
 /// The segment header, or why it is not one (I/O errors apart).
 fn read_header(file: &dyn LogFile, len: u64) -> std::io::Result<Result<SegmentHeader, Invalid>> {
     if len < SEGMENT_HEADER_LEN {
-        return Ok(Err(Invalid(format!(
-            "the file is {len} bytes, shorter than a segment header"
-        ))));
+        return Ok(Err(Invalid(format!("the file is {len} bytes, shorter than a segment header"))));
     }
     let mut b = [0u8; SEGMENT_HEADER_LEN as usize];
     file.read_at(0, &mut b)?;
@@ -267,12 +225,7 @@ struct Scan {
 }
 
 /// Walk the frames of a segment from its header up to `limit`.
-fn scan_frames(
-    file: &dyn LogFile,
-    first_seq: u64,
-    limit: u64,
-    committed: Option<Committed>,
-) -> std::io::Result<Scan> {
+fn scan_frames(file: &dyn LogFile, first_seq: u64, limit: u64, committed: Option<Committed>) -> std::io::Result<Scan> {
     let mut w = Window::new();
     let mut pos = SEGMENT_HEADER_LEN;
     let mut seq = first_seq;
@@ -284,22 +237,10 @@ fn scan_frames(
                 committed_matched |= committed.is_some_and(|c| c.pos == pos && c.seq == seq);
                 seq += 1;
             }
-            Err(bad) => {
-                return Ok(Scan {
-                    end: pos,
-                    next_seq: seq,
-                    bad: Some(bad),
-                    committed_matched,
-                })
-            }
+            Err(bad) => return Ok(Scan { end: pos, next_seq: seq, bad: Some(bad), committed_matched }),
         }
     }
-    Ok(Scan {
-        end: pos,
-        next_seq: seq,
-        bad: None,
-        committed_matched,
-    })
+    Ok(Scan { end: pos, next_seq: seq, bad: None, committed_matched })
 }
 
 /// Decode and fully check the frame at `pos`, which must end by `limit`. With
@@ -313,13 +254,7 @@ pub(super) fn decode_frame(
 ) -> std::io::Result<Result<FrameHeader, Bad>> {
     let bad = |why: Invalid, header: Option<FrameHeader>| Ok(Err(Bad { pos, why, header }));
     if pos + FRAME_HEADER_LEN > limit {
-        return bad(
-            Invalid(format!(
-                "{} bytes before the end, too few for a frame header",
-                limit - pos
-            )),
-            None,
-        );
+        return bad(Invalid(format!("{} bytes before the end, too few for a frame header", limit - pos)), None);
     }
     let hb = w.get(file, pos, FRAME_HEADER_LEN, limit)?;
     let h = match FrameHeader::decode(hb) {
@@ -328,32 +263,19 @@ pub(super) fn decode_frame(
     };
     if let Some(seq) = expect_seq {
         if h.seq != seq {
-            return bad(
-                Invalid(format!(
-                    "frame number {} where frame {seq} was expected",
-                    h.seq
-                )),
-                None,
-            );
+            return bad(Invalid(format!("frame number {} where frame {seq} was expected", h.seq)), None);
         }
     }
     let end = pos + h.frame_len();
     if end > limit {
         return bad(
-            Invalid(format!(
-                "the frame runs {} bytes past the end of the segment's data",
-                end - limit
-            )),
+            Invalid(format!("the frame runs {} bytes past the end of the segment's data", end - limit)),
             Some(h),
         );
     }
     let all = w.get(file, pos, h.frame_len(), limit)?;
     let body_end = (FRAME_HEADER_LEN + h.body_len as u64) as usize;
-    match h.check_body(
-        &all[..FRAME_HEADER_LEN as usize],
-        &all[FRAME_HEADER_LEN as usize..body_end],
-        &all[body_end..],
-    ) {
+    match h.check_body(&all[..FRAME_HEADER_LEN as usize], &all[FRAME_HEADER_LEN as usize..body_end], &all[body_end..]) {
         Ok(()) => Ok(Ok(h)),
         Err(why) => bad(why, Some(h)),
     }
@@ -386,17 +308,10 @@ fn cut_tail(
     let io_err = |op| move |e| LogError::io(op, path, e);
     // Inside a torn frame whose header is intact, its (opaque) body is not
     // searched for frames: only what lies after its extent.
-    let skip = scan
-        .bad
-        .as_ref()
-        .and_then(|b| b.header)
-        .map_or(p, |fh| (p + fh.frame_len()).min(len));
+    let skip = scan.bad.as_ref().and_then(|b| b.header).map_or(p, |fh| (p + fh.frame_len()).min(len));
     let tail = scan_tail(file, p, skip, len).map_err(io_err("read"))?;
     if let Some((q, seq)) = tail.valid_frame {
-        let why = scan
-            .bad
-            .as_ref()
-            .map_or_else(String::new, |b| format!(" ({})", b.why));
+        let why = scan.bad.as_ref().map_or_else(String::new, |b| format!(" ({})", b.why));
         return Err(LogError::corrupt(
             path,
             p,
@@ -412,15 +327,10 @@ fn cut_tail(
         let mut at = p;
         while at <= z {
             let n = (z + 1 - at).min(zeros.len() as u64);
-            file.write_at(at, &zeros[..n as usize])
-                .map_err(io_err("write"))?;
+            file.write_at(at, &zeros[..n as usize]).map_err(io_err("write"))?;
             at += n;
         }
-        torn = Some(TornTail {
-            file: path.to_path_buf(),
-            offset: p,
-            bytes: z + 1 - p,
-        });
+        torn = Some(TornTail { file: path.to_path_buf(), offset: p, bytes: z + 1 - p });
     }
     if len < h.capacity {
         // A tail cut short (by a truncation): restore the preallocated length.
@@ -469,10 +379,7 @@ fn scan_tail(file: &dyn LogFile, p: u64, skip: u64, len: u64) -> std::io::Result
         }
         at += n;
     }
-    Ok(Tail {
-        valid_frame: found,
-        last_nonzero,
-    })
+    Ok(Tail { valid_frame: found, last_nonzero })
 }
 
 #[cfg(test)]
@@ -482,14 +389,8 @@ mod tests {
     #[test]
     fn segment_names_parse_only_in_the_exact_form() {
         assert_eq!(parse_segment_name("00000000000000000001.log"), Some(1));
-        assert_eq!(
-            parse_segment_name(&format!("{:020}.log", u64::MAX)),
-            Some(u64::MAX)
-        );
-        assert_eq!(
-            segment_path(Path::new("d"), 12),
-            Path::new("d/00000000000000000012.log")
-        );
+        assert_eq!(parse_segment_name(&format!("{:020}.log", u64::MAX)), Some(u64::MAX));
+        assert_eq!(segment_path(Path::new("d"), 12), Path::new("d/00000000000000000012.log"));
         for bad in [
             "1.log",
             "0000000000000000001.log",

@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::format::{
-    encode_frame, frame_len, Committed, SegmentHeader, FRAME_ALIGN, FRAME_HEADER_LEN, MAX_BODY,
-    SEGMENT_HEADER_LEN,
+    encode_frame, frame_len, Committed, SegmentHeader, FRAME_ALIGN, FRAME_HEADER_LEN, MAX_BODY, SEGMENT_HEADER_LEN,
 };
 use super::io::{LogFile, LogIo};
 use super::reader::{LogReader, Segment, Shared};
@@ -47,18 +46,11 @@ impl CommitLog {
     /// Open (or create) the log in `dir`, recovering it as the module docs
     /// describe. The report says what recovery found and did; the caller logs a
     /// torn tail or a removed segment.
-    pub fn open(
-        dir: &Path,
-        opts: LogOptions,
-        io: Arc<dyn LogIo>,
-    ) -> Result<(CommitLog, OpenReport), LogError> {
-        io.create_dir_all(dir)
-            .map_err(|e| LogError::io("create directory", dir, e))?;
+    pub fn open(dir: &Path, opts: LogOptions, io: Arc<dyn LogIo>) -> Result<(CommitLog, OpenReport), LogError> {
+        io.create_dir_all(dir).map_err(|e| LogError::io("create directory", dir, e))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = io.lock(&lock_path).map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock => LogError::Locked {
-                file: lock_path.clone(),
-            },
+            io::ErrorKind::WouldBlock => LogError::Locked { file: lock_path.clone() },
             _ => LogError::io("lock", &lock_path, e),
         })?;
         let rec = recover(dir, &*io)?;
@@ -77,12 +69,7 @@ impl CommitLog {
             })
             .collect();
         if segments.is_empty() {
-            let header = SegmentHeader {
-                id: 1,
-                prev_end: 0,
-                first_seq: 1,
-                capacity: segment_capacity(&opts, 0),
-            };
+            let header = SegmentHeader { id: 1, prev_end: 0, first_seq: 1, capacity: segment_capacity(&opts, 0) };
             let file = create_segment(&*io, dir, &header).map_err(|(e, _)| e)?;
             capacity = header.capacity;
             segments.push(Arc::new(Segment {
@@ -94,32 +81,22 @@ impl CommitLog {
             }));
         }
         let committed_path = dir.join(COMMITTED_FILE);
-        let committed = io
-            .open_committed(&committed_path)
-            .map_err(|e| LogError::io("open", &committed_path, e))?;
+        let committed = io.open_committed(&committed_path).map_err(|e| LogError::io("open", &committed_path, e))?;
         let active = segments.last().unwrap().clone();
         let pos = active.end.load(Ordering::Relaxed);
         let report = OpenReport {
             torn_tail: rec.torn_tail,
             removed_segment: rec.removed_segment,
             segments: segments.len(),
-            end: Position {
-                segment: active.id,
-                pos,
-            },
+            end: Position { segment: active.id, pos },
             frames: rec.next_seq - 1,
-            committed: rec.committed.map(|c| Position {
-                segment: c.segment,
-                pos: c.pos,
-            }),
+            committed: rec.committed.map(|c| Position { segment: c.segment, pos: c.pos }),
         };
         let log = CommitLog {
             dir: dir.to_path_buf(),
             opts,
             io,
-            shared: Arc::new(Shared {
-                segments: RwLock::new(segments),
-            }),
+            shared: Arc::new(Shared { segments: RwLock::new(segments) }),
             active,
             capacity,
             pos,
@@ -168,26 +145,15 @@ impl CommitLog {
         // Not synced: it survives the process, not necessarily the machine (see
         // the module docs). The frame is durable either way, so a failure here
         // only costs recovery some knowledge.
-        let record = Committed {
-            segment: seg.id,
-            pos: end,
-            seq,
-        }
-        .encode();
+        let record = Committed { segment: seg.id, pos: end, seq }.encode();
         if let Err(e) = self.committed.write_at(0, &record) {
-            tracing::warn!(
-                "commit log: updating {} failed: {e}",
-                self.committed_path.display()
-            );
+            tracing::warn!("commit log: updating {} failed: {e}", self.committed_path.display());
         }
         Ok(Appended {
             segment: seg.id,
             frame_pos: pos,
             body_pos: pos + FRAME_HEADER_LEN,
-            end: Position {
-                segment: seg.id,
-                pos: end,
-            },
+            end: Position { segment: seg.id, pos: end },
             seq,
         })
     }
@@ -195,17 +161,12 @@ impl CommitLog {
     /// The durable end: where the last acknowledged frame ends (the start of
     /// the last segment if it has no frame yet).
     pub fn end(&self) -> Position {
-        Position {
-            segment: self.active.id,
-            pos: self.pos,
-        }
+        Position { segment: self.active.id, pos: self.pos }
     }
 
     /// A reader sharing this log's segments.
     pub fn reader(&self) -> LogReader {
-        LogReader {
-            shared: self.shared.clone(),
-        }
+        LogReader { shared: self.shared.clone() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -215,12 +176,8 @@ impl CommitLog {
     /// Clean shutdown: make `COMMITTED` durable too, so the next open knows the
     /// committed end even after a power loss.
     pub fn close(self) -> Result<(), LogError> {
-        self.committed
-            .sync_data()
-            .map_err(|e| LogError::io("fdatasync", &self.committed_path, e))?;
-        self.io
-            .sync_dir(&self.dir)
-            .map_err(|e| LogError::io("sync directory", &self.dir, e))
+        self.committed.sync_data().map_err(|e| LogError::io("fdatasync", &self.committed_path, e))?;
+        self.io.sync_dir(&self.dir).map_err(|e| LogError::io("sync directory", &self.dir, e))
     }
 
     /// A write of the frame at `pos` failed, after writing any part of it: put
@@ -228,10 +185,7 @@ impl CommitLog {
     /// that fails too, the segment is given up as after a failed sync.
     fn undo_write(&mut self, pos: u64, len: u64) {
         let file = &self.active.file;
-        if write_zeros(&**file, pos, len)
-            .and_then(|()| file.sync_data())
-            .is_err()
-        {
+        if write_zeros(&**file, pos, len).and_then(|()| file.sync_data()).is_err() {
             self.abandon_segment(pos, len);
         }
     }
@@ -246,10 +200,7 @@ impl CommitLog {
     fn abandon_segment(&mut self, pos: u64, len: u64) {
         self.must_roll = true;
         let file = &self.active.file;
-        if file
-            .write_at(pos, &[0u8; FRAME_HEADER_LEN as usize])
-            .is_ok()
-        {
+        if file.write_at(pos, &[0u8; FRAME_HEADER_LEN as usize]).is_ok() {
             let _ = file.sync_data();
         }
         let _ = self.roll(len);
@@ -296,9 +247,7 @@ impl CommitLog {
 
 /// Length of a new segment that must hold a frame of `need` bytes.
 fn segment_capacity(opts: &LogOptions, need: u64) -> u64 {
-    opts.segment_bytes
-        .max(SEGMENT_HEADER_LEN + need)
-        .next_multiple_of(FRAME_ALIGN)
+    opts.segment_bytes.max(SEGMENT_HEADER_LEN + need).next_multiple_of(FRAME_ALIGN)
 }
 
 /// Create a segment durably: the file, preallocated, its header, `fsync`, then
@@ -325,13 +274,10 @@ fn create_segment(
     let file = match io.create_segment(&path, header.capacity) {
         Ok(file) => file,
         // Never remove a file this call did not create.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err((LogError::io("create", &path, e), None))
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err((LogError::io("create", &path, e), None)),
         Err(e) => return Err(fail("create", e)),
     };
-    file.write_at(0, &header.encode())
-        .map_err(|e| fail("write", e))?;
+    file.write_at(0, &header.encode()).map_err(|e| fail("write", e))?;
     file.sync_all().map_err(|e| fail("fsync", e))?;
     io.sync_dir(dir).map_err(|e| fail("sync directory", e))?;
     Ok(file)

@@ -9,10 +9,7 @@ use crate::journal::log::format::{frame_len, SEGMENT_HEADER_LEN};
 fn appended_frames_read_back_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, report) = open(dir.path(), 1 << 20).unwrap();
-    assert_eq!(
-        (report.segments, report.frames, report.end),
-        (1, 0, Position::START)
-    );
+    assert_eq!((report.segments, report.frames, report.end), (1, 0, Position::START));
     assert_eq!((report.torn_tail.clone(), report.committed), (None, None));
     let reader = log.reader();
     let mut expect = Vec::new();
@@ -20,50 +17,26 @@ fn appended_frames_read_back_and_survive_reopen() {
     for i in 0..40u64 {
         let b = body(i, (i as usize * 13) % 200);
         let a = log.append(1000 + i, &b).unwrap();
-        assert_eq!(
-            (a.segment, a.frame_pos, a.body_pos, a.seq),
-            (1, end.pos, end.pos + 32, i + 1)
-        );
-        assert_eq!(
-            a.end,
-            Position {
-                segment: 1,
-                pos: end.pos + frame_len(b.len())
-            }
-        );
+        assert_eq!((a.segment, a.frame_pos, a.body_pos, a.seq), (1, end.pos, end.pos + 32, i + 1));
+        assert_eq!(a.end, Position { segment: 1, pos: end.pos + frame_len(b.len()) });
         assert_eq!(log.end(), a.end);
         assert_eq!(reader.end(), a.end);
-        assert_eq!(
-            *reader.read(a.segment, a.body_pos, b.len() as u32).unwrap(),
-            b[..]
-        );
+        assert_eq!(*reader.read(a.segment, a.body_pos, b.len() as u32).unwrap(), b[..]);
         end = a.end;
         expect.push((1000 + i, b));
     }
     assert_eq!(frames(&reader), expect);
-    let all: Vec<Frame> = reader
-        .frames_from(Position::START)
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(
-        all.iter().map(|f| f.seq).collect::<Vec<_>>(),
-        (1..=40).collect::<Vec<_>>()
-    );
+    let all: Vec<Frame> = reader.frames_from(Position::START).map(Result::unwrap).collect();
+    assert_eq!(all.iter().map(|f| f.seq).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>());
     assert!(all.windows(2).all(|w| w[0].end == w[1].start));
     // From the middle, and from the end.
-    let tail: Vec<_> = reader
-        .frames_from(all[30].start)
-        .map(|f| f.unwrap().seq)
-        .collect();
+    let tail: Vec<_> = reader.frames_from(all[30].start).map(|f| f.unwrap().seq).collect();
     assert_eq!(tail, (31..=40).collect::<Vec<_>>());
     assert_eq!(reader.frames_from(end).count(), 0);
     log.close().unwrap();
 
     let (mut log, report) = open(dir.path(), 1 << 20).unwrap();
-    assert_eq!(
-        (report.segments, report.frames, report.end, report.committed),
-        (1, 40, end, Some(end))
-    );
+    assert_eq!((report.segments, report.frames, report.end, report.committed), (1, 40, end, Some(end)));
     assert_eq!(report.torn_tail, None);
     assert_eq!(frames(&log.reader()), expect);
     let a = log.append(7, b"after reopen").unwrap();
@@ -84,39 +57,26 @@ fn small_segments_roll_and_chain_across_reopen() {
     for i in 0..50u64 {
         let b = body(i, 40 + (i as usize % 3) * 20);
         let a = log.append(i, &b).unwrap();
-        assert!(
-            a.end.pos <= 256,
-            "a frame that fits a segment stays inside it"
-        );
+        assert!(a.end.pos <= 256, "a frame that fits a segment stays inside it");
         appended.push(a);
         expect.push((i, b));
     }
     let segments = appended.last().unwrap().segment;
     assert!(segments >= 10, "{segments} segments");
-    assert!(appended.windows(2).all(|w| w[1].segment == w[0].segment
-        || (w[1].segment == w[0].segment + 1 && w[1].frame_pos == SEGMENT_HEADER_LEN)));
+    assert!(appended
+        .windows(2)
+        .all(|w| w[1].segment == w[0].segment
+            || (w[1].segment == w[0].segment + 1 && w[1].frame_pos == SEGMENT_HEADER_LEN)));
     for id in 1..=segments {
-        assert_eq!(
-            std::fs::metadata(segment_file(dir.path(), id))
-                .unwrap()
-                .len(),
-            256,
-            "segments are preallocated"
-        );
+        assert_eq!(std::fs::metadata(segment_file(dir.path(), id)).unwrap().len(), 256, "segments are preallocated");
     }
     let reader = log.reader();
     assert_eq!(frames(&reader), expect);
     // Reading from the start of a later segment and from the end of an earlier one.
     let from = appended.iter().position(|a| a.segment == 3).unwrap();
-    let seqs: Vec<u64> = reader
-        .frames_from(Position { segment: 3, pos: 0 })
-        .map(|f| f.unwrap().seq)
-        .collect();
+    let seqs: Vec<u64> = reader.frames_from(Position { segment: 3, pos: 0 }).map(|f| f.unwrap().seq).collect();
     assert_eq!(seqs, (from as u64 + 1..=50).collect::<Vec<_>>());
-    let seqs: Vec<u64> = reader
-        .frames_from(appended[from - 1].end)
-        .map(|f| f.unwrap().seq)
-        .collect();
+    let seqs: Vec<u64> = reader.frames_from(appended[from - 1].end).map(|f| f.unwrap().seq).collect();
     assert_eq!(seqs.first(), Some(&(from as u64 + 1)));
     log.close().unwrap();
     let (log, report) = open(dir.path(), 256).unwrap();
@@ -132,9 +92,7 @@ fn oversized_frame_gets_a_segment_sized_for_it() {
     let big = body(2, 3000);
     let a = log.append(2, &big).unwrap();
     assert_eq!((a.segment, a.frame_pos), (2, SEGMENT_HEADER_LEN));
-    let len = std::fs::metadata(segment_file(dir.path(), 2))
-        .unwrap()
-        .len();
+    let len = std::fs::metadata(segment_file(dir.path(), 2)).unwrap().len();
     assert!(len >= SEGMENT_HEADER_LEN + frame_len(3000), "{len}");
     let c = log.append(3, &body(3, 10)).unwrap();
     assert_eq!(c.segment, 3, "the oversized segment is full");
@@ -158,11 +116,7 @@ fn readers_see_every_frame_while_the_writer_appends() {
         std::thread::spawn(move || {
             for (i, a) in rx.into_iter().enumerate() {
                 let b = body(i as u64, (i * 7) % 300);
-                assert_eq!(
-                    *reader.read(a.segment, a.body_pos, b.len() as u32).unwrap(),
-                    b[..],
-                    "frame {i}"
-                );
+                assert_eq!(*reader.read(a.segment, a.body_pos, b.len() as u32).unwrap(), b[..], "frame {i}");
             }
         })
     };
@@ -199,27 +153,15 @@ fn reads_at_or_past_the_durable_end_are_refused() {
     let a = log.append(1, b"abc").unwrap();
     let r = log.reader();
     assert_eq!(*r.read(1, a.body_pos, 3).unwrap(), *b"abc");
-    assert!(matches!(
-        r.read(1, a.body_pos, 100),
-        Err(LogError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        r.read(1, a.end.pos, 1),
-        Err(LogError::OutOfRange { .. })
-    ));
+    assert!(matches!(r.read(1, a.body_pos, 100), Err(LogError::OutOfRange { .. })));
+    assert!(matches!(r.read(1, a.end.pos, 1), Err(LogError::OutOfRange { .. })));
     assert!(matches!(r.read(2, 64, 1), Err(LogError::OutOfRange { .. })));
     assert!(matches!(r.read(0, 64, 1), Err(LogError::OutOfRange { .. })));
-    let mut it = r.frames_from(Position {
-        segment: 1,
-        pos: a.end.pos + 8,
-    });
+    let mut it = r.frames_from(Position { segment: 1, pos: a.end.pos + 8 });
     assert!(matches!(it.next(), Some(Err(LogError::OutOfRange { .. }))));
     assert!(it.next().is_none());
     // Not at a frame start: the frame check fails.
-    let mut it = r.frames_from(Position {
-        segment: 1,
-        pos: a.frame_pos + 8,
-    });
+    let mut it = r.frames_from(Position { segment: 1, pos: a.frame_pos + 8 });
     assert!(matches!(it.next(), Some(Err(LogError::Corrupt { .. }))));
 }
 
@@ -229,21 +171,14 @@ fn a_second_writer_is_locked_out() {
     let (log, _) = open(dir.path(), 4096).unwrap();
     let err = open(dir.path(), 4096).err().unwrap();
     assert!(matches!(err, LogError::Locked { .. }), "{err}");
-    assert!(
-        err.to_string().contains("locked by another process"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("locked by another process"), "{err}");
     drop(log);
     open(dir.path(), 4096).unwrap();
 }
 
 #[test]
 fn errors_tell_the_operator_what_and_where() {
-    let corrupt = LogError::corrupt(
-        "/data/log/00000000000000000003.log",
-        4160,
-        "frame checksum mismatch",
-    );
+    let corrupt = LogError::corrupt("/data/log/00000000000000000003.log", 4160, "frame checksum mismatch");
     let text = corrupt.to_string();
     for part in [
         "/data/log/00000000000000000003.log",
@@ -255,11 +190,8 @@ fn errors_tell_the_operator_what_and_where() {
         assert!(text.contains(part), "{text}");
     }
     assert!(!text.contains("another process"), "{text}");
-    let io = LogError::io(
-        "create",
-        "/data/log/00000000000000000004.log",
-        std::io::Error::from_raw_os_error(libc::ENOSPC),
-    );
+    let io =
+        LogError::io("create", "/data/log/00000000000000000004.log", std::io::Error::from_raw_os_error(libc::ENOSPC));
     let text = io.to_string();
     assert!(
         text.contains("No space left on device")
@@ -267,9 +199,7 @@ fn errors_tell_the_operator_what_and_where() {
             && text.contains("create"),
         "{text}"
     );
-    assert!(LogError::TooLarge { len: usize::MAX }
-        .to_string()
-        .contains("larger than the maximum"));
+    assert!(LogError::TooLarge { len: usize::MAX }.to_string().contains("larger than the maximum"));
 }
 
 #[test]
@@ -280,10 +210,7 @@ fn bench_appends_measures_both_sides() {
     let (log, report) = open(&dir.path().join("log"), 64 << 20).unwrap();
     assert_eq!(report.frames, 5);
     assert_eq!(frames(&log.reader()).len(), 5);
-    assert_eq!(
-        std::fs::metadata(dir.path().join("raw")).unwrap().len(),
-        500
-    );
+    assert_eq!(std::fs::metadata(dir.path().join("raw")).unwrap().len(), 500);
 }
 
 #[test]

@@ -27,11 +27,7 @@ fn a_failed_write_leaves_nothing_and_the_next_append_works() {
         }
     }
     assert_eq!((run.ok.len(), run.io.injected()), (9, 1));
-    assert_eq!(
-        run.log().end().segment,
-        1,
-        "a failed write does not give up the segment"
-    );
+    assert_eq!(run.log().end().segment, 1, "a failed write does not give up the segment");
     run.check();
     let report = run.restart();
     assert_eq!(report.torn_tail, None);
@@ -66,13 +62,7 @@ fn a_failed_fdatasync_voids_the_frame_even_when_it_is_on_disk() {
     // The frame reached the disk (the injected failure comes after a real sync).
     assert!(run.on_disk(&failed));
     // The log moved on to a new segment whose prev_end excludes it.
-    assert_eq!(
-        run.log().end(),
-        Position {
-            segment: 2,
-            pos: 64
-        }
-    );
+    assert_eq!(run.log().end(), Position { segment: 2, pos: 64 });
     for _ in 0..5 {
         run.append(40).unwrap();
     }
@@ -85,10 +75,7 @@ fn a_failed_fdatasync_voids_the_frame_even_when_it_is_on_disk() {
     patch(&segment_file(run.dir.path(), 1), before.end.pos, &frame);
     let report = run.restart();
     assert_eq!(report.torn_tail, None);
-    assert!(
-        run.on_disk(&frame),
-        "the void frame is still there, and ignored"
-    );
+    assert!(run.on_disk(&frame), "the void frame is still there, and ignored");
 }
 
 #[test]
@@ -121,11 +108,7 @@ fn no_space_at_segment_creation_fails_only_that_append() {
         run.io.no_space(When::Nth(1));
         let e = run.append(40).unwrap_err();
         match &e {
-            LogError::Io {
-                op: "create",
-                source,
-                file,
-            } => {
+            LogError::Io { op: "create", source, file } => {
                 assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
                 assert!(!file.exists(), "the partial segment was removed");
                 assert!(e.to_string().contains("No space left on device"), "{e}");
@@ -151,11 +134,7 @@ fn a_failed_fdatasync_without_space_to_roll_fails_appends_until_a_roll_succeeds(
     for _ in 0..3 {
         // Never acknowledged in the segment whose sync failed.
         match run.append(40).unwrap_err() {
-            LogError::Io {
-                op: "create",
-                source,
-                ..
-            } => assert_eq!(source.raw_os_error(), Some(libc::ENOSPC)),
+            LogError::Io { op: "create", source, .. } => assert_eq!(source.raw_os_error(), Some(libc::ENOSPC)),
             other => panic!("{other}"),
         }
         assert_eq!(run.log().end().segment, 1);
@@ -180,10 +159,7 @@ fn killed_after_a_failed_fdatasync_and_a_failed_roll_restarts_without_the_frame(
     // end, with its header zeroed; the restart cuts it as a torn tail.
     let report = run.restart();
     let torn = report.torn_tail.expect("the void frame is cut");
-    assert_eq!(
-        (torn.file, torn.offset),
-        (segment_file(run.dir.path(), 1), run.log().end().pos)
-    );
+    assert_eq!((torn.file, torn.offset), (segment_file(run.dir.path(), 1), run.log().end().pos));
     assert!(!run.on_disk(run.failed.last().unwrap()));
     run.append(40).unwrap();
     run.restart();

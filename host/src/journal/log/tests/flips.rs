@@ -33,14 +33,8 @@ fn every_flipped_byte_is_refused_or_harmless() {
     let segments = appended.last().unwrap().segment;
     assert!(segments >= 3, "{segments} segments");
     // Where the frames of each segment end.
-    let frames_end = |id: u64| {
-        appended
-            .iter()
-            .filter(|a| a.segment == id)
-            .map(|a| a.end.pos)
-            .max()
-            .unwrap_or(SEGMENT_HEADER_LEN)
-    };
+    let frames_end =
+        |id: u64| appended.iter().filter(|a| a.segment == id).map(|a| a.end.pos).max().unwrap_or(SEGMENT_HEADER_LEN);
 
     // Each file with the outcome expected for a flip at byte `b`.
     type Expected = Box<dyn Fn(u64) -> Outcome>;
@@ -48,10 +42,7 @@ fn every_flipped_byte_is_refused_or_harmless() {
     for id in 1..=segments {
         let end = frames_end(id);
         let last = id == segments;
-        let name = segment_file(Path::new(""), id)
-            .to_str()
-            .unwrap()
-            .to_string();
+        let name = segment_file(Path::new(""), id).to_str().unwrap().to_string();
         files.push((
             name,
             Box::new(move |b| {
@@ -92,10 +83,7 @@ fn every_flipped_byte_is_refused_or_harmless() {
                         match report.torn_tail {
                             None => Outcome::Intact,
                             Some(t) => {
-                                assert_eq!(
-                                    (t.file, t.offset),
-                                    (path.clone(), frames_end(segments))
-                                );
+                                assert_eq!((t.file, t.offset), (path.clone(), frames_end(segments)));
                                 drop(log);
                                 let (log, again) = open(case.path(), SEGMENT).unwrap();
                                 assert_eq!(again.torn_tail, None, "the cut is durable");
@@ -118,13 +106,8 @@ fn every_flipped_byte_is_refused_or_harmless() {
             }
         }
     }
-    let total = tally
-        .values()
-        .fold([0u64; 3], |a, t| [a[0] + t[0], a[1] + t[1], a[2] + t[2]]);
-    println!(
-        "flipped-byte tally ({cases} flips: every byte of {} files x masks 0x01, 0x80, 0xff):",
-        files.len()
-    );
+    let total = tally.values().fold([0u64; 3], |a, t| [a[0] + t[0], a[1] + t[1], a[2] + t[2]]);
+    println!("flipped-byte tally ({cases} flips: every byte of {} files x masks 0x01, 0x80, 0xff):", files.len());
     for (region, [refused, intact, cut]) in &tally {
         println!("  {region:<36} refused {refused:>5}  intact {intact:>5}  intact+torn-tail-cut {cut:>5}");
     }

@@ -34,17 +34,12 @@ pub(super) fn open_with(
 
 /// A body of `len` bytes for frame `i`: no zero byte, different per frame.
 pub(super) fn body(i: u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|j| ((i as usize * 31 + j * 7) % 255) as u8 + 1)
-        .collect()
+    (0..len).map(|j| ((i as usize * 31 + j * 7) % 255) as u8 + 1).collect()
 }
 
 /// Every frame of the log as `(first_offset, body)`, failing on any error.
 pub(super) fn frames(reader: &LogReader) -> Vec<(u64, Vec<u8>)> {
-    reader
-        .frames_from(Position::START)
-        .map(|f| f.map(|f| (f.first_offset, f.body)).unwrap())
-        .collect()
+    reader.frames_from(Position::START).map(|f| f.map(|f| (f.first_offset, f.body)).unwrap()).collect()
 }
 
 pub(super) fn segment_file(dir: &Path, id: u64) -> PathBuf {
@@ -68,23 +63,13 @@ pub(super) fn is_corrupt_in(r: &Result<(CommitLog, OpenReport), LogError>, file:
 
 /// The first `n` bytes of a file.
 pub(super) fn truncate(path: &Path, n: u64) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_len(n)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(n).unwrap();
 }
 
 /// Overwrite bytes of a file at `pos`.
 pub(super) fn patch(path: &Path, pos: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .write_all_at(bytes, pos)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, pos).unwrap();
 }
 
 /// Appends checked against what was acknowledged.
@@ -103,15 +88,7 @@ impl Run {
         let dir = tempfile::tempdir().unwrap();
         let io = FaultyIo::new();
         let (log, _) = open_with(dir.path(), segment_bytes, &io).unwrap();
-        Run {
-            dir,
-            io,
-            segment_bytes,
-            log: Some(log),
-            ok: Vec::new(),
-            failed: Vec::new(),
-            next: 0,
-        }
+        Run { dir, io, segment_bytes, log: Some(log), ok: Vec::new(), failed: Vec::new(), next: 0 }
     }
 
     pub fn log(&mut self) -> &mut CommitLog {
@@ -129,10 +106,7 @@ impl Run {
         match &r {
             Ok(a) => {
                 let reader = self.log().reader();
-                assert_eq!(
-                    *reader.read(a.segment, a.body_pos, b.len() as u32).unwrap(),
-                    b[..]
-                );
+                assert_eq!(*reader.read(a.segment, a.body_pos, b.len() as u32).unwrap(), b[..]);
                 assert_eq!(reader.end(), a.end);
                 self.ok.push((i, b));
             }

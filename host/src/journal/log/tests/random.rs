@@ -45,11 +45,7 @@ fn random_appends_faults_and_restarts_keep_exactly_the_acknowledged_frames() {
                 11..=12 => run.io.clear(),
                 13..=15 => run.check(),
                 r => {
-                    let len = if r < 18 {
-                        500 + rng.below(400)
-                    } else {
-                        8 + rng.below(200)
-                    };
+                    let len = if r < 18 { 500 + rng.below(400) } else { 8 + rng.below(200) };
                     failed += run.append(len as usize).is_err() as u64;
                 }
             }
@@ -59,11 +55,6 @@ fn random_appends_faults_and_restarts_keep_exactly_the_acknowledged_frames() {
         run.append(10).unwrap();
         run.restart();
     }
-    println!(
-        "random runs: {failed} failed appends, {injected} faults injected, {restarts} restarts"
-    );
-    assert!(
-        failed > 20 && restarts > 10,
-        "{failed} failed appends, {restarts} restarts"
-    );
+    println!("random runs: {failed} failed appends, {injected} faults injected, {restarts} restarts");
+    assert!(failed > 20 && restarts > 10, "{failed} failed appends, {restarts} restarts");
 }

@@ -44,15 +44,7 @@ fn torn_setup(new_segment: bool) -> TornSetup {
     drop(log);
     let committed_after = std::fs::read(dir.path().join(COMMITTED)).unwrap();
     assert_ne!(committed_before, committed_after);
-    TornSetup {
-        dir,
-        segment_bytes,
-        before,
-        last,
-        last_body,
-        committed_before,
-        committed_after,
-    }
+    TornSetup { dir, segment_bytes, before, last, last_body, committed_before, committed_after }
 }
 
 /// A copy of the setup's log with frame N cut after `keep` bytes and the given
@@ -65,11 +57,7 @@ fn torn_copy(s: &TornSetup, cut: Cut, keep: u64, committed: &[u8]) -> (tempfile:
     let start = s.last.frame_pos;
     match cut {
         Cut::Truncate => truncate(&seg, start + keep),
-        Cut::Zero => patch(
-            &seg,
-            start + keep,
-            &vec![0u8; (32 + s.last_body.len()) - keep as usize],
-        ),
+        Cut::Zero => patch(&seg, start + keep, &vec![0u8; (32 + s.last_body.len()) - keep as usize]),
     }
     (case, seg)
 }
@@ -82,44 +70,17 @@ fn torn_tail_is_cut_at_every_byte(new_segment: bool) {
         for keep in 1..frame_bytes {
             let (case, seg) = torn_copy(&s, cut, keep, &s.committed_before);
             let what = format!("{cut:?} after {keep} bytes of the last frame");
-            let (mut log, report) =
-                open(case.path(), s.segment_bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
-            let torn = report
-                .torn_tail
-                .clone()
-                .unwrap_or_else(|| panic!("{what}: no torn tail reported"));
-            assert_eq!(
-                (torn.file, torn.offset),
-                (seg.clone(), s.last.frame_pos),
-                "{what}"
-            );
-            assert!(
-                torn.bytes >= 1 && torn.bytes <= keep,
-                "{what}: {} bytes cut",
-                torn.bytes
-            );
+            let (mut log, report) = open(case.path(), s.segment_bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let torn = report.torn_tail.clone().unwrap_or_else(|| panic!("{what}: no torn tail reported"));
+            assert_eq!((torn.file, torn.offset), (seg.clone(), s.last.frame_pos), "{what}");
+            assert!(torn.bytes >= 1 && torn.bytes <= keep, "{what}: {} bytes cut", torn.bytes);
             assert_eq!(report.frames, 3, "{what}");
-            assert_eq!(
-                report.end,
-                Position {
-                    segment: s.last.segment,
-                    pos: s.last.frame_pos
-                },
-                "{what}"
-            );
+            assert_eq!(report.end, Position { segment: s.last.segment, pos: s.last.frame_pos }, "{what}");
             assert_eq!(frames(&log.reader()), s.before, "{what}");
-            assert_eq!(
-                std::fs::metadata(&seg).unwrap().len(),
-                s.segment_bytes,
-                "{what}: preallocation restored"
-            );
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), s.segment_bytes, "{what}: preallocation restored");
             // The cut is durable and clean: the log goes on from there.
             let a = log.append(9, b"next").unwrap();
-            assert_eq!(
-                (a.seq, a.segment, a.frame_pos),
-                (4, s.last.segment, s.last.frame_pos),
-                "{what}"
-            );
+            assert_eq!((a.seq, a.segment, a.frame_pos), (4, s.last.segment, s.last.frame_pos), "{what}");
             drop(log);
             let (log, report) = open(case.path(), s.segment_bytes).unwrap();
             assert_eq!((report.torn_tail, report.frames), (None, 4), "{what}");
@@ -137,11 +98,7 @@ fn committed_torn_tail_is_refused_at_every_byte(new_segment: bool) {
         for keep in 0..frame_bytes {
             let (case, seg) = torn_copy(&s, cut, keep, &s.committed_after);
             let r = open(case.path(), s.segment_bytes);
-            assert!(
-                is_corrupt_in(&r, &seg),
-                "{cut:?} after {keep} bytes: {:?}",
-                r.as_ref().err()
-            );
+            assert!(is_corrupt_in(&r, &seg), "{cut:?} after {keep} bytes: {:?}", r.as_ref().err());
             let text = r.err().unwrap().to_string();
             assert!(text.contains("acknowledged data missing"), "{text}");
             // Nothing was cut: the file is as the copy left it.
@@ -177,9 +134,7 @@ fn torn_first_frame_of_a_new_segment_is_refused_at_every_byte_when_committed() {
 /// A log of 12 frames over several 256-byte segments, closed.
 fn closed_log(dir: &Path) -> Vec<Appended> {
     let (mut log, _) = open(dir, 256).unwrap();
-    let appended = (0..12)
-        .map(|i| log.append(i, &body(i, 40)).unwrap())
-        .collect();
+    let appended = (0..12).map(|i| log.append(i, &body(i, 40)).unwrap()).collect();
     log.close().unwrap();
     appended
 }
@@ -193,10 +148,7 @@ fn garbage_after_the_last_frame_is_a_torn_tail() {
     patch(&seg, last.end.pos + 8, b"not a frame");
     let (log, report) = open(dir.path(), 256).unwrap();
     let torn = report.torn_tail.unwrap();
-    assert_eq!(
-        (torn.file, torn.offset, torn.bytes),
-        (seg, last.end.pos, 8 + 11)
-    );
+    assert_eq!((torn.file, torn.offset, torn.bytes), (seg, last.end.pos, 8 + 11));
     assert_eq!(frames(&log.reader()).len(), 12);
 }
 
@@ -230,10 +182,7 @@ fn lost_committed_keeps_every_valid_frame() {
             Some(bytes) => std::fs::write(dir.path().join(COMMITTED), bytes).unwrap(),
         }
         let (log, report) = open(dir.path(), 256).unwrap();
-        assert_eq!(
-            (report.committed, report.torn_tail, report.frames),
-            (None, None, 12)
-        );
+        assert_eq!((report.committed, report.torn_tail, report.frames), (None, None, 12));
         assert_eq!(frames(&log.reader()).len(), 12);
     }
 }
@@ -245,11 +194,7 @@ fn torn_segment_creation_is_removed_and_reported() {
     let last = a.last().unwrap().segment;
     // A header half written (then zeros), a file created but never extended, a
     // file extended but without its header.
-    for content in [
-        [&b"MNEMELOG"[..], &[1, 0, 0, 0, 0, 0, 0, 0, 9]].concat(),
-        Vec::new(),
-        vec![0u8; 256],
-    ] {
+    for content in [[&b"MNEMELOG"[..], &[1, 0, 0, 0, 0, 0, 0, 0, 9]].concat(), Vec::new(), vec![0u8; 256]] {
         let case = tempfile::tempdir().unwrap();
         copy_log(dir.path(), case.path());
         let next = segment_file(case.path(), last + 1);
@@ -258,10 +203,7 @@ fn torn_segment_creation_is_removed_and_reported() {
         let removed = report.removed_segment.unwrap();
         assert_eq!(removed.file, next);
         assert!(!next.exists());
-        assert_eq!(
-            (report.segments as u64, report.frames, report.torn_tail),
-            (last, 12, None)
-        );
+        assert_eq!((report.segments as u64, report.frames, report.torn_tail), (last, 12, None));
         // The log rolls into that id again when it needs to.
         for i in 0..4 {
             log.append(100 + i, &body(i, 40)).unwrap();
@@ -309,22 +251,14 @@ fn missing_segments_are_corruption() {
     assert!(last >= 3);
     // In the middle; at the end (COMMITTED names it); all of them (COMMITTED
     // names the last).
-    for (gone, named) in [
-        (vec![2], 2),
-        (vec![last], last),
-        ((1..=last).collect::<Vec<_>>(), last),
-    ] {
+    for (gone, named) in [(vec![2], 2), (vec![last], last), ((1..=last).collect::<Vec<_>>(), last)] {
         let case = tempfile::tempdir().unwrap();
         copy_log(dir.path(), case.path());
         for id in &gone {
             std::fs::remove_file(segment_file(case.path(), *id)).unwrap();
         }
         let r = open(case.path(), 256);
-        assert!(
-            is_corrupt_in(&r, &segment_file(case.path(), named)),
-            "{gone:?}: {:?}",
-            r.err()
-        );
+        assert!(is_corrupt_in(&r, &segment_file(case.path(), named)), "{gone:?}: {:?}", r.err());
     }
 }
 
@@ -333,12 +267,7 @@ fn a_truncated_earlier_segment_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let a = closed_log(dir.path());
     let first = segment_file(dir.path(), 1);
-    let end_of_first = a
-        .iter()
-        .filter(|a| a.segment == 1)
-        .map(|a| a.end.pos)
-        .max()
-        .unwrap();
+    let end_of_first = a.iter().filter(|a| a.segment == 1).map(|a| a.end.pos).max().unwrap();
     truncate(&first, end_of_first - 10);
     match open(dir.path(), 256) {
         Err(LogError::Corrupt { file, what, .. }) => {
@@ -353,18 +282,9 @@ fn a_truncated_earlier_segment_is_corruption() {
 fn bytes_after_the_end_of_an_earlier_segment_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let a = closed_log(dir.path());
-    let end_of_first = a
-        .iter()
-        .filter(|a| a.segment == 1)
-        .map(|a| a.end.pos)
-        .max()
-        .unwrap();
+    let end_of_first = a.iter().filter(|a| a.segment == 1).map(|a| a.end.pos).max().unwrap();
     assert!(end_of_first < 256);
-    patch(
-        &segment_file(dir.path(), 1),
-        end_of_first,
-        b"MNFR from a failed sync",
-    );
+    patch(&segment_file(dir.path(), 1), end_of_first, b"MNFR from a failed sync");
     let (log, report) = open(dir.path(), 256).unwrap();
     assert_eq!((report.torn_tail, report.frames), (None, 12));
     assert_eq!(frames(&log.reader()).len(), 12);
@@ -378,10 +298,7 @@ fn a_fresh_directory_with_committed_but_no_segment_is_corruption() {
     std::fs::copy(fresh.path().join(COMMITTED), dir.path().join(COMMITTED)).unwrap();
     let r = open(dir.path(), 256);
     assert!(matches!(r, Err(LogError::Corrupt { .. })), "{:?}", r.err());
-    assert!(
-        !segment_file(dir.path(), 1).exists(),
-        "no new segment is made over missing data"
-    );
+    assert!(!segment_file(dir.path(), 1).exists(), "no new segment is made over missing data");
 }
 
 #[test]
@@ -416,21 +333,14 @@ fn a_valid_frame_in_the_wrong_place_is_corruption() {
             let (k, k1) = (here[0], here[1]);
             let seg = segment_file(case.path(), segment);
             let bytes = std::fs::read(&seg).unwrap();
-            patch(
-                &seg,
-                k1.frame_pos,
-                &bytes[k.frame_pos as usize..k.end.pos as usize],
-            );
+            patch(&seg, k1.frame_pos, &bytes[k.frame_pos as usize..k.end.pos as usize]);
             match open(case.path(), 256) {
                 Err(LogError::Corrupt { file, offset, what }) => {
                     assert_eq!(file, seg);
                     assert!(offset <= k1.frame_pos, "{offset}");
                     assert!(!what.is_empty());
                 }
-                other => panic!(
-                    "segment {segment}, committed {committed}: {:?}",
-                    other.map(|(_, r)| r)
-                ),
+                other => panic!("segment {segment}, committed {committed}: {:?}", other.map(|(_, r)| r)),
             }
         }
     }
@@ -440,19 +350,14 @@ fn a_valid_frame_in_the_wrong_place_is_corruption() {
 fn damage_after_open_is_reported_by_readers() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = open(dir.path(), 4096).unwrap();
-    let a: Vec<Appended> = (0..5)
-        .map(|i| log.append(i, &body(i, 30)).unwrap())
-        .collect();
+    let a: Vec<Appended> = (0..5).map(|i| log.append(i, &body(i, 30)).unwrap()).collect();
     patch(&segment_file(dir.path(), 1), a[2].body_pos + 1, b"\0");
     let got: Vec<Result<Frame, LogError>> = log.reader().frames_from(Position::START).collect();
     assert_eq!(got.len(), 3, "two frames, then the error, then nothing");
     assert!(got[0].is_ok() && got[1].is_ok());
     match &got[2] {
         Err(LogError::Corrupt { file, offset, .. }) => {
-            assert_eq!(
-                (file, *offset),
-                (&segment_file(dir.path(), 1), a[2].frame_pos)
-            )
+            assert_eq!((file, *offset), (&segment_file(dir.path(), 1), a[2].frame_pos))
         }
         other => panic!("{other:?}"),
     }
