@@ -68,7 +68,25 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path, components: &Path, extra: &[&str]) -> Server {
+        match Server::try_start(data, components, extra, None) {
+            Ok(server) => server,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// Like [`Server::start`], but a server that exits during start is an `Err`
+    /// with its exit status and what it wrote (when `stderr` names a file to send
+    /// its stdout and stderr to; else they are inherited).
+    pub fn try_start(data: &Path, components: &Path, extra: &[&str], stderr: Option<&Path>) -> Result<Server, String> {
         let port = free_port();
+        // Logs (stdout) and errors (stderr) into one file, both appending.
+        let (out, err) = match stderr {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+                (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+            }
+            None => (Stdio::inherit(), Stdio::inherit()),
+        };
         let child = Command::new(mneme_bin())
             .arg("serve")
             .arg("--data")
@@ -80,6 +98,8 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "mneme=warn".into()))
             .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("start mneme");
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -88,19 +108,27 @@ impl Server {
             .build()
             .into();
         let mut server = Server { child, url: format!("http://127.0.0.1:{port}"), agent };
-        server.wait_ready();
-        server
+        server.wait_ready().map_err(|status| {
+            let text = stderr.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
+            format!("mneme exited during start: {status}\n{text}")
+        })?;
+        Ok(server)
     }
 
-    fn wait_ready(&mut self) {
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("mneme exited during start: {status}");
+                return Err(status);
             }
             if let Ok(r) = self.agent.get(format!("{}/health", self.url)).call() {
                 if r.status() == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             std::thread::sleep(Duration::from_millis(50));

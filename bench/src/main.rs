@@ -20,8 +20,8 @@ struct Args {
     /// Smaller runs: a smoke check, not figures to publish.
     #[arg(long)]
     quick: bool,
-    /// Journal backend for the engine scenarios: fjall or sled.
-    #[arg(long, default_value = "fjall")]
+    /// Journal backend for the engine scenarios: log or sled.
+    #[arg(long, default_value = "log")]
     journal: String,
     /// Run only the scenarios whose name contains this.
     #[arg(long)]

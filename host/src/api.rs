@@ -62,11 +62,14 @@ impl From<CommandError> for ApiError {
             CommandError::InvalidId(_) | CommandError::Malformed(_) => StatusCode::BAD_REQUEST,
             CommandError::Unhandled { .. } => StatusCode::CONFLICT,
             CommandError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            CommandError::GuestFault { .. } | CommandError::RecoveryFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            CommandError::GuestFault { .. } | CommandError::RecoveryFailed { .. } | CommandError::JournalCorrupt(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             CommandError::StashFull(..)
             | CommandError::WriteFailed(_)
             | CommandError::Dropped(_)
-            | CommandError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | CommandError::ShuttingDown
+            | CommandError::JournalUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }
@@ -208,8 +211,15 @@ impl Page {
     }
 }
 
+/// Storage trouble is temporary (503); damage and refusals are not.
 fn journal_error(e: crate::journal::JournalError) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    use crate::journal::JournalError;
+    let status = match &e {
+        JournalError::Storage(_) | JournalError::Locked(_) => StatusCode::SERVICE_UNAVAILABLE,
+        JournalError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        JournalError::Invalid(_) => StatusCode::BAD_REQUEST,
+    };
+    ApiError(status, e.to_string())
 }
 
 /// Run storage or compilation work off the async workers.
@@ -327,10 +337,19 @@ async fn activate_component(
     Ok(Json(component_json(&loaded, app.engine.registry().versions(&entity_type))))
 }
 
-async fn health(State(app): State<AppState>) -> Json<Value> {
-    Json(
-        json!({ "status": "ok", "components": app.engine.registry().list().len(), "writer_id": app.engine.writer_id() }),
-    )
+/// `200` when the journal can write; `503` with the reason while it cannot (the
+/// last write failed and none has succeeded since, e.g. a full disk).
+async fn health(State(app): State<AppState>) -> Response {
+    let components = app.engine.registry().list().len();
+    let writer_id = app.engine.writer_id();
+    match app.engine.journal().health() {
+        Ok(()) => Json(json!({ "status": "ok", "components": components, "writer_id": writer_id })).into_response(),
+        Err(why) => {
+            let body = json!({ "status": "unavailable", "error": format!("journal cannot write: {why}"),
+                               "components": components, "writer_id": writer_id });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {

@@ -73,6 +73,20 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Check or rebuild a data directory's journal (not while a server uses it).
+    Journal {
+        #[command(subcommand)]
+        action: JournalAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JournalAction {
+    /// Read every frame and record of the commit log and every index entry; report
+    /// what is wrong. Exit status 1 if anything is damaged.
+    Verify { data: PathBuf },
+    /// Rebuild the index from the commit log (the log is the source of truth).
+    Reindex { data: PathBuf },
 }
 
 #[derive(Args)]
@@ -92,9 +106,14 @@ pub struct ServeArgs {
     pub components: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Journal backend (a data directory keeps the one it was created with).
-    #[arg(long, default_value = "fjall", value_parser = crate::journal::Backend::NAMES)]
-    pub journal: String,
+    /// Journal backend: `log` (mneme's commit log with a fjall index) or `sled`. A
+    /// data directory keeps the one it was created with.
+    #[arg(long, default_value = "log", value_parser = crate::journal::Backend::parse)]
+    pub journal: crate::journal::Backend,
+    /// Size of a new commit-log segment, in MiB (preallocated; a full disk shows
+    /// when a segment is created).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub log_segment_mb: u64,
     /// Shards (threads running entities); default: number of cores.
     #[arg(long)]
     pub shards: Option<usize>,
@@ -156,7 +175,10 @@ impl ServeArgs {
             data: self.data,
             components: self.components,
             listen: self.listen,
-            journal: crate::journal::Backend::parse(&self.journal).expect("validated by clap"),
+            journal: crate::journal::JournalOptions {
+                backend: self.journal,
+                log_segment_bytes: self.log_segment_mb << 20,
+            },
             engine,
             sandbox: SandboxLimits {
                 memory_bytes: self.memory_limit_mb << 20,
@@ -220,6 +242,7 @@ fn encode(s: &str) -> String {
 pub fn run_client(command: Command) -> anyhow::Result<i32> {
     let (server, method, path, body) = match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
+        Command::Journal { action } => return run_journal(action),
         Command::Send { entity_type, entity_id, command, server } => {
             let body = match command.as_deref() {
                 None | Some("-") => {
@@ -270,5 +293,49 @@ pub fn run_client(command: Command) -> anyhow::Result<i32> {
     } else {
         eprintln!("error {status}: {text}");
         Ok(1)
+    }
+}
+
+/// `mneme journal verify|reindex DATA`: work on the files directly.
+fn run_journal(action: JournalAction) -> anyhow::Result<i32> {
+    match action {
+        JournalAction::Verify { data } => {
+            let report = crate::journal::verify::verify(&data)?;
+            println!(
+                "{}: {} segments, {} frames, {} events, {} snapshots, {} stored timers",
+                data.display(),
+                report.segments,
+                report.frames,
+                report.events,
+                report.snapshots,
+                report.timers
+            );
+            for note in &report.notes {
+                println!("note: {note}");
+            }
+            for problem in &report.problems {
+                println!("DAMAGED: {problem}");
+            }
+            if report.problems.is_empty() {
+                println!("ok: no damage found");
+                Ok(0)
+            } else {
+                println!(
+                    "{} problem(s). The commit log is the source of truth: if only the index is damaged, \
+                     `mneme journal reindex {}` rebuilds it; damage in the log itself means acknowledged data is \
+                     affected: restore the data directory from a backup",
+                    report.problems.len(),
+                    data.display()
+                );
+                Ok(1)
+            }
+        }
+        JournalAction::Reindex { data } => {
+            let started = std::time::Instant::now();
+            let frames = crate::journal::log_journal::reindex(&data)?;
+            let secs = started.elapsed().as_secs_f64();
+            println!("{}: indexed {frames} frames in {secs:.2} s", data.display());
+            Ok(0)
+        }
     }
 }

@@ -34,6 +34,14 @@ pub enum CommandError {
     /// recovers from the journal on its next command.
     #[error("journal write failed, nothing persisted: {0}")]
     WriteFailed(String),
+    /// The journal cannot be read or written right now (a full disk, an I/O
+    /// error); it may work again later. Nothing of the command was persisted.
+    #[error("journal unavailable: {0}")]
+    JournalUnavailable(String),
+    /// A record the command needed is damaged (checksum mismatch, an index entry
+    /// pointing elsewhere): reported, never served.
+    #[error("{0}")]
+    JournalCorrupt(String),
     /// Recovery of the entity from the journal failed.
     #[error("recovery of `{pid}` failed: {reason}")]
     RecoveryFailed { pid: String, reason: String },

@@ -39,6 +39,7 @@ counters! {
     stash_overflows_total: "Commands refused because a stash was full.",
     events_persisted_total: "Events made durable.",
     journal_writes_total: "Durable journal writes (group commits).",
+    journal_write_failures_total: "Journal writes that failed (nothing of them was stored).",
     snapshots_total: "Snapshots written.",
     recoveries_total: "Entity recoveries.",
     passivations_total: "Entities passivated (stop, idle, restart).",

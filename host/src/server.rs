@@ -13,13 +13,13 @@ use crate::api::{self, ApiConfig};
 use crate::component::{sandbox::Runtime, Registry, SandboxLimits};
 use crate::config::EngineConfig;
 use crate::engine::Engine;
-use crate::journal::{self, Backend};
+use crate::journal::{self, JournalOptions};
 
 pub struct ServeConfig {
     pub data: PathBuf,
     pub components: Option<PathBuf>,
     pub listen: SocketAddr,
-    pub journal: Backend,
+    pub journal: JournalOptions,
     pub engine: EngineConfig,
     pub sandbox: SandboxLimits,
     pub api: ApiConfig,
@@ -30,15 +30,15 @@ pub struct ServeConfig {
 /// Open storage and components and start the engine (no HTTP).
 pub fn start_engine(
     data: &Path,
-    backend: Backend,
+    journal_options: &JournalOptions,
     components: Option<&Path>,
     engine: EngineConfig,
     sandbox: SandboxLimits,
 ) -> anyhow::Result<Engine> {
     std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
-    let journal = journal::open(data, backend).with_context(|| {
-        format!("opening the {} journal (is another mneme using this data directory?)", backend.name())
-    })?;
+    let backend = journal_options.backend;
+    let journal = journal::open_with(data, journal_options)
+        .with_context(|| format!("opening the {} journal of {}", backend.name(), data.display()))?;
     let runtime = Runtime::new(sandbox)?;
     let registry = Arc::new(Registry::open(runtime, data)?);
     if let Some(dir) = components {
@@ -52,9 +52,9 @@ pub fn start_engine(
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (data, components) = (config.data.clone(), config.components.clone());
-    let (engine_config, sandbox, backend) = (config.engine.clone(), config.sandbox, config.journal);
+    let (engine_config, sandbox, journal) = (config.engine.clone(), config.sandbox, config.journal.clone());
     let engine = tokio::task::spawn_blocking(move || {
-        start_engine(&data, backend, components.as_deref(), engine_config, sandbox)
+        start_engine(&data, &journal, components.as_deref(), engine_config, sandbox)
     })
     .await??;
     for c in engine.registry().list() {

@@ -68,7 +68,10 @@ fn run(journal: &dyn Journal, rx: &Receiver<WriterMsg>, metrics: &Metrics) {
                 metrics.events_persisted_total.fetch_add(merged.events.len() as u64, Relaxed);
                 metrics.snapshots_total.fetch_add(merged.snapshots.len() as u64, Relaxed);
             }
-            Err(e) => tracing::error!(events = merged.events.len(), "journal write failed: {e}"),
+            Err(e) => {
+                metrics.journal_write_failures_total.fetch_add(1, Relaxed);
+                tracing::error!(events = merged.events.len(), "journal write failed: {e}");
+            }
         }
         for on_written in callbacks {
             on_written(result.clone());

@@ -105,7 +105,7 @@ fn a_data_directory_keeps_its_journal_backend() {
     let out = Command::new(mneme_bin())
         .args(["serve", "--data"])
         .arg(data.path())
-        .args(["--listen", "127.0.0.1:0", "--journal", "fjall"])
+        .args(["--listen", "127.0.0.1:0", "--journal", "log"])
         .output()
         .unwrap();
     assert!(!out.status.success());

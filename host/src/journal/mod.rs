@@ -1,9 +1,15 @@
 //! The journal: where events become durable.
 //!
-//! The [`Journal`] trait is what the engine needs from storage; `sled_store` and
-//! `fjall_store` are the embedded backends (same key layout, `keys.rs`; same record
-//! formats, `codec.rs`). Invariants every backend keeps (checked for each backend
-//! by the shared tests in `tests.rs`):
+//! The [`Journal`] trait is what the engine needs from storage. The backends:
+//!
+//! * `log_journal` (the default): mneme's own checksummed commit log (`log/`) is
+//!   the source of truth; a fjall index (`index.rs`) is derived from it. Frame
+//!   bodies: `body.rs`; records: `codec.rs`.
+//! * `sled_store`: everything in sled (key layout `keys.rs`, values `codec.rs`).
+//!
+//! A data directory is locked by one process (`lock.rs`) before anything in it is
+//! opened, and keeps the backend it was created with. Invariants every backend
+//! keeps (checked for each backend by the shared tests in `tests.rs`):
 //!
 //! * `write` is atomic and durable: all events and snapshots of a batch are stored,
 //!   or none; when it returns `Ok` the bytes have been synced to stable storage.
@@ -14,17 +20,25 @@
 //!   the order of `events_by_tag`;
 //! * every stored event carries a checksum that reads verify.
 
+mod body;
 pub mod codec;
-pub mod fjall_store;
+mod index;
 mod keys;
+pub mod lock;
 pub mod log;
+pub mod log_journal;
 pub mod sled_store;
+pub mod verify;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use thiserror::Error;
 
-pub use fjall_store::FjallJournal;
+pub use lock::DataLock;
+pub use log_journal::LogJournal;
 pub use sled_store::SledJournal;
 
 /// An event the engine wants stored.
@@ -98,9 +112,12 @@ pub enum JournalError {
     /// Stored bytes do not match their checksum or format.
     #[error("journal corrupt: {0}")]
     Corrupt(String),
-    /// The storage failed.
+    /// The storage failed (a full disk, an I/O error); it may work again later.
     #[error("storage error: {0}")]
     Storage(String),
+    /// Another process holds the data directory (or a part of it).
+    #[error("{0}")]
+    Locked(String),
 }
 
 pub type JournalResult<T> = Result<T, JournalError>;
@@ -126,47 +143,88 @@ pub trait Journal: Send + Sync + 'static {
     fn timers(&self) -> JournalResult<Vec<Timer>>;
     /// A fresh timer id, unique for this journal.
     fn next_timer_id(&self) -> JournalResult<u64>;
+    /// Why the journal cannot write right now (the last write failed and no write
+    /// has succeeded since), for `GET /health`.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
-/// The embedded journal backends. fjall is the default: measured 3-4x sled's
-/// durable write rate (BENCHMARKS.md), and its sync is an `fdatasync` of its
-/// write-ahead journal (see `fjall_store.rs`), at least as strong as what the sled
-/// backend does.
+/// The embedded journal backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
+    /// mneme's commit log with a fjall index.
     #[default]
-    Fjall,
+    Log,
     Sled,
 }
 
 impl Backend {
-    pub const NAMES: [&'static str; 2] = ["fjall", "sled"];
+    pub const NAMES: [&'static str; 2] = ["log", "sled"];
 
     pub fn name(self) -> &'static str {
         match self {
-            Backend::Fjall => "fjall",
+            Backend::Log => "log",
             Backend::Sled => "sled",
         }
     }
 
     pub fn parse(name: &str) -> Result<Backend, String> {
         match name {
-            "fjall" => Ok(Backend::Fjall),
+            "log" => Ok(Backend::Log),
             "sled" => Ok(Backend::Sled),
-            other => Err(format!("unknown journal backend `{other}`: use fjall or sled")),
+            "fjall" => Err(FJALL_REPLACED.into()),
+            other => Err(format!("unknown journal backend `{other}`: use log (the default) or sled")),
         }
     }
 
-    /// Where this backend keeps its files inside a data directory.
-    pub fn dir(self, data: &std::path::Path) -> std::path::PathBuf {
-        data.join(format!("journal-{}", self.name()))
+    /// The directory whose presence says a data directory uses this backend.
+    pub fn dir(self, data: &Path) -> PathBuf {
+        match self {
+            Backend::Log => log_journal::log_dir(data),
+            Backend::Sled => data.join("journal-sled"),
+        }
     }
 }
 
-/// Open the journal of a data directory. Refuses a backend other than the one that
-/// wrote the directory, so switching `--journal` never shows an empty journal.
-pub fn open(data: &std::path::Path, backend: Backend) -> JournalResult<std::sync::Arc<dyn Journal>> {
-    for other in [Backend::Fjall, Backend::Sled] {
+const FJALL_REPLACED: &str = "the fjall journal was replaced by mneme's commit log (`--journal log`, the default), \
+     which keeps fjall only as a derived index";
+
+/// How to open a data directory's journal.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    pub backend: Backend,
+    /// Size of a new commit-log segment (the `log` backend).
+    pub log_segment_bytes: u64,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions { backend: Backend::default(), log_segment_bytes: log::LogOptions::default().segment_bytes }
+    }
+}
+
+/// Open the journal of a data directory with the default options of `backend`.
+pub fn open(data: &Path, backend: Backend) -> JournalResult<Arc<dyn Journal>> {
+    open_with(data, &JournalOptions { backend, ..JournalOptions::default() })
+}
+
+/// Open the journal of a data directory, after locking the directory (so no
+/// other process opens or creates anything in it). Refuses a backend other than
+/// the one that wrote the directory, so switching `--journal` never shows an empty
+/// journal.
+pub fn open_with(data: &Path, options: &JournalOptions) -> JournalResult<Arc<dyn Journal>> {
+    let backend = options.backend;
+    let lock = DataLock::acquire(data)?;
+    if data.join("journal-fjall").exists() {
+        return Err(JournalError::Invalid(format!(
+            "{} holds a journal written by the fjall backend of an earlier mneme (journal-fjall/), which this \
+             version does not read: {FJALL_REPLACED}. Keep serving it with the earlier mneme, or start this one \
+             on a new data directory",
+            data.display()
+        )));
+    }
+    for other in [Backend::Log, Backend::Sled] {
         if other != backend && other.dir(data).exists() && !backend.dir(data).exists() {
             return Err(JournalError::Invalid(format!(
                 "{} holds a {} journal: start with `--journal {}`",
@@ -177,7 +235,10 @@ pub fn open(data: &std::path::Path, backend: Backend) -> JournalResult<std::sync
         }
     }
     Ok(match backend {
-        Backend::Fjall => std::sync::Arc::new(FjallJournal::open(&backend.dir(data))?),
-        Backend::Sled => std::sync::Arc::new(SledJournal::open(&backend.dir(data))?),
+        Backend::Log => {
+            let log_options = log::LogOptions { segment_bytes: options.log_segment_bytes };
+            Arc::new(LogJournal::open_with(data, lock, log_options, Arc::new(log::StdIo))?)
+        }
+        Backend::Sled => Arc::new(SledJournal::open_locked(&backend.dir(data), lock)?),
     })
 }

@@ -43,6 +43,8 @@ pub struct SledJournal {
     /// Next global offset and recent sequence numbers (`keys::WriterState`). Held
     /// across a whole `write` so offsets are assigned in commit order.
     writer: Mutex<WriterState>,
+    /// The data directory's lock, when opened through `journal::open`.
+    _lock: Option<super::DataLock>,
 }
 
 fn storage(e: sled::Error) -> JournalError {
@@ -50,6 +52,11 @@ fn storage(e: sled::Error) -> JournalError {
 }
 
 impl SledJournal {
+    /// Open in a data directory whose lock is held.
+    pub fn open_locked(dir: &Path, lock: super::DataLock) -> JournalResult<Self> {
+        Ok(SledJournal { _lock: Some(lock), ..Self::open(dir)? })
+    }
+
     pub fn open(dir: &Path) -> JournalResult<Self> {
         let db = sled::Config::new().path(dir).open().map_err(storage)?;
         let journal = db.open_tree("journal").map_err(storage)?;
@@ -72,6 +79,7 @@ impl SledJournal {
             dir: dir.to_path_buf(),
             synced_blobs: Mutex::default(),
             writer: Mutex::new(WriterState::new(next_offset)),
+            _lock: None,
         })
     }
 

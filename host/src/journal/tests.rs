@@ -1,5 +1,5 @@
 //! Tests every backend must pass: each is a function taking an opener, run once per
-//! backend by `backend_tests!` (as `journal::tests::{sled,fjall}::NAME`).
+//! backend by `backend_tests!` (as `journal::tests::{sled,log}::NAME`).
 
 use std::path::Path;
 
@@ -26,8 +26,8 @@ fn open_sled(dir: &Path) -> JournalResult<Box<dyn Journal>> {
     }
 }
 
-fn open_fjall(dir: &Path) -> JournalResult<Box<dyn Journal>> {
-    Ok(Box::new(FjallJournal::open(dir)?))
+fn open_log(dir: &Path) -> JournalResult<Box<dyn Journal>> {
+    Ok(Box::new(LogJournal::open(dir, DataLock::acquire(dir)?)?))
 }
 
 macro_rules! backend_tests {
@@ -35,8 +35,8 @@ macro_rules! backend_tests {
         mod sled {
             $( #[test] fn $test() { super::$test(super::open_sled) } )*
         }
-        mod fjall {
-            $( #[test] fn $test() { super::$test(super::open_fjall) } )*
+        mod log {
+            $( #[test] fn $test() { super::$test(super::open_log) } )*
         }
     };
 }
@@ -236,7 +236,9 @@ fn opening_twice_at_once_fails(open: Opener) {
     let j = open(dir.path()).unwrap();
     j.write(&WriteBatch { events: vec![ev("a|1", 1, &[])], snapshots: vec![] }).unwrap();
     match open(dir.path()) {
-        Err(JournalError::Storage(msg)) => assert!(msg.contains("lock"), "unclear error: {msg}"),
+        Err(JournalError::Storage(msg) | JournalError::Locked(msg)) => {
+            assert!(msg.contains("lock") || msg.contains("in use"), "unclear error: {msg}")
+        }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a second journal opened the same directory"),
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::component::bindings::exports::mneme::entity::handler;
 use crate::component::LoadedComponent;
 use crate::error::{CommandError, CommandResult};
+use crate::journal::JournalError;
 use crate::names::persistence_id;
 use crate::router::EntityState;
 
@@ -39,7 +40,7 @@ impl Shard {
     /// The state recovery starts from: the latest snapshot taken with the current
     /// state version, else the component's empty state.
     fn recovery_start(&mut self, comp: &LoadedComponent, pid: &str) -> CommandResult<(Vec<u8>, u64)> {
-        let snapshot = self.shared.journal.load_snapshot(pid).map_err(|e| recovery_failed(pid, e.to_string()))?;
+        let snapshot = self.shared.journal.load_snapshot(pid).map_err(|e| journal_failed(pid, e))?;
         match snapshot.filter(|s| s.state_version == comp.info.state_version) {
             Some(s) => Ok((s.state, s.seq_nr)),
             None => {
@@ -62,7 +63,7 @@ impl Shard {
             let stored = shared
                 .journal
                 .events(pid, seq_nr + 1, shared.config.recovery_batch)
-                .map_err(|e| recovery_failed(pid, e.to_string()))?;
+                .map_err(|e| journal_failed(pid, e))?;
             if stored.is_empty() {
                 return Ok((state, seq_nr));
             }
@@ -129,6 +130,18 @@ impl Shard {
         for env in e.waiting {
             self.deliver(env);
         }
+    }
+}
+
+/// A journal read failed during recovery: storage trouble is temporary (503),
+/// damage is reported as such.
+fn journal_failed(pid: &str, e: JournalError) -> CommandError {
+    match e {
+        JournalError::Storage(m) | JournalError::Locked(m) => {
+            CommandError::JournalUnavailable(format!("recovery of `{pid}`: {m}"))
+        }
+        JournalError::Corrupt(m) => CommandError::JournalCorrupt(format!("recovery of `{pid}`: journal corrupt: {m}")),
+        JournalError::Invalid(m) => recovery_failed(pid, m),
     }
 }
 

@@ -1,0 +1,273 @@
+//! The journal's index: where in the commit log each event, snapshot and timer
+//! is. Derived data, kept in fjall: everything in it can be rebuilt from the log
+//! (`index_frame` is the one function that turns a frame into index entries, for
+//! live writes and for re-indexing alike).
+//!
+//! Keyspace `index` (keys as in `keys.rs`; every value is a [`Loc`]):
+//!
+//! ```text
+//! b'e' pid 0x00 seq_nr(u64 BE)   -> Loc of the event record
+//! b't' tag 0x00 offset(u64 BE)   -> Loc of the event record       tag index
+//! b's' pid                       -> Loc of the latest snapshot record
+//! b'm' id(u64 BE)                -> Loc of a stored timer record (removed when delivered)
+//! ```
+//! and `0x00 "through"` -> [`Through`], written in the same fjall batch as the
+//! entries of the frame it names. Both live in one keyspace on purpose: fjall
+//! flushes each keyspace's memtable on its own, and after a crash recovers a
+//! prefix of the batches of its journal on top of what was flushed; in one
+//! keyspace that keeps `through` and the entries a consistent prefix of the log
+//! (in two, `through` could be flushed ahead of entries that are then lost).
+//!
+//! Writes are not synced: the log's sync is what makes a batch durable. After a
+//! crash the index may lag the log (fjall recovers a prefix of its batches); the
+//! journal re-indexes the log from `through` on open. A read checks that the
+//! record it finds is the one its key names, so an index entry that points
+//! elsewhere is reported as corruption, never served.
+
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+
+use super::body::{self, Record};
+use super::codec;
+use super::keys::{event_key, event_prefix, snapshot_key, tag_key};
+use super::log::Position;
+use super::{JournalError, JournalResult};
+
+/// Where a record's bytes are in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub segment: u64,
+    pub pos: u64,
+    pub len: u32,
+}
+
+impl Loc {
+    fn encode(self) -> [u8; 20] {
+        let mut v = [0u8; 20];
+        v[..8].copy_from_slice(&self.segment.to_le_bytes());
+        v[8..16].copy_from_slice(&self.pos.to_le_bytes());
+        v[16..].copy_from_slice(&self.len.to_le_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> JournalResult<Loc> {
+        let v: &[u8; 20] = v.try_into().map_err(|_| JournalError::Corrupt("index entry of the wrong size".into()))?;
+        Ok(Loc {
+            segment: u64::from_le_bytes(v[..8].try_into().unwrap()),
+            pos: u64::from_le_bytes(v[8..16].try_into().unwrap()),
+            len: u32::from_le_bytes(v[16..].try_into().unwrap()),
+        })
+    }
+}
+
+/// How far the index has taken in the log, and what the writer continues with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Through {
+    /// The end of the last indexed frame.
+    pub end: Position,
+    /// The next global offset.
+    pub next_offset: u64,
+    /// Above every timer id stored so far.
+    pub next_timer_id: u64,
+}
+
+impl Through {
+    /// An empty log.
+    pub const START: Through = Through { end: Position { segment: 1, pos: 0 }, next_offset: 1, next_timer_id: 1 };
+
+    fn encode(self) -> [u8; 32] {
+        let mut v = [0u8; 32];
+        for (i, n) in [self.end.segment, self.end.pos, self.next_offset, self.next_timer_id].into_iter().enumerate() {
+            v[i * 8..i * 8 + 8].copy_from_slice(&n.to_le_bytes());
+        }
+        v
+    }
+
+    fn decode(v: &[u8]) -> JournalResult<Through> {
+        let n = |i: usize| v.get(i * 8..i * 8 + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+        match (n(0), n(1), n(2), n(3)) {
+            (Some(segment), Some(pos), Some(next_offset), Some(next_timer_id)) if v.len() == 32 => {
+                Ok(Through { end: Position { segment, pos }, next_offset, next_timer_id })
+            }
+            _ => Err(JournalError::Corrupt("index: bad `through` value".into())),
+        }
+    }
+}
+
+const THROUGH: &[u8] = b"\0through";
+const TIMER_PREFIX: u8 = b'm';
+
+fn timer_key(id: u64) -> [u8; 9] {
+    let mut k = [TIMER_PREFIX; 9];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// An I/O failure is a storage error (it may pass); anything else fjall reports
+/// (a checksum mismatch, an undecodable block) is a damaged index.
+fn storage(e: fjall::Error) -> JournalError {
+    match e {
+        fjall::Error::Io(_) | fjall::Error::Storage(fjall::LsmError::Io(_)) | fjall::Error::Poisoned => {
+            JournalError::Storage(format!("index: {e}"))
+        }
+        e => JournalError::Corrupt(format!(
+            "index: {e}; the index is derived from the commit log: rebuild it with `mneme journal reindex DATA`"
+        )),
+    }
+}
+
+/// What indexing one frame changes.
+#[derive(Default)]
+pub struct IndexBatch {
+    puts: Vec<(Vec<u8>, [u8; 20])>,
+    removes: Vec<Vec<u8>>,
+}
+
+/// The index entries of a frame whose body starts at `body_pos` of `segment`,
+/// and the [`Through`] after it.
+pub fn index_frame(
+    segment: u64,
+    body_pos: u64,
+    frame_end: Position,
+    body: &[u8],
+    before: Through,
+) -> JournalResult<(IndexBatch, Through)> {
+    let mut batch = IndexBatch::default();
+    let mut through = Through { end: frame_end, ..before };
+    let loc = |at: usize, len: usize| Loc { segment, pos: body_pos + at as u64, len: len as u32 };
+    for record in body::records(body)? {
+        match record {
+            Record::Event { at, len } => {
+                let head = codec::event_head(&body[at..at + len])?;
+                let l = loc(at, len).encode();
+                batch.puts.push((event_key(head.persistence_id, head.seq_nr), l));
+                for tag in head.tags {
+                    batch.puts.push((tag_key(tag, head.offset), l));
+                }
+                through.next_offset = through.next_offset.max(head.offset + 1);
+            }
+            Record::Snapshot { at, len } => {
+                let pid = codec::snapshot_pid(&body[at..at + len])?;
+                batch.puts.push((snapshot_key(pid), loc(at, len).encode()));
+            }
+            Record::TimerStored { at, len } => {
+                let id = codec::timer_id(&body[at..at + len])?;
+                batch.puts.push((timer_key(id).to_vec(), loc(at, len).encode()));
+                through.next_timer_id = through.next_timer_id.max(id + 1);
+            }
+            Record::TimerRemoved { id } => batch.removes.push(timer_key(id).to_vec()),
+        }
+    }
+    Ok((batch, through))
+}
+
+/// The fjall database of the index.
+pub struct Index {
+    db: Database,
+    entries: Keyspace,
+}
+
+/// Memtable size (fjall's default is 64 MiB; smaller flushes stall less, see
+/// BENCHMARKS.md).
+const MEMTABLE_BYTES: u64 = 16 << 20;
+
+impl Index {
+    pub fn open(dir: &Path) -> JournalResult<Index> {
+        let db = Database::builder(dir).open().map_err(|e| match e {
+            fjall::Error::Locked => {
+                JournalError::Locked(format!("index {} is in use by another process", dir.display()))
+            }
+            e => JournalError::Storage(format!("opening index {}: {e}", dir.display())),
+        })?;
+        let entries = db
+            .keyspace("index", || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))
+            .map_err(storage)?;
+        Ok(Index { db, entries })
+    }
+
+    /// How far the index has taken in the log (`None`: nothing yet).
+    pub fn through(&self) -> JournalResult<Option<Through>> {
+        self.entries.get(THROUGH).map_err(storage)?.map(|v| Through::decode(&v)).transpose()
+    }
+
+    /// Store a frame's entries and the new `through`, atomically, without a sync.
+    pub fn apply(&self, batch: IndexBatch, through: Through) -> JournalResult<()> {
+        let mut b = self.db.batch();
+        for (k, v) in batch.puts {
+            b.insert(&self.entries, k, v);
+        }
+        for k in batch.removes {
+            b.remove(&self.entries, k);
+        }
+        b.insert(&self.entries, THROUGH, through.encode());
+        b.commit().map_err(storage)
+    }
+
+    /// Locations of `pid`'s events with `from <= seq_nr`, in order, at most `limit`.
+    pub fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<(u64, Loc)>> {
+        let range = event_key(pid, from.max(1))..=event_key(pid, u64::MAX);
+        let mut out = Vec::new();
+        for g in self.entries.range(range).take(limit) {
+            let (k, v) = g.into_inner().map_err(storage)?;
+            out.push((super::keys::event_key_seq_nr(&k)?, Loc::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Whether an index key (e.g. `keys::event_key`) is present.
+    pub fn contains(&self, key: &[u8]) -> JournalResult<bool> {
+        self.entries.contains_key(key).map_err(storage)
+    }
+
+    pub fn highest_seq_nr(&self, pid: &str) -> JournalResult<u64> {
+        match self.entries.prefix(event_prefix(pid)).next_back() {
+            Some(g) => super::keys::event_key_seq_nr(&g.key().map_err(storage)?),
+            None => Ok(0),
+        }
+    }
+
+    /// Locations of the events carrying `tag` with `offset >= from`, in offset order.
+    pub fn tagged(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<(u64, Loc)>> {
+        let range = tag_key(tag, from)..=tag_key(tag, u64::MAX);
+        let mut out = Vec::new();
+        for g in self.entries.range(range).take(limit) {
+            let (k, v) = g.into_inner().map_err(storage)?;
+            let offset = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap());
+            out.push((offset, Loc::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn snapshot(&self, pid: &str) -> JournalResult<Option<Loc>> {
+        self.entries.get(snapshot_key(pid)).map_err(storage)?.map(|v| Loc::decode(&v)).transpose()
+    }
+
+    /// Every stored timer: id and location.
+    pub fn timers(&self) -> JournalResult<Vec<(u64, Loc)>> {
+        let mut out = Vec::new();
+        for g in self.entries.prefix([TIMER_PREFIX]) {
+            let (k, v) = g.into_inner().map_err(storage)?;
+            let id = k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            let id = id.ok_or_else(|| JournalError::Corrupt("index: bad timer key".into()))?;
+            out.push((id, Loc::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// The location stored under a key.
+    pub fn get(&self, key: &[u8]) -> JournalResult<Option<Loc>> {
+        self.entries.get(key).map_err(storage)?.map(|v| Loc::decode(&v)).transpose()
+    }
+
+    /// How many entries start with `prefix` (`b'e'` events, `b't'` tags, `b's'`
+    /// snapshots), for `verify`.
+    pub fn count(&self, prefix: u8) -> JournalResult<u64> {
+        let mut n = 0;
+        for g in self.entries.prefix([prefix]) {
+            g.key().map_err(storage)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,472 @@
+//! The default journal: mneme's commit log as the source of truth (`log/`), and a
+//! fjall index derived from it (`index.rs`).
+//!
+//! ```text
+//! DATA/log/      segments, COMMITTED, LOCK          (the commit log)
+//! DATA/index/    fjall: pid -> events, tag -> events, snapshots, timers, `through`
+//! ```
+//!
+//! A write (`Journal::write`, and a timer stored or removed) is one frame: its
+//! records are encoded into a body (`body.rs`), appended and `fdatasync`ed by the
+//! log, and only then indexed, without a sync of the index. `Ok` means the
+//! frame is durable; the index may lag it after a crash and is brought up to
+//! date from the log when the journal opens.
+//!
+//! Failures while serving, and how they heal without a restart:
+//!
+//! * The log's append fails (a full disk, an I/O error, a failed sync): that
+//!   batch fails with nothing of it visible (the log guarantees it), `health`
+//!   reports the error, and the next write simply tries again.
+//! * Indexing fails after the frame is durable (fjall could not write: a full
+//!   disk): the batch *is* durable and is acknowledged, but the index is dropped
+//!   and marked behind. Every later read and write first reopens it and indexes
+//!   the log from the index's own `through` (at most once a second while it
+//!   keeps failing); until that works they fail with a storage error (503), so a
+//!   stale index is never read.
+//!
+//! Reads check that the record an index entry points at is the one the key names
+//! (persistence id and sequence number, or tag and offset), so a damaged index is
+//! reported, not served.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use super::body::BodyBuilder;
+use super::codec;
+use super::index::{index_frame, Index, Loc, Through};
+use super::keys::WriterState;
+use super::lock::DataLock;
+use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, StdIo};
+use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
+
+/// How often a broken index is retried while it keeps failing.
+const INDEX_RETRY: Duration = Duration::from_secs(1);
+
+pub struct LogJournal {
+    index_dir: PathBuf,
+    reader: LogReader,
+    /// `None` after indexing failed, until it is reopened.
+    index: RwLock<Option<Index>>,
+    /// The index lags the log: reads and writes catch it up first.
+    index_behind: AtomicBool,
+    writer: Mutex<Writer>,
+    /// Why the journal cannot write right now, for `/health`.
+    trouble: Mutex<Option<String>>,
+    _lock: DataLock,
+}
+
+/// What only the writing side touches.
+struct Writer {
+    log: CommitLog,
+    /// Next global offset and recent sequence numbers.
+    state: WriterState,
+    /// What the index holds.
+    through: Through,
+    next_timer_id: u64,
+    last_index_attempt: Option<Instant>,
+    /// When `health` last probed a failing journal.
+    last_probe: Option<Instant>,
+}
+
+fn log_error(e: LogError) -> JournalError {
+    match e {
+        LogError::Corrupt { .. } => JournalError::Corrupt(e.to_string()),
+        LogError::Locked { .. } => JournalError::Locked(e.to_string()),
+        e => JournalError::Storage(e.to_string()),
+    }
+}
+
+/// The directories of the journal in a data directory.
+pub fn log_dir(data: &Path) -> PathBuf {
+    data.join("log")
+}
+
+pub fn index_dir(data: &Path) -> PathBuf {
+    data.join("index")
+}
+
+impl LogJournal {
+    /// Open (or create) the journal of a data directory whose lock is held.
+    pub fn open(data: &Path, lock: DataLock) -> JournalResult<LogJournal> {
+        Self::open_with(data, lock, LogOptions::default(), Arc::new(StdIo))
+    }
+
+    /// With the log's options and I/O layer (tests inject faults through it).
+    pub fn open_with(
+        data: &Path,
+        lock: DataLock,
+        options: LogOptions,
+        io: Arc<dyn LogIo>,
+    ) -> JournalResult<LogJournal> {
+        let (log, report) = CommitLog::open(&log_dir(data), options, io).map_err(log_error)?;
+        if let Some(torn) = &report.torn_tail {
+            tracing::warn!("commit log: {torn}");
+        }
+        if let Some(removed) = &report.removed_segment {
+            tracing::warn!("commit log: {removed}");
+        }
+        let index_dir = index_dir(data);
+        let index = open_index(&index_dir)?;
+        let through = index.through()?.unwrap_or(Through::START);
+        let end = log.end();
+        if through.end > end {
+            return Err(JournalError::Corrupt(format!(
+                "the commit log in {} ends at {end}, but its index has taken in frames up to {}: acknowledged data \
+                 is missing from the log. Restore the data directory from a backup; `mneme journal verify {}` \
+                 reports what is there, and `mneme journal reindex {}` accepts the log as it is",
+                log_dir(data).display(),
+                through.end,
+                data.display(),
+                data.display()
+            )));
+        }
+        let writer = Writer {
+            state: WriterState::new(through.next_offset),
+            next_timer_id: through.next_timer_id,
+            through,
+            log,
+            last_index_attempt: None,
+            last_probe: None,
+        };
+        let journal = LogJournal {
+            index_dir,
+            reader: writer.log.reader(),
+            index: RwLock::new(Some(index)),
+            index_behind: AtomicBool::new(true),
+            writer: Mutex::new(writer),
+            trouble: Mutex::new(None),
+            _lock: lock,
+        };
+        let started = Instant::now();
+        let indexed = journal.catch_up(&mut journal.writer.lock().unwrap())?;
+        if indexed > 0 {
+            tracing::info!(
+                frames = indexed,
+                secs = started.elapsed().as_secs_f64(),
+                "indexed the tail of the commit log"
+            );
+        }
+        Ok(journal)
+    }
+
+    /// Bring the index up to the log's end if it lags; returns the frames indexed.
+    fn catch_up(&self, w: &mut Writer) -> JournalResult<u64> {
+        if !self.index_behind.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        if let Some(t) = w.last_index_attempt {
+            if t.elapsed() < INDEX_RETRY {
+                let why = self.trouble.lock().unwrap().clone().unwrap_or_else(|| "index unavailable".into());
+                return Err(JournalError::Storage(why));
+            }
+        }
+        w.last_index_attempt = Some(Instant::now());
+        let mut slot = self.index.write().unwrap();
+        if slot.is_none() {
+            *slot = Some(open_index(&self.index_dir).inspect_err(|e| self.set_trouble(e))?);
+        }
+        let index = slot.as_ref().unwrap();
+        let (through, frames) = match index_log(index, &self.reader) {
+            Ok(x) => x,
+            Err(e) => {
+                // fjall refuses every write after a failed one: start from a fresh open.
+                *slot = None;
+                self.set_trouble(&e);
+                return Err(e);
+            }
+        };
+        w.through = through;
+        w.next_timer_id = w.next_timer_id.max(through.next_timer_id);
+        w.state.next_offset = w.state.next_offset.max(through.next_offset);
+        self.index_behind.store(false, Ordering::Release);
+        w.last_index_attempt = None;
+        *self.trouble.lock().unwrap() = None;
+        Ok(frames)
+    }
+
+    /// Remember why the journal cannot write (the message without the error kind's
+    /// prefix: it is wrapped again when reported).
+    fn set_trouble(&self, e: &JournalError) {
+        let why = match e {
+            JournalError::Storage(m)
+            | JournalError::Corrupt(m)
+            | JournalError::Invalid(m)
+            | JournalError::Locked(m) => m,
+        };
+        *self.trouble.lock().unwrap() = Some(why.clone());
+    }
+
+    /// The index, caught up with the log.
+    fn index(&self) -> JournalResult<RwLockReadGuard<'_, Option<Index>>> {
+        if self.index_behind.load(Ordering::Acquire) {
+            self.catch_up(&mut self.writer.lock().unwrap())?;
+        }
+        let guard = self.index.read().unwrap();
+        if guard.is_none() {
+            return Err(JournalError::Storage("index unavailable".into()));
+        }
+        Ok(guard)
+    }
+
+    /// Append one frame and index it. `Ok` once the frame is durable.
+    fn append(&self, w: &mut Writer, first_offset: u64, body: &[u8]) -> JournalResult<()> {
+        let appended = match w.log.append(first_offset, body) {
+            Ok(a) => a,
+            Err(e) => {
+                let e = log_error(e);
+                tracing::error!("commit log: append failed, nothing of the batch is stored: {e}");
+                self.set_trouble(&e);
+                return Err(e);
+            }
+        };
+        if !self.index_behind.load(Ordering::Acquire) {
+            *self.trouble.lock().unwrap() = None;
+        }
+        let guard = self.index.read().unwrap();
+        let indexed = match guard.as_ref() {
+            Some(index) => index_frame(appended.segment, appended.body_pos, appended.end, body, w.through)
+                .and_then(|(batch, through)| index.apply(batch, through).map(|()| through)),
+            None => Err(JournalError::Storage("index unavailable".into())),
+        };
+        drop(guard);
+        match indexed {
+            Ok(through) => w.through = through,
+            Err(e) => {
+                // The frame is durable: the batch succeeded. The index is rebuilt from the log.
+                tracing::error!("index: could not index a durable frame; reopening it and re-indexing: {e}");
+                self.set_trouble(&e);
+                self.index_behind.store(true, Ordering::Release);
+                *self.index.write().unwrap() = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of a record.
+    fn read(&self, loc: Loc) -> JournalResult<Vec<u8>> {
+        self.reader.read(loc.segment, loc.pos, loc.len).map_err(log_error)
+    }
+
+    fn read_event(&self, loc: Loc) -> JournalResult<StoredEvent> {
+        codec::decode_event_record(&self.read(loc)?).map_err(|e| at(loc, e))
+    }
+}
+
+/// Name where a damaged record is.
+fn at(loc: Loc, e: JournalError) -> JournalError {
+    match e {
+        JournalError::Corrupt(m) => {
+            JournalError::Corrupt(format!("{m} (commit log segment {} byte {})", loc.segment, loc.pos))
+        }
+        e => e,
+    }
+}
+
+/// Open the index; one that cannot be opened (damaged, or a file of it missing)
+/// is derived data: it is removed and rebuilt from the log. If the fresh one
+/// cannot be opened either (no space, no permission), that error stands.
+fn open_index(dir: &Path) -> JournalResult<Index> {
+    match Index::open(dir) {
+        Err(JournalError::Locked(m)) => Err(JournalError::Locked(m)),
+        Err(e) => {
+            tracing::warn!("index {} cannot be opened ({e}); rebuilding it from the commit log", dir.display());
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| JournalError::Storage(format!("removing damaged index {}: {e}", dir.display())))?;
+            Index::open(dir)
+        }
+        ok => ok,
+    }
+}
+
+/// Index every frame of the log after the index's `through`; returns the new
+/// `through` and the number of frames indexed.
+fn index_log(index: &Index, reader: &LogReader) -> JournalResult<(Through, u64)> {
+    let mut through = index.through()?.unwrap_or(Through::START);
+    let mut frames = 0;
+    for frame in reader.frames_from(through.end) {
+        let frame = frame.map_err(log_error)?;
+        let (batch, next) = index_frame(frame.start.segment, frame.body_pos, frame.end, &frame.body, through)?;
+        index.apply(batch, next)?;
+        through = next;
+        frames += 1;
+    }
+    Ok((through, frames))
+}
+
+/// Rebuild the index of a data directory from its commit log (`mneme journal reindex`).
+pub fn reindex(data: &Path) -> JournalResult<u64> {
+    let lock = DataLock::acquire(data)?;
+    let dir = index_dir(data);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| JournalError::Storage(format!("removing {}: {e}", dir.display())))?;
+    }
+    let (log, report) = CommitLog::open(&log_dir(data), LogOptions::default(), Arc::new(StdIo)).map_err(log_error)?;
+    if let Some(torn) = report.torn_tail {
+        tracing::warn!("commit log: {torn}");
+    }
+    let index = Index::open(&dir)?;
+    let (_, frames) = index_log(&index, &log.reader())?;
+    drop(lock);
+    Ok(frames)
+}
+
+impl Journal for LogJournal {
+    fn write(&self, batch: &WriteBatch) -> JournalResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.writer.lock().unwrap();
+        self.catch_up(&mut w)?;
+        {
+            let guard = self.index.read().unwrap();
+            let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
+            w.state.check_sequence(batch, |k| index.contains(k))?;
+        }
+        let first_offset = w.state.next_offset;
+        let bytes: usize = batch.events.iter().map(|e| e.payload.len() + 128).sum::<usize>()
+            + batch.snapshots.iter().map(|s| s.state.len() + 64).sum::<usize>();
+        let mut body = BodyBuilder::with_capacity(bytes);
+        for (i, e) in batch.events.iter().enumerate() {
+            body.event(e, first_offset + i as u64);
+        }
+        for s in &batch.snapshots {
+            body.snapshot(s);
+        }
+        let body = body.finish();
+        match self.append(&mut w, first_offset, &body) {
+            Ok(()) => {
+                let next = first_offset + batch.events.len() as u64;
+                w.state.written(batch, next);
+                Ok(())
+            }
+            Err(e) => {
+                w.state.failed(batch);
+                Err(e)
+            }
+        }
+    }
+
+    fn highest_seq_nr(&self, pid: &str) -> JournalResult<u64> {
+        self.index()?.as_ref().unwrap().highest_seq_nr(pid)
+    }
+
+    fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        let locs = self.index()?.as_ref().unwrap().events(pid, from, limit)?;
+        let mut out = Vec::with_capacity(locs.len());
+        for (seq_nr, loc) in locs {
+            let e = self.read_event(loc)?;
+            if e.persistence_id != pid || e.seq_nr != seq_nr {
+                return Err(at(
+                    loc,
+                    JournalError::Corrupt(format!(
+                        "index entry of {pid}#{seq_nr} points at event {}#{}",
+                        e.persistence_id, e.seq_nr
+                    )),
+                ));
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        let locs = self.index()?.as_ref().unwrap().tagged(tag, from, limit)?;
+        let mut out = Vec::with_capacity(locs.len());
+        for (offset, loc) in locs {
+            let e = self.read_event(loc)?;
+            if e.offset != offset || !e.tags.iter().any(|t| t == tag) {
+                return Err(at(
+                    loc,
+                    JournalError::Corrupt(format!(
+                        "index entry of tag `{tag}` offset {offset} points at an event at offset {} without it",
+                        e.offset
+                    )),
+                ));
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn load_snapshot(&self, pid: &str) -> JournalResult<Option<Snapshot>> {
+        let Some(loc) = self.index()?.as_ref().unwrap().snapshot(pid)? else { return Ok(None) };
+        let s = codec::decode_snapshot_record(&self.read(loc)?).map_err(|e| at(loc, e))?;
+        if s.persistence_id != pid {
+            let msg = format!("index entry of the snapshot of {pid} points at one of {}", s.persistence_id);
+            return Err(at(loc, JournalError::Corrupt(msg)));
+        }
+        Ok(Some(s))
+    }
+
+    fn put_timer(&self, timer: &Timer) -> JournalResult<()> {
+        let mut w = self.writer.lock().unwrap();
+        self.catch_up(&mut w)?;
+        let mut body = BodyBuilder::default();
+        body.timer_stored(timer);
+        let first_offset = w.state.next_offset;
+        self.append(&mut w, first_offset, &body.finish())
+    }
+
+    fn remove_timer(&self, id: u64) -> JournalResult<()> {
+        let mut w = self.writer.lock().unwrap();
+        self.catch_up(&mut w)?;
+        let mut body = BodyBuilder::default();
+        body.timer_removed(id);
+        let first_offset = w.state.next_offset;
+        self.append(&mut w, first_offset, &body.finish())
+    }
+
+    fn timers(&self) -> JournalResult<Vec<Timer>> {
+        let locs = self.index()?.as_ref().unwrap().timers()?;
+        let mut out = Vec::with_capacity(locs.len());
+        for (id, loc) in locs {
+            let t = codec::decode_timer_record(&self.read(loc)?).map_err(|e| at(loc, e))?;
+            if t.id != id {
+                return Err(at(
+                    loc,
+                    JournalError::Corrupt(format!("index entry of timer {id} points at timer {}", t.id)),
+                ));
+            }
+            out.push(t);
+        }
+        out.sort_by_key(|t| (t.due_ms, t.id));
+        Ok(out)
+    }
+
+    /// Ids are never reused: above every timer id in the log (a handed-out id whose
+    /// timer was never stored may be handed out again after a restart, harmlessly).
+    fn next_timer_id(&self) -> JournalResult<u64> {
+        let mut w = self.writer.lock().unwrap();
+        let id = w.next_timer_id;
+        w.next_timer_id += 1;
+        Ok(id)
+    }
+
+    /// While the last write failed, each call (at most once a second) probes
+    /// whether the journal can write again: it catches the index up and appends an
+    /// empty frame (which stores nothing), so the answer follows the disk even
+    /// when no command arrives.
+    fn health(&self) -> Result<(), String> {
+        if self.trouble.lock().unwrap().is_none() {
+            return Ok(());
+        }
+        if let Ok(mut w) = self.writer.try_lock() {
+            if w.last_probe.is_none_or(|t| t.elapsed() >= INDEX_RETRY) {
+                w.last_probe = Some(Instant::now());
+                let probe = self.catch_up(&mut w).and_then(|_| {
+                    let first_offset = w.state.next_offset;
+                    self.append(&mut w, first_offset, &[])
+                });
+                if probe.is_ok() {
+                    tracing::info!("journal writes again");
+                }
+            }
+        }
+        match self.trouble.lock().unwrap().clone() {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+}

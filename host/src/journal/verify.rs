@@ -1,0 +1,262 @@
+//! `mneme journal verify DATA`: read every frame and every record of the commit
+//! log and every entry of its index, and report what is wrong.
+//!
+//! Checked: the log's own recovery rules (by opening it); every frame's CRC and
+//! sequence number (by reading it); every record's CRC; per persistence id,
+//! sequence numbers gapless from 1; global offsets gapless and increasing across
+//! frames, each frame's `first_offset` matching its first event; and both ways
+//! between log and index: every event, tag, latest snapshot and live timer of the
+//! log has the index entry pointing at it, and the index has no other entries.
+//! Memory use grows with the number of persistence ids, not of events.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::body::{self, Record};
+use super::codec;
+use super::index::{Index, Loc, Through};
+use super::keys::{event_key, snapshot_key, tag_key};
+use super::lock::DataLock;
+use super::log::{CommitLog, LogError, LogOptions, StdIo};
+use super::log_journal::{index_dir, log_dir};
+use super::JournalResult;
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub segments: usize,
+    pub frames: u64,
+    pub events: u64,
+    pub snapshots: u64,
+    pub timers: u64,
+    /// Things an operator should know that are not damage (a torn tail cut, an
+    /// index that lags the log and is caught up at the next start).
+    pub notes: Vec<String>,
+    /// Damage: any of these makes `mneme journal verify` exit with status 1.
+    pub problems: Vec<String>,
+}
+
+/// Problems past this many are counted, not listed.
+const MAX_LISTED: usize = 100;
+
+impl VerifyReport {
+    fn problem(&mut self, p: String) {
+        if self.problems.len() < MAX_LISTED {
+            self.problems.push(p);
+        } else if self.problems.len() == MAX_LISTED {
+            self.problems.push("... (more problems not listed)".into());
+        }
+    }
+}
+
+/// Verify the commit log and index of a data directory (which must not be in use).
+pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
+    let _lock = DataLock::acquire(data)?;
+    let mut report = VerifyReport::default();
+    let (log, opened) = match CommitLog::open(&log_dir(data), LogOptions::default(), Arc::new(StdIo)) {
+        Ok(x) => x,
+        Err(e @ LogError::Corrupt { .. }) => {
+            report.problem(format!("the commit log cannot be opened: {e}"));
+            return Ok(report);
+        }
+        Err(e) => return Err(super::JournalError::Storage(e.to_string())),
+    };
+    report.segments = opened.segments;
+    if let Some(t) = opened.torn_tail {
+        report.notes.push(format!("commit log: {t}"));
+    }
+    let index = match Index::open(&index_dir(data)) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            report.problem(format!("the index cannot be opened: {e} (rebuild it: `mneme journal reindex`)"));
+            None
+        }
+    };
+    let through = match index.as_ref().map(|i| i.through()).transpose() {
+        Ok(t) => t.flatten().unwrap_or(Through::START),
+        Err(e) => {
+            report.problem(format!("the index cannot be read: {e}"));
+            Through::START
+        }
+    };
+    let mut check = Check {
+        index: index.as_ref(),
+        through,
+        report: &mut report,
+        next_offset: 0,
+        last_seq: HashMap::new(),
+        snapshots: HashMap::new(),
+        timers: HashMap::new(),
+        indexed_events: 0,
+        indexed_tags: 0,
+    };
+    for frame in log.reader().frames_from(super::log::Position { segment: 1, pos: 0 }) {
+        match frame {
+            Ok(f) => check.frame(&f),
+            Err(e) => {
+                check.report.problem(format!("commit log: {e}"));
+                break;
+            }
+        }
+    }
+    if through.end > log.end() {
+        check.report.problem(format!(
+            "the index has taken in frames up to {}, past the log's end {}",
+            through.end,
+            log.end()
+        ));
+    } else if through.end < log.end() {
+        check.report.notes.push(format!(
+            "the index lags the log (indexed through {}, the log ends at {}); it is caught up at the next start",
+            through.end,
+            log.end()
+        ));
+    }
+    if let Some(index) = check.index {
+        check.index_has_nothing_else(index, through.end == log.end());
+    }
+    Ok(report)
+}
+
+struct Check<'a> {
+    index: Option<&'a Index>,
+    through: Through,
+    report: &'a mut VerifyReport,
+    next_offset: u64,
+    last_seq: HashMap<String, u64>,
+    snapshots: HashMap<String, Loc>,
+    timers: HashMap<u64, Loc>,
+    /// Counts of what the index must hold, for the other direction.
+    indexed_events: u64,
+    indexed_tags: u64,
+}
+
+impl Check<'_> {
+    fn frame(&mut self, f: &super::log::Frame) {
+        self.report.frames += 1;
+        if self.next_offset == 0 {
+            self.next_offset = f.first_offset.max(1);
+        }
+        let at = |offset: usize, len: usize| Loc {
+            segment: f.start.segment,
+            pos: f.body_pos + offset as u64,
+            len: len as u32,
+        };
+        let records = match body::records(&f.body) {
+            Ok(r) => r,
+            Err(e) => return self.report.problem(format!("frame at {}: {e}", f.start)),
+        };
+        if f.first_offset != self.next_offset {
+            self.report.problem(format!(
+                "frame at {} starts at offset {}, expected {}",
+                f.start, f.first_offset, self.next_offset
+            ));
+        }
+        let indexed = f.end <= self.through.end;
+        for record in records {
+            match record {
+                Record::Event { at: o, len } => self.event(at(o, len), &f.body[o..o + len], indexed),
+                Record::Snapshot { at: o, len } => match codec::decode_snapshot_record(&f.body[o..o + len]) {
+                    Ok(s) => {
+                        self.report.snapshots += 1;
+                        self.snapshots.insert(s.persistence_id, at(o, len));
+                    }
+                    Err(e) => self.report.problem(format!("snapshot record in frame at {}: {e}", f.start)),
+                },
+                Record::TimerStored { at: o, len } => match codec::decode_timer_record(&f.body[o..o + len]) {
+                    Ok(t) => {
+                        self.timers.insert(t.id, at(o, len));
+                    }
+                    Err(e) => self.report.problem(format!("timer record in frame at {}: {e}", f.start)),
+                },
+                Record::TimerRemoved { id } => {
+                    self.timers.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, loc: Loc, bytes: &[u8], indexed: bool) {
+        let e = match codec::decode_event_record(bytes) {
+            Ok(e) => e,
+            Err(err) => {
+                return self.report.problem(format!("event record at segment {} byte {}: {err}", loc.segment, loc.pos))
+            }
+        };
+        self.report.events += 1;
+        let last = self.last_seq.entry(e.persistence_id.clone()).or_insert(0);
+        if e.seq_nr != *last + 1 {
+            self.report.problem(format!("{}: sequence number {} follows {}", e.persistence_id, e.seq_nr, last));
+        }
+        *last = e.seq_nr;
+        if e.offset != self.next_offset {
+            self.report.problem(format!(
+                "{}#{}: offset {}, expected {}",
+                e.persistence_id, e.seq_nr, e.offset, self.next_offset
+            ));
+        }
+        self.next_offset = e.offset + 1;
+        let Some(index) = self.index.filter(|_| indexed) else { return };
+        self.indexed_events += 1;
+        self.expect(
+            index,
+            &event_key(&e.persistence_id, e.seq_nr),
+            loc,
+            &format!("event {}#{}", e.persistence_id, e.seq_nr),
+        );
+        for tag in &e.tags {
+            self.indexed_tags += 1;
+            self.expect(index, &tag_key(tag, e.offset), loc, &format!("tag `{tag}` of offset {}", e.offset));
+        }
+    }
+
+    fn expect(&mut self, index: &Index, key: &[u8], loc: Loc, what: &str) {
+        match index.get(key) {
+            Ok(Some(found)) if found == loc => {}
+            Ok(Some(found)) => {
+                self.report.problem(format!("index entry of {what} points at {found:?}, the log has it at {loc:?}"))
+            }
+            Ok(None) => self.report.problem(format!("index has no entry for {what}")),
+            Err(e) => self.report.problem(format!("index entry of {what} cannot be read: {e}")),
+        }
+    }
+
+    /// The index holds exactly what the log says: no extra events, tags,
+    /// snapshots or timers, and the latest snapshot of each entity.
+    fn index_has_nothing_else(&mut self, index: &Index, complete: bool) {
+        let snapshots = std::mem::take(&mut self.snapshots);
+        let expected = [(b'e', "event", self.indexed_events), (b't', "tag", self.indexed_tags)];
+        let expected: Vec<_> =
+            expected.into_iter().chain(complete.then_some((b's', "snapshot", snapshots.len() as u64))).collect();
+        for (prefix, what, n) in expected {
+            match index.count(prefix) {
+                Ok(found) if found != n => {
+                    self.report.problem(format!("index holds {found} {what} entries, the log's indexed frames {n}"))
+                }
+                Ok(_) => {}
+                Err(e) => self.report.problem(format!("index {what} entries cannot be read: {e}")),
+            }
+        }
+        if !complete {
+            return;
+        }
+        for (pid, loc) in &snapshots {
+            self.expect(index, &snapshot_key(pid), *loc, &format!("the latest snapshot of {pid}"));
+        }
+        match index.timers() {
+            Ok(found) => {
+                let found: HashMap<u64, Loc> = found.into_iter().collect();
+                if found != self.timers {
+                    self.report.problem(format!(
+                        "index lists {} stored timers, the log {} (or they point elsewhere)",
+                        found.len(),
+                        self.timers.len()
+                    ));
+                }
+                self.report.timers = self.timers.len() as u64;
+            }
+            Err(e) => self.report.problem(format!("index timers cannot be read: {e}")),
+        }
+    }
+}
