@@ -7,6 +7,7 @@
 mod engine;
 mod native;
 mod report;
+mod startup;
 mod storage;
 
 use clap::Parser;
@@ -59,5 +60,8 @@ fn main() {
     }
     if want("restart") {
         engine::restart(&mut report);
+    }
+    if want("startup") {
+        startup::run(&mut report, args.quick);
     }
 }

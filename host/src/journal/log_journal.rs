@@ -254,6 +254,18 @@ impl LogJournal {
     }
 }
 
+impl Drop for LogJournal {
+    /// A clean close: flush the index so the next start opens it at once.
+    fn drop(&mut self) {
+        let behind = self.index_behind.load(Ordering::Acquire);
+        if let Some(index) = self.index.get_mut().ok().and_then(Option::take).filter(|_| !behind) {
+            if let Err(e) = index.close() {
+                tracing::warn!("index: closing cleanly failed (it is caught up at the next start): {e}");
+            }
+        }
+    }
+}
+
 /// Name where a damaged record is.
 fn at(loc: Loc, e: JournalError) -> JournalError {
     match e {

@@ -93,7 +93,7 @@ impl Batches {
     pub fn add_events(
         &mut self,
         pid: &str,
-        events: Vec<NewEvent>,
+        events: impl IntoIterator<Item = NewEvent>,
         seq_nr: u64,
         state: Arc<[u8]>,
         snapshot: Option<Snapshot>,

@@ -205,22 +205,20 @@ impl Shard {
         // `apply-events` gets no tags, live as in recovery (see wit/entity.wit).
         let tags: Vec<Vec<String>> = events.iter_mut().map(|e| std::mem::take(&mut e.tags)).collect();
         let new_state = self.apply(comp, &entity.state, &events)?;
-        let writer_id = &self.shared.writer_id;
         let first = entity.seq_nr + 1;
-        let new_events: Vec<NewEvent> = (events.into_iter().zip(tags).enumerate())
-            .map(|(i, (e, tags))| NewEvent {
-                persistence_id: pid.to_string(),
-                seq_nr: first + i as u64,
-                timestamp_ms,
-                writer_id: writer_id.clone(),
-                manifest: e.manifest,
-                tags,
-                payload: e.payload,
-            })
-            .collect();
-        entity.seq_nr += new_events.len() as u64;
+        entity.seq_nr += events.len() as u64;
         entity.state = new_state.into();
         let snapshot = self.snapshot_due(comp, pid, entity, timestamp_ms);
+        let shared = self.shared.clone();
+        let new_events = (events.into_iter().zip(tags).enumerate()).map(|(i, (e, tags))| NewEvent {
+            persistence_id: pid.to_string(),
+            seq_nr: first + i as u64,
+            timestamp_ms,
+            writer_id: shared.writer_id.clone(),
+            manifest: e.manifest,
+            tags,
+            payload: e.payload,
+        });
         self.batches.add_events(pid, new_events, entity.seq_nr, entity.state.clone(), snapshot);
         Ok(())
     }
