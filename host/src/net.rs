@@ -18,6 +18,12 @@
 //!   [`OVERFLOW_WAIT`] of waiting for it; past those, a connection is accepted and
 //!   closed at once. So `/health` answers while every regular slot is held.
 //!
+//! A connection that hyper closes with request bytes still unread (an early `401`,
+//! `413` or `408`) is closed the way nginx's lingering close does it: the write side
+//! is shut down and what the client still sends is read and dropped, at most
+//! [`LINGER`] and [`LINGER_BYTES`], so the client reads its answer instead of a
+//! connection reset.
+//!
 //! Architecture invariant: the edge knows nothing of the engine; it serves whatever
 //! router it is given.
 
@@ -37,10 +43,9 @@ use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
@@ -52,6 +57,9 @@ pub const OVERFLOW_SLOTS: usize = 32;
 pub const OVERFLOW_WAIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for requests in progress before closing their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Lingering close: how long, and how many bytes, to read and drop before closing.
+pub const LINGER: Duration = Duration::from_secs(2);
+pub const LINGER_BYTES: usize = 4 << 20;
 
 /// Limits of the listener (the body timeout is the API's).
 #[derive(Debug, Clone)]
@@ -113,9 +121,11 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let regular = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let max = config.max_connections.max(1);
+    let regular = Arc::new(Semaphore::new(max));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_SLOTS));
-    let graceful = GracefulShutdown::new();
+    // Tells the connections to finish their request in progress and close.
+    let (stop, stopping) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -142,7 +152,7 @@ pub async fn serve(
             tracing::debug!("connection refused: every regular and overflow slot is taken");
             continue;
         };
-        let conn = Connection { app: app.clone(), limits, watcher: graceful.watcher(), _permit: permit };
+        let conn = Connection { app: app.clone(), limits, stopping: stopping.clone(), _permit: permit };
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
@@ -156,7 +166,13 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    let _ = stop.send(true);
+    // Every connection holds a slot: all are closed when every slot is free.
+    let all_closed = async {
+        let _regular = regular.acquire_many(max as u32).await;
+        let _overflow = overflow.acquire_many(OVERFLOW_SLOTS as u32).await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_closed).await.is_err() {
         tracing::warn!("requests still in progress after {} s: closing them", SHUTDOWN_GRACE.as_secs());
     }
     Ok(())
@@ -187,14 +203,15 @@ impl Limits {
 struct Connection {
     app: Router,
     limits: Limits,
-    watcher: Watcher,
+    /// Becomes true when the server shuts down.
+    stopping: watch::Receiver<bool>,
     /// The connection's slot, given back when it closes.
     _permit: OwnedSemaphorePermit,
 }
 
 impl Connection {
     async fn serve<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: T) {
-        let Connection { app, limits, watcher, _permit } = self;
+        let Connection { app, limits, mut stopping, _permit } = self;
         let busy = Arc::new(AtomicBool::new(false));
         let io = TokioIo::new(Watched::new(io, busy.clone(), limits));
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -203,14 +220,14 @@ impl Connection {
             busy.store(true, Relaxed);
             let guard = BusyGuard(busy.clone());
             let app = app.clone();
-            async move {
+            Box::pin(async move {
                 let response = if limits.overflow && !is_health(&req) {
                     over_capacity()
                 } else {
                     app.oneshot(req).await.unwrap_or_else(|never| match never {})
                 };
                 Ok::<_, Infallible>(response.map(|body| Body::new(Guarded { body, _busy: guard })))
-            }
+            })
         });
         let mut http = hyper::server::conn::http1::Builder::new();
         // `Watched` keeps the header and keep-alive clocks; hyper's own header clock
@@ -218,10 +235,46 @@ impl Connection {
         http.timer(TokioTimer::new())
             .header_read_timeout(limits.keep_alive + limits.header)
             .keep_alive(!limits.overflow);
-        if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
-            tracing::debug!("connection closed: {e}");
+        let mut conn = http.serve_connection(io, service);
+        let mut shutting_down = *stopping.borrow();
+        if shutting_down {
+            Pin::new(&mut conn).graceful_shutdown();
+        }
+        let served = loop {
+            tokio::select! {
+                served = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break served,
+                changed = stopping.changed(), if !shutting_down => {
+                    shutting_down = true;
+                    if changed.is_err() || *stopping.borrow() {
+                        Pin::new(&mut conn).graceful_shutdown();
+                    }
+                }
+            }
+        };
+        match served {
+            Ok(()) => linger(conn.into_parts().io.into_inner().io).await,
+            Err(e) => tracing::debug!("connection closed: {e}"),
         }
     }
+}
+
+/// Close after reading and dropping what the client still sends (see the module
+/// doc), so a client still writing a refused body reads its answer.
+async fn linger<T: AsyncRead + AsyncWrite + Unpin>(mut io: T) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 16 << 10];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 fn is_health(req: &Request<Incoming>) -> bool {

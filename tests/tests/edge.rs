@@ -57,6 +57,13 @@ fn admin_routes_need_the_admin_token() {
         let (s, b) = server.request_with(method, path, body, Some(ADMIN));
         assert_eq!(s, 200, "{method} {path}: {b}");
     }
+    // A refused upload is answered even while the client is still sending it
+    // (lingering close): never a connection reset instead of the 401.
+    let big = vec![0u8; 3 << 20];
+    for _ in 0..10 {
+        let (s, b) = server.request_with("PUT", "/v1/components/ledger", &big, None);
+        assert_eq!(s, 401, "{b}");
+    }
     // A malformed Authorization header is a missing token.
     let (s, _) = raw_http(
         &server.addr,
