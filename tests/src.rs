@@ -63,21 +63,48 @@ fn free_port() -> u16 {
 pub struct Server {
     child: Child,
     pub url: String,
+    /// `127.0.0.1:port`, for raw TCP.
+    pub addr: String,
     agent: ureq::Agent,
+}
+
+/// An HTTP client that trusts `ca_pem` (PEM) when given.
+pub fn agent(ca_pem: Option<&str>) -> ureq::Agent {
+    let mut config =
+        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60)));
+    if let Some(pem) = ca_pem {
+        let cert = ureq::tls::Certificate::from_pem(pem.as_bytes()).unwrap();
+        let roots = ureq::tls::RootCerts::Specific(Arc::new(vec![cert]));
+        config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+    }
+    config.build().into()
 }
 
 impl Server {
     pub fn start(data: &Path, components: &Path, extra: &[&str]) -> Server {
-        match Server::try_start(data, components, extra, None) {
-            Ok(server) => server,
-            Err(why) => panic!("{why}"),
-        }
+        Server::start_with(data, components, extra, None)
+    }
+
+    /// With `--tls-cert`/`--tls-key` among `extra`: `ca_pem` is the certificate the
+    /// client trusts, and the server is reached as `https://localhost:port`.
+    pub fn start_with(data: &Path, components: &Path, extra: &[&str], ca_pem: Option<&str>) -> Server {
+        Server::try_start_with(data, components, extra, ca_pem, None).unwrap_or_else(|why| panic!("{why}"))
     }
 
     /// Like [`Server::start`], but a server that exits during start is an `Err`
     /// with its exit status and what it wrote (when `stderr` names a file to send
     /// its stdout and stderr to; else they are inherited).
     pub fn try_start(data: &Path, components: &Path, extra: &[&str], stderr: Option<&Path>) -> Result<Server, String> {
+        Server::try_start_with(data, components, extra, None, stderr)
+    }
+
+    fn try_start_with(
+        data: &Path,
+        components: &Path,
+        extra: &[&str],
+        ca_pem: Option<&str>,
+        stderr: Option<&Path>,
+    ) -> Result<Server, String> {
         let port = free_port();
         // Logs (stdout) and errors (stderr) into one file, both appending.
         let (out, err) = match stderr {
@@ -97,17 +124,18 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "mneme=warn".into()))
+            .env_remove("MNEME_ADMIN_TOKEN")
+            .env_remove("MNEME_CLIENT_TOKEN")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .expect("start mneme");
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        let mut server = Server { child, url: format!("http://127.0.0.1:{port}"), agent };
+        let url = match ca_pem {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        let mut server = Server { child, url, addr: format!("127.0.0.1:{port}"), agent: agent(ca_pem) };
         server.wait_ready().map_err(|status| {
             let text = stderr.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
             format!("mneme exited during start: {status}\n{text}")
@@ -149,12 +177,26 @@ impl Server {
     }
 
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        self.request_with(method, path, body, None)
+    }
+
+    /// A request with `Authorization: Bearer <token>` when a token is given.
+    pub fn request_with(&self, method: &str, path: &str, body: &[u8], token: Option<&str>) -> (u16, String) {
         let url = format!("{}{}", self.url, path);
-        let resp = match method {
-            "GET" => self.agent.get(&url).call(),
-            "POST" => self.agent.post(&url).header("content-type", "application/json").send(body),
-            "PUT" => self.agent.put(&url).send(body),
-            m => panic!("method {m}"),
+        let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+        let resp = match (method, token.is_some()) {
+            ("GET", false) => self.agent.get(&url).call(),
+            ("GET", true) => self.agent.get(&url).header("authorization", &auth).call(),
+            ("POST", false) => self.agent.post(&url).header("content-type", "application/json").send(body),
+            ("POST", true) => self
+                .agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("authorization", &auth)
+                .send(body),
+            ("PUT", false) => self.agent.put(&url).send(body),
+            ("PUT", true) => self.agent.put(&url).header("authorization", &auth).send(body),
+            (m, _) => panic!("method {m}"),
         };
         let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status().as_u16();
@@ -179,6 +221,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Send `request` as is over a new TCP connection and read until the server closes
+/// it (or `timeout`): the status (0 when there was no response) and the body.
+pub fn raw_http(addr: &str, request: &[u8], timeout: Duration) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(timeout)).unwrap();
+    tcp.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let _ = tcp.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }
 
 pub fn json(text: &str) -> Value {

@@ -1,26 +1,47 @@
 //! The HTTP API (JSON). One handler per route; each turns the request into an
 //! engine or journal call and the result into a status code and JSON body.
 //! Every error body is `{"error": "..."}`.
+//!
+//! Routes come in three groups, and a route's group decides its gate:
+//!
+//! * **admin** (change code or configuration: deploy, activate): `Authorization:
+//!   Bearer <admin token>` when an admin token is set;
+//! * **client** (commands and queries): the client token, or the admin token, when a
+//!   client token is set;
+//! * **open**: `/health`, `/metrics`.
+//!
+//! Every path segment of every route is checked by [`check_segment`] before any
+//! handler runs: a route added with a new parameter name fails until the name has
+//! a check.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection, RawPathParamsRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, RawPathParams, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use http_body::Body as _;
+use http_body::{Frame, SizeHint};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::component::LoadedComponent;
 
 use crate::engine::Engine;
 use crate::error::CommandError;
 use crate::journal::StoredEvent;
-use crate::names::{persistence_id, validate_entity, validate_entity_type};
+use crate::names::{
+    persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_topic,
+};
 use crate::router::Outcome;
 /// Re-exported so an embedding program can serve [`router`] without naming axum's version.
 pub use axum;
@@ -33,12 +54,57 @@ pub struct ApiConfig {
     pub max_component_bytes: usize,
     /// How long a caller waits for a reply before getting 504.
     pub reply_timeout: Duration,
+    /// A request body must have arrived whole this long after its head (else 408).
+    pub body_timeout: Duration,
+    /// Required by the admin routes when set.
+    pub admin_token: Option<Token>,
+    /// Required by the client routes when set (the admin token is accepted too).
+    pub client_token: Option<Token>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_command_bytes: 1 << 20, max_component_bytes: 256 << 20, reply_timeout: Duration::from_secs(30) }
+        ApiConfig {
+            max_command_bytes: 1 << 20,
+            max_component_bytes: 256 << 20,
+            reply_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            admin_token: None,
+            client_token: None,
+        }
     }
+}
+
+/// A bearer token, kept as its SHA-256 digest: presented tokens are hashed and the
+/// digests compared in constant time, so neither the comparison's time nor the
+/// token's length tells an attacker how much of a guess was right.
+#[derive(Clone)]
+pub struct Token([u8; 32]);
+
+impl Token {
+    pub fn new(secret: &str) -> Token {
+        Token(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        constant_time_eq(&self.0, &presented)
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// Equal digests, looking at every byte whatever the first difference.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for i in 0..32 {
+        diff |= std::hint::black_box(a[i] ^ b[i]);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 #[derive(Clone)]
@@ -89,6 +155,13 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     b.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if let Some(timeout) = err.downcast_ref::<BodyTimeout>() {
+                return ApiError(StatusCode::REQUEST_TIMEOUT, timeout.to_string());
+            }
+            source = err.source();
+        }
         let status = e.status();
         let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
             "request body is larger than the limit".to_string()
@@ -140,7 +213,15 @@ fn component_json(c: &LoadedComponent, versions: Vec<u64>) -> Value {
 
 pub fn router(engine: Engine, config: ApiConfig) -> Router {
     let state = AppState { engine, config: Arc::new(config.clone()) };
-    Router::new()
+    // Code and configuration: every route here needs the admin token.
+    let admin = Router::new()
+        .route(
+            "/v1/components/{entity_type}",
+            put(deploy_component).layer(DefaultBodyLimit::max(config.max_component_bytes)),
+        )
+        .route("/v1/components/{entity_type}/versions/{version}/activate", post(activate_component));
+    // Commands and queries.
+    let client = Router::new()
         .route(
             "/v1/entities/{entity_type}/{entity_id}",
             post(send_command).layer(DefaultBodyLimit::max(config.max_command_bytes)),
@@ -149,16 +230,154 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
         .route("/v1/entities/{entity_type}/{entity_id}/state", get(entity_state))
         .route("/v1/events", get(events_by_tag))
         .route("/v1/topics/{topic}", get(topic_messages))
-        .route("/v1/components", get(list_components))
-        .route(
-            "/v1/components/{entity_type}",
-            put(deploy_component).layer(DefaultBodyLimit::max(config.max_component_bytes)),
-        )
-        .route("/v1/components/{entity_type}/versions/{version}/activate", post(activate_component))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/v1/components", get(list_components));
+    let open = Router::new().route("/health", get(health)).route("/metrics", get(metrics));
+    // `route_layer`s run in the reverse order of their adding: the gate first, then
+    // the check of the path segments, then the handler.
+    let segments = || middleware::from_fn(check_segments);
+    let admin = admin.route_layer(segments()).route_layer(middleware::from_fn_with_state(state.clone(), admin_gate));
+    let client = client.route_layer(segments()).route_layer(middleware::from_fn_with_state(state.clone(), client_gate));
+    Router::new()
+        .merge(admin)
+        .merge(client)
+        .merge(open.route_layer(segments()))
+        .layer(middleware::from_fn_with_state(state.clone(), time_body))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route; see the README for the API".into()) })
         .with_state(state)
+}
+
+/// The one check of a path segment, by the name of the route parameter it fills.
+/// Names come from the route templates above; an unknown name is refused, so a new
+/// route cannot skip its check.
+pub fn check_segment(name: &str, value: &str) -> Result<(), String> {
+    let checked = match name {
+        "entity_type" => validate_entity_type(value),
+        "entity_id" => validate_entity_id(value),
+        "version" => validate_component_version(value).map(|_| ()),
+        "topic" => validate_topic(value),
+        _ => Err("this route parameter has no check in api::check_segment".to_string()),
+    };
+    checked.map_err(|e| format!("invalid path segment `{name}`: {e}"))
+}
+
+async fn check_segments(
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let params = match params {
+        Ok(p) => p,
+        // A route without parameters.
+        Err(RawPathParamsRejection::MissingPathParams(_)) => return next.run(request).await,
+        Err(e) => return bad_request(format!("invalid path segment: {}", e.body_text())).into_response(),
+    };
+    for (name, value) in &params {
+        if let Err(e) = check_segment(name, value) {
+            return bad_request(e).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The bearer token of a request: `Ok(None)` when there is no `Authorization` header.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| ())?;
+    let (scheme, token) = value.split_once(' ').ok_or(())?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(());
+    }
+    Ok(Some(token.trim()))
+}
+
+/// Why a request does not pass a token gate: 401 without a token (or with a
+/// malformed `Authorization`), 403 with a wrong one; `None` when it passes.
+fn refusal(headers: &HeaderMap, which: &str, accepted: &[&Token]) -> Option<Response> {
+    let unauthorized = |msg: String| {
+        let mut r = ApiError(StatusCode::UNAUTHORIZED, msg).into_response();
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    };
+    match bearer(headers) {
+        Ok(Some(token)) if accepted.iter().any(|t| t.matches(token)) => None,
+        Ok(Some(_)) => Some(ApiError(StatusCode::FORBIDDEN, format!("wrong {which} token")).into_response()),
+        Ok(None) => {
+            Some(unauthorized(format!("this route needs the {which} token: send `Authorization: Bearer <token>`")))
+        }
+        Err(()) => Some(unauthorized("malformed `Authorization` header: use `Authorization: Bearer <token>`".into())),
+    }
+}
+
+async fn admin_gate(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(admin) = &app.config.admin_token {
+        if let Some(refused) = refusal(request.headers(), "admin", &[admin]) {
+            return refused;
+        }
+    }
+    next.run(request).await
+}
+
+async fn client_gate(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(client) = &app.config.client_token {
+        let accepted: Vec<&Token> = [Some(client), app.config.admin_token.as_ref()].into_iter().flatten().collect();
+        if let Some(refused) = refusal(request.headers(), "client", &accepted) {
+            return refused;
+        }
+    }
+    next.run(request).await
+}
+
+/// Give a request body [`ApiConfig::body_timeout`] to arrive: a client that sends
+/// fewer bytes than its `Content-Length` gets `408` instead of holding a handler.
+async fn time_body(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let limit = app.config.body_timeout;
+    let request =
+        request.map(|body| Body::new(TimedBody { body, limit, deadline: Box::pin(tokio::time::sleep(limit)) }));
+    next.run(request).await
+}
+
+/// The error a [`TimedBody`] ends with; found again by [`body`] to answer 408.
+#[derive(Debug)]
+struct BodyTimeout(Duration);
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body not received within {} s (--body-timeout-secs)", self.0.as_secs())
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+struct TimedBody {
+    body: Body,
+    limit: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimeout(self.limit))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn send_command(
@@ -239,7 +458,6 @@ async fn entity_events(
 ) -> Result<Json<Value>, ApiError> {
     let (entity_type, entity_id) = path(p)?;
     let page = query(q)?;
-    validate_entity(&entity_type, &entity_id).map_err(bad_request)?;
     let pid = persistence_id(&entity_type, &entity_id);
     let from = page.from.unwrap_or(1).max(1);
     let limit = page.limit();
@@ -329,7 +547,6 @@ async fn activate_component(
     p: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (entity_type, version) = path(p)?;
-    validate_entity_type(&entity_type).map_err(bad_request)?;
     let registry = app.engine.registry().clone();
     let t = entity_type.clone();
     let loaded =
@@ -354,4 +571,121 @@ async fn health(State(app): State<AppState>) -> Response {
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.engine.metrics().render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::component::{sandbox::Runtime, Registry, SandboxLimits};
+    use crate::config::EngineConfig;
+    use tower::ServiceExt as _;
+
+    #[test]
+    fn tokens_match_only_themselves() {
+        let t = Token::new("0123456789abcdef-secret");
+        assert!(t.matches("0123456789abcdef-secret"));
+        for wrong in ["", "0123456789abcdef-secre", "0123456789abcdef-secret ", "1123456789abcdef-secret"] {
+            assert!(!t.matches(wrong), "{wrong}");
+        }
+        assert_eq!(format!("{t:?}"), "Token(..)", "never printed");
+    }
+
+    #[test]
+    fn constant_time_eq_looks_at_every_byte() {
+        let a = [7u8; 32];
+        assert!(constant_time_eq(&a, &a));
+        for i in 0..32 {
+            for bit in 0..8 {
+                let mut b = a;
+                b[i] ^= 1 << bit;
+                assert!(!constant_time_eq(&a, &b), "byte {i} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_route_parameter_has_a_check() {
+        assert!(check_segment("entity_type", "bank-account").is_ok());
+        assert!(check_segment("entity_id", "alice").is_ok());
+        assert!(check_segment("version", "3").is_ok());
+        assert!(check_segment("topic", "orders").is_ok());
+        let e = check_segment("entity_id", "a/b").unwrap_err();
+        assert!(e.starts_with("invalid path segment `entity_id`: "), "{e}");
+        assert!(check_segment("projection", "p").unwrap_err().contains("no check"), "unknown names are refused");
+    }
+
+    fn engine(dir: &std::path::Path) -> Engine {
+        let journal = crate::journal::open(dir, crate::journal::Backend::default()).unwrap();
+        let registry = Arc::new(Registry::open(Runtime::new(SandboxLimits::default()).unwrap(), dir).unwrap());
+        Engine::start(EngineConfig { shards: 1, ..EngineConfig::default() }, journal, registry)
+    }
+
+    async fn call(app: &Router, request: axum::http::Request<Body>) -> (StatusCode, Value) {
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn request(method: &str, uri: &str, token: Option<&str>, body: Body) -> axum::http::Request<Body> {
+        let mut r = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        r.body(body).unwrap()
+    }
+
+    /// A body that announces 100 bytes and never sends them.
+    struct Stalled;
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(100)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gates_segments_and_body_timeout_on_the_real_router() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path());
+        let config = ApiConfig {
+            admin_token: Some(Token::new("admin-0123456789abcdef")),
+            body_timeout: Duration::from_millis(200),
+            ..ApiConfig::default()
+        };
+        let app = router(engine.clone(), config);
+        let activate = "/v1/components/x/versions/1/activate";
+        let (s, b) = call(&app, request("POST", activate, None, Body::empty())).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+        assert!(b["error"].as_str().unwrap().contains("admin token"), "{b}");
+        let (s, b) = call(&app, request("POST", activate, Some("nope"), Body::empty())).await;
+        assert_eq!((s, b["error"].as_str()), (StatusCode::FORBIDDEN, Some("wrong admin token")));
+        let (s, _) = call(&app, request("POST", activate, Some("admin-0123456789abcdef"), Body::empty())).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "no such component");
+        // The gate comes before the check of the segments.
+        let hostile = "/v1/components/..%2F..%2Fx/versions/1/activate";
+        assert_eq!(call(&app, request("POST", hostile, None, Body::empty())).await.0, StatusCode::UNAUTHORIZED);
+        let (s, b) = call(&app, request("POST", hostile, Some("admin-0123456789abcdef"), Body::empty())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(b["error"].as_str().unwrap().contains("`entity_type`"), "{b}");
+        let (s, b) = call(&app, request("GET", "/v1/entities/t/%FF/state", None, Body::empty())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(b["error"].as_str().unwrap().contains("entity_id"), "{b}");
+        let (s, _) = call(&app, request("GET", "/v1/topics/%2E%2E", None, Body::empty())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        // A body that never comes: 408 after the body timeout.
+        let start = std::time::Instant::now();
+        let stalled = Body::new(Stalled);
+        let (s, b) = call(&app, request("POST", "/v1/entities/t/i", None, stalled)).await;
+        assert_eq!(s, StatusCode::REQUEST_TIMEOUT, "{b}");
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        let (s, _) = call(&app, request("GET", "/health", None, Body::empty())).await;
+        assert_eq!(s, StatusCode::OK);
+        tokio::task::spawn_blocking(move || engine.shutdown()).await.unwrap();
+    }
 }

@@ -3,14 +3,17 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::ApiConfig;
+use crate::api::{ApiConfig, Token};
 use crate::component::{limits, SandboxLimits};
 use crate::config::EngineConfig;
+use crate::net::{NetConfig, TlsFiles};
 use crate::server::ServeConfig;
 
 #[derive(Parser)]
@@ -91,10 +94,48 @@ pub enum JournalAction {
 
 #[derive(Args)]
 pub struct ServerArg {
-    /// Address of the mneme server.
+    /// Address of the mneme server (http:// or https://).
     #[arg(long, env = "MNEME_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
+    /// Admin token, sent by `deploy` and `rollback` (and by the others when no client token is given).
+    #[arg(long, env = "MNEME_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token (its first line); wins over --admin-token.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Client token, sent by `send`, `state`, `events` and `components`.
+    #[arg(long, env = "MNEME_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
+    /// File holding the client token (its first line); wins over --client-token.
+    #[arg(long, value_name = "PATH")]
+    pub client_token_file: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) to trust for an https:// server, instead of
+    /// the built-in web roots (e.g. the server's self-signed certificate).
+    #[arg(long, env = "MNEME_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
+
+/// A token from a file (first line, trimmed) or a flag / environment variable.
+fn token(what: &str, value: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading the {what} token file {}", f.display()))?;
+            Some(text.lines().next().unwrap_or("").trim().to_string())
+        }
+        None => value.map(|v| v.trim().to_string()),
+    };
+    if let Some(t) = &token {
+        anyhow::ensure!(
+            t.len() >= MIN_TOKEN_LEN && t.bytes().all(|b| b.is_ascii_graphic()),
+            "the {what} token must be at least {MIN_TOKEN_LEN} printable ASCII characters without spaces"
+        );
+    }
+    Ok(token)
+}
+
+/// Shortest token accepted: a guessable token is no gate.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -156,22 +197,67 @@ pub struct ServeArgs {
     /// Seconds between checks of the components directory (0 = don't watch).
     #[arg(long, default_value_t = 2)]
     pub watch_secs: u64,
+    /// Most entities kept in memory, over all shards (each shard keeps at most
+    /// N / shards); beyond it the least recently used idle entities are passivated.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_active_entities: u64,
+    /// Token that deploy and activate require as `Authorization: Bearer <token>`
+    /// (at least 16 characters). Required to listen on a non-loopback address.
+    #[arg(long, env = "MNEME_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token (its first line); wins over --admin-token.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Token that commands and queries require (the admin token is accepted too);
+    /// none: they are open. /health and /metrics are always open.
+    #[arg(long, env = "MNEME_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
+    /// File holding the client token (its first line); wins over --client-token.
+    #[arg(long, value_name = "PATH")]
+    pub client_token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without an admin token: anyone who can
+    /// reach the port can deploy code.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Serve HTTPS: PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds a request head may take from its first byte (slowloris).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may take to arrive whole after its head (then 408).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
+    /// Seconds a connection may stay silent with no request in progress, fresh or
+    /// between requests (also how long a client may stall reading a response).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_alive_timeout_secs: u64,
+    /// Connections served at once; 32 more get only /health (others 503), the rest
+    /// are closed on accept.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
 }
 
 impl ServeArgs {
-    pub fn into_config(self) -> ServeConfig {
+    pub fn into_config(self) -> anyhow::Result<ServeConfig> {
+        let admin_token = token("admin", self.admin_token, self.admin_token_file.as_deref())?;
+        let client_token = token("client", self.client_token, self.client_token_file.as_deref())?;
         let mut engine = EngineConfig {
             snapshot_every: self.snapshot_every,
             stash_capacity: self.stash_capacity,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             max_concurrent_recoveries: self.max_concurrent_recoveries,
             max_event_bytes: self.max_event_bytes,
+            max_active_entities: self.max_active_entities as usize,
             ..EngineConfig::default()
         };
         if let Some(n) = self.shards {
             engine.shards = n;
         }
-        ServeConfig {
+        Ok(ServeConfig {
             data: self.data,
             components: self.components,
             listen: self.listen,
@@ -191,10 +277,20 @@ impl ServeArgs {
             api: ApiConfig {
                 max_command_bytes: self.max_command_bytes,
                 reply_timeout: Duration::from_secs(self.reply_timeout_secs),
+                body_timeout: Duration::from_secs(self.body_timeout_secs),
+                admin_token: admin_token.as_deref().map(Token::new),
+                client_token: client_token.as_deref().map(Token::new),
                 ..ApiConfig::default()
             },
             watch: (self.watch_secs > 0).then(|| Duration::from_secs(self.watch_secs)),
-        }
+            net: NetConfig {
+                header_timeout: Duration::from_secs(self.header_timeout_secs),
+                keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout_secs),
+                max_connections: self.max_connections as usize,
+            },
+            tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles { cert, key }),
+            insecure: self.insecure,
+        })
     }
 }
 
@@ -202,27 +298,57 @@ impl ServeArgs {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
+    token: Option<String>,
 }
 
 impl Client {
-    pub fn new(server: &str) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        Client { agent, base: server.trim_end_matches('/').to_string() }
+    /// A client of `server` that trusts the CA certificates in `ca_cert` (PEM) when
+    /// given, else the built-in web roots, and sends `token` as a bearer token.
+    pub fn new(server: &str, ca_cert: Option<&Path>, token: Option<String>) -> anyhow::Result<Self> {
+        use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
+        let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            let mut certs = Vec::new();
+            for item in parse_pem(&pem) {
+                if let PemItem::Certificate(c) = item.with_context(|| format!("parsing {}", path.display()))? {
+                    certs.push(c);
+                }
+            }
+            anyhow::ensure!(!certs.is_empty(), "no certificate in {} (PEM expected)", path.display());
+            let roots = RootCerts::Specific(Arc::new(certs));
+            config = config.tls_config(TlsConfig::builder().root_certs(roots).build());
+        }
+        let agent: ureq::Agent = config.build().into();
+        Ok(Client { agent, base: server.trim_end_matches('/').to_string(), token })
     }
 
     /// Returns (status, body).
     pub fn request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(u16, String)> {
         let url = format!("{}{}", self.base, path);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let auth = auth.as_deref();
         let mut resp = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("POST", b) => self.agent.post(&url).header("content-type", "application/json").send(b.unwrap_or_default()),
-            ("PUT", b) => self.agent.put(&url).header("content-type", "application/wasm").send(b.unwrap_or_default()),
+            ("GET", _) => authorized(self.agent.get(&url), auth).call(),
+            ("POST", b) => authorized(self.agent.post(&url), auth)
+                .header("content-type", "application/json")
+                .send(b.unwrap_or_default()),
+            ("PUT", b) => authorized(self.agent.put(&url), auth)
+                .header("content-type", "application/wasm")
+                .send(b.unwrap_or_default()),
             (m, _) => anyhow::bail!("unsupported method {m}"),
         }
         .map_err(|e| anyhow::anyhow!("cannot reach mneme at {}: {e}", self.base))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
         Ok((status, text))
+    }
+}
+
+fn authorized<B>(request: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(a) => request.header("authorization", a),
+        None => request,
     }
 }
 
@@ -240,6 +366,7 @@ fn encode(s: &str) -> String {
 
 /// Run a client subcommand; returns the process exit code.
 pub fn run_client(command: Command) -> anyhow::Result<i32> {
+    let admin = matches!(command, Command::Deploy { .. } | Command::Rollback { .. });
     let (server, method, path, body) = match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Journal { action } => return run_journal(action),
@@ -284,7 +411,11 @@ pub fn run_client(command: Command) -> anyhow::Result<i32> {
         }
         Command::Components { server } => (server, "GET", "/v1/components".to_string(), None),
     };
-    let (status, text) = Client::new(&server.server).request(method, &path, body)?;
+    let admin_token = token("admin", server.admin_token, server.admin_token_file.as_deref())?;
+    let client_token = token("client", server.client_token, server.client_token_file.as_deref())?;
+    let token = if admin { admin_token } else { client_token.or(admin_token) };
+    let client = Client::new(&server.server, server.ca_cert.as_deref(), token)?;
+    let (status, text) = client.request(method, &path, body)?;
     if (200..300).contains(&status) {
         if !text.is_empty() {
             println!("{text}");

@@ -1,4 +1,4 @@
-//! How the engine runs: shards, snapshots, stash, passivation, recovery.
+//! How the engine runs: shards, snapshots, stash, passivation, recovery, memory bound.
 
 use std::time::Duration;
 
@@ -18,6 +18,10 @@ pub struct EngineConfig {
     pub max_event_bytes: usize,
     /// Events handed to `apply-events` per call during recovery.
     pub recovery_batch: usize,
+    /// Most entities in memory over all shards; each shard keeps at most
+    /// `max(1, max_active_entities / shards)` and passivates its least recently
+    /// used idle entities beyond that.
+    pub max_active_entities: usize,
 }
 
 impl Default for EngineConfig {
@@ -30,6 +34,7 @@ impl Default for EngineConfig {
             max_concurrent_recoveries: 64,
             max_event_bytes: 1 << 20,
             recovery_batch: 1000,
+            max_active_entities: 100_000,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod server;
+pub mod net;
 pub mod api;
 pub mod engine;
 mod shard;

@@ -1,21 +1,21 @@
-//! Counters for `GET /metrics` (Prometheus text format).
+//! Counters and gauges for `GET /metrics` (Prometheus text format).
 //!
 //! Plain atomics bumped by the shards and the writer: cheap enough for the command
 //! path, and enough to answer "how many commands, how many were unhandled, how many
-//! durable writes carried them".
+//! durable writes carried them, how many entities are in memory".
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::error::CommandError;
 
-macro_rules! counters {
-    ($($name:ident: $help:literal,)*) => {
+macro_rules! metrics {
+    (counters { $($name:ident: $help:literal,)* } gauges { $($gauge:ident: $ghelp:literal,)* }) => {
         #[derive(Default)]
-        pub struct Metrics { $(pub $name: AtomicU64,)* }
+        pub struct Metrics { $(pub $name: AtomicU64,)* $(pub $gauge: AtomicU64,)* }
 
         impl Metrics {
-            /// Prometheus exposition of every counter.
+            /// Prometheus exposition of every counter and gauge.
             pub fn render(&self) -> String {
                 let mut out = String::new();
                 $(
@@ -23,13 +23,19 @@ macro_rules! counters {
                     let _ = writeln!(out, "# TYPE mneme_{} counter", stringify!($name));
                     let _ = writeln!(out, "mneme_{} {}", stringify!($name), self.$name.load(Relaxed));
                 )*
+                $(
+                    let _ = writeln!(out, "# HELP mneme_{} {}", stringify!($gauge), $ghelp);
+                    let _ = writeln!(out, "# TYPE mneme_{} gauge", stringify!($gauge));
+                    let _ = writeln!(out, "mneme_{} {}", stringify!($gauge), self.$gauge.load(Relaxed));
+                )*
                 out
             }
         }
     };
 }
 
-counters! {
+metrics! {
+counters {
     commands_total: "Commands that got an outcome (any).",
     commands_failed_total: "Commands that failed (any error, including unhandled).",
     unhandled_total: "Commands an entity did not handle in its state.",
@@ -42,10 +48,23 @@ counters! {
     journal_write_failures_total: "Journal writes that failed (nothing of them was stored).",
     snapshots_total: "Snapshots written.",
     recoveries_total: "Entity recoveries.",
-    passivations_total: "Entities passivated (stop, idle, restart).",
+    passivations_total: "Entities passivated (stop, idle, restart, memory bound).",
+}
+gauges {
+    active_entities: "Entities in memory now, over all shards (bounded by --max-active-entities).",
+}
 }
 
 impl Metrics {
+    /// Move a gauge from `before` to `now` (each shard adds its own share).
+    pub fn adjust(gauge: &AtomicU64, before: usize, now: usize) {
+        if now > before {
+            gauge.fetch_add((now - before) as u64, Relaxed);
+        } else if before > now {
+            gauge.fetch_sub((before - now) as u64, Relaxed);
+        }
+    }
+
     pub fn count_outcome<T>(&self, result: &Result<T, CommandError>) {
         self.commands_total.fetch_add(1, Relaxed);
         if let Err(e) = result {

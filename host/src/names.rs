@@ -1,5 +1,5 @@
 //! Names that reach keys, files and URLs: entity types, entity ids, persistence ids,
-//! tags and manifests. Every check of them lives here, so the HTTP API, the engine,
+//! component versions, topics, tags and manifests. Every check of them lives here, so the HTTP API, the engine,
 //! the component store and the journal refuse the same inputs with the same words.
 //!
 //! Architecture invariant: this module imports nothing of the crate.
@@ -23,22 +23,48 @@ pub fn validate_entity_type(name: &str) -> Result<(), String> {
 }
 
 /// Entity ids: printable ASCII without `|` or `/`, so a persistence id is unambiguous
-/// and fits a URL path segment.
+/// and fits a URL path segment; not `.` or `..`, which URL clients resolve away.
 pub fn validate_entity_id(id: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.:@~+=".contains(c);
-    if id.is_empty() || id.len() > 200 || !id.chars().all(ok_char) {
+    if !url_safe(id, 200) {
         return Err(format!(
-            "invalid entity id `{}`: use 1-200 characters from A-Z, a-z, 0-9 and -_.:@~+=",
+            "invalid entity id `{}`: use 1-200 characters from A-Z, a-z, 0-9 and -_.:@~+=, not `.` or `..`",
             id.escape_default()
         ));
     }
     Ok(())
 }
 
+/// 1 to `max` bytes from A-Z, a-z, 0-9 and `-_.:@~+=`, and not a dot segment.
+fn url_safe(s: &str, max: usize) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.:@~+=".contains(c);
+    !s.is_empty() && s.len() <= max && s.chars().all(ok_char) && s != "." && s != ".."
+}
+
 /// Both parts of a persistence id.
 pub fn validate_entity(entity_type: &str, entity_id: &str) -> Result<(), String> {
     validate_entity_type(entity_type)?;
     validate_entity_id(entity_id)
+}
+
+/// Component versions in URLs: a decimal number from 1, without sign or leading `+`.
+pub fn validate_component_version(version: &str) -> Result<u64, String> {
+    let digits = !version.is_empty() && version.len() <= 20 && version.bytes().all(|b| b.is_ascii_digit());
+    match version.parse::<u64>() {
+        Ok(v) if digits && v > 0 => Ok(v),
+        _ => Err(format!("invalid component version `{}`: use a number from 1", version.escape_default())),
+    }
+}
+
+/// Topics (`publish` side effects, `GET /v1/topics/{topic}`): like entity ids, up to
+/// 255 characters, so every topic an entity can publish to can be read by URL.
+pub fn validate_topic(topic: &str) -> Result<(), String> {
+    if !url_safe(topic, 255) {
+        return Err(format!(
+            "invalid topic `{}`: use 1-255 characters from A-Z, a-z, 0-9 and -_.:@~+=, not `.` or `..`",
+            topic.escape_default()
+        ));
+    }
+    Ok(())
 }
 
 /// Tags and manifests end up in keys and indexes: keep them short and NUL-free.
@@ -64,12 +90,21 @@ mod tests {
             assert!(validate_entity_type(bad).is_err(), "{bad}");
         }
         assert!(validate_entity_id("alice@example.com").is_ok());
-        for bad in ["", "a|b", "a/b", "a\0b", "é", &"x".repeat(201)] {
+        assert!(validate_entity_id("...").is_ok() && validate_entity_id(".a").is_ok());
+        for bad in ["", ".", "..", "a|b", "a/b", "a\0b", "é", &"x".repeat(201)] {
             assert!(validate_entity_id(bad).is_err(), "{bad}");
         }
         assert!(validate_label("tag", "", false).is_err());
         assert!(validate_label("manifest", "", true).is_ok());
         assert!(validate_label("tag", "a\0", false).is_err());
         assert_eq!(persistence_id("t", "i"), "t|i");
+        assert_eq!(validate_component_version("12"), Ok(12));
+        for bad in ["", "0", "-1", "+1", "1.0", " 1", "99999999999999999999", &"1".repeat(21), "١"] {
+            assert!(validate_component_version(bad).is_err(), "{bad}");
+        }
+        assert!(validate_topic("orders.created").is_ok());
+        for bad in ["", "a/b", "..", "a b", "a\0", "é", &"t".repeat(256)] {
+            assert!(validate_topic(bad).is_err(), "{bad}");
+        }
     }
 }

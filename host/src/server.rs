@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt;
 
 use crate::api::{self, ApiConfig};
 use crate::component::{sandbox::Runtime, Registry, SandboxLimits};
 use crate::config::EngineConfig;
 use crate::engine::Engine;
 use crate::journal::{self, JournalOptions};
+use crate::net::{self, NetConfig, TlsFiles};
 
 pub struct ServeConfig {
     pub data: PathBuf,
@@ -25,7 +25,63 @@ pub struct ServeConfig {
     pub api: ApiConfig,
     /// Poll the components directory for changed files this often (None: don't watch).
     pub watch: Option<Duration>,
+    /// Timeouts and the connection limit of the listener.
+    pub net: NetConfig,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<TlsFiles>,
+    /// Allow a non-loopback listen address without an admin token.
+    pub insecure: bool,
 }
+
+/// Refuse to expose the admin routes without a token, unless told to: anyone who
+/// reaches them can run code of their choosing inside the server.
+fn check_exposure(config: &ServeConfig) -> anyhow::Result<()> {
+    let addr = config.listen;
+    if addr.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    if config.api.admin_token.is_none() {
+        anyhow::ensure!(
+            config.insecure,
+            "refusing to listen on {addr} without an admin token: anyone who can reach that address could deploy \
+             code into this server. Set one with --admin-token-file PATH, MNEME_ADMIN_TOKEN or --admin-token, \
+             listen on a loopback address, or pass --insecure to accept the risk"
+        );
+        tracing::warn!(
+            "listening on {addr} without an admin token (--insecure): anyone who can reach it can deploy code"
+        );
+    } else if config.tls.is_none() {
+        tracing::warn!(
+            "listening on {addr} without TLS: tokens and data cross the network in the clear \
+             (--tls-cert and --tls-key, or a TLS-terminating proxy)"
+        );
+    }
+    Ok(())
+}
+
+/// Connections need file descriptors: raise the soft limit toward the hard one so
+/// `--max-connections` is not cut short by a default of 1024.
+#[cfg(unix)]
+fn raise_open_files_limit(wanted: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= wanted as libc::rlim_t {
+            return;
+        }
+        let before = lim.rlim_cur;
+        lim.rlim_cur = (wanted as libc::rlim_t).min(lim.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            tracing::debug!(from = before, to = lim.rlim_cur, "raised the open files limit");
+        }
+    }
+    if lim.rlim_cur < wanted as libc::rlim_t {
+        tracing::warn!(limit = lim.rlim_cur, "open files limit is below what --max-connections needs");
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit(_wanted: u64) {}
 
 /// Open storage and components and start the engine (no HTTP).
 pub fn start_engine(
@@ -51,6 +107,8 @@ pub fn start_engine(
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    check_exposure(&config)?;
+    let tls = config.tls.as_ref().map(net::tls_acceptor).transpose()?;
     let (data, components) = (config.data.clone(), config.components.clone());
     let (engine_config, sandbox, journal) = (config.engine.clone(), config.sandbox, config.journal.clone());
     let engine = tokio::task::spawn_blocking(move || {
@@ -65,12 +123,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!("mneme listening on http://{}", listener.local_addr()?);
-    // Replies are small: without TCP_NODELAY they can wait on Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, api::router(engine.clone(), config.api)).with_graceful_shutdown(shutdown_signal()).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("mneme listening on {scheme}://{}", listener.local_addr()?);
+    // Every connection, the journal's files and some to spare.
+    raise_open_files_limit((config.net.max_connections + net::OVERFLOW_SLOTS) as u64 + 1024);
+    let app = api::router(engine.clone(), config.api);
+    net::serve(listener, app, config.net, tls, shutdown_signal()).await?;
     tracing::info!("shutting down: finishing in-flight writes");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())

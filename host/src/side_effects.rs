@@ -15,7 +15,7 @@
 use crossbeam_channel::Sender;
 
 use crate::component::bindings::mneme::entity::types::{LogLevel, SideEffect};
-use crate::names::validate_entity;
+use crate::names::{validate_entity, validate_topic};
 use crate::router::Router;
 use crate::timers::{TimerMsg, TimerRequest};
 use crate::topics::Topics;
@@ -46,7 +46,14 @@ impl SideEffectRunner {
                         payload: t.command.payload,
                     }));
                 }
-                SideEffect::Publish(m) => self.topics.publish(&m.topic, source, m.payload),
+                SideEffect::Publish(m) => {
+                    // A topic is read by URL: one that no URL can name is refused here.
+                    if let Err(e) = validate_topic(&m.topic) {
+                        tracing::warn!(entity = source, "publish side effect dropped: {e}");
+                        continue;
+                    }
+                    self.topics.publish(&m.topic, source, m.payload)
+                }
                 SideEffect::Log(l) => {
                     let m = l.message;
                     match l.level {

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["main"],
     &["cli"],
     &["server"],
-    &["api"],
+    &["net", "api"],
     &["engine"],
     &["shard"],
     &["writer", "side_effects"],
@@ -28,6 +28,7 @@ const LAYERS: &[&[&str]] = &[
 /// Crates a module must never use (what it must not know).
 const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("api", &["wasmtime", "fjall", "sled"], "the API knows nothing of Wasm or the storage engine"),
+    ("net", &["wasmtime", "fjall", "sled"], "the network edge knows nothing of Wasm or the storage engine"),
     ("journal", &["wasmtime", "axum", "tokio"], "the journal knows nothing of Wasm or HTTP"),
     ("component", &["axum", "fjall", "sled"], "components know nothing of HTTP or storage"),
     ("shard", &["axum", "fjall", "sled"], "shards know nothing of HTTP or the storage engine"),

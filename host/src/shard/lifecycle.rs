@@ -1,6 +1,7 @@
 //! An entity's life on a shard: recovery (latest snapshot, then replay), durable
-//! state queries, idle passivation, and draining (stop or restart once nothing of
-//! the entity is pending).
+//! state queries, idle passivation, passivation of the least recently used beyond
+//! the memory bound, and draining (stop or restart once nothing of the entity is
+//! pending).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,6 +16,14 @@ use crate::router::EntityState;
 use super::entity::Entity;
 use super::Shard;
 
+/// What replaying the journal gave: the state, its sequence number, and the
+/// snapshot it started from.
+pub(super) struct Recovered {
+    state: Vec<u8>,
+    seq_nr: u64,
+    snapshot_seq_nr: u64,
+}
+
 impl Shard {
     /// Recovery: latest snapshot of the current state version, then the events after
     /// it through `apply-events` in batches, then `on-recovery-completed`.
@@ -24,14 +33,33 @@ impl Shard {
         entity_type: &str,
         entity_id: &str,
     ) -> CommandResult<Entity> {
+        let pid = persistence_id(entity_type, entity_id);
+        let recovered = self.recover_state(comp, &pid)?;
+        self.complete_recovery(comp, entity_type, entity_id, &pid, recovered)
+    }
+
+    /// Snapshot and replay, under a recovery permit; no side effects.
+    fn recover_state(&mut self, comp: &LoadedComponent, pid: &str) -> CommandResult<Recovered> {
         let shared = self.shared.clone();
         let _permit = shared.recoveries.acquire();
-        let pid = persistence_id(entity_type, entity_id);
-        let (state, snapshot_seq_nr) = self.recovery_start(comp, &pid)?;
-        let (state, seq_nr) = self.replay(comp, &pid, state, snapshot_seq_nr)?;
+        let (state, snapshot_seq_nr) = self.recovery_start(comp, pid)?;
+        let (state, seq_nr) = self.replay(comp, pid, state, snapshot_seq_nr)?;
+        Ok(Recovered { state, seq_nr, snapshot_seq_nr })
+    }
+
+    /// `on-recovery-completed`, then the live entity.
+    fn complete_recovery(
+        &mut self,
+        comp: &Arc<LoadedComponent>,
+        entity_type: &str,
+        entity_id: &str,
+        pid: &str,
+        recovered: Recovered,
+    ) -> CommandResult<Entity> {
+        let Recovered { state, seq_nr, snapshot_seq_nr } = recovered;
         let side_effects = self.handler(comp)?.on_recovery_completed(&state).map_err(|f| self.fault(comp, f.0))?;
-        shared.side_effects.run(&pid, side_effects);
-        shared.metrics.recoveries_total.fetch_add(1, Relaxed);
+        self.shared.side_effects.run(pid, side_effects);
+        self.shared.metrics.recoveries_total.fetch_add(1, Relaxed);
         tracing::debug!(%pid, seq_nr, from_snapshot = snapshot_seq_nr, "recovered");
         let (version, state_version) = (comp.version, comp.info.state_version);
         Ok(Entity::recovered(entity_type, entity_id, version, state_version, state.into(), seq_nr, snapshot_seq_nr))
@@ -89,20 +117,23 @@ impl Shard {
         }
     }
 
-    /// The entity's durable state, recovering it if it is not in memory.
+    /// The entity's durable state, recovering it if it is not in memory. An entity
+    /// without events (never created) is answered from a recovery that is dropped:
+    /// asking about any number of ids keeps nothing in memory.
     pub(super) fn durable_state(&mut self, entity_type: &str, entity_id: &str) -> CommandResult<EntityState> {
         let pid = persistence_id(entity_type, entity_id);
-        if !self.entities.contains_key(&pid) {
-            let comp = self.component(entity_type)?;
-            let entity = self.recover(&comp, entity_type, entity_id)?;
-            self.entities.insert(pid.clone(), entity);
+        if let Some(e) = self.entities.get(&pid) {
+            return Ok(durable(e));
         }
-        let e = &self.entities[&pid];
-        Ok(EntityState {
-            seq_nr: e.durable_seq_nr,
-            state: e.durable_state.clone(),
-            component_version: e.component_version,
-        })
+        let comp = self.component(entity_type)?;
+        let recovered = self.recover_state(&comp, &pid)?;
+        if recovered.seq_nr == 0 {
+            return Ok(EntityState { seq_nr: 0, state: recovered.state.into(), component_version: comp.version });
+        }
+        let entity = self.complete_recovery(&comp, entity_type, entity_id, &pid, recovered)?;
+        let state = durable(&entity);
+        self.entities.insert(pid, entity);
+        Ok(state)
     }
 
     /// Drop entities idle longer than the idle timeout with nothing pending.
@@ -112,6 +143,29 @@ impl Shard {
         self.entities.retain(|_, e| !(e.is_quiet() && e.last_active.elapsed() >= timeout));
         let passivated = (before - self.entities.len()) as u64;
         self.shared.metrics.passivations_total.fetch_add(passivated, Relaxed);
+    }
+
+    /// Over the memory bound: passivate quiet entities, least recently used first,
+    /// until the shard is within it. An entity with work pending cannot leave and
+    /// goes to the back; each entity is looked at once at most, so this is O(1) per
+    /// entity passivated, without allocation.
+    pub(super) fn passivate_least_recently_used(&mut self) {
+        let mut passivated = 0;
+        let mut looked_at = 0;
+        let len = self.entities.len();
+        while self.entities.len() > self.max_entities && looked_at < len {
+            looked_at += 1;
+            let Some((pid, entity)) = self.entities.pop_front() else { break };
+            if entity.is_quiet() {
+                passivated += 1;
+            } else {
+                self.entities.insert(pid, entity);
+            }
+        }
+        if passivated > 0 {
+            self.shared.metrics.passivations_total.fetch_add(passivated, Relaxed);
+            tracing::debug!(shard = self.index, passivated, "passivated least recently used entities");
+        }
     }
 
     /// Passivate or restart a draining entity once nothing of it is pending.
@@ -143,6 +197,10 @@ fn journal_failed(pid: &str, e: JournalError) -> CommandError {
         JournalError::Corrupt(m) => CommandError::JournalCorrupt(format!("recovery of `{pid}`: journal corrupt: {m}")),
         JournalError::Invalid(m) => recovery_failed(pid, m),
     }
+}
+
+fn durable(e: &Entity) -> EntityState {
+    EntityState { seq_nr: e.durable_seq_nr, state: e.durable_state.clone(), component_version: e.component_version }
 }
 
 fn recovery_failed(pid: &str, reason: String) -> CommandError {

@@ -17,7 +17,11 @@
 //! * if a write fails, every entity with events in it is dropped from memory (it
 //!   recovers from the journal on its next command), its later events are removed
 //!   from the open batch, and every command that depended on them fails;
-//! * an entity is only passivated, stopped or restarted when nothing of it is pending.
+//! * an entity is only passivated, stopped or restarted when nothing of it is pending;
+//! * at most `max(1, max_active_entities / shards)` entities stay in memory once
+//!   the loop has handled its messages, unless more than that have work pending:
+//!   beyond the bound the least recently used quiet entities are passivated
+//!   (`entities` is kept in least-recently-used order, `lifecycle.rs`).
 //!
 //! The files: `mod.rs` the thread and its message protocol; `batch.rs` the
 //! group-commit bookkeeping; `lifecycle.rs` recovery, passivation and draining;
@@ -42,6 +46,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use hashlink::LinkedHashMap;
 
 use crate::component::{EntityHandler, Registry};
 use crate::config::EngineConfig;
@@ -77,7 +82,13 @@ struct Shard {
     index: usize,
     shared: Arc<Shared>,
     me: Sender<ShardMsg>,
-    entities: HashMap<String, Entity>,
+    /// Live entities, least recently used first: a command takes its entity out
+    /// and puts it back at the end.
+    entities: LinkedHashMap<String, Entity>,
+    /// Most entities this shard keeps in memory.
+    max_entities: usize,
+    /// How many entities this shard last counted in the `active_entities` gauge.
+    reported_entities: usize,
     /// The live handler of each entity type, with its component version.
     handlers: HashMap<String, (u64, Box<dyn EntityHandler>)>,
     batches: Batches,
@@ -88,11 +99,14 @@ pub fn spawn(index: usize, shared: Arc<Shared>, me: Sender<ShardMsg>, rx: Receiv
     std::thread::Builder::new()
         .name(format!("mneme-shard-{index}"))
         .spawn(move || {
+            let max_entities = (shared.config.max_active_entities / shared.config.shards.max(1)).max(1);
             let mut shard = Shard {
                 index,
                 shared,
                 me,
-                entities: HashMap::new(),
+                entities: LinkedHashMap::new(),
+                max_entities,
+                reported_entities: 0,
                 handlers: HashMap::new(),
                 batches: Batches::new(),
                 last_tick: Instant::now(),
@@ -119,10 +133,23 @@ impl Shard {
                 self.passivate_idle();
                 self.last_tick = Instant::now();
             }
+            if self.entities.len() > self.max_entities {
+                self.passivate_least_recently_used();
+            }
+            self.report_entities(self.entities.len());
             if stopping && self.batches.is_idle() {
+                self.report_entities(0);
                 tracing::debug!(shard = self.index, "shard stopped");
                 return;
             }
+        }
+    }
+
+    /// Keep this shard's share of the `active_entities` gauge at `now`.
+    fn report_entities(&mut self, now: usize) {
+        if now != self.reported_entities {
+            Metrics::adjust(&self.shared.metrics.active_entities, self.reported_entities, now);
+            self.reported_entities = now;
         }
     }
 
