@@ -299,6 +299,12 @@ impl Journal for SwitchableJournal {
     fn next_timer_id(&self) -> JournalResult<u64> {
         self.inner.next_timer_id()
     }
+    fn head(&self) -> u64 {
+        self.inner.head()
+    }
+    fn health(&self) -> Result<(), String> {
+        self.inner.health()
+    }
 }
 
 /// An engine over a data directory with the given components deployed under their names.

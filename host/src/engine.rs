@@ -32,7 +32,7 @@ use crate::shard::{self, RecoveryPermits, Shared};
 use crate::side_effects::SideEffectRunner;
 use crate::timers::{self, TimerMsg};
 use crate::topics::Topics;
-use crate::writer::{self, WriterMsg};
+use crate::writer::{self, Head, WriterMsg};
 
 /// The running engine. Cheap to clone; shut it down with [`Engine::shutdown`].
 #[derive(Clone)]
@@ -46,6 +46,7 @@ struct Inner {
     shards: Mutex<Vec<JoinHandle<()>>>,
     /// The writer and the timers stop after the shards.
     services: Mutex<Vec<JoinHandle<()>>>,
+    head: Head,
 }
 
 impl Engine {
@@ -54,7 +55,7 @@ impl Engine {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| crossbeam_channel::unbounded()).unzip();
         let router = Router::new(senders);
         let metrics = Arc::new(Metrics::default());
-        let (writer, writer_thread) = writer::spawn(journal.clone(), metrics.clone());
+        let (writer, head, writer_thread) = writer::spawn(journal.clone(), metrics.clone());
         let (timer_tx, timer_rx) = crossbeam_channel::unbounded();
         let timers_thread = timers::spawn(journal.clone(), router.clone(), timer_rx);
         let shared = Arc::new(Shared {
@@ -71,7 +72,7 @@ impl Engine {
             .map(|(i, rx)| shard::spawn(i, shared.clone(), router.shards()[i].clone(), rx))
             .collect();
         let services = Mutex::new(vec![writer_thread, timers_thread]);
-        Engine { inner: Arc::new(Inner { shared, router, shards: Mutex::new(shards), services }) }
+        Engine { inner: Arc::new(Inner { shared, router, shards: Mutex::new(shards), services, head }) }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -88,6 +89,12 @@ impl Engine {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.shared.metrics
+    }
+
+    /// The global offset of the newest durable event, updated after every write
+    /// (`changed().await` wakes a reader that follows the journal live).
+    pub fn durable_head(&self) -> Head {
+        self.inner.head.clone()
     }
 
     /// The id stored with every event this process writes (Akka's writer uuid).

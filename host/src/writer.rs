@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::watch;
 
 use crate::journal::{Journal, WriteBatch};
 use crate::metrics::Metrics;
@@ -35,16 +36,21 @@ pub enum WriterMsg {
 /// The writer's handle: where batches go.
 pub type Writer = Sender<WriterMsg>;
 
-pub fn spawn(journal: Arc<dyn Journal>, metrics: Arc<Metrics>) -> (Writer, JoinHandle<()>) {
+/// The newest durable global offset, published after every write that made events
+/// durable (readers that follow the journal live wait on it).
+pub type Head = watch::Receiver<u64>;
+
+pub fn spawn(journal: Arc<dyn Journal>, metrics: Arc<Metrics>) -> (Writer, Head, JoinHandle<()>) {
     let (tx, rx) = crossbeam_channel::unbounded();
+    let (head_tx, head) = watch::channel(journal.head());
     let thread = std::thread::Builder::new()
         .name("mneme-writer".into())
-        .spawn(move || run(&*journal, &rx, &metrics))
+        .spawn(move || run(&*journal, &rx, &metrics, &head_tx))
         .expect("spawn writer thread");
-    (tx, thread)
+    (tx, head, thread)
 }
 
-fn run(journal: &dyn Journal, rx: &Receiver<WriterMsg>, metrics: &Metrics) {
+fn run(journal: &dyn Journal, rx: &Receiver<WriterMsg>, metrics: &Metrics, head: &watch::Sender<u64>) {
     let mut stop = false;
     while !stop {
         let Ok(first) = rx.recv() else { return };
@@ -64,6 +70,9 @@ fn run(journal: &dyn Journal, rx: &Receiver<WriterMsg>, metrics: &Metrics) {
         let result = journal.write(&merged).map_err(|e| e.to_string());
         match &result {
             Ok(()) => {
+                if !merged.events.is_empty() {
+                    head.send_replace(journal.head());
+                }
                 metrics.journal_writes_total.fetch_add(1, Relaxed);
                 metrics.events_persisted_total.fetch_add(merged.events.len() as u64, Relaxed);
                 metrics.snapshots_total.fetch_add(merged.snapshots.len() as u64, Relaxed);

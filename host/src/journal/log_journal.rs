@@ -456,6 +456,10 @@ impl Journal for LogJournal {
         Ok(id)
     }
 
+    fn head(&self) -> u64 {
+        self.writer.lock().unwrap().state.next_offset - 1
+    }
+
     /// While the last write failed, each call (at most once a second) probes
     /// whether the journal can write again: it catches the index up and appends an
     /// empty frame (which stores nothing), so the answer follows the disk even

@@ -143,6 +143,8 @@ pub trait Journal: Send + Sync + 'static {
     fn timers(&self) -> JournalResult<Vec<Timer>>;
     /// A fresh timer id, unique for this journal.
     fn next_timer_id(&self) -> JournalResult<u64>;
+    /// The global offset of the newest durable event (0 when there is none).
+    fn head(&self) -> u64;
     /// Why the journal cannot write right now (the last write failed and no write
     /// has succeeded since), for `GET /health`.
     fn health(&self) -> Result<(), String> {

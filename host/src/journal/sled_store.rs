@@ -212,6 +212,10 @@ impl Journal for SledJournal {
     fn next_timer_id(&self) -> JournalResult<u64> {
         self.db.generate_id().map_err(storage)
     }
+
+    fn head(&self) -> u64 {
+        self.writer.lock().unwrap().next_offset - 1
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ backend_tests!(
     reopened_journal_sees_everything,
     timer_ids_are_unique_across_restarts,
     opening_twice_at_once_fails,
+    head_is_the_newest_durable_offset,
 );
 
 pub(crate) fn ev(pid: &str, seq: u64, tags: &[&str]) -> NewEvent {
@@ -247,4 +248,20 @@ fn opening_twice_at_once_fails(open: Opener) {
     drop(j);
     let j = open(dir.path()).unwrap();
     assert_eq!(j.highest_seq_nr("a|1").unwrap(), 2);
+}
+
+fn head_is_the_newest_durable_offset(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path()).unwrap();
+    assert_eq!(j.head(), 0);
+    j.write(&WriteBatch { events: vec![ev("a|1", 1, &[]), ev("a|1", 2, &[])], snapshots: vec![] }).unwrap();
+    assert_eq!(j.head(), 2);
+    let refused = WriteBatch { events: vec![ev("a|1", 9, &[])], snapshots: vec![] };
+    assert!(j.write(&refused).is_err());
+    assert_eq!(j.head(), 2, "a refused batch moves nothing");
+    drop(j);
+    let j = open(dir.path()).unwrap();
+    assert_eq!(j.head(), 2);
+    j.write(&WriteBatch { events: vec![ev("b|1", 1, &[])], snapshots: vec![] }).unwrap();
+    assert_eq!(j.head(), 3);
 }
