@@ -104,11 +104,24 @@ extern crate self as mneme_sdk;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/entity.wit",
         world: "entity",
         pub_export_macro: true,
         export_macro_name: "__mneme_export_handler",
         default_bindings_module: "::mneme_sdk::__private::bindings",
+        runtime_path: "::mneme_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod projection_bindings {
+    wit_bindgen::generate!({
+        path: "../wit/projection.wit",
+        world: "projection",
+        pub_export_macro: true,
+        export_macro_name: "__mneme_export_projection",
+        default_bindings_module: "::mneme_sdk::__private::projection_bindings",
         runtime_path: "::mneme_sdk::__private::wit_bindgen::rt",
     });
 }

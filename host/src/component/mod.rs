@@ -28,7 +28,7 @@ pub use sandbox::Sandbox;
 /// Host-side bindings generated from `wit/entity.wit`.
 pub mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/entity.wit",
         world: "entity",
     });
 }

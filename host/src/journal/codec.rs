@@ -26,44 +26,51 @@
 //!             | state bytes32
 //! timer    := crc32 | 2u8 | id u64 | due_ms u64 | entity_type str16 | entity_id str16 | payload bytes32
 //! ```
+//!
+//! The projection records (view put, view delete, projection offset) use the same
+//! encoder; their layouts are in `views.rs`.
 
 use super::{JournalError, JournalResult, NewEvent, Snapshot, StoredEvent, Timer};
 
 const VERSION: u8 = 1;
 /// The self-describing records of the commit log.
-const LOG_VERSION: u8 = 2;
+pub(super) const LOG_VERSION: u8 = 2;
 
 /// Encodes one record at the end of a buffer (which may hold other records before it).
-struct Enc<'a> {
+/// Also used by `views.rs` for the projection records.
+pub(super) struct Enc<'a> {
     buf: &'a mut Vec<u8>,
     start: usize,
 }
 
 impl<'a> Enc<'a> {
-    fn into(buf: &'a mut Vec<u8>, version: u8) -> Self {
+    pub(super) fn into(buf: &'a mut Vec<u8>, version: u8) -> Self {
         let start = buf.len();
         buf.extend_from_slice(&[0, 0, 0, 0, version]);
         Enc { buf, start }
     }
-    fn u16(&mut self, v: u16) {
+    pub(super) fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    pub(super) fn u16(&mut self, v: u16) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
-    fn u32(&mut self, v: u32) {
+    pub(super) fn u32(&mut self, v: u32) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(super) fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
-    fn str16(&mut self, s: &str) {
+    pub(super) fn str16(&mut self, s: &str) {
         self.u16(s.len() as u16);
         self.buf.extend_from_slice(s.as_bytes());
     }
-    fn bytes32(&mut self, b: &[u8]) {
+    pub(super) fn bytes32(&mut self, b: &[u8]) {
         self.u32(b.len() as u32);
         self.buf.extend_from_slice(b);
     }
     /// Write the CRC; returns the record's length.
-    fn finish(self) -> usize {
+    pub(super) fn finish(self) -> usize {
         let crc = crc32fast::hash(&self.buf[self.start + 4..]);
         self.buf[self.start..self.start + 4].copy_from_slice(&crc.to_le_bytes());
         self.buf.len() - self.start
@@ -79,7 +86,7 @@ fn record(capacity: usize, version: u8, body: impl FnOnce(&mut Enc)) -> Vec<u8> 
     buf
 }
 
-struct Dec<'a> {
+pub(super) struct Dec<'a> {
     rest: &'a [u8],
     what: &'static str,
 }
@@ -89,7 +96,7 @@ impl<'a> Dec<'a> {
         Self::version(bytes, what, VERSION)
     }
 
-    fn version(bytes: &'a [u8], what: &'static str, version: u8) -> JournalResult<Self> {
+    pub(super) fn version(bytes: &'a [u8], what: &'static str, version: u8) -> JournalResult<Self> {
         if bytes.len() < 5 {
             return Err(JournalError::Corrupt(format!("{what} record too short")));
         }
@@ -102,18 +109,18 @@ impl<'a> Dec<'a> {
         }
         Ok(Dec { rest: &bytes[5..], what })
     }
-    fn unchecked(bytes: &'a [u8], what: &'static str, version: u8) -> JournalResult<Self> {
+    pub(super) fn unchecked(bytes: &'a [u8], what: &'static str, version: u8) -> JournalResult<Self> {
         if bytes.len() < 5 || bytes[4] != version {
             return Err(JournalError::Corrupt(format!("{what} record too short or of another version")));
         }
         Ok(Dec { rest: &bytes[5..], what })
     }
-    fn str16_ref(&mut self) -> JournalResult<&'a str> {
+    pub(super) fn str16_ref(&mut self) -> JournalResult<&'a str> {
         let n = self.u16()? as usize;
         std::str::from_utf8(self.take(n)?)
             .map_err(|_| JournalError::Corrupt(format!("{} record has invalid UTF-8", self.what)))
     }
-    fn take(&mut self, n: usize) -> JournalResult<&'a [u8]> {
+    pub(super) fn take(&mut self, n: usize) -> JournalResult<&'a [u8]> {
         if self.rest.len() < n {
             return Err(JournalError::Corrupt(format!("{} record truncated", self.what)));
         }
@@ -121,21 +128,21 @@ impl<'a> Dec<'a> {
         self.rest = tail;
         Ok(head)
     }
-    fn u16(&mut self) -> JournalResult<u16> {
+    pub(super) fn u16(&mut self) -> JournalResult<u16> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
     }
-    fn u32(&mut self) -> JournalResult<u32> {
+    pub(super) fn u32(&mut self) -> JournalResult<u32> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
-    fn u64(&mut self) -> JournalResult<u64> {
+    pub(super) fn u64(&mut self) -> JournalResult<u64> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
-    fn str16(&mut self) -> JournalResult<String> {
+    pub(super) fn str16(&mut self) -> JournalResult<String> {
         let n = self.u16()? as usize;
         String::from_utf8(self.take(n)?.to_vec())
             .map_err(|_| JournalError::Corrupt(format!("{} record has invalid UTF-8", self.what)))
     }
-    fn bytes32(&mut self) -> JournalResult<Vec<u8>> {
+    pub(super) fn bytes32(&mut self) -> JournalResult<Vec<u8>> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
     }

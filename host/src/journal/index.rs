@@ -10,6 +10,8 @@
 //! b't' tag 0x00 offset(u64 BE)   -> Loc of the event record       tag index
 //! b's' pid                       -> Loc of the latest snapshot record
 //! b'm' id(u64 BE)                -> Loc of a stored timer record (removed when delivered)
+//! b'v' projection 0x00 generation(u32 BE) key  -> Loc of a view's put record   (`views.rs`)
+//! b'p' projection 0x00 generation(u32 BE)      -> Loc of a projection's offset record
 //! ```
 //! and `0x00 "through"` -> [`Through`], written in the same fjall batch as the
 //! entries of the frame it names. Both live in one keyspace on purpose: fjall
@@ -32,6 +34,7 @@ use super::body::{self, Record};
 use super::codec;
 use super::keys::{event_key, event_prefix, snapshot_key, tag_key};
 use super::log::Position;
+use super::views;
 use super::{JournalError, JournalResult};
 
 /// Where a record's bytes are in the log.
@@ -124,6 +127,14 @@ pub struct IndexBatch {
     removes: Vec<Vec<u8>>,
 }
 
+#[cfg(test)]
+impl IndexBatch {
+    /// One entry pointing `key` at `loc` (tests damage the index with it).
+    pub fn single_put(key: Vec<u8>, loc: Loc) -> IndexBatch {
+        IndexBatch { puts: vec![(key, loc.encode())], removes: Vec::new() }
+    }
+}
+
 /// The index entries of a frame whose body starts at `body_pos` of `segment`,
 /// and the [`Through`] after it.
 pub fn index_frame(
@@ -157,6 +168,13 @@ pub fn index_frame(
                 through.next_timer_id = through.next_timer_id.max(id + 1);
             }
             Record::TimerRemoved { id } => batch.removes.push(timer_key(id).to_vec()),
+            // A projection frame updates each key at most once (`views::check_batch`),
+            // so the order of puts and removes within the frame does not matter.
+            Record::ViewPut { at, len } => batch.puts.push((views::view_index_key(&body[at..at + len])?, loc(at, len).encode())),
+            Record::ViewDelete { at, len } => batch.removes.push(views::view_index_key(&body[at..at + len])?),
+            Record::ProjectionOffset { at, len } => {
+                batch.puts.push((views::offset_index_key(&body[at..at + len])?, loc(at, len).encode()))
+            }
         }
     }
     Ok((batch, through))
@@ -285,6 +303,23 @@ impl Index {
     /// The location stored under a key.
     pub fn get(&self, key: &[u8]) -> JournalResult<Option<Loc>> {
         self.entries.get(key).map_err(storage)?.map(|v| Loc::decode(&v)).transpose()
+    }
+
+    /// Entries from `start` on that start with `prefix`, in key order, at most `limit`
+    /// (a view's keys, a projection's offsets).
+    pub fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> JournalResult<Vec<(Vec<u8>, Loc)>> {
+        let mut out = Vec::new();
+        for g in self.entries.range(start.to_vec()..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = g.into_inner().map_err(storage)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), Loc::decode(&v)?));
+        }
+        Ok(out)
     }
 
     /// How many entries start with `prefix` (`b'e'` events, `b't'` tags, `b's'`

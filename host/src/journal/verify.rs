@@ -7,7 +7,11 @@
 //! frames, each frame's `first_offset` matching its first event; and both ways
 //! between log and index: every event, tag, latest snapshot and live timer of the
 //! log has the index entry pointing at it, and the index has no other entries.
-//! Memory use grows with the number of persistence ids, not of events.
+//! Projections (`views.rs`): every view and offset record's CRC; every frame with
+//! view records carries the offset record of their projection; offsets never go
+//! back; every key with a value and every generation's offset has its index entry,
+//! and the index has no other view or offset entries.
+//! Memory use grows with the number of persistence ids and view keys, not of events.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +24,7 @@ use super::keys::{event_key, snapshot_key, tag_key};
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogOptions, StdIo};
 use super::log_journal::{index_dir, log_dir};
+use super::views::{FrameRecord, ViewsCheck};
 use super::JournalResult;
 
 /// What `verify` found.
@@ -30,6 +35,10 @@ pub struct VerifyReport {
     pub events: u64,
     pub snapshots: u64,
     pub timers: u64,
+    /// Projection records (view puts and deletes, offsets) read.
+    pub projection_records: u64,
+    /// Views' keys that hold a value, over all projections and generations.
+    pub view_keys: u64,
     /// Things an operator should know that are not damage (a torn tail cut, an
     /// index that lags the log and is caught up at the next start).
     pub notes: Vec<String>,
@@ -90,6 +99,7 @@ pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
         timers: HashMap::new(),
         indexed_events: 0,
         indexed_tags: 0,
+        views: ViewsCheck::default(),
     };
     for frame in log.reader().frames_from(super::log::Position { segment: 1, pos: 0 }) {
         match frame {
@@ -130,6 +140,7 @@ struct Check<'a> {
     /// Counts of what the index must hold, for the other direction.
     indexed_events: u64,
     indexed_tags: u64,
+    views: ViewsCheck,
 }
 
 impl Check<'_> {
@@ -154,6 +165,7 @@ impl Check<'_> {
             ));
         }
         let indexed = f.end <= self.through.end;
+        let mut projection_records = Vec::new();
         for record in records {
             match record {
                 Record::Event { at: o, len } => self.event(at(o, len), &f.body[o..o + len], indexed),
@@ -173,6 +185,22 @@ impl Check<'_> {
                 Record::TimerRemoved { id } => {
                     self.timers.remove(&id);
                 }
+                Record::ViewPut { at: o, len } => {
+                    projection_records.push(FrameRecord::View { loc: at(o, len), bytes: &f.body[o..o + len], put: true })
+                }
+                Record::ViewDelete { at: o, len } => projection_records.push(FrameRecord::View {
+                    loc: at(o, len),
+                    bytes: &f.body[o..o + len],
+                    put: false,
+                }),
+                Record::ProjectionOffset { at: o, len } => {
+                    projection_records.push(FrameRecord::Offset { loc: at(o, len), bytes: &f.body[o..o + len] })
+                }
+            }
+        }
+        if !projection_records.is_empty() {
+            for p in self.views.frame(&projection_records) {
+                self.report.problem(format!("frame at {}: {p}", f.start));
             }
         }
     }
@@ -238,8 +266,27 @@ impl Check<'_> {
                 Err(e) => self.report.problem(format!("index {what} entries cannot be read: {e}")),
             }
         }
+        self.report.projection_records = self.views.records;
+        self.report.view_keys = self.views.live_keys.len() as u64;
         if !complete {
             return;
+        }
+        let views = std::mem::take(&mut self.views);
+        for (prefix, what, n) in
+            [(b'v', "view key", views.live_keys.len() as u64), (b'p', "projection offset", views.offsets.len() as u64)]
+        {
+            match index.count(prefix) {
+                Ok(found) if found != n => self.report.problem(format!("index holds {found} {what} entries, the log {n}")),
+                Ok(_) => {}
+                Err(e) => self.report.problem(format!("index {what} entries cannot be read: {e}")),
+            }
+        }
+        for (key, loc) in &views.live_keys {
+            self.expect(index, key, *loc, &format!("view key {}", String::from_utf8_lossy(&key[1..]).escape_default()));
+        }
+        for (key, (loc, _)) in &views.offsets {
+            let what = format!("projection offset {}", String::from_utf8_lossy(&key[1..]).escape_default());
+            self.expect(index, key, *loc, &what);
         }
         for (pid, loc) in &snapshots {
             self.expect(index, &snapshot_key(pid), *loc, &format!("the latest snapshot of {pid}"));
