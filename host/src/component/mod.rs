@@ -7,7 +7,9 @@
 //! * `limits`   — [`SandboxLimits`] and the check of what `handle-command` returns
 //!   (reply size, events per command).
 //! * `world`    — the deploy-time check of a component's imports and exports
-//!   against the `entity` world (no WASI, the right WIT version).
+//!   against the `entity` or `projection` world (no WASI, the right WIT version).
+//! * `projection` — [`ProjectionSandbox`]: one live instance of a projection
+//!   component (`wit/projection.wit`), with its view reads served by the host.
 //! * `store`    — every deployed version on disk, and the precompiled-code cache.
 //! * `registry` — which version of each entity type is active; validates a new
 //!   component (compile, check its world, instantiate, `describe`) before it
@@ -15,6 +17,7 @@
 
 pub mod handler;
 pub mod limits;
+pub mod projection;
 pub mod registry;
 pub mod sandbox;
 pub mod store;
@@ -22,7 +25,8 @@ pub mod world;
 
 pub use handler::{EntityHandler, Fault, NativeFactory};
 pub use limits::SandboxLimits;
-pub use registry::{Code, LoadedComponent, Registry};
+pub use projection::{ProjectionFault, ProjectionInfo, ProjectionSandbox, ViewReader};
+pub use registry::{Code, LoadedComponent, LoadedProjection, Registry};
 pub use sandbox::Sandbox;
 
 /// Host-side bindings generated from `wit/entity.wit`.

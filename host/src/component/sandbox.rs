@@ -32,9 +32,13 @@ pub struct HostState {
     memory_denied: bool,
     table_cap: usize,
     table_denied: bool,
-    fault: Option<String>,
+    pub(super) fault: Option<String>,
     /// The WASI function the guest called (they are all traps).
     pub(super) wasi_called: Option<String>,
+    /// A projection's view, for its `get` import, during a `handle-events` call.
+    pub(super) view: Option<std::sync::Arc<dyn super::projection::ViewReader>>,
+    /// Why the host could not answer a projection's `get` (a storage error, not the guest's fault).
+    pub(super) view_error: Option<String>,
 }
 
 impl host::Host for HostState {
@@ -65,10 +69,11 @@ impl ResourceLimiter for HostState {
     }
 }
 
-/// The shared engine and linker. One per process.
+/// The shared engine and linkers (entities, projections). One per process.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    pub(super) projection_linker: Linker<HostState>,
     limits: SandboxLimits,
 }
 
@@ -95,7 +100,9 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         Entity::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let runtime = Arc::new(Runtime { engine, linker, limits });
+        let mut projection_linker = Linker::new(&engine);
+        super::projection::add_to_linker(&mut projection_linker)?;
+        let runtime = Arc::new(Runtime { engine, linker, projection_linker, limits });
         spawn_epoch_ticker(Arc::downgrade(&runtime));
         Ok(runtime)
     }
@@ -112,15 +119,22 @@ impl Runtime {
     /// every reason if not), then link it: the WASI interfaces Rust's standard
     /// library always imports become traps.
     pub fn prepare(&self, component: &Component) -> anyhow::Result<EntityPre<HostState>> {
-        world::check(&self.engine, component)?;
+        world::check(&world::ENTITY, &self.engine, component)?;
         let mut linker = self.linker.clone();
-        world::link_inert_imports(&self.engine, component, &mut linker)?;
+        world::link_inert_imports(&world::ENTITY, &self.engine, component, &mut linker)?;
         let pre = linker.instantiate_pre(component)?;
         EntityPre::new(pre).map_err(|e| anyhow::anyhow!("its exports do not match the `entity` world: {e:#}"))
     }
 
     /// A fresh, empty instance.
     pub fn instantiate(&self, pre: &EntityPre<HostState>) -> Result<Sandbox, String> {
+        let mut store = self.store();
+        let entity = pre.instantiate(&mut store).map_err(|e| fault_reason(&e, store.data(), self.limits))?;
+        Ok(Sandbox { store, entity, limits: self.limits })
+    }
+
+    /// A store with the limits of every instance: memory and table caps, deadline.
+    pub(super) fn store(&self) -> Store<HostState> {
         let state = HostState {
             memory_cap: self.limits.memory_bytes,
             memory_denied: false,
@@ -128,17 +142,29 @@ impl Runtime {
             table_denied: false,
             fault: None,
             wasi_called: None,
+            view: None,
+            view_error: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(deadline_ticks(self.limits));
-        let entity = pre.instantiate(&mut store).map_err(|e| fault_reason(&e, store.data(), self.limits))?;
-        Ok(Sandbox { store, entity, limits: self.limits })
+        store
+    }
+}
+
+impl HostState {
+    /// Forget what the previous call left behind.
+    pub(super) fn reset(&mut self) {
+        self.fault = None;
+        self.memory_denied = false;
+        self.table_denied = false;
+        self.wasi_called = None;
+        self.view_error = None;
     }
 }
 
 /// The call timeout in epoch ticks (+1: the current tick may be nearly over).
-fn deadline_ticks(limits: SandboxLimits) -> u64 {
+pub(super) fn deadline_ticks(limits: SandboxLimits) -> u64 {
     (limits.call_timeout.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1) + 1
 }
 
@@ -156,7 +182,7 @@ fn spawn_epoch_ticker(runtime: Weak<Runtime>) {
 }
 
 /// Explain a failed call in words a caller can act on.
-fn fault_reason(err: &wasmtime::Error, state: &HostState, limits: SandboxLimits) -> String {
+pub(super) fn fault_reason(err: &wasmtime::Error, state: &HostState, limits: SandboxLimits) -> String {
     if state.memory_denied {
         let detail = state.fault.as_deref().map(|m| format!(" (guest reported: {m})")).unwrap_or_default();
         return format!("memory limit of {} MiB exceeded{detail}", limits.memory_bytes >> 20);
@@ -203,11 +229,7 @@ impl Sandbox {
         f: impl FnOnce(&handler::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Fault> {
         self.store.set_epoch_deadline(deadline_ticks(self.limits));
-        let data = self.store.data_mut();
-        data.fault = None;
-        data.memory_denied = false;
-        data.table_denied = false;
-        data.wasi_called = None;
+        self.store.data_mut().reset();
         let guest = self.entity.mneme_entity_handler();
         f(guest, &mut self.store).map_err(|e| Fault(fault_reason(&e, self.store.data(), self.limits)))
     }

@@ -1,27 +1,30 @@
-//! Deploy-time check that a component fits the `entity` world of
-//! `wit/entity.wit`, so a component mneme cannot run is refused with the reason
-//! instead of failing every command later.
+//! Deploy-time check that a component fits the world mneme runs it in — the
+//! `entity` world of `wit/entity.wit`, or the `projection` world of
+//! `wit/projection.wit` — so a component mneme cannot run is refused with the
+//! reason instead of failing every call later.
 //!
-//! Imports: mneme provides `mneme:entity/host` (and the type-only
-//! `mneme:entity/types`) at any version semver-compatible with [`WIT_VERSION`]
-//! (0.1.x), nothing else. Refused, each named in the error:
+//! Imports: mneme provides the world's host interfaces (`mneme:entity/host`;
+//! `mneme:projection/view` and `mneme:projection/host`) and its type-only
+//! `types` interface, at any version semver-compatible with the world's
+//! [`WorldSpec::version`] (0.1.x), nothing else. Refused, each named in the error:
 //!
 //! * WASI capabilities (`wasi:filesystem`, `wasi:clocks`, `wasi:random`,
 //!   `wasi:sockets`, `wasi:http`, ...): mneme gives guests no WASI;
-//! * `mneme:entity` interfaces of an incompatible version (`@0.2.0`, `@0.0.9`),
-//!   or functions this host does not provide;
-//! * anything else (another world's imports).
+//! * interfaces of the world's package of an incompatible version (`@0.2.0`,
+//!   `@0.0.9`), or functions this host does not provide;
+//! * anything else (another world's imports, e.g. an entity deployed as a projection).
 //!
 //! One exception, [`INERT_WASI`]: the stdio, environment, exit and stream
 //! interfaces that Rust's `wasm32-wasip2` standard library links into every
 //! component, used or not (its panic, print and `std::env` paths). Refusing them
 //! would refuse every Rust component; they are linked as traps instead, so a guest
-//! that does call one (`println!`, `std::env::var`) fails that command with a
+//! that does call one (`println!`, `std::env::var`) fails that call with a
 //! message naming the function. Python (componentize-py `--stub-wasi`),
 //! JavaScript (ComponentizeJS with its WASI features disabled) and C without I/O
 //! import no WASI at all.
 //!
-//! Exports: `mneme:entity/handler@0.1.x` with all five functions. Their types are
+//! Exports: the world's `handler` interface (`mneme:entity/handler@0.1.x` with all
+//! five functions, `mneme:projection/handler@0.1.x` with both). Their types are
 //! checked by wasmtime when the component is linked.
 
 use anyhow::bail;
@@ -31,9 +34,49 @@ use wasmtime::Engine;
 
 use super::sandbox::HostState;
 
+/// What one world of mneme's WIT asks of a component.
+#[derive(Debug)]
+pub struct WorldSpec {
+    /// The world's name, e.g. `entity`.
+    pub world: &'static str,
+    /// An article and a noun for messages: "an entity", "a projection".
+    pub what: &'static str,
+    /// The WIT package, e.g. `mneme:entity`.
+    pub package: &'static str,
+    /// The package version this host implements.
+    pub version: (u64, u64, u64),
+    /// The WIT file, for messages.
+    pub wit_file: &'static str,
+    /// Interfaces the host provides, with their functions.
+    pub imports: &'static [(&'static str, &'static [&'static str])],
+    /// Functions of the `handler` interface a component must export.
+    pub handler_funcs: &'static [&'static str],
+}
+
+/// The `entity` world of `wit/entity.wit`.
+pub const ENTITY: WorldSpec = WorldSpec {
+    world: "entity",
+    what: "an entity",
+    package: "mneme:entity",
+    version: WIT_VERSION,
+    wit_file: "wit/entity.wit",
+    imports: &[("host", HOST_FUNCS)],
+    handler_funcs: HANDLER_FUNCS,
+};
+
+/// The `projection` world of `wit/projection.wit`.
+pub const PROJECTION: WorldSpec = WorldSpec {
+    world: "projection",
+    what: "a projection",
+    package: "mneme:projection",
+    version: (0, 1, 0),
+    wit_file: "wit/projection.wit",
+    imports: &[("view", &["get"]), ("host", &["report-fault"])],
+    handler_funcs: &["describe", "handle-events"],
+};
+
 /// The version of `wit/entity.wit` this host implements.
 pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 0);
-const PACKAGE: &str = "mneme:entity";
 /// Functions of `mneme:entity/host` this host provides.
 const HOST_FUNCS: &[&str] = &["report-fault"];
 /// Functions of `mneme:entity/handler` a component must export.
@@ -64,15 +107,15 @@ const WASI_FIX: &str = "mneme gives guests no WASI; build without it, e.g. compo
 /// How mneme treats one import of a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ImportKind {
-    /// `mneme:entity/host`, compatible version.
-    Host,
-    /// `mneme:entity/types`, compatible version (types only).
+    /// One of the world's host interfaces (`mneme:entity/host`), compatible version.
+    Host(&'static [&'static str]),
+    /// The world's `types` interface, compatible version (types only).
     Types,
     /// One of [`INERT_WASI`]: linked as traps.
     InertWasi,
     /// Any other WASI interface: refused.
     Wasi,
-    /// A `mneme:entity` interface of an incompatible (or no) version: refused.
+    /// An interface of the world's package of an incompatible (or no) version: refused.
     WrongVersion,
     /// Anything else: refused.
     Unknown,
@@ -86,14 +129,14 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Whether `version` is semver-compatible with [`WIT_VERSION`] the way wasmtime
+/// Whether `version` is semver-compatible with the world's version the way wasmtime
 /// matches names: for 0.x, the same minor; no pre-release; build metadata ignored.
-fn compatible(version: Option<&str>) -> bool {
+fn compatible(spec: &WorldSpec, version: Option<&str>) -> bool {
     let Some(v) = version else { return false };
     let v = v.split_once('+').map_or(v, |(v, _build)| v);
     let parts: Vec<Option<u64>> = v.split('.').map(|p| p.parse().ok()).collect();
     let [Some(major), Some(minor), Some(_patch)] = parts[..] else { return false };
-    let (want_major, want_minor, _) = WIT_VERSION;
+    let (want_major, want_minor, _) = spec.version;
     if want_major == 0 {
         major == 0 && minor == want_minor
     } else {
@@ -101,32 +144,30 @@ fn compatible(version: Option<&str>) -> bool {
     }
 }
 
-fn classify(name: &str) -> ImportKind {
+fn classify(spec: &WorldSpec, name: &str) -> ImportKind {
     let (base, version) = split_version(name);
     if base.starts_with("wasi:") {
         return if INERT_WASI.contains(&base) { ImportKind::InertWasi } else { ImportKind::Wasi };
     }
-    let interface = base.strip_prefix(PACKAGE).and_then(|rest| rest.strip_prefix('/'));
+    let interface = base.strip_prefix(spec.package).and_then(|rest| rest.strip_prefix('/'));
     match interface {
-        Some(iface @ ("host" | "types")) if compatible(version) => {
-            if iface == "host" {
-                ImportKind::Host
-            } else {
-                ImportKind::Types
-            }
-        }
-        Some(_) if !compatible(version) => ImportKind::WrongVersion,
-        _ => ImportKind::Unknown,
+        Some("types") if compatible(spec, version) => ImportKind::Types,
+        Some(iface) if compatible(spec, version) => match spec.imports.iter().find(|(i, _)| *i == iface) {
+            Some((_, funcs)) => ImportKind::Host(funcs),
+            None => ImportKind::Unknown,
+        },
+        Some(_) => ImportKind::WrongVersion,
+        None => ImportKind::Unknown,
     }
 }
 
-fn wit_version() -> String {
-    let (a, b, c) = WIT_VERSION;
+fn wit_version(spec: &WorldSpec) -> String {
+    let (a, b, c) = spec.version;
     format!("{a}.{b}.{c}")
 }
 
-fn compatible_range() -> String {
-    let (a, b, _) = WIT_VERSION;
+fn compatible_range(spec: &WorldSpec) -> String {
+    let (a, b, _) = spec.version;
     if a == 0 {
         format!("{a}.{b}.x")
     } else {
@@ -149,47 +190,61 @@ fn quoted(names: &[String]) -> String {
 
 /// Every reason `component` does not fit the `entity` world; empty when it fits.
 pub fn problems(engine: &Engine, component: &Component) -> Vec<String> {
+    problems_in(&ENTITY, engine, component)
+}
+
+/// Every reason `component` does not fit the world of `spec`; empty when it fits.
+pub fn problems_in(spec: &WorldSpec, engine: &Engine, component: &Component) -> Vec<String> {
+    let package = spec.package;
     let ty = component.component_type();
     let mut problems = Vec::new();
     let mut wasi = Vec::new();
     let mut wrong_version = Vec::new();
     for (name, import) in ty.imports(engine) {
-        match classify(name) {
-            ImportKind::Host => {
+        match classify(spec, name) {
+            ImportKind::Host(funcs) => {
                 let unknown: Vec<String> = func_names(engine, &import.ty)
                     .into_iter()
-                    .filter(|f| !HOST_FUNCS.contains(f))
+                    .filter(|f| !funcs.contains(f))
                     .map(|f| format!("{name}#{f}"))
                     .collect();
                 if !unknown.is_empty() {
+                    let (base, _) = split_version(name);
                     problems.push(format!(
-                        "imports {}, which this mneme does not provide (its `{PACKAGE}/host` has {}): build against \
-                         the wit/entity.wit of this mneme ({PACKAGE}@{})",
+                        "imports {}, which this mneme does not provide (its `{base}` has {}): build against the {} \
+                         of this mneme ({package}@{})",
                         quoted(&unknown),
-                        quoted(&HOST_FUNCS.iter().map(|f| f.to_string()).collect::<Vec<_>>()),
-                        wit_version()
+                        quoted(&funcs.iter().map(|f| f.to_string()).collect::<Vec<_>>()),
+                        spec.wit_file,
+                        wit_version(spec)
                     ));
                 }
             }
             ImportKind::Types | ImportKind::InertWasi => {}
             ImportKind::Wasi => wasi.push(name.to_string()),
             ImportKind::WrongVersion => wrong_version.push(name.to_string()),
-            ImportKind::Unknown => problems.push(format!(
-                "imports `{name}`, which mneme does not provide: an entity (world `entity` of {PACKAGE}@{}) may \
-                 import only `{PACKAGE}/host`",
-                wit_version()
-            )),
+            ImportKind::Unknown => {
+                let allowed: Vec<String> = spec.imports.iter().map(|(i, _)| format!("{package}/{i}")).collect();
+                problems.push(format!(
+                    "imports `{name}`, which mneme does not provide: {} (world `{}` of {package}@{}) may import only {}",
+                    spec.what,
+                    spec.world,
+                    wit_version(spec),
+                    quoted(&allowed)
+                ))
+            }
         }
     }
     if !wrong_version.is_empty() {
         problems.insert(
             0,
             format!(
-                "imports {}, but this mneme implements {PACKAGE}@{} (it accepts {}): build against the \
-                 wit/entity.wit of this mneme",
+                "imports {}, but this mneme implements {package}@{} (it accepts {}): build against the {} of this \
+                 mneme",
                 quoted(&wrong_version),
-                wit_version(),
-                compatible_range()
+                wit_version(spec),
+                compatible_range(spec),
+                spec.wit_file
             ),
         );
     }
@@ -200,21 +255,22 @@ pub fn problems(engine: &Engine, component: &Component) -> Vec<String> {
     let exports: Vec<(&str, ComponentItem)> = ty.exports(engine).map(|(n, e)| (n, e.ty)).collect();
     let handler = exports.iter().find(|(name, _)| {
         let (base, version) = split_version(name);
-        base == format!("{PACKAGE}/handler") && compatible(version)
+        base == format!("{package}/handler") && compatible(spec, version)
     });
     match handler {
         None => {
             let found: Vec<String> = exports.iter().map(|(n, _)| n.to_string()).collect();
             problems.push(format!(
-                "does not export `{PACKAGE}/handler@{}` (the `entity` world's export); it exports {}",
-                compatible_range(),
+                "does not export `{package}/handler@{}` (the `{}` world's export); it exports {}",
+                compatible_range(spec),
+                spec.world,
                 if found.is_empty() { "nothing".to_string() } else { quoted(&found) }
             ));
         }
         Some((name, item)) => {
             let have = func_names(engine, item);
             let missing: Vec<String> =
-                HANDLER_FUNCS.iter().filter(|f| !have.contains(f)).map(|f| f.to_string()).collect();
+                spec.handler_funcs.iter().filter(|f| !have.contains(f)).map(|f| f.to_string()).collect();
             if !missing.is_empty() {
                 problems.push(format!("`{name}` lacks {}", quoted(&missing)));
             }
@@ -223,26 +279,27 @@ pub fn problems(engine: &Engine, component: &Component) -> Vec<String> {
     problems
 }
 
-/// Refuse a component that does not fit the `entity` world, naming every reason.
-pub fn check(engine: &Engine, component: &Component) -> anyhow::Result<()> {
-    let problems = problems(engine, component);
+/// Refuse a component that does not fit the world of `spec`, naming every reason.
+pub fn check(spec: &WorldSpec, engine: &Engine, component: &Component) -> anyhow::Result<()> {
+    let problems = problems_in(spec, engine, component);
     if !problems.is_empty() {
-        bail!("the component does not fit mneme's `entity` world: {}", problems.join("; "));
+        bail!("the component does not fit mneme's `{}` world: {}", spec.world, problems.join("; "));
     }
     Ok(())
 }
 
 /// Define the component's [`INERT_WASI`] imports as functions that trap, naming
-/// themselves, and its `mneme:entity/types` import (types only) if it asks for
-/// another patch version than the linker's.
+/// themselves, and its `types` import (types only) if it asks for another patch
+/// version than the linker's.
 pub fn link_inert_imports(
+    spec: &WorldSpec,
     engine: &Engine,
     component: &Component,
     linker: &mut Linker<HostState>,
 ) -> anyhow::Result<()> {
     let ty = component.component_type();
     for (name, import) in ty.imports(engine) {
-        match classify(name) {
+        match classify(spec, name) {
             ImportKind::InertWasi => {
                 let ComponentItem::ComponentInstance(instance) = &import.ty else { continue };
                 link_as_traps(engine, name, instance, linker)?;
@@ -287,21 +344,51 @@ mod tests {
     fn wit_version_is_the_one_in_wit_entity_wit() {
         let wit = include_str!("../../../wit/entity.wit");
         assert!(
-            wit.contains(&format!("package {PACKAGE}@{};", wit_version())),
+            wit.contains(&format!("package {}@{};", ENTITY.package, wit_version(&ENTITY))),
             "wit/entity.wit declares another version"
         );
+        let wit = include_str!("../../../wit/projection.wit");
+        assert!(
+            wit.contains(&format!("package {}@{};", PROJECTION.package, wit_version(&PROJECTION))),
+            "wit/projection.wit declares another version"
+        );
+        for (iface, funcs) in PROJECTION.imports.iter().chain(ENTITY.imports) {
+            for f in *funcs {
+                let wit = if PROJECTION.imports.iter().any(|(i, _)| i == iface) {
+                    include_str!("../../../wit/projection.wit")
+                } else {
+                    include_str!("../../../wit/entity.wit")
+                };
+                assert!(wit.contains(&format!("interface {iface} {{")) && wit.contains(&format!("{f}: func(")));
+            }
+        }
+    }
+
+    #[test]
+    fn each_world_provides_its_own_interfaces_only() {
+        let p = |name| classify(&PROJECTION, name);
+        assert_eq!(p("mneme:projection/view@0.1.0"), ImportKind::Host(&["get"]));
+        assert_eq!(p("mneme:projection/host@0.1.3"), ImportKind::Host(&["report-fault"]));
+        assert_eq!(p("mneme:projection/types@0.1.0"), ImportKind::Types);
+        assert_eq!(p("mneme:projection/view@0.2.0"), ImportKind::WrongVersion);
+        assert_eq!(p("mneme:entity/host@0.1.0"), ImportKind::Unknown, "an entity is not a projection");
+        assert_eq!(classify(&ENTITY, "mneme:projection/view@0.1.0"), ImportKind::Unknown);
+        assert_eq!(p("wasi:random/random@0.2.6"), ImportKind::Wasi);
+        assert_eq!(p("wasi:cli/stderr@0.2.6"), ImportKind::InertWasi);
     }
 
     #[test]
     fn mneme_interfaces_of_a_compatible_version_are_provided() {
-        assert_eq!(classify("mneme:entity/host@0.1.0"), ImportKind::Host);
-        assert_eq!(classify("mneme:entity/host@0.1.7"), ImportKind::Host);
-        assert_eq!(classify("mneme:entity/host@0.1.2+build.5"), ImportKind::Host);
+        let classify = |name| classify(&ENTITY, name);
+        assert_eq!(classify("mneme:entity/host@0.1.0"), ImportKind::Host(HOST_FUNCS));
+        assert_eq!(classify("mneme:entity/host@0.1.7"), ImportKind::Host(HOST_FUNCS));
+        assert_eq!(classify("mneme:entity/host@0.1.2+build.5"), ImportKind::Host(HOST_FUNCS));
         assert_eq!(classify("mneme:entity/types@0.1.0"), ImportKind::Types);
     }
 
     #[test]
     fn mneme_interfaces_of_another_version_are_refused() {
+        let classify = |name| classify(&ENTITY, name);
         for name in [
             "mneme:entity/host@0.2.0",
             "mneme:entity/host@0.0.9",
@@ -319,6 +406,7 @@ mod tests {
 
     #[test]
     fn wasi_is_refused_except_what_rust_std_always_links() {
+        let classify = |name| classify(&ENTITY, name);
         for name in [
             "wasi:filesystem/types@0.2.6",
             "wasi:clocks/wall-clock@0.2.0",
@@ -338,6 +426,7 @@ mod tests {
 
     #[test]
     fn other_imports_are_refused() {
+        let classify = |name| classify(&ENTITY, name);
         for name in ["foo:bar/baz@1.0.0", "report-fault", "mneme:entityx/host@0.1.0", "mneme:other/host@0.1.0"] {
             assert_eq!(classify(name), ImportKind::Unknown, "{name}");
         }
