@@ -27,6 +27,7 @@ use crate::error::{CommandError, CommandResult};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::names::{persistence_id, validate_entity};
+use crate::projection::Projections;
 use crate::router::{EntityState, Envelope, Outcome, Router, ShardMsg};
 use crate::shard::{self, RecoveryPermits, Shared};
 use crate::side_effects::SideEffectRunner;
@@ -47,6 +48,7 @@ struct Inner {
     /// The writer and the timers stop after the shards.
     services: Mutex<Vec<JoinHandle<()>>>,
     head: Head,
+    projections: Projections,
 }
 
 impl Engine {
@@ -56,6 +58,13 @@ impl Engine {
         let router = Router::new(senders);
         let metrics = Arc::new(Metrics::default());
         let (writer, head, writer_thread) = writer::spawn(journal.clone(), metrics.clone());
+        let projections = Projections::start(
+            journal.clone(),
+            registry.clone(),
+            head.clone(),
+            metrics.clone(),
+            config.projections.clone(),
+        );
         let (timer_tx, timer_rx) = crossbeam_channel::unbounded();
         let timers_thread = timers::spawn(journal.clone(), router.clone(), timer_rx);
         let shared = Arc::new(Shared {
@@ -72,7 +81,7 @@ impl Engine {
             .map(|(i, rx)| shard::spawn(i, shared.clone(), router.shards()[i].clone(), rx))
             .collect();
         let services = Mutex::new(vec![writer_thread, timers_thread]);
-        Engine { inner: Arc::new(Inner { shared, router, shards: Mutex::new(shards), services, head }) }
+        Engine { inner: Arc::new(Inner { shared, router, shards: Mutex::new(shards), services, head, projections }) }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -95,6 +104,11 @@ impl Engine {
     /// (`changed().await` wakes a reader that follows the journal live).
     pub fn durable_head(&self) -> Head {
         self.inner.head.clone()
+    }
+
+    /// The projections fed from this engine's journal.
+    pub fn projections(&self) -> &Projections {
+        &self.inner.projections
     }
 
     /// The id stored with every event this process writes (Akka's writer uuid).
@@ -173,9 +187,10 @@ impl Engine {
         Ok(rx)
     }
 
-    /// Stop the shards after their in-flight writes finish, then the writer and the
-    /// timers, so the journal is closed when this returns.
+    /// Stop the projections and the shards after their in-flight writes finish,
+    /// then the writer and the timers, so the journal is closed when this returns.
     pub fn shutdown(&self) {
+        self.inner.projections.shutdown();
         for s in self.inner.router.shards() {
             let _ = s.send(ShardMsg::Shutdown);
         }

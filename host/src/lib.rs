@@ -12,6 +12,7 @@ pub mod net;
 pub mod api;
 pub mod engine;
 mod shard;
+pub mod projection;
 mod writer;
 mod side_effects;
 mod timers;

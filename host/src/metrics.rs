@@ -49,6 +49,9 @@ counters {
     snapshots_total: "Snapshots written.",
     recoveries_total: "Entity recoveries.",
     passivations_total: "Entities passivated (stop, idle, restart, memory bound).",
+    projection_events_total: "Events handed to projections.",
+    projection_batches_total: "Projection batches stored (view updates and offset, one atomic write each).",
+    projection_faults_total: "Projection calls that faulted (trap, error, limit); the projection pauses.",
 }
 gauges {
     active_entities: "Entities in memory now, over all shards (bounded by --max-active-entities).",

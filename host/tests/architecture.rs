@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["server"],
     &["net", "api"],
     &["engine"],
-    &["shard"],
+    &["shard", "projection"],
     &["writer", "side_effects"],
     &["timers", "topics"],
     &["router"],
@@ -32,6 +32,11 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("journal", &["wasmtime", "axum", "tokio"], "the journal knows nothing of Wasm or HTTP"),
     ("component", &["axum", "fjall", "sled"], "components know nothing of HTTP or storage"),
     ("shard", &["axum", "fjall", "sled"], "shards know nothing of HTTP or the storage engine"),
+    (
+        "projection",
+        &["axum", "fjall", "sled", "wasmtime"],
+        "projections reach Wasm and storage through component and journal",
+    ),
     ("writer", &["wasmtime", "axum"], "the writer knows nothing of Wasm or HTTP"),
     ("router", &["wasmtime", "axum", "fjall", "sled"], "the router only carries messages"),
 ];

@@ -12,8 +12,8 @@
 //! (`views.rs`), written together as one frame per projection batch. The whole body
 //! is also covered by the frame's CRC.
 
-use super::views::{self, ProjectionOffset, ViewUpdate};
 use super::codec;
+use super::views::{self, ProjectionOffset, ViewUpdate};
 use super::{JournalError, JournalResult, NewEvent, Snapshot, Timer};
 
 const EVENT: u8 = 1;

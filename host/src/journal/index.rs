@@ -170,7 +170,9 @@ pub fn index_frame(
             Record::TimerRemoved { id } => batch.removes.push(timer_key(id).to_vec()),
             // A projection frame updates each key at most once (`views::check_batch`),
             // so the order of puts and removes within the frame does not matter.
-            Record::ViewPut { at, len } => batch.puts.push((views::view_index_key(&body[at..at + len])?, loc(at, len).encode())),
+            Record::ViewPut { at, len } => {
+                batch.puts.push((views::view_index_key(&body[at..at + len])?, loc(at, len).encode()))
+            }
             Record::ViewDelete { at, len } => batch.removes.push(views::view_index_key(&body[at..at + len])?),
             Record::ProjectionOffset { at, len } => {
                 batch.puts.push((views::offset_index_key(&body[at..at + len])?, loc(at, len).encode()))

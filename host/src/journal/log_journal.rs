@@ -272,7 +272,9 @@ impl LogJournal {
     fn read_view_value(&self, projection: &str, generation: u32, key: &str, loc: Loc) -> JournalResult<Vec<u8>> {
         let r = views::decode_put(&self.read(loc)?).map_err(|e| at(loc, e))?;
         match r.update {
-            ViewUpdate::Put { key: k, value } if r.projection == projection && r.generation == generation && k == key => {
+            ViewUpdate::Put { key: k, value }
+                if r.projection == projection && r.generation == generation && k == key =>
+            {
                 Ok(value)
             }
             _ => Err(at(
@@ -535,11 +537,10 @@ impl Journal for LogJournal {
         let entries = self.index()?.as_ref().unwrap().scan(&prefix, &prefix, usize::MAX)?;
         let mut out = Vec::with_capacity(entries.len());
         for (key, loc) in entries {
-            let generation = key
-                .get(prefix.len()..)
-                .and_then(|g| g.try_into().ok())
-                .map(u32::from_be_bytes)
-                .ok_or_else(|| JournalError::Corrupt(format!("index: bad offset key of projection `{projection}`")))?;
+            let generation =
+                key.get(prefix.len()..).and_then(|g| g.try_into().ok()).map(u32::from_be_bytes).ok_or_else(|| {
+                    JournalError::Corrupt(format!("index: bad offset key of projection `{projection}`"))
+                })?;
             out.push(self.read_offset(projection, generation, loc)?);
         }
         Ok(out)

@@ -185,9 +185,11 @@ impl Check<'_> {
                 Record::TimerRemoved { id } => {
                     self.timers.remove(&id);
                 }
-                Record::ViewPut { at: o, len } => {
-                    projection_records.push(FrameRecord::View { loc: at(o, len), bytes: &f.body[o..o + len], put: true })
-                }
+                Record::ViewPut { at: o, len } => projection_records.push(FrameRecord::View {
+                    loc: at(o, len),
+                    bytes: &f.body[o..o + len],
+                    put: true,
+                }),
                 Record::ViewDelete { at: o, len } => projection_records.push(FrameRecord::View {
                     loc: at(o, len),
                     bytes: &f.body[o..o + len],
@@ -276,7 +278,9 @@ impl Check<'_> {
             [(b'v', "view key", views.live_keys.len() as u64), (b'p', "projection offset", views.offsets.len() as u64)]
         {
             match index.count(prefix) {
-                Ok(found) if found != n => self.report.problem(format!("index holds {found} {what} entries, the log {n}")),
+                Ok(found) if found != n => {
+                    self.report.problem(format!("index holds {found} {what} entries, the log {n}"))
+                }
                 Ok(_) => {}
                 Err(e) => self.report.problem(format!("index {what} entries cannot be read: {e}")),
             }

@@ -308,9 +308,8 @@ impl ViewsCheck {
                         self.offsets.insert(key, (*loc, o.offset));
                         offset = Some(o);
                     }
-                    Err(e) => {
-                        problems.push(format!("projection offset record at segment {} byte {}: {e}", loc.segment, loc.pos))
-                    }
+                    Err(e) => problems
+                        .push(format!("projection offset record at segment {} byte {}: {e}", loc.segment, loc.pos)),
                 },
             }
         }

@@ -9,19 +9,17 @@ const SEGMENT: u64 = 1 << 20;
 
 fn open_log(dir: &Path) -> LogJournal {
     let lock = DataLock::acquire(dir).unwrap();
-    LogJournal::open_with(dir, lock, LogOptions { segment_bytes: SEGMENT }, std::sync::Arc::new(crate::journal::log::StdIo))
-        .unwrap()
+    LogJournal::open_with(
+        dir,
+        lock,
+        LogOptions { segment_bytes: SEGMENT },
+        std::sync::Arc::new(crate::journal::log::StdIo),
+    )
+    .unwrap()
 }
 
 fn offset(generation: u32, offset: u64, live: bool) -> ProjectionOffset {
-    ProjectionOffset {
-        projection: "balances".into(),
-        generation,
-        offset,
-        view_version: 1,
-        component_version: 1,
-        live,
-    }
+    ProjectionOffset { projection: "balances".into(), generation, offset, view_version: 1, component_version: 1, live }
 }
 
 fn put(key: &str, value: &str) -> ViewUpdate {
