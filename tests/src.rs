@@ -254,7 +254,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mneme::component::{sandbox::Runtime, Registry, SandboxLimits};
-use mneme::journal::{Backend, Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
+use mneme::journal::{
+    Backend, Journal, JournalError, JournalResult, ProjectionBatch, ProjectionOffset, Snapshot, StoredEvent, Timer,
+    WriteBatch,
+};
 use mneme::{CommandError, Engine, EngineConfig, Outcome};
 
 /// The real journal (the default backend), with a switch that makes its writes fail the way a full
@@ -304,6 +307,28 @@ impl Journal for SwitchableJournal {
     }
     fn health(&self) -> Result<(), String> {
         self.inner.health()
+    }
+    fn write_projection(&self, batch: &ProjectionBatch) -> JournalResult<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(JournalError::Storage("No space left on device (os error 28)".into()));
+        }
+        self.inner.write_projection(batch)
+    }
+    fn projection_offsets(&self, projection: &str) -> JournalResult<Vec<ProjectionOffset>> {
+        self.inner.projection_offsets(projection)
+    }
+    fn view_get(&self, projection: &str, generation: u32, key: &str) -> JournalResult<Option<Vec<u8>>> {
+        self.inner.view_get(projection, generation, key)
+    }
+    fn view_scan(
+        &self,
+        projection: &str,
+        generation: u32,
+        prefix: &str,
+        from_key: &str,
+        limit: usize,
+    ) -> JournalResult<Vec<(String, Vec<u8>)>> {
+        self.inner.view_scan(projection, generation, prefix, from_key, limit)
     }
 }
 
