@@ -5,10 +5,12 @@
 //!   past the durable head, bounded in count and payload bytes;
 //! * [`Overlay`]: the view as the guest's `get` sees it during the batch: the
 //!   stored view with the updates returned by the batch's earlier calls on top;
+//! * [`ViewCache`]: the values of the view the worker has read or written, so a
+//!   key read again is not read from the journal again;
 //! * [`check_updates`]: what a guest returned, checked against the limits before
 //!   anything of it is stored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::component::ViewReader;
@@ -71,22 +73,99 @@ pub fn next_batch(
     Ok(Feed { events, through })
 }
 
+/// What a worker knows of its generation's view: the updates of the batch being
+/// stored (`pending`: at most one batch is in flight while the next is computed),
+/// and the value (or absence) of every key it has read or stored, up to a budget
+/// of bytes (past it, that part starts over empty; `pending` is never dropped).
+/// Only the worker writes its generation, so once a batch has landed the cache
+/// never differs from the journal; after a failed write everything is forgotten.
+pub struct ViewCache {
+    pending: HashMap<String, Option<Vec<u8>>>,
+    values: HashMap<String, Option<Vec<u8>>>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl ViewCache {
+    pub fn new(budget: usize) -> ViewCache {
+        ViewCache { pending: HashMap::new(), values: HashMap::new(), bytes: 0, budget }
+    }
+
+    fn get(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        self.pending.get(key).or_else(|| self.values.get(key)).cloned()
+    }
+
+    fn insert(&mut self, key: &str, value: Option<Vec<u8>>) {
+        let cost = |value: &Option<Vec<u8>>| key.len() + value.as_ref().map_or(0, Vec::len) + 64;
+        if let Some(old) = self.values.remove(key) {
+            self.bytes -= cost(&old);
+        }
+        let size = cost(&value);
+        if size > self.budget {
+            return;
+        }
+        if self.bytes + size > self.budget {
+            self.values.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.values.insert(key.to_string(), value);
+    }
+
+    /// The updates of a batch on its way to the journal: read from here until it lands.
+    pub fn queue(&mut self, updates: &[ViewUpdate]) {
+        for u in updates {
+            let (key, value) = match u {
+                ViewUpdate::Put { key, value } => (key, Some(value.clone())),
+                ViewUpdate::Delete { key } => (key, None),
+            };
+            self.pending.insert(key.clone(), value);
+        }
+    }
+
+    /// The queued batch is stored.
+    pub fn landed(&mut self) {
+        for (key, value) in std::mem::take(&mut self.pending) {
+            self.insert(&key, value);
+        }
+    }
+
+    /// A write failed: what it held is not stored, and what was computed on top of it is void.
+    pub fn forget(&mut self) {
+        self.pending.clear();
+        self.values.clear();
+        self.bytes = 0;
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+}
+
 /// The view during a batch: the guest's `get` reads the updates returned so far
-/// in this batch, else the stored view.
+/// in this batch, else the stored view (through the worker's cache).
 pub struct Overlay {
     journal: Arc<dyn Journal>,
     projection: String,
     generation: u32,
+    cache: Arc<Mutex<ViewCache>>,
     /// Key → its new value (`None`: deleted), for every key the batch changed.
     changes: Mutex<BTreeMap<String, Option<Vec<u8>>>>,
 }
 
 impl Overlay {
-    pub fn new(journal: Arc<dyn Journal>, projection: &str, generation: u32) -> Arc<Overlay> {
+    pub fn new(
+        journal: Arc<dyn Journal>,
+        projection: &str,
+        generation: u32,
+        cache: Arc<Mutex<ViewCache>>,
+    ) -> Arc<Overlay> {
         Arc::new(Overlay {
             journal,
             projection: projection.to_string(),
             generation,
+            cache,
             changes: Mutex::new(BTreeMap::new()),
         })
     }
@@ -119,7 +198,12 @@ impl ViewReader for Overlay {
         if let Some(change) = self.changes.lock().unwrap().get(key) {
             return Ok(change.clone());
         }
-        self.journal.view_get(&self.projection, self.generation, key).map_err(|e| e.to_string())
+        if let Some(known) = self.cache.lock().unwrap().get(key) {
+            return Ok(known);
+        }
+        let stored = self.journal.view_get(&self.projection, self.generation, key).map_err(|e| e.to_string())?;
+        self.cache.lock().unwrap().insert(key, stored.clone());
+        Ok(stored)
     }
 }
 
@@ -272,8 +356,11 @@ mod tests {
             ],
         })
         .unwrap();
-        let o = Overlay::new(j, "p", 1);
+        let cache = Arc::new(Mutex::new(ViewCache::new(1 << 20)));
+        let o = Overlay::new(j.clone(), "p", 1, cache.clone());
         assert_eq!(o.get("a").unwrap(), Some(b"stored".to_vec()));
+        assert_eq!(o.get("z").unwrap(), None);
+        assert_eq!(cache.lock().unwrap().len(), 2, "what was read is remembered, absent keys too");
         o.apply(vec![
             ViewUpdate::Put { key: "a".into(), value: b"1".to_vec() },
             ViewUpdate::Delete { key: "b".into() },
@@ -291,6 +378,31 @@ mod tests {
             ],
             "one update per key"
         );
+    }
+
+    #[test]
+    fn the_cache_keeps_the_batch_in_flight_and_starts_over_past_its_budget() {
+        let mut c = ViewCache::new(200);
+        let stored = |c: &mut ViewCache, u: &[ViewUpdate]| {
+            c.queue(u);
+            c.landed();
+        };
+        stored(
+            &mut c,
+            &[ViewUpdate::Put { key: "a".into(), value: vec![1; 10] }, ViewUpdate::Delete { key: "b".into() }],
+        );
+        assert_eq!((c.get("a"), c.get("b"), c.get("c")), (Some(Some(vec![1; 10])), Some(None), None));
+        stored(&mut c, &[ViewUpdate::Put { key: "a".into(), value: vec![2; 10] }]);
+        assert_eq!((c.get("a"), c.len()), (Some(Some(vec![2; 10])), 2), "replaced, not counted twice");
+        stored(&mut c, &[ViewUpdate::Put { key: "big".into(), value: vec![0; 100] }]);
+        assert_eq!((c.get("a"), c.get("big").is_some()), (None, true), "over the budget: starts over");
+        stored(&mut c, &[ViewUpdate::Put { key: "huge".into(), value: vec![0; 1000] }]);
+        assert_eq!(c.get("huge"), None, "a value larger than the budget is not kept");
+        // In flight: always readable, whatever the budget, until it lands or fails.
+        c.queue(&[ViewUpdate::Put { key: "huge".into(), value: vec![0; 1000] }]);
+        assert!(c.get("huge").is_some());
+        c.forget();
+        assert_eq!((c.get("huge"), c.get("big")), (None, None), "a failed write forgets everything");
     }
 
     #[test]

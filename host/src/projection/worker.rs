@@ -1,6 +1,8 @@
 //! One projection generation being fed: a thread that reads the next batch after
 //! its position, hands it to the component, and stores the view updates with the
 //! new offset in one atomic write; then waits for the durable head to move.
+//! Storing batch N (on a thread of its own) overlaps with reading and computing
+//! batch N+1; N+1 is stored only once N has landed, and is dropped if N fails.
 //!
 //! Failures:
 //!
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::batch::{check_updates, next_batch, Overlay};
+use super::batch::{check_updates, next_batch, Overlay, ViewCache};
 use crate::component::projection::StoredEventRef;
 use crate::component::{LoadedProjection, ProjectionFault, ProjectionSandbox, Registry};
 use crate::config::ProjectionConfig;
@@ -122,7 +124,20 @@ pub fn spawn(env: Env, spec: Spec, on_live: Option<OnLive>) -> Worker {
     let thread = std::thread::Builder::new()
         .name(format!("mneme-projection-{}", spec.name))
         .spawn(move || {
-            let mut run = Run { env, spec, progress: p, stop: stop_rx, sandbox: None, stored: 0, on_live };
+            let cache = Arc::new(Mutex::new(ViewCache::new(CACHE_BYTES)));
+            let mut run = Run {
+                env,
+                spec,
+                progress: p,
+                stop: stop_rx,
+                sandbox: None,
+                cache,
+                stored: 0,
+                chain: 0,
+                live_stored: false,
+                live_chain: false,
+                on_live,
+            };
             let end = run.run();
             let mut p = run.progress.lock().unwrap();
             if let Some(why) = &end {
@@ -134,14 +149,25 @@ pub fn spawn(env: Env, spec: Spec, on_live: Option<OnLive>) -> Worker {
     Worker { generation, progress, stop, thread: Some(thread) }
 }
 
+/// Bytes of view values a worker keeps in memory ([`ViewCache`]).
+const CACHE_BYTES: usize = 64 << 20;
+
 struct Run {
     env: Env,
     spec: Spec,
     progress: Arc<Mutex<Progress>>,
     stop: watch::Receiver<bool>,
     sandbox: Option<ProjectionSandbox>,
+    cache: Arc<Mutex<ViewCache>>,
     /// The generation's offset as stored in the journal.
     stored: u64,
+    /// The offset of the last batch computed (stored, or on its way): the next
+    /// batch continues from it.
+    chain: u64,
+    /// The stored offset record says `live`.
+    live_stored: bool,
+    /// The last batch computed says `live`.
+    live_chain: bool,
     on_live: Option<OnLive>,
 }
 
@@ -160,6 +186,28 @@ fn journal_halt(what: &str, e: JournalError) -> Halt {
     }
 }
 
+/// What computing the next batch gave.
+enum Step {
+    /// The worker has taken in everything up to `through`; `batch` (if any) stores it.
+    Ready {
+        through: u64,
+        batch: Option<ProjectionBatch>,
+    },
+    /// The guest failed on an event: `partial` stores the events before it; then pause.
+    Failed {
+        partial: Option<ProjectionBatch>,
+        why: String,
+    },
+    Halt(Halt),
+}
+
+/// A batch being stored by a thread of its own while the next one is computed.
+struct InFlight {
+    thread: std::thread::JoinHandle<Result<(), Halt>>,
+    offset: u64,
+    live: bool,
+}
+
 impl Run {
     fn name(&self) -> &str {
         &self.spec.name
@@ -174,6 +222,11 @@ impl Run {
     }
 
     /// Returns why it paused, or `None` when told to stop.
+    ///
+    /// A two-stage pipeline: while batch N is being stored (its own thread), batch
+    /// N+1 is read and computed on top of N's updates (kept in the cache as
+    /// pending); N+1 is stored only after N has landed. If storing N fails, N+1 is
+    /// dropped, the cache forgotten, and the worker continues from the stored offset.
     fn run(&mut self) -> Option<String> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("projection runtime");
         let mut head_rx = self.env.head.clone();
@@ -181,8 +234,7 @@ impl Run {
             if self.stopping() {
                 return None;
             }
-            let result = self.load_offset();
-            match result {
+            match self.load_offset() {
                 Ok(()) => break,
                 Err(Halt::Pause(why)) => return Some(why),
                 Err(Halt::Retry(why)) => {
@@ -192,34 +244,133 @@ impl Run {
             }
         }
         let mut position = self.stored;
+        let mut in_flight: Option<InFlight> = None;
         self.progress.lock().unwrap().offset = position;
         loop {
             if self.stopping() {
+                let _ = self.land(&mut in_flight);
                 return None;
             }
             let head = *head_rx.borrow_and_update();
-            let live = self.progress.lock().unwrap().live;
-            if position >= head && live {
-                self.wait(&rt, &mut head_rx, None);
-                continue;
-            }
-            match self.step(position, head) {
-                Ok(next) => {
-                    position = next;
-                    let mut p = self.progress.lock().unwrap();
-                    p.offset = position;
-                    if matches!(p.state, State::Retrying(_)) {
-                        p.state = State::Running;
+            if position >= head && self.live_chain {
+                match self.land(&mut in_flight) {
+                    Ok(()) => self.wait(&rt, &mut head_rx, None),
+                    Err(halt) => {
+                        position = self.reset();
+                        if let Some(why) = self.halted(halt, &rt, &mut head_rx) {
+                            return Some(why);
+                        }
                     }
                 }
-                Err(Halt::Pause(why)) => return Some(why),
-                Err(Halt::Retry(why)) => {
-                    tracing::warn!(projection = %self.spec.name, "{why}; trying again");
-                    self.set_state(State::Retrying(why));
-                    self.wait(&rt, &mut head_rx, Some(self.env.config.retry));
+                continue;
+            }
+            let step = self.compute(position, head);
+            // The batch before this one must have landed before anything else is stored.
+            if let Err(halt) = self.land(&mut in_flight) {
+                position = self.reset();
+                if let Some(why) = self.halted(halt, &rt, &mut head_rx) {
+                    return Some(why);
+                }
+                continue;
+            }
+            match step {
+                Step::Ready { through, batch: None } => {
+                    // Nothing to store (no events of its tags): the stored offset,
+                    // which the next batch continues from, stays where it is.
+                    position = through;
+                    self.progress.lock().unwrap().offset = through;
+                }
+                Step::Ready { through, batch: Some(batch) } => {
+                    position = through;
+                    in_flight = Some(self.store_in_background(batch));
+                }
+                Step::Failed { partial, why } => {
+                    if let Some(batch) = partial {
+                        let offset = batch.offset.offset;
+                        if let Err(halt) = store(&self.env, &batch) {
+                            position = self.reset();
+                            if let Some(why) = self.halted(halt, &rt, &mut head_rx) {
+                                return Some(why);
+                            }
+                            continue;
+                        }
+                        self.landed(offset, batch.offset.live);
+                    }
+                    return Some(why);
+                }
+                Step::Halt(halt) => {
+                    position = self.reset();
+                    if let Some(why) = self.halted(halt, &rt, &mut head_rx) {
+                        return Some(why);
+                    }
                 }
             }
         }
+    }
+
+    /// A pause ends the worker (its reason); storage trouble is waited out.
+    fn halted(&self, halt: Halt, rt: &tokio::runtime::Runtime, head: &mut Head) -> Option<String> {
+        match halt {
+            Halt::Pause(why) => Some(why),
+            Halt::Retry(why) => {
+                tracing::warn!(projection = %self.spec.name, "{why}; trying again");
+                self.set_state(State::Retrying(why));
+                self.wait(rt, head, Some(self.env.config.retry));
+                None
+            }
+        }
+    }
+
+    /// Back to what is stored: after a failed write, or a step that must be computed again.
+    fn reset(&mut self) -> u64 {
+        self.cache.lock().unwrap().forget();
+        self.chain = self.stored;
+        self.live_chain = self.live_stored;
+        self.progress.lock().unwrap().offset = self.stored;
+        self.stored
+    }
+
+    /// Wait for the batch in flight (if any) to be stored.
+    fn land(&mut self, in_flight: &mut Option<InFlight>) -> Result<(), Halt> {
+        let Some(f) = in_flight.take() else { return Ok(()) };
+        let result = f.thread.join().unwrap_or_else(|_| Err(Halt::Pause("storing a batch panicked".into())));
+        result?;
+        self.cache.lock().unwrap().landed();
+        self.landed(f.offset, f.live);
+        Ok(())
+    }
+
+    /// A batch with this offset is stored.
+    fn landed(&mut self, offset: u64, live: bool) {
+        self.stored = offset;
+        self.env.metrics.projection_batches_total.fetch_add(1, Relaxed);
+        {
+            let mut p = self.progress.lock().unwrap();
+            p.offset = offset;
+            if matches!(p.state, State::Retrying(_)) {
+                p.state = State::Running;
+            }
+        }
+        if live && !self.live_stored {
+            self.live_stored = true;
+            self.progress.lock().unwrap().live = true;
+            tracing::info!(projection = %self.spec.name, generation = self.spec.generation, "view caught up: serving it");
+            if let Some(f) = self.on_live.take() {
+                f();
+            }
+        }
+    }
+
+    fn store_in_background(&mut self, batch: ProjectionBatch) -> InFlight {
+        let (offset, live) = (batch.offset.offset, batch.offset.live);
+        self.chain = offset;
+        self.live_chain = live;
+        let env = self.env.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("mneme-projection-{}-store", self.spec.name))
+            .spawn(move || store(&env, &batch))
+            .expect("spawn projection store thread");
+        InFlight { thread, offset, live }
     }
 
     /// Wait until the head moves, the worker is told to stop, or `timeout` passes.
@@ -240,85 +391,76 @@ impl Run {
             self.env.journal.projection_offsets(self.name()).map_err(|e| journal_halt("reading its offset", e))?;
         if let Some(o) = offsets.into_iter().find(|o| o.generation == self.spec.generation) {
             self.stored = o.offset;
-            if o.live {
-                self.progress.lock().unwrap().live = true;
-            }
+            self.live_stored = o.live;
         }
+        self.live_stored |= self.spec.live;
+        self.chain = self.stored;
+        self.live_chain = self.live_stored;
+        self.progress.lock().unwrap().live = self.live_stored;
         Ok(())
     }
 
-    /// Feed the next batch after `position` (up to `head`); returns the new position.
-    fn step(&mut self, position: u64, head: u64) -> Result<u64, Halt> {
+    /// Read the next batch after `position` (up to `head`) and hand it to the
+    /// component, on top of the batch in flight.
+    fn compute(&mut self, position: u64, head: u64) -> Step {
         let config = &self.env.config;
         let journal = self.env.journal.clone();
-        let feed = next_batch(
+        let feed = match next_batch(
             |tag, from, limit| journal.events_by_tag(tag, from, limit),
             &self.spec.code.info.tags,
             position,
             head,
             config.batch_events,
             config.batch_bytes,
-        )
-        .map_err(|e| journal_halt("reading events", e))?;
-        let caught_up = feed.through >= head;
-        let was_live = self.progress.lock().unwrap().live;
-        let live = was_live || caught_up;
+        ) {
+            Ok(feed) => feed,
+            Err(e) => return Step::Halt(journal_halt("reading events", e)),
+        };
+        // A view that is not live yet takes over once it has everything up to the head.
+        let live = self.live_chain || feed.through >= head;
         if feed.events.is_empty() {
-            if live && !was_live {
-                // Nothing more to feed: this view is complete; it takes over.
-                self.write(feed.through, Vec::new(), true)?;
-                self.went_live();
-            }
-            return Ok(feed.through);
+            let batch = (live && !self.live_chain).then(|| self.batch(feed.through, Vec::new(), true));
+            return Step::Ready { through: feed.through, batch };
         }
         let events: Vec<StoredEventRef> = feed.events.into_iter().map(to_guest).collect();
-        let overlay = Overlay::new(journal.clone(), self.name(), self.spec.generation);
+        let overlay = Overlay::new(journal, self.name(), self.spec.generation, self.cache.clone());
         match self.call(&events, &overlay) {
             Ok(()) => {
                 self.count(events.len());
-                self.write(feed.through, overlay.into_updates(), live)?;
-                if live && !was_live {
-                    self.went_live();
-                }
-                Ok(feed.through)
+                let updates = overlay.into_updates();
+                self.cache.lock().unwrap().queue(&updates);
+                Step::Ready { through: feed.through, batch: Some(self.batch(feed.through, updates, live)) }
             }
-            Err(Halt::Retry(why)) => Err(Halt::Retry(why)),
-            Err(Halt::Pause(why)) if events.len() == 1 => Err(Halt::Pause(self.at(&events[0], &why))),
-            Err(Halt::Pause(_)) => self.find_failing_event(&events, feed.through, live, was_live),
+            Err(Halt::Retry(why)) => Step::Halt(Halt::Retry(why)),
+            Err(Halt::Pause(why)) if events.len() == 1 => {
+                Step::Failed { partial: None, why: self.at(&events[0], &why) }
+            }
+            Err(Halt::Pause(_)) => self.find_failing_event(&events, feed.through, live),
         }
     }
 
-    /// A batch failed: hand it in again one event per call, store the updates of
-    /// the events before the one that fails, and pause naming it.
-    fn find_failing_event(
-        &mut self,
-        events: &[StoredEventRef],
-        through: u64,
-        live: bool,
-        was_live: bool,
-    ) -> Result<u64, Halt> {
-        let overlay = Overlay::new(self.env.journal.clone(), self.name(), self.spec.generation);
+    /// A batch failed: hand it in again one event per call, to store the updates
+    /// of the events before the one that fails and pause naming it.
+    fn find_failing_event(&mut self, events: &[StoredEventRef], through: u64, live: bool) -> Step {
+        let overlay = Overlay::new(self.env.journal.clone(), self.name(), self.spec.generation, self.cache.clone());
         for (i, event) in events.iter().enumerate() {
             match self.call(std::slice::from_ref(event), &overlay) {
                 Ok(()) => {}
-                Err(Halt::Retry(why)) => return Err(Halt::Retry(why)),
+                Err(Halt::Retry(why)) => return Step::Halt(Halt::Retry(why)),
                 Err(Halt::Pause(why)) => {
                     self.count(i);
-                    if i > 0 {
-                        self.write(events[i - 1].offset, overlay.into_updates(), was_live)?;
-                    }
-                    return Err(Halt::Pause(self.at(event, &why)));
+                    let partial =
+                        (i > 0).then(|| self.batch(events[i - 1].offset, overlay.into_updates(), self.live_chain));
+                    return Step::Failed { partial, why: self.at(event, &why) };
                 }
             }
         }
         // Every event on its own works (e.g. the batch as a whole needed more
         // memory than the cap): store them all.
         self.count(events.len());
-        self.write(through, overlay.into_updates(), live)?;
-        if live && !was_live {
-            self.went_live();
-        }
-        Ok(through)
+        let updates = overlay.into_updates();
+        self.cache.lock().unwrap().queue(&updates);
+        Step::Ready { through, batch: Some(self.batch(through, updates, live)) }
     }
 
     fn at(&self, event: &StoredEventRef, why: &str) -> String {
@@ -370,10 +512,10 @@ impl Run {
         }
     }
 
-    /// Store the updates and the new offset in one atomic write.
-    fn write(&mut self, offset: u64, updates: Vec<crate::journal::ViewUpdate>, live: bool) -> Result<(), Halt> {
+    /// The batch that stores `updates` with `offset`, continuing the chain.
+    fn batch(&self, offset: u64, updates: Vec<crate::journal::ViewUpdate>, live: bool) -> ProjectionBatch {
         let code = &self.spec.code;
-        let batch = ProjectionBatch {
+        ProjectionBatch {
             offset: ProjectionOffset {
                 projection: self.spec.name.clone(),
                 generation: self.spec.generation,
@@ -382,22 +524,15 @@ impl Run {
                 component_version: code.version,
                 live,
             },
-            previous_offset: self.stored,
+            previous_offset: self.chain,
             updates,
-        };
-        self.env.journal.write_projection(&batch).map_err(|e| journal_halt("storing a batch", e))?;
-        self.stored = offset;
-        self.env.metrics.projection_batches_total.fetch_add(1, Relaxed);
-        Ok(())
-    }
-
-    fn went_live(&mut self) {
-        self.progress.lock().unwrap().live = true;
-        tracing::info!(projection = %self.spec.name, generation = self.spec.generation, "view caught up: serving it");
-        if let Some(f) = self.on_live.take() {
-            f();
         }
     }
+}
+
+/// Store a batch: its updates and offset in one atomic write.
+fn store(env: &Env, batch: &ProjectionBatch) -> Result<(), Halt> {
+    env.journal.write_projection(batch).map_err(|e| journal_halt("storing a batch", e))
 }
 
 fn to_guest(e: StoredEvent) -> StoredEventRef {
