@@ -43,6 +43,7 @@ use crate::names::{
     persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_topic,
 };
 use crate::router::Outcome;
+use crate::subscribe::{bytes_field, event_json, subscribe, Source};
 /// Re-exported so an embedding program can serve [`router`] without naming axum's version.
 pub use axum;
 
@@ -60,6 +61,8 @@ pub struct ApiConfig {
     pub admin_token: Option<Token>,
     /// Required by the client routes when set (the admin token is accepted too).
     pub client_token: Option<Token>,
+    /// An event stream sends a keep-alive comment after this long without events.
+    pub stream_keep_alive: Duration,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +74,7 @@ impl Default for ApiConfig {
             body_timeout: Duration::from_secs(60),
             admin_token: None,
             client_token: None,
+            stream_keep_alive: crate::subscribe::KEEP_ALIVE,
         }
     }
 }
@@ -117,7 +121,13 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        // A body refused as too large or too slow is left unread and the connection
+        // closes after the answer: tell the client not to reuse it.
+        if matches!(self.0, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
     }
 }
 
@@ -172,31 +182,6 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-/// Bytes as JSON when they are JSON, else as a hex string under `<field>_hex`.
-fn bytes_field(obj: &mut serde_json::Map<String, Value>, field: &str, bytes: &[u8]) {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v) => {
-            obj.insert(field.to_string(), v);
-        }
-        Err(_) => {
-            obj.insert(format!("{field}_hex"), Value::String(hex::encode(bytes)));
-        }
-    }
-}
-
-fn event_json(e: StoredEvent) -> Value {
-    let mut o = serde_json::Map::new();
-    o.insert("persistence_id".into(), e.persistence_id.into());
-    o.insert("seq_nr".into(), e.seq_nr.into());
-    o.insert("offset".into(), e.offset.into());
-    o.insert("timestamp_ms".into(), e.timestamp_ms.into());
-    o.insert("writer_id".into(), e.writer_id.into());
-    o.insert("manifest".into(), e.manifest.into());
-    o.insert("tags".into(), e.tags.into());
-    bytes_field(&mut o, "payload", &e.payload);
-    Value::Object(o)
-}
-
 fn component_json(c: &LoadedComponent, versions: Vec<u64>) -> Value {
     json!({
         "entity_type": c.entity_type,
@@ -228,7 +213,9 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
         )
         .route("/v1/entities/{entity_type}/{entity_id}/events", get(entity_events))
         .route("/v1/entities/{entity_type}/{entity_id}/state", get(entity_state))
+        .route("/v1/entities/{entity_type}/{entity_id}/events/stream", get(stream_entity_events))
         .route("/v1/events", get(events_by_tag))
+        .route("/v1/events/stream", get(stream_events))
         .route("/v1/topics/{topic}", get(topic_messages))
         .route("/v1/components", get(list_components));
     let open = Router::new().route("/health", get(health)).route("/metrics", get(metrics));
@@ -298,14 +285,24 @@ fn refusal(headers: &HeaderMap, which: &str, accepted: &[&Token]) -> Option<Resp
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     };
-    match bearer(headers) {
-        Ok(Some(token)) if accepted.iter().any(|t| t.matches(token)) => None,
-        Ok(Some(_)) => Some(ApiError(StatusCode::FORBIDDEN, format!("wrong {which} token")).into_response()),
-        Ok(None) => {
-            Some(unauthorized(format!("this route needs the {which} token: send `Authorization: Bearer <token>`")))
-        }
-        Err(()) => Some(unauthorized("malformed `Authorization` header: use `Authorization: Bearer <token>`".into())),
+    let mut refused = match bearer(headers) {
+        Ok(Some(token)) if accepted.iter().any(|t| t.matches(token)) => return None,
+        Ok(Some(_)) => ApiError(StatusCode::FORBIDDEN, format!("wrong {which} token")).into_response(),
+        Ok(None) => unauthorized(format!("this route needs the {which} token: send `Authorization: Bearer <token>`")),
+        Err(()) => unauthorized("malformed `Authorization` header: use `Authorization: Bearer <token>`".into()),
+    };
+    // The request's body (if any) is left unread, so the connection closes after
+    // this answer: say so, or a client reuses it for its next request and loses it.
+    if has_body(headers) {
+        refused.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    Some(refused)
+}
+
+/// Whether a request announces a body.
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 async fn admin_gate(State(app): State<AppState>, request: Request, next: Next) -> Response {
@@ -496,6 +493,58 @@ async fn events_by_tag(
     let events = blocking(move || journal.events_by_tag(&tag, from, limit)).await?.map_err(journal_error)?;
     let next = events.last().map_or(from, |e| e.offset + 1);
     Ok(events_page(events, next))
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    tag: Option<String>,
+    from: Option<u64>,
+}
+
+/// Where a stream starts: right after `Last-Event-ID` when the client reconnects,
+/// else at `from`.
+fn resume_from(headers: &HeaderMap, from: Option<u64>, default: u64) -> Result<u64, ApiError> {
+    let Some(value) = headers.get("last-event-id") else { return Ok(from.unwrap_or(default)) };
+    let text = value.to_str().unwrap_or("(not text)").trim();
+    let id: u64 = text.parse().map_err(|_| {
+        bad_request(format!(
+            "invalid Last-Event-ID `{}`: expected the id of an event (a number)",
+            text.escape_default()
+        ))
+    })?;
+    Ok(id + 1)
+}
+
+/// `GET /v1/events/stream?tag=T&from=OFFSET`: every event (or those with the tag)
+/// from an offset on, then live.
+async fn stream_events(
+    State(app): State<AppState>,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let from = resume_from(&headers, q.from, 0)?;
+    let tag = q.tag.filter(|t| !t.is_empty());
+    if tag.is_none() {
+        // Not every backend reads all events by offset: refuse up front, not mid-stream.
+        let journal = app.engine.journal().clone();
+        blocking(move || journal.events_from(u64::MAX, 1)).await?.map_err(journal_error)?;
+    }
+    Ok(subscribe(app.engine.clone(), Source::Offsets { tag }, from, app.config.stream_keep_alive).into_response())
+}
+
+/// `GET /v1/entities/{type}/{id}/events/stream?from=SEQ`: an entity's events, then live.
+async fn stream_entity_events(
+    State(app): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (entity_type, entity_id) = path(p)?;
+    let q = query(q)?;
+    let from = resume_from(&headers, q.from, 1)?;
+    let pid = persistence_id(&entity_type, &entity_id);
+    Ok(subscribe(app.engine.clone(), Source::Entity { pid }, from, app.config.stream_keep_alive).into_response())
 }
 
 async fn topic_messages(

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod server;
 pub mod net;
 pub mod api;
+pub mod subscribe;
 pub mod engine;
 mod shard;
 mod writer;

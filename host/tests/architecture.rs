@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["server"],
     &["net", "api"],
+    &["subscribe"],
     &["engine"],
     &["shard"],
     &["writer", "side_effects"],
@@ -29,6 +30,7 @@ const LAYERS: &[&[&str]] = &[
 const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("api", &["wasmtime", "fjall", "sled"], "the API knows nothing of Wasm or the storage engine"),
     ("net", &["wasmtime", "fjall", "sled"], "the network edge knows nothing of Wasm or the storage engine"),
+    ("subscribe", &["wasmtime", "fjall", "sled"], "subscriptions read the journal through its trait"),
     ("journal", &["wasmtime", "axum", "tokio"], "the journal knows nothing of Wasm or HTTP"),
     ("component", &["axum", "fjall", "sled"], "components know nothing of HTTP or storage"),
     ("shard", &["axum", "fjall", "sled"], "shards know nothing of HTTP or the storage engine"),

@@ -10,6 +10,7 @@
 //! b't' tag 0x00 offset(u64 BE)   -> Loc of the event record       tag index
 //! b's' pid                       -> Loc of the latest snapshot record
 //! b'm' id(u64 BE)                -> Loc of a stored timer record (removed when delivered)
+//! b'f' first_offset(u64 BE)      -> Loc of the body of a frame holding events   (all events by offset)
 //! ```
 //! and `0x00 "through"` -> [`Through`], written in the same fjall batch as the
 //! entries of the frame it names. Both live in one keyspace on purpose: fjall
@@ -97,6 +98,13 @@ impl Through {
 
 const THROUGH: &[u8] = b"\0through";
 const TIMER_PREFIX: u8 = b'm';
+const FRAME_PREFIX: u8 = b'f';
+
+pub fn frame_key(first_offset: u64) -> [u8; 9] {
+    let mut k = [FRAME_PREFIX; 9];
+    k[1..].copy_from_slice(&first_offset.to_be_bytes());
+    k
+}
 
 fn timer_key(id: u64) -> [u8; 9] {
     let mut k = [TIMER_PREFIX; 9];
@@ -136,6 +144,7 @@ pub fn index_frame(
     let mut batch = IndexBatch::default();
     let mut through = Through { end: frame_end, ..before };
     let loc = |at: usize, len: usize| Loc { segment, pos: body_pos + at as u64, len: len as u32 };
+    let mut first_offset = None;
     for record in body::records(body)? {
         match record {
             Record::Event { at, len } => {
@@ -146,6 +155,7 @@ pub fn index_frame(
                     batch.puts.push((tag_key(tag, head.offset), l));
                 }
                 through.next_offset = through.next_offset.max(head.offset + 1);
+                first_offset.get_or_insert(head.offset);
             }
             Record::Snapshot { at, len } => {
                 let pid = codec::snapshot_pid(&body[at..at + len])?;
@@ -158,6 +168,9 @@ pub fn index_frame(
             }
             Record::TimerRemoved { id } => batch.removes.push(timer_key(id).to_vec()),
         }
+    }
+    if let Some(first) = first_offset {
+        batch.puts.push((frame_key(first).to_vec(), loc(0, body.len()).encode()));
     }
     Ok((batch, through))
 }
@@ -268,6 +281,22 @@ impl Index {
 
     pub fn snapshot(&self, pid: &str) -> JournalResult<Option<Loc>> {
         self.entries.get(snapshot_key(pid)).map_err(storage)?.map(|v| Loc::decode(&v)).transpose()
+    }
+
+    /// The bodies of the frames holding events with offsets from `from` on: first
+    /// the frame holding `from` (whose first offset may be lower), then the
+    /// following ones, at most `limit` frames.
+    pub fn frames_from_offset(&self, from: u64, limit: usize) -> JournalResult<Vec<(u64, Loc)>> {
+        let mut out = Vec::new();
+        let start = match self.entries.range(frame_key(0)..=frame_key(from)).next_back() {
+            Some(g) => g.key().map_err(storage)?.to_vec(),
+            None => frame_key(from).to_vec(),
+        };
+        for g in self.entries.range(start..=frame_key(u64::MAX).to_vec()).take(limit) {
+            let (k, v) = g.into_inner().map_err(storage)?;
+            out.push((u64::from_be_bytes(k[1..9].try_into().unwrap()), Loc::decode(&v)?));
+        }
+        Ok(out)
     }
 
     /// Every stored timer: id and location.

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use super::body::BodyBuilder;
+use super::body::{self, BodyBuilder, Record};
 use super::codec;
 use super::index::{index_frame, Index, Loc, Through};
 use super::keys::WriterState;
@@ -398,6 +398,37 @@ impl Journal for LogJournal {
                 ));
             }
             out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn events_from(&self, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        let mut out = Vec::new();
+        let mut next = from.max(1);
+        // A frame holds up to a group commit's events: read frames until enough.
+        while out.len() < limit {
+            let frames = self.index()?.as_ref().unwrap().frames_from_offset(next, 16)?;
+            let before = out.len();
+            for (first, loc) in frames {
+                let body = self.read(loc)?;
+                for record in body::records(&body).map_err(|e| at(loc, e))? {
+                    let Record::Event { at: o, len } = record else { continue };
+                    let e = codec::decode_event_record(&body[o..o + len]).map_err(|e| at(loc, e))?;
+                    if e.offset < first {
+                        return Err(at(
+                            loc,
+                            JournalError::Corrupt(format!("frame at offset {first} holds offset {}", e.offset)),
+                        ));
+                    }
+                    if e.offset >= next && out.len() < limit {
+                        next = e.offset + 1;
+                        out.push(e);
+                    }
+                }
+            }
+            if out.len() == before {
+                break;
+            }
         }
         Ok(out)
     }

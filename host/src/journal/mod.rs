@@ -133,6 +133,11 @@ pub trait Journal: Send + Sync + 'static {
     fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>>;
     /// Events carrying `tag` with `offset >= from`, in offset order, at most `limit`.
     fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>>;
+    /// Every event with `offset >= from`, in offset order, at most `limit` (all
+    /// events, whatever their tags).
+    fn events_from(&self, _from: u64, _limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        Err(JournalError::Invalid("reading all events by offset needs `--journal log`; read by tag instead".into()))
+    }
     /// The latest snapshot of `pid`.
     fn load_snapshot(&self, pid: &str) -> JournalResult<Option<Snapshot>>;
     /// Store a timer durably.

@@ -48,6 +48,7 @@ backend_tests!(
     timer_ids_are_unique_across_restarts,
     opening_twice_at_once_fails,
     head_is_the_newest_durable_offset,
+    all_events_are_read_by_offset,
 );
 
 pub(crate) fn ev(pid: &str, seq: u64, tags: &[&str]) -> NewEvent {
@@ -264,4 +265,37 @@ fn head_is_the_newest_durable_offset(open: Opener) {
     assert_eq!(j.head(), 2);
     j.write(&WriteBatch { events: vec![ev("b|1", 1, &[])], snapshots: vec![] }).unwrap();
     assert_eq!(j.head(), 3);
+}
+
+fn all_events_are_read_by_offset(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path()).unwrap();
+    if let Err(e) = j.events_from(0, 10) {
+        assert!(matches!(e, JournalError::Invalid(_)), "a backend without it says so: {e}");
+        return;
+    }
+    for round in 1..=5u64 {
+        let events = (0..round).map(|i| ev(&format!("p|{i}"), round - i, &[])).collect();
+        j.write(&WriteBatch { events, snapshots: vec![] }).unwrap();
+        let timer = Timer {
+            id: j.next_timer_id().unwrap(),
+            due_ms: 1,
+            entity_type: "t".into(),
+            entity_id: "1".into(),
+            payload: vec![],
+        };
+        j.put_timer(&timer).unwrap();
+    }
+    let all = j.events_from(0, 100).unwrap();
+    assert_eq!(all.iter().map(|e| e.offset).collect::<Vec<_>>(), (1..=15).collect::<Vec<_>>());
+    for from in 1..=16 {
+        for limit in [1, 2, 7, 100] {
+            let page = j.events_from(from, limit).unwrap();
+            let want: Vec<u64> = (from..=15).take(limit).collect();
+            assert_eq!(page.iter().map(|e| e.offset).collect::<Vec<_>>(), want, "from {from} limit {limit}");
+        }
+    }
+    drop(j);
+    let j = open(dir.path()).unwrap();
+    assert_eq!(j.events_from(14, 100).unwrap().len(), 2, "after a reopen");
 }

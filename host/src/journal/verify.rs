@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::body::{self, Record};
 use super::codec;
-use super::index::{Index, Loc, Through};
+use super::index::{frame_key, Index, Loc, Through};
 use super::keys::{event_key, snapshot_key, tag_key};
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogOptions, StdIo};
@@ -90,6 +90,7 @@ pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
         timers: HashMap::new(),
         indexed_events: 0,
         indexed_tags: 0,
+        indexed_frames: 0,
     };
     for frame in log.reader().frames_from(super::log::Position { segment: 1, pos: 0 }) {
         match frame {
@@ -130,6 +131,7 @@ struct Check<'a> {
     /// Counts of what the index must hold, for the other direction.
     indexed_events: u64,
     indexed_tags: u64,
+    indexed_frames: u64,
 }
 
 impl Check<'_> {
@@ -154,6 +156,12 @@ impl Check<'_> {
             ));
         }
         let indexed = f.end <= self.through.end;
+        let has_events = records.iter().any(|r| matches!(r, Record::Event { .. }));
+        if let (Some(index), true, true) = (self.index, indexed, has_events) {
+            self.indexed_frames += 1;
+            let body = Loc { segment: f.start.segment, pos: f.body_pos, len: f.body.len() as u32 };
+            self.expect(index, &frame_key(f.first_offset), body, &format!("the frame at offset {}", f.first_offset));
+        }
         for record in records {
             match record {
                 Record::Event { at: o, len } => self.event(at(o, len), &f.body[o..o + len], indexed),
@@ -226,7 +234,11 @@ impl Check<'_> {
     /// snapshots or timers, and the latest snapshot of each entity.
     fn index_has_nothing_else(&mut self, index: &Index, complete: bool) {
         let snapshots = std::mem::take(&mut self.snapshots);
-        let expected = [(b'e', "event", self.indexed_events), (b't', "tag", self.indexed_tags)];
+        let expected = [
+            (b'e', "event", self.indexed_events),
+            (b't', "tag", self.indexed_tags),
+            (b'f', "frame", self.indexed_frames),
+        ];
         let expected: Vec<_> =
             expected.into_iter().chain(complete.then_some((b's', "snapshot", snapshots.len() as u64))).collect();
         for (prefix, what, n) in expected {
