@@ -15,6 +15,10 @@
 //!   entity has been answered) and which are refused because the stash is full
 //!   (capacity 3 here). A stashed command's reply arrives only after the `EndTask`.
 //! * `Burst`: several bank commands in flight at once (group commit), awaited after.
+//! * `FailWrites`: journal writes fail (a full disk) while a burst runs, as in Akka's
+//!   `onPersistFailure`: each command fails with `WriteFailed`, or, if it persists
+//!   nothing, gets the model's answer on the durable state; afterwards nothing is
+//!   stored and every entity carries on from its durable state.
 //! * `Restart`: `Engine::shutdown`, then a new engine on the same data directory.
 //!   Stashed commands are lost with the process (they must fail, never succeed, and
 //!   nothing of them is stored); everything else must have been recovered.
@@ -71,6 +75,7 @@ struct Stats {
     crash_stored: AtomicU64,
     crash_answered: AtomicU64,
     crash_failed: AtomicU64,
+    write_failed: AtomicU64,
 }
 
 static STATS: OnceLock<Stats> = OnceLock::new();
@@ -119,6 +124,8 @@ enum Op {
     /// Wait longer than the passivation tick (entities idle 20 ms are passivated
     /// when the case enables it).
     Pause,
+    /// Journal writes fail (a full disk) while the burst runs, then work again.
+    FailWrites(Vec<(u8, BankCmd)>),
 }
 
 #[derive(Clone)]
@@ -165,6 +172,7 @@ impl std::fmt::Debug for Op {
             Op::Restart => write!(f, "restart (shutdown, start)"),
             Op::Crash { burst, delay_us } => write!(f, "crash: submit [{}], cut the journal after {delay_us} us, start", fmt_burst(burst)),
             Op::Pause => write!(f, "pause 600 ms"),
+            Op::FailWrites(b) => write!(f, "journal writes fail during burst [{}]", fmt_burst(b)),
         }
     }
 }
@@ -213,6 +221,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Restart),
         1 => (burst(), prop_oneof![Just(0u16), 0..300u16, 0..2000u16]).prop_map(|(burst, delay_us)| Op::Crash { burst, delay_us }),
         1 => Just(Op::Pause),
+        1 => burst().prop_map(Op::FailWrites),
     ]
 }
 
@@ -415,10 +424,12 @@ fn crash_error(e: &CommandError) -> bool {
 // ---------------------------------------------------------------------------
 // The system under test
 
-/// The real journal, which the test can cut off: a write in progress completes,
-/// every later call fails, as if the process had died at that instant.
+/// The real journal, which the test can cut off (a write in progress completes,
+/// every later call fails, as if the process had died at that instant) or make
+/// refuse writes for a while (as a full disk does: the write fails, nothing is stored).
 struct CutJournal {
     inner: RwLock<Option<Arc<dyn Journal>>>,
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl CutJournal {
@@ -436,6 +447,9 @@ impl CutJournal {
 
 impl Journal for CutJournal {
     fn write(&self, batch: &WriteBatch) -> JournalResult<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(JournalError::Storage("No space left on device (os error 28)".into()));
+        }
         self.with(|j| j.write(batch))
     }
     fn highest_seq_nr(&self, pid: &str) -> JournalResult<u64> {
@@ -492,7 +506,7 @@ struct Harness {
 
 impl Harness {
     fn start(&mut self) {
-        let journal = Arc::new(CutJournal { inner: RwLock::new(Some(open_journal(&self.dir))) });
+        let journal = Arc::new(CutJournal { inner: RwLock::new(Some(open_journal(&self.dir))), failing: Default::default() });
         let registry = Arc::new(Registry::open(Runtime::new(SandboxLimits::default()).unwrap(), &self.dir).unwrap());
         for (name, wasm) in components() {
             registry.deploy(name, wasm).unwrap();
@@ -813,6 +827,37 @@ fn crash(h: &mut Harness, m: &mut Model, burst: &[(u8, BankCmd)], delay_us: u16)
     Ok(())
 }
 
+/// onPersistFailure: while writes fail, a command fails with `WriteFailed`, or
+/// (when it persists nothing) gets the answer the model gives on the durable
+/// state; afterwards nothing has changed.
+fn fail_writes(h: &mut Harness, m: &mut Model, burst: &[(u8, BankCmd)]) -> Result<(), String> {
+    count(&stats().commands, burst.len() as u64);
+    let journal = h.node.as_ref().unwrap().journal.clone();
+    journal.failing.store(true, Ordering::SeqCst);
+    let mut rxs: Vec<Rx> = burst.iter().map(|(a, c)| h.submit("bank-account", &m.accounts[*a as usize].id, bank_cmd_json(c))).collect();
+    let answers: Vec<Got> = rxs.iter_mut().map(|rx| wait(rx, REPLY_TIMEOUT)).collect();
+    journal.failing.store(false, Ordering::SeqCst);
+    for ((a, cmd), got) in burst.iter().zip(answers) {
+        let acct = &m.accounts[*a as usize];
+        let (expect, event, _) = bank_decide(&acct.state, &acct.id, cmd);
+        match got {
+            Got::Answer(Err(CommandError::WriteFailed(_))) => count(&stats().write_failed, 1),
+            Got::Answer(a) if event.is_none() && matches(&expect, &a) => {}
+            Got::Answer(a) => {
+                return Err(format!(
+                    "{}: {cmd:?} while writes fail: expected WriteFailed{}, got {}",
+                    acct.id,
+                    if event.is_none() { format!(" or {expect:?}") } else { String::new() },
+                    show(&a)
+                ))
+            }
+            Got::Closed => return Err(format!("{}: {cmd:?} while writes fail: reply channel dropped", acct.id)),
+            Got::Pending => return Err(format!("{}: {cmd:?} while writes fail: no answer within {REPLY_TIMEOUT:?}", acct.id)),
+        }
+    }
+    Ok(())
+}
+
 fn exec(h: &mut Harness, m: &mut Model, i: usize, op: &Op) -> Result<(), String> {
     match op {
         Op::Bank(a, cmd) => bank_burst(h, m, &[(*a, cmd.clone())]),
@@ -830,6 +875,7 @@ fn exec(h: &mut Harness, m: &mut Model, i: usize, op: &Op) -> Result<(), String>
             std::thread::sleep(Duration::from_millis(600));
             Ok(())
         }
+        Op::FailWrites(burst) => fail_writes(h, m, burst),
     }
 }
 
@@ -895,7 +941,8 @@ fn engine_matches_the_model_across_restarts_and_crashes() {
     println!(
         "model tally: {cases} cases, {} sequences run (with any shrinking), {} operations, {} commands; \
          stashed {}, replies after unstash {}, stash full {}; restarts {}; crashes {} with {} commands in flight: \
-         {} answered as the model says, {} failed with a crash error, {} events stored; {:.1}s",
+         {} answered as the model says, {} failed with a crash error, {} events stored; \
+         {} commands failed by a failing disk; {:.1}s",
         counter.load(Ordering::SeqCst),
         ops.load(Ordering::SeqCst),
         n(&st.commands),
@@ -908,6 +955,7 @@ fn engine_matches_the_model_across_restarts_and_crashes() {
         n(&st.crash_answered),
         n(&st.crash_failed),
         n(&st.crash_stored),
+        n(&st.write_failed),
         started.elapsed().as_secs_f64()
     );
     if let Err(e) = result {
