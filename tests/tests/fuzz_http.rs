@@ -19,7 +19,10 @@
 //!   Decoys make traversal visible: `decoy/00000001.wasm` beside the data directory
 //!   looks like a stored component version, so a path that escapes the component
 //!   store and "activates" it writes `decoy/ACTIVE`;
-//! * `GET /v1/components` lists only valid entity type names.
+//! * `GET /v1/components` lists only valid entity type names;
+//! * an events query returns only what it selects: every event of
+//!   `/v1/events?tag=T` carries T, in offset order from `from`; every event of
+//!   `/v1/entities/{type}/{id}/events` belongs to that entity, in seq nr order.
 //!
 //! A fixed corpus of hostile requests runs first, then generated ones. Violations
 //! are collected by kind and route (the shortest request of each is kept) and
@@ -320,7 +323,7 @@ fn pools(env: &Env) -> Pools {
         "", "?", "??", "?from=0", "?from=1&limit=1", "?from=-1", "?from=18446744073709551616", "?limit=0", "?limit=10000000000",
         "?limit=-5", "?tag=account", "?tag=", "?tag=%00", "?tag=%FF", "?tag=a%7Cb", "?tag=account&tag=x", "?from=1&from=2", "?&&&",
         "?=", "?from", "?limit=1e3", "?%", "?a=%zz", "?tag=..%2F..%2Fx", "?tag=%C3%A9", "?tag=account&from=0&limit=10000",
-        "?tag=account%00", "#frag", "?tag=a+b", "?from=%31",
+        "?tag=account%00", "?tag=account%00%00%00%00%00%00", "?tag=account%00%00%00%00%00%00%00&from=0", "#frag", "?tag=a+b", "?from=%31",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -520,6 +523,10 @@ fn corpus(env: &Env) -> Vec<Req> {
         get("/v1/topics/..%2F..%2Fdecoy"),
         get("/v1/events?tag=..%2F..%2Fdecoy"),
         get("/v1/events?tag=%00&from=0"),
+        get("/v1/events?tag=account%00%00%00%00%00%00&from=0"),
+        get("/v1/events?tag=account%00"),
+        get("/v1/events?tag=accoun"),
+        get("/v1/entities/bank-account/alic/events"),
         get("/v1/entities/bank-account/alice"),
         Req::Http {
             route: "corpus",
@@ -691,6 +698,78 @@ fn judge(req: &Req, answer: &Result<Response, ReadError>) -> Vec<(String, String
     v
 }
 
+/// Percent-decoding (and `+` as space in a query), as the server's extractors do.
+fn pct_decode(s: &[u8], plus_is_space: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'%' if i + 2 < s.len() && s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit() => {
+                let hex = std::str::from_utf8(&s[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+                continue;
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// What a successful answer to an events query says about the journal: every
+/// event of `/v1/events?tag=T` carries T, offsets increase and start at `from`;
+/// every event of `/v1/entities/{type}/{id}/events` belongs to that entity, in
+/// seq nr order from `from`.
+fn judge_events(req: &Req, r: &Response) -> Option<String> {
+    let Req::Http { method, target, .. } = req else { return None };
+    if method != "GET" || r.status != 200 {
+        return None;
+    }
+    let (path, query) = match target.iter().position(|&c| c == b'?') {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (&target[..], &b""[..]),
+    };
+    let params: Vec<(Vec<u8>, Vec<u8>)> = query
+        .split(|&c| c == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.iter().position(|&c| c == b'=') {
+            Some(i) => (pct_decode(&p[..i], true), pct_decode(&p[i + 1..], true)),
+            None => (pct_decode(p, true), Vec::new()),
+        })
+        .collect();
+    let param = |name: &[u8]| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let from: Option<u64> = param(b"from").and_then(|v| String::from_utf8(v).ok()).and_then(|v| v.parse().ok());
+    let body: Value = serde_json::from_slice(&r.body).ok()?;
+    let events = body["events"].as_array()?;
+    let segs: Vec<Vec<u8>> = path.split(|&c| c == b'/').map(|s| pct_decode(s, false)).collect();
+    if path == b"/v1/events" {
+        let tag = String::from_utf8(param(b"tag")?).ok()?;
+        let mut last = None;
+        for e in events {
+            let offset = e["offset"].as_u64().unwrap_or(0);
+            if !e["tags"].as_array().is_some_and(|t| t.iter().any(|t| t.as_str() == Some(tag.as_str()))) {
+                return Some(format!("tag query for {tag:?} returned an event tagged {}: {}", e["tags"], e["persistence_id"]));
+            }
+            if last.is_some_and(|l| offset <= l) || from.is_some_and(|f| offset < f) {
+                return Some(format!("tag query for {tag:?}: offset {offset} out of order (from {from:?})"));
+            }
+            last = Some(offset);
+        }
+    } else if segs.len() == 6 && segs[1] == b"v1" && segs[2] == b"entities" && segs[5] == b"events" {
+        let pid = format!("{}|{}", String::from_utf8_lossy(&segs[3]), String::from_utf8_lossy(&segs[4]));
+        let mut expected_seq = from.unwrap_or(1).max(1);
+        for e in events {
+            if e["persistence_id"].as_str() != Some(pid.as_str()) || e["seq_nr"].as_u64() != Some(expected_seq) {
+                return Some(format!("events of {pid:?} from {expected_seq} returned {} {}", e["persistence_id"], e["seq_nr"]));
+            }
+            expected_seq += 1;
+        }
+    }
+    None
+}
+
 #[derive(Default)]
 struct Findings {
     /// kind -> (count, routes, shortest request, what was seen)
@@ -742,6 +821,9 @@ fn run_one(env: &mut Env, findings: &mut Findings, req: &Req) {
     *findings.statuses.entry(status).or_default() += 1;
     for (kind, seen) in judge(req, &answer) {
         findings.add(kind, req, seen);
+    }
+    if let Some(wrong) = answer.as_ref().ok().and_then(|r| judge_events(req, r)) {
+        findings.add("events query answered with events it does not select".into(), req, wrong);
     }
     // Files outside the data directory.
     let after = env.tree();
