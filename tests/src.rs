@@ -135,6 +135,20 @@ impl Server {
         self.child.wait().unwrap()
     }
 
+    /// SIGTERM; the exit status if the process exits within `timeout`, else it is
+    /// killed and `None` returned.
+    pub fn terminate_within(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
         let url = format!("{}{}", self.url, path);
         let resp = match method {

@@ -24,6 +24,11 @@
 //! cargo build -p mneme --bins --release
 //! MNEME_CRASH_KILLS=100 cargo test -p mneme-tests --release --test crash -- --nocapture
 //! ```
+//! Two of the rounds (`MNEME_CRASH_TERMS`) end with SIGTERM instead: the process
+//! must exit cleanly within 60 s under load, every command it handled must have
+//! got its answer (a request without an answer must not be stored), and the same
+//! audit applies.
+//!
 //! Knobs (environment): `MNEME_CRASH_KILLS` (10), `MNEME_CRASH_ENTITIES` (200),
 //! `MNEME_CRASH_CLIENTS` (8 threads, 2 connections each), `MNEME_CRASH_ROUND_MS`
 //! (longest time between a start and its kill; each round draws 100..=this, 1200),
@@ -215,6 +220,7 @@ fn pages(server: &Server, path: impl Fn(u64) -> String, first: u64) -> Vec<Value
 #[derive(Default, Debug)]
 struct Tally {
     kills: usize,
+    terms: usize,
     sent: usize,
     acked: usize,
     refused: usize,
@@ -227,6 +233,7 @@ struct Tally {
 #[test]
 fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() {
     let kills = env_u64("MNEME_CRASH_KILLS", 10) as usize;
+    let terms = env_u64("MNEME_CRASH_TERMS", 2) as usize;
     let entities = env_u64("MNEME_CRASH_ENTITIES", 200) as usize;
     let clients = env_u64("MNEME_CRASH_CLIENTS", 8) as usize;
     let round_ms = env_u64("MNEME_CRASH_ROUND_MS", 1200).max(100);
@@ -237,7 +244,11 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
     let extra_args: Vec<String> =
         std::env::var("MNEME_CRASH_SERVE_ARGS").unwrap_or_default().split_whitespace().map(String::from).collect();
     let extra: Vec<&str> = extra_args.iter().map(String::as_str).collect();
-    println!("crash suite: {kills} kills, {entities} entities, {clients} clients, rounds up to {round_ms} ms, seed {seed}, args {extra:?}");
+    // Graceful stops (SIGTERM) spread among the kills.
+    let rounds = kills + terms;
+    let every = if terms > 0 { rounds / terms } else { usize::MAX };
+    let graceful: Vec<bool> = (0..rounds).map(|r| (r + 1) % every == 0 && (r + 1) / every <= terms).collect();
+    println!("crash suite: {kills} kills and {terms} graceful stops, {entities} entities, {clients} clients, rounds up to {round_ms} ms, seed {seed}, args {extra:?}");
 
     let data = tempfile::tempdir().unwrap();
     let comps = components_dir(&[example("bank-account")]);
@@ -249,7 +260,8 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
     let mut tally = Tally::default();
     let started = Instant::now();
 
-    for round in 0..kills {
+    let mut term_unknown = 0;
+    for round in 0..rounds {
         let server = Server::start(data.path(), comps.path(), &extra);
         writer_ids.push(server.get("/health").1["writer_id"].as_str().unwrap().to_string());
         let shared = Arc::new(Shared {
@@ -266,16 +278,29 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
             .collect();
         let ms = 100 + rng.below(round_ms - 99);
         std::thread::sleep(Duration::from_millis(ms));
-        server.kill();
+        let how = if graceful[round] {
+            // SIGTERM: in-flight writes finish, the process exits cleanly.
+            let status = server.terminate_within(Duration::from_secs(60));
+            assert!(status.is_some_and(|s| s.success()), "round {round}: SIGTERM under load did not end in a clean exit: {status:?}");
+            tally.terms += 1;
+            "stopped (SIGTERM)"
+        } else {
+            server.kill();
+            tally.kills += 1;
+            "killed"
+        };
         shared.stop.store(true, Ordering::SeqCst);
         let before = log.len();
         for t in threads {
             log.extend(t.join().unwrap());
         }
-        tally.kills += 1;
         tally.per_round_ms.push(ms);
         let acked = log[before..].iter().filter(|s| matches!(s.answer, Answer::Ok(_))).count();
-        println!("round {round}: killed after {ms} ms, {} commands sent, {acked} acknowledged", log.len() - before);
+        let unknown = log[before..].iter().filter(|s| matches!(s.answer, Answer::Unknown(_))).count();
+        if graceful[round] {
+            term_unknown += unknown;
+        }
+        println!("round {round}: {how} after {ms} ms, {} commands sent, {acked} acknowledged, {unknown} unknown", log.len() - before);
     }
 
     // Audit on a fresh start.
@@ -440,6 +465,7 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
 
     // Every command against what is stored.
     let mut by_answer: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut term_unknown_stored = 0;
     for s in &log {
         tally.sent += 1;
         let stored = stored_ids.get(&s.id).copied().unwrap_or(0);
@@ -469,6 +495,12 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
                 tally.unknown += 1;
                 *by_answer.entry("unknown").or_default() += 1;
                 tally.unknown_stored += stored;
+                if graceful[s.round] {
+                    term_unknown_stored += stored;
+                    if stored > 0 {
+                        problems.push(format!("a graceful stop handled command {} but sent no answer: {s:?}", s.id));
+                    }
+                }
             }
             Answer::Unexpected(..) => {
                 *by_answer.entry("unexpected").or_default() += 1;
@@ -478,13 +510,14 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
     }
     // The rounds must have produced the situations the audit is about.
     let acked_per_round: Vec<usize> =
-        (0..kills).map(|r| log.iter().filter(|s| s.round == r && matches!(s.answer, Answer::Ok(_))).count()).collect();
+        (0..rounds).map(|r| log.iter().filter(|s| s.round == r && matches!(s.answer, Answer::Ok(_))).count()).collect();
     assert!(acked_per_round.iter().all(|&n| n > 0), "a round acknowledged nothing: {acked_per_round:?}");
     assert!(tally.refused > 0, "no command was refused: the audit of refusals checked nothing");
 
     println!(
-        "crash tally: kills={} commands_sent={} acknowledged_audited={} refused={} unknown_outcome={} unknown_stored={} stored_events={} answers={by_answer:?} elapsed={:.1}s",
+        "crash tally: kills={} graceful_stops={} (unknown outcomes at graceful stops: {term_unknown}, of which stored: {term_unknown_stored}) commands_sent={} acknowledged_audited={} refused={} unknown_outcome={} unknown_stored={} stored_events={} answers={by_answer:?} elapsed={:.1}s",
         tally.kills,
+        tally.terms,
         tally.sent,
         tally.acked,
         tally.refused,
