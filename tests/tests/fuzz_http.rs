@@ -617,12 +617,13 @@ impl Env {
         out
     }
 
-    /// Remove what a request created outside the data directory (so later requests
-    /// are judged on their own).
+    /// Remove what a request created in the temporary directory outside the data
+    /// directory (so later requests are judged on their own). Paths beside the
+    /// temporary directory are only reported, never removed.
     fn restore(&self, baseline: &BTreeMap<PathBuf, (bool, u64, SystemTime)>) {
         let now = self.tree();
         for (p, (dir, ..)) in now.iter().rev() {
-            if !baseline.contains_key(p) {
+            if !baseline.contains_key(p) && p.starts_with(self.parent.path()) {
                 let _ = if *dir { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
             }
         }
