@@ -19,6 +19,9 @@
 //!   `onPersistFailure`: each command fails with `WriteFailed`, or, if it persists
 //!   nothing, gets the model's answer on the durable state; afterwards nothing is
 //!   stored and every entity carries on from its durable state.
+//! * Each case draws the number of shards (1 to 3) and whether idle entities are
+//!   passivated every tick (idle timeout 20 ms), so batches mix entities and
+//!   entities are recovered between commands.
 //! * `Restart`: `Engine::shutdown`, then a new engine on the same data directory.
 //!   Stashed commands are lost with the process (they must fail, never succeed, and
 //!   nothing of them is stored); everything else must have been recovered.
@@ -130,6 +133,8 @@ enum Op {
 
 #[derive(Clone)]
 struct Case {
+    /// Shards of the engine (1: every entity shares one shard and its write batches).
+    shards: usize,
     /// Idle timeout of 20 ms instead of 120 s: entities are passivated on every tick.
     passivate: bool,
     ops: Vec<Op>,
@@ -179,7 +184,7 @@ impl std::fmt::Debug for Op {
 
 impl std::fmt::Debug for Case {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "idle passivation: {}", if self.passivate { "20 ms" } else { "off" })?;
+        writeln!(f, "shards: {}, idle passivation: {}", self.shards, if self.passivate { "20 ms" } else { "off" })?;
         for (i, op) in self.ops.iter().enumerate() {
             writeln!(f, "  #{i} {op:?}")?;
         }
@@ -226,7 +231,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (any::<bool>(), prop::collection::vec(op(), 1..40)).prop_map(|(passivate, ops)| Case { passivate, ops })
+    (1..=3usize, any::<bool>(), prop::collection::vec(op(), 1..40)).prop_map(|(shards, passivate, ops)| Case { shards, passivate, ops })
 }
 
 // ---------------------------------------------------------------------------
@@ -881,7 +886,7 @@ fn exec(h: &mut Harness, m: &mut Model, i: usize, op: &Op) -> Result<(), String>
 
 fn run_case(dir: &Path, case_no: u64, case: &Case) -> Result<(), String> {
     let config = EngineConfig {
-        shards: 2,
+        shards: case.shards,
         stash_capacity: STASH_CAPACITY,
         snapshot_every: 4,
         idle_timeout: if case.passivate { Duration::from_millis(20) } else { Duration::from_secs(120) },
