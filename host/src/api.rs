@@ -40,7 +40,8 @@ use crate::engine::Engine;
 use crate::error::CommandError;
 use crate::journal::StoredEvent;
 use crate::names::{
-    persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_topic,
+    persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_label,
+    validate_topic,
 };
 use crate::router::Outcome;
 use crate::subscribe::{bytes_field, event_json, subscribe, Source};
@@ -230,6 +231,12 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
         .merge(open.route_layer(segments()))
         .layer(middleware::from_fn_with_state(state.clone(), time_body))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route; see the README for the API".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method; see the README for the API".into(),
+            )
+        })
         .with_state(state)
 }
 
@@ -487,6 +494,7 @@ async fn events_by_tag(
     let Some(tag) = page.tag.clone().filter(|t| !t.is_empty()) else {
         return Err(bad_request("missing query parameter `tag`"));
     };
+    validate_label("tag", &tag, false).map_err(bad_request)?;
     let from = page.from.unwrap_or(0);
     let limit = page.limit();
     let journal = app.engine.journal().clone();
@@ -525,6 +533,9 @@ async fn stream_events(
     let q = query(q)?;
     let from = resume_from(&headers, q.from, 0)?;
     let tag = q.tag.filter(|t| !t.is_empty());
+    if let Some(tag) = &tag {
+        validate_label("tag", tag, false).map_err(bad_request)?;
+    }
     if tag.is_none() {
         // Not every backend reads all events by offset: refuse up front, not mid-stream.
         let journal = app.engine.journal().clone();
