@@ -3,14 +3,15 @@
 #   crash suite      MNEME_CRASH_KILLS kills of a real `mneme serve` (default 100)
 #   model test       PROPTEST_CASES random sequences (default 1000)
 #   HTTP fuzzing     MNEME_FUZZ_CASES generated requests (default 20000)
+#   corruption       MNEME_CORRUPTION_TRIALS byte flips (default 500), torn writes at every byte
 # Each prints its tally. Builds the components and the binary first.
-# Usage: scripts/reliability.sh [crash|model|fuzz]...   (all three by default)
+# Usage: scripts/reliability.sh [crash|model|fuzz|corruption]...   (all by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 suites=("$@")
 if [[ ${#suites[@]} -eq 0 ]]; then
-    suites=(crash model fuzz)
+    suites=(crash model fuzz corruption)
 fi
 
 scripts/build-components.sh
@@ -31,8 +32,12 @@ for suite in "${suites[@]}"; do
             PROPTEST_CASES="${MNEME_FUZZ_CASES:-20000}" \
                 cargo test -p mneme-tests --release --test fuzz_http -- --nocapture || status=1
             ;;
+        corruption)
+            MNEME_CORRUPTION_TRIALS="${MNEME_CORRUPTION_TRIALS:-500}" MNEME_TORN_EVERY_BYTE=1 \
+                cargo test -p mneme-tests --release --test corruption -- --nocapture || status=1
+            ;;
         *)
-            echo "unknown suite: $suite (crash, model or fuzz)" >&2
+            echo "unknown suite: $suite (crash, model, fuzz or corruption)" >&2
             exit 2
             ;;
     esac

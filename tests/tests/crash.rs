@@ -246,7 +246,7 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
     let extra: Vec<&str> = extra_args.iter().map(String::as_str).collect();
     // Graceful stops (SIGTERM) spread among the kills.
     let rounds = kills + terms;
-    let every = if terms > 0 { rounds / terms } else { usize::MAX };
+    let every = rounds.checked_div(terms).unwrap_or(usize::MAX);
     let graceful: Vec<bool> = (0..rounds).map(|r| (r + 1) % every == 0 && (r + 1) / every <= terms).collect();
     println!("crash suite: {kills} kills and {terms} graceful stops, {entities} entities, {clients} clients, rounds up to {round_ms} ms, seed {seed}, args {extra:?}");
 
@@ -261,7 +261,7 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
     let started = Instant::now();
 
     let mut term_unknown = 0;
-    for round in 0..rounds {
+    for (round, &stop_gracefully) in graceful.iter().enumerate() {
         let server = Server::start(data.path(), comps.path(), &extra);
         writer_ids.push(server.get("/health").1["writer_id"].as_str().unwrap().to_string());
         let shared = Arc::new(Shared {
@@ -278,7 +278,7 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
             .collect();
         let ms = 100 + rng.below(round_ms - 99);
         std::thread::sleep(Duration::from_millis(ms));
-        let how = if graceful[round] {
+        let how = if stop_gracefully {
             // SIGTERM: in-flight writes finish, the process exits cleanly.
             let status = server.terminate_within(Duration::from_secs(60));
             assert!(
@@ -300,7 +300,7 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
         tally.per_round_ms.push(ms);
         let acked = log[before..].iter().filter(|s| matches!(s.answer, Answer::Ok(_))).count();
         let unknown = log[before..].iter().filter(|s| matches!(s.answer, Answer::Unknown(_))).count();
-        if graceful[round] {
+        if stop_gracefully {
             term_unknown += unknown;
         }
         println!(

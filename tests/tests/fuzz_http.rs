@@ -847,10 +847,9 @@ fn judge(req: &Req, answer: &Result<Response, ReadError>) -> Vec<(String, String
                 }
             }
             let metrics = matches!(req, Req::Http { target, .. } if target.starts_with(b"/metrics"));
-            if valid && (200..300).contains(&r.status) && r.status != 204 && !req.is_head() && !metrics {
-                if serde_json::from_slice::<Value>(&r.body).is_err() {
-                    v.push((format!("{} with a body that is not JSON", r.status), shown.clone()));
-                }
+            let success_with_body = valid && (200..300).contains(&r.status) && r.status != 204;
+            if success_with_body && !req.is_head() && !metrics && serde_json::from_slice::<Value>(&r.body).is_err() {
+                v.push((format!("{} with a body that is not JSON", r.status), shown.clone()));
             }
         }
     }
@@ -921,15 +920,13 @@ fn judge_events(req: &Req, r: &Response) -> Option<String> {
         }
     } else if segs.len() == 6 && segs[1] == b"v1" && segs[2] == b"entities" && segs[5] == b"events" {
         let pid = format!("{}|{}", String::from_utf8_lossy(&segs[3]), String::from_utf8_lossy(&segs[4]));
-        let mut expected_seq = from.unwrap_or(1).max(1);
-        for e in events {
+        for (expected_seq, e) in (from.unwrap_or(1).max(1)..).zip(events.iter()) {
             if e["persistence_id"].as_str() != Some(pid.as_str()) || e["seq_nr"].as_u64() != Some(expected_seq) {
                 return Some(format!(
                     "events of {pid:?} from {expected_seq} returned {} {}",
                     e["persistence_id"], e["seq_nr"]
                 ));
             }
-            expected_seq += 1;
         }
     }
     None
