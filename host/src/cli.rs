@@ -433,13 +433,18 @@ fn run_journal(action: JournalAction) -> anyhow::Result<i32> {
         JournalAction::Verify { data } => {
             let report = crate::journal::verify::verify(&data)?;
             println!(
-                "{}: {} segments, {} frames, {} events, {} snapshots, {} stored timers",
+                "{}: {} segments, {} frames, {} events, {} snapshots, {} stored timers, {} outbox entries ({} \
+                 pending), {} applied idempotency keys, {} topic messages",
                 data.display(),
                 report.segments,
                 report.frames,
                 report.events,
                 report.snapshots,
-                report.timers
+                report.timers,
+                report.outbox_entries,
+                report.outbox_pending,
+                report.applied_keys,
+                report.topic_messages
             );
             for note in &report.notes {
                 println!("note: {note}");
