@@ -3,7 +3,7 @@
 #   target/components/{bank-account,blog-post,task-manager}.wasm   (examples)
 #   target/test-components/{faulty,hostile}.wasm                    (test-only)
 #   target/test-components/{uses-wasi,wrong-world}.wasm              (test-only, built
-#                                      to be refused at deploy: WASI, WIT 0.2.0)
+#                                      to be refused at deploy: WASI, WIT 0.3.0)
 # Runnable from any directory. Installs the wasm32-wasip2 target if it is missing
 # (no rust-toolchain.toml: the active toolchain is used as is).
 set -euo pipefail

@@ -89,6 +89,7 @@ pub fn handler_cost(report: &mut Report, quick: bool) {
                 entity_id: "a".into(),
                 sequence_nr: 1,
                 timestamp_ms: 0,
+                origin: None,
             },
         };
         let t = Instant::now();

@@ -201,6 +201,13 @@ pub struct ServeArgs {
     /// N / shards); beyond it the least recently used idle entities are passivated.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_active_entities: u64,
+    /// Readers of a topic (GET /v1/topics/{topic}, .../stream) are served its newest
+    /// N messages; older positions are skipped (0: all). The journal keeps them.
+    #[arg(long, default_value_t = 100_000)]
+    pub topic_retention: u64,
+    /// Seconds without a message after which a topic stream sends a keep-alive comment.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_keep_alive_secs: u64,
     /// Token that deploy and activate require as `Authorization: Bearer <token>`
     /// (at least 16 characters). Required to listen on a non-loopback address.
     #[arg(long, env = "MNEME_ADMIN_TOKEN", hide_env_values = true)]
@@ -252,6 +259,7 @@ impl ServeArgs {
             max_concurrent_recoveries: self.max_concurrent_recoveries,
             max_event_bytes: self.max_event_bytes,
             max_active_entities: self.max_active_entities as usize,
+            topic_retention: self.topic_retention,
             ..EngineConfig::default()
         };
         if let Some(n) = self.shards {
@@ -280,6 +288,7 @@ impl ServeArgs {
                 body_timeout: Duration::from_secs(self.body_timeout_secs),
                 admin_token: admin_token.as_deref().map(Token::new),
                 client_token: client_token.as_deref().map(Token::new),
+                stream_keep_alive: Duration::from_secs(self.stream_keep_alive_secs),
                 ..ApiConfig::default()
             },
             watch: (self.watch_secs > 0).then(|| Duration::from_secs(self.watch_secs)),

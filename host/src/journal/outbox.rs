@@ -427,8 +427,11 @@ pub(super) fn messages_in_index(
 // ---------------------------------------------------------------------------
 // The sled backend: the same keys in its `journal` tree, the records as values.
 
+/// Keys and values to store, and keys to remove.
+pub(super) type SledChanges = (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>);
+
 /// What a batch's outbox part stores and removes in sled.
-pub(super) fn sled_changes(batch: &OutboxBatch, positions: &[u64]) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>) {
+pub(super) fn sled_changes(batch: &OutboxBatch, positions: &[u64]) -> SledChanges {
     let mut puts = Vec::new();
     for e in &batch.entries {
         puts.push((pending_key(&e.key), record(|b| encode_entry(b, e))));
