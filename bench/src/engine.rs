@@ -44,7 +44,7 @@ fn start(data: &Path, native: bool, config: EngineConfig) -> Engine {
 /// The backend the engine scenarios run on (`--journal`).
 pub static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
 
-fn open_journal(data: &Path) -> Arc<dyn Journal> {
+pub fn open_journal(data: &Path) -> Arc<dyn Journal> {
     journal::open(data, *BACKEND.get_or_init(Backend::default)).unwrap()
 }
 
