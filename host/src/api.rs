@@ -564,6 +564,8 @@ struct Follow {
     next: u64,
     ready: VecDeque<StoredTopicMessage>,
     durable: tokio::sync::watch::Receiver<u64>,
+    /// The server is shutting down: the stream ends.
+    closing: tokio::sync::watch::Receiver<bool>,
     failed: bool,
 }
 
@@ -581,8 +583,16 @@ async fn topic_stream(
     let mut durable = app.engine.topics().subscribe();
     durable.borrow_and_update();
     let next = first.messages.last().map_or(next.max(first.first), |m| m.position + 1);
-    let follow =
-        Follow { engine: app.engine.clone(), topic, next, ready: first.messages.into(), durable, failed: false };
+    let closing = app.engine.topics().closing();
+    let follow = Follow {
+        engine: app.engine.clone(),
+        topic,
+        next,
+        ready: first.messages.into(),
+        durable,
+        closing,
+        failed: false,
+    };
     let events = futures_util::stream::unfold(follow, |mut f| async move {
         loop {
             if let Some(m) = f.ready.pop_front() {
@@ -590,7 +600,7 @@ async fn topic_stream(
                 let event = SseEvent::default().id(id).data(message_json(m).to_string());
                 return Some((Ok::<_, Infallible>(event), f));
             }
-            if f.failed {
+            if f.failed || *f.closing.borrow() {
                 return None;
             }
             // Messages made durable after this point wake the wait below.
@@ -598,7 +608,11 @@ async fn topic_stream(
             match topic_page(&f.engine, &f.topic, f.next, STREAM_PAGE).await {
                 Ok(page) if page.messages.is_empty() => {
                     f.next = f.next.max(page.first);
-                    let _ = tokio::time::timeout(STREAM_POLL, f.durable.changed()).await;
+                    tokio::select! {
+                        _ = f.durable.changed() => {}
+                        _ = f.closing.wait_for(|closed| *closed) => {}
+                        _ = tokio::time::sleep(STREAM_POLL) => {}
+                    }
                 }
                 Ok(page) => {
                     f.next = page.messages.last().map_or(f.next, |m| m.position + 1);

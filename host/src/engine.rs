@@ -213,6 +213,7 @@ impl Engine {
     /// start), then the shards after their in-flight writes finish, then the
     /// writer, so the journal is closed when this returns.
     pub fn shutdown(&self) {
+        self.topics().close();
         let _ = self.inner.outbox.0.send(OutboxMsg::Stop);
         if let Some(t) = self.inner.outbox.1.lock().unwrap().take() {
             let _ = t.join();

@@ -13,15 +13,17 @@
 
 use tokio::sync::watch;
 
-/// Wakes readers of topics when messages become durable.
+/// Wakes readers of topics when messages become durable, and tells them when the
+/// server shuts down (so open streams end instead of holding the shutdown).
 pub struct Topics {
     /// Counts messages made durable since start; its changes are what readers wait for.
     durable: watch::Sender<u64>,
+    closed: watch::Sender<bool>,
 }
 
 impl Default for Topics {
     fn default() -> Self {
-        Topics { durable: watch::channel(0).0 }
+        Topics { durable: watch::channel(0).0, closed: watch::channel(false).0 }
     }
 }
 
@@ -36,6 +38,16 @@ impl Topics {
     /// Changes when messages of any topic become durable (`changed().await`).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.durable.subscribe()
+    }
+
+    /// The server is shutting down: readers stop following.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// `true` once [`Topics::close`] was called (`wait_for(|c| *c)` to wait for it).
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
     }
 }
 
@@ -70,5 +82,9 @@ mod tests {
         topics.published(2);
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), 2);
+        let closing = topics.closing();
+        assert!(!*closing.borrow());
+        topics.close();
+        assert!(*closing.borrow());
     }
 }

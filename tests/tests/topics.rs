@@ -79,10 +79,14 @@ fn topics_survive_kill_9_and_stream_as_server_sent_events() {
     let (s, page) = server.get("/v1/topics/faulty-records?from=2");
     assert_eq!(s, 200, "{page}");
     let messages = page["messages"].as_array().unwrap();
-    let read: Vec<(u64, Value)> = messages.iter().map(|m| (m["seq_nr"].as_u64().unwrap(), m["payload"].clone())).collect();
+    let read: Vec<(u64, Value)> =
+        messages.iter().map(|m| (m["seq_nr"].as_u64().unwrap(), m["payload"].clone())).collect();
     assert_eq!(read, [(2, json!("b")), (3, json!("c"))]);
     assert_eq!(messages[0]["source"], "faulty|p");
-    assert_eq!((page["next_from"].as_u64(), page["head"].as_u64(), page["first"].as_u64()), (Some(4), Some(3), Some(1)));
+    assert_eq!(
+        (page["next_from"].as_u64(), page["head"].as_u64(), page["first"].as_u64()),
+        (Some(4), Some(3), Some(1))
+    );
 
     // Resume after the message with id 1: b and c, then live ones, then keep-alive.
     let mut stream = Stream::open(&server, "/v1/topics/faulty-records/stream", Some("1"));
@@ -116,10 +120,24 @@ fn topic_retention_serves_the_newest_messages() {
         record(&server, v);
     }
     let (_, page) = server.get("/v1/topics/faulty-records?from=1");
-    let positions: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq_nr"].as_u64().unwrap()).collect();
+    let positions: Vec<u64> =
+        page["messages"].as_array().unwrap().iter().map(|m| m["seq_nr"].as_u64().unwrap()).collect();
     assert_eq!(positions, [3, 4]);
     assert_eq!(page["first"], 3);
     let mut stream = Stream::open(&server, "/v1/topics/faulty-records/stream", Some("0"));
     stream.until("the retained messages", |t| t.contains("id: 4") || t.contains("id:4"));
     assert_eq!(stream.payloads(), [(3, json!("c")), (4, json!("d"))]);
+}
+
+#[test]
+fn open_streams_end_when_the_server_shuts_down() {
+    let data = tempfile::tempdir().unwrap();
+    let comps = components_dir(&[test_component("faulty")]);
+    let server = Server::start(data.path(), comps.path(), &[]);
+    record(&server, "a");
+    let mut stream = Stream::open(&server, "/v1/topics/faulty-records/stream", None);
+    stream.until("the message", |t| t.contains("id: 1") || t.contains("id:1"));
+    let started = Instant::now();
+    assert!(server.terminate().success());
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown waited {:?} for the stream", started.elapsed());
 }
