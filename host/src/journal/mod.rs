@@ -143,7 +143,8 @@ pub trait Journal: Send + Sync + 'static {
     fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>>;
     /// The latest snapshot of `pid`.
     fn load_snapshot(&self, pid: &str) -> JournalResult<Option<Snapshot>>;
-    /// Store a timer durably.
+    /// Store a timer durably. (`schedule` is an outbox entry since the outbox; the
+    /// engine only delivers and removes the timers earlier versions stored.)
     fn put_timer(&self, timer: &Timer) -> JournalResult<()>;
     /// Remove a delivered timer (durably).
     fn remove_timer(&self, id: u64) -> JournalResult<()>;
