@@ -223,24 +223,21 @@ impl Outbox {
             let Some(pending) = self.entries.get_mut(&key) else { continue };
             pending.attempts += 1;
             let e = &pending.entry;
-            let me = self.me.clone();
-            let reply_key = key.clone();
+            let answer = Answer { key: Some(key.clone()), me: self.me.clone() };
             let env = Envelope {
                 entity_type: e.target_type.clone(),
                 entity_id: e.target_id.clone(),
                 manifest: String::new(),
                 payload: e.payload.clone(),
                 accepted_ms: now,
-                reply_to: ReplyTo::Callback(Box::new(move |result| {
-                    let _ = me.send(OutboxMsg::Delivered { key: reply_key, result });
-                })),
+                reply_to: ReplyTo::Callback(Box::new(move |result| answer.send(result))),
                 origin: Some(Origin { source: e.source.clone(), key: key.clone() }),
             };
             self.metrics.outbox_deliveries_total.fetch_add(1, Relaxed);
             self.in_flight += 1;
             if self.router.deliver(env).is_err() {
-                // The shards have stopped: delivered after the restart.
-                self.in_flight -= 1;
+                // The shards have stopped (shutting down): the envelope, dropped,
+                // answers that it must be tried again; the journal keeps it pending.
                 return;
             }
         }
@@ -320,6 +317,31 @@ impl Outbox {
     }
 }
 
+/// Brings a delivery's outcome back to the outbox; one dropped unanswered (its
+/// command lost on the way, e.g. in a stopping shard's queue) answers that it
+/// must be tried again, so no delivery stays in flight for good.
+struct Answer {
+    key: Option<String>,
+    me: Sender<OutboxMsg>,
+}
+
+impl Answer {
+    fn send(mut self, result: CommandResult<Outcome>) {
+        if let Some(key) = self.key.take() {
+            let _ = self.me.send(OutboxMsg::Delivered { key, result });
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let lost = CommandError::Dropped("the delivered command was dropped unanswered".into());
+            let _ = self.me.send(OutboxMsg::Delivered { key, result: Err(lost) });
+        }
+    }
+}
+
 /// Whether a delivery that failed with `e` is settled: handling it again would
 /// end the same way (see the module docs).
 fn settles(e: &CommandError) -> bool {
@@ -343,6 +365,19 @@ fn settles(e: &CommandError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_dropped_unanswered_is_answered_to_be_tried_again() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        drop(Answer { key: Some("k".into()), me: tx.clone() });
+        match rx.try_recv() {
+            Ok(OutboxMsg::Delivered { key, result: Err(e) }) => assert!(key == "k" && !settles(&e)),
+            _ => panic!("expected an answer"),
+        }
+        Answer { key: Some("k".into()), me: tx }.send(Ok(Outcome::NoReply));
+        assert!(matches!(rx.try_recv(), Ok(OutboxMsg::Delivered { result: Ok(_), .. })));
+        assert!(rx.try_recv().is_err(), "answered once");
+    }
 
     #[test]
     fn failures_that_may_pass_are_retried_the_others_settle() {
