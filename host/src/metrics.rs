@@ -54,7 +54,7 @@ counters {
     outbox_retries_total: "Deliveries tried again after a failure that may pass (write failed, unknown type, ...).",
     outbox_recovered_total: "Outbox entries found pending at start and delivered again.",
     outbox_duplicates_total: "Delivered commands whose idempotency key the target had applied: acknowledged, not applied again.",
-    outbox_failed_total: "Delivered commands that failed for good (unhandled, malformed, guest fault): not retried.",
+    outbox_failed_total: "Delivered commands that failed for good (unhandled, malformed, rejected by the journal): not retried.",
     topic_messages_total: "Messages published to topics, made durable.",
 }
 gauges {

@@ -22,12 +22,14 @@
 //!   A command that persists nothing and sends nothing leaves no record: handling
 //!   it again changes nothing.
 //! * **Settled or retried.** An outcome settles the entry (done) when handling it
-//!   again would end the same way: any reply, `unhandled`, a malformed command,
-//!   the journal's rejection, a guest fault (logged as an error with the key: a
-//!   fault that repeats would otherwise be retried forever). Anything that may
-//!   pass is retried with a backoff from 100 ms to 30 s: a write that failed, the
-//!   journal unavailable, a full stash, a stop, recovery failing, an entity type
-//!   not (yet) deployed.
+//!   again would end the same way: any reply (an error reply too), `unhandled`, a
+//!   malformed command, the journal's rejection (the last three logged as errors
+//!   with the key). Anything that may pass is retried with a backoff from 100 ms
+//!   to 30 s: a write that failed, the journal unavailable, a full stash, a stop,
+//!   recovery failing, an entity type not (yet) deployed, and a guest fault (a
+//!   deadline hit on a busy machine passes; a bug is fixed by deploying a new
+//!   version, and the command then goes through instead of being lost; logged as
+//!   an error at the 1st, 2nd, 4th, 8th, ... attempt).
 //!
 //! Not guaranteed: the order of deliveries across retries and restarts (a
 //! command retried may arrive after a later one of the same sender). A command
@@ -256,7 +258,10 @@ impl Outbox {
             Err(e) => {
                 let attempts = pending.attempts;
                 let backoff = FIRST_BACKOFF_MS.saturating_mul(1 << attempts.min(16)).min(MAX_BACKOFF_MS);
-                if attempts == 1 || matches!(e, CommandError::UnknownType(_)) && attempts.is_power_of_two() {
+                let lasting = matches!(e, CommandError::UnknownType(_) | CommandError::GuestFault { .. });
+                if lasting && attempts.is_power_of_two() {
+                    tracing::error!(key, attempts, "outbox: delivery failed, retrying in {backoff} ms: {e}");
+                } else if attempts == 1 {
                     tracing::warn!(key, attempts, "outbox: delivery failed, retrying in {backoff} ms: {e}");
                 } else {
                     tracing::debug!(key, attempts, "outbox: delivery failed, retrying in {backoff} ms: {e}");
@@ -349,9 +354,9 @@ fn settles(e: &CommandError) -> bool {
         CommandError::Unhandled { .. }
         | CommandError::Malformed(_)
         | CommandError::Rejected(_)
-        | CommandError::GuestFault { .. }
         | CommandError::InvalidId(_) => true,
-        CommandError::UnknownType(_)
+        CommandError::GuestFault { .. }
+        | CommandError::UnknownType(_)
         | CommandError::StashFull(..)
         | CommandError::WriteFailed(_)
         | CommandError::JournalUnavailable(_)
@@ -383,7 +388,7 @@ mod tests {
     fn failures_that_may_pass_are_retried_the_others_settle() {
         assert!(settles(&CommandError::Unhandled { entity_type: "t".into(), reason: None }));
         assert!(settles(&CommandError::Malformed("m".into())));
-        assert!(settles(&CommandError::GuestFault { entity_type: "t".into(), reason: "trap".into() }));
+        assert!(!settles(&CommandError::GuestFault { entity_type: "t".into(), reason: "deadline".into() }));
         assert!(!settles(&CommandError::WriteFailed("disk".into())));
         assert!(!settles(&CommandError::JournalUnavailable("disk".into())));
         assert!(!settles(&CommandError::UnknownType("t".into())));
