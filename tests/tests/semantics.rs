@@ -401,7 +401,8 @@ fn send_delivers_a_command_to_another_entity() {
 fn scheduled_commands_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let t = start(&dir, &all(), config());
-    t.ok("faulty", "timer", r#"{"type":"Schedule","delayMs":1500,"value":"later"}"#);
+    // Due after the restart below, even on a loaded machine.
+    t.ok("faulty", "timer", r#"{"type":"Schedule","delayMs":3000,"value":"later"}"#);
     t.stop();
     let t = start(&dir, &all(), config());
     assert_eq!(t.ok("faulty", "timer", r#"{"type":"Get"}"#), json!([]), "not due yet");
