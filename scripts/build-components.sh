@@ -2,8 +2,10 @@
 # Builds the Wasm components from source:
 #   target/components/{bank-account,blog-post,task-manager}.wasm   (examples)
 #   target/test-components/{faulty,hostile}.wasm                    (test-only)
+#   target/test-components/entity-v01.wasm                           (test-only, built
+#                                      against the earlier WIT 0.1.0, which must keep running)
 #   target/test-components/{uses-wasi,wrong-world}.wasm              (test-only, built
-#                                      to be refused at deploy: WASI, WIT 0.2.0)
+#                                      to be refused at deploy: WASI, WIT 0.3.0)
 # Runnable from any directory. Installs the wasm32-wasip2 target if it is missing
 # (no rust-toolchain.toml: the active toolchain is used as is).
 set -euo pipefail
@@ -18,7 +20,7 @@ fi
 
 cargo build --profile "$PROFILE" --target "$TARGET" \
     -p bank-account -p blog-post -p task-manager \
-    -p faulty -p hostile -p uses-wasi -p wrong-world
+    -p faulty -p hostile -p uses-wasi -p wrong-world -p entity-v01
 
 # Cargo's target dir may be moved with CARGO_TARGET_DIR.
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -52,6 +54,6 @@ echo "Built components:"
 for crate in bank-account blog-post task-manager; do
     install_component "$crate" "$target_dir/components/$crate.wasm"
 done
-for crate in faulty hostile uses-wasi wrong-world; do
+for crate in faulty hostile uses-wasi wrong-world entity-v01; do
     install_component "$crate" "$target_dir/test-components/$crate.wasm"
 done

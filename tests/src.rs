@@ -288,21 +288,27 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mneme::component::{sandbox::Runtime, Registry, SandboxLimits};
-use mneme::journal::{Backend, Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
+use mneme::journal::{
+    Backend, Journal, JournalError, JournalResult, OutboxEntry, Snapshot, StoredEvent, StoredTopicMessage, Timer,
+    WriteBatch,
+};
 use mneme::{CommandError, Engine, EngineConfig, Outcome};
 
 /// The real journal (the default backend), with a switch that makes its writes fail the way a full
-/// or broken disk does (the write returns an error, nothing is stored), and a
-/// counter of durable writes.
+/// or broken disk does (the write returns an error, nothing is stored), one that
+/// fails only the writes of outbox done records (as if the process died right
+/// before they were written), and a counter of durable writes.
 pub struct SwitchableJournal {
     inner: Arc<dyn Journal>,
     pub fail_writes: AtomicBool,
+    pub fail_done_writes: AtomicBool,
     pub writes: AtomicU64,
 }
 
 impl Journal for SwitchableJournal {
     fn write(&self, batch: &WriteBatch) -> JournalResult<()> {
-        if self.fail_writes.load(Ordering::SeqCst) {
+        let fail_done = !batch.outbox.done.is_empty() && self.fail_done_writes.load(Ordering::SeqCst);
+        if self.fail_writes.load(Ordering::SeqCst) || fail_done {
             return Err(JournalError::Storage("No space left on device (os error 28)".into()));
         }
         self.inner.write(batch)?;
@@ -336,6 +342,21 @@ impl Journal for SwitchableJournal {
     fn head(&self) -> u64 {
         self.inner.head()
     }
+    fn outbox_pending(&self) -> JournalResult<Vec<OutboxEntry>> {
+        self.inner.outbox_pending()
+    }
+    fn is_applied(&self, pid: &str, key: &str) -> JournalResult<bool> {
+        self.inner.is_applied(pid, key)
+    }
+    fn topic_messages(&self, topic: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredTopicMessage>> {
+        self.inner.topic_messages(topic, from, limit)
+    }
+    fn topic_head(&self, topic: &str) -> JournalResult<u64> {
+        self.inner.topic_head(topic)
+    }
+    fn events_from(&self, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        self.inner.events_from(from, limit)
+    }
     fn health(&self) -> Result<(), String> {
         self.inner.health()
     }
@@ -357,6 +378,7 @@ impl TestEngine {
         let journal = Arc::new(SwitchableJournal {
             inner: mneme::journal::open(data, Backend::default()).unwrap(),
             fail_writes: AtomicBool::new(false),
+            fail_done_writes: AtomicBool::new(false),
             writes: AtomicU64::new(0),
         });
         let registry = Arc::new(Registry::open(Runtime::new(limits).unwrap(), data).unwrap());
@@ -390,14 +412,10 @@ impl TestEngine {
         self.journal.events(&format!("{entity_type}|{id}"), 1, usize::MAX).unwrap()
     }
 
-    /// Messages published to `topic` (as JSON).
+    /// Messages published to `topic` (as JSON), from the journal.
     pub fn published(&self, topic: &str) -> Vec<Value> {
-        self.engine
-            .topics()
-            .read(topic, 1, usize::MAX)
-            .into_iter()
-            .map(|m| serde_json::from_slice(&m.payload).unwrap())
-            .collect()
+        let page = self.engine.topic_messages(topic, 1, usize::MAX).unwrap();
+        page.messages.into_iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect()
     }
 
     pub fn stop(self) {

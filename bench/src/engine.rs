@@ -44,7 +44,7 @@ fn start(data: &Path, native: bool, config: EngineConfig) -> Engine {
 /// The backend the engine scenarios run on (`--journal`).
 pub static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
 
-fn open_journal(data: &Path) -> Arc<dyn Journal> {
+pub fn open_journal(data: &Path) -> Arc<dyn Journal> {
     journal::open(data, *BACKEND.get_or_init(Backend::default)).unwrap()
 }
 
@@ -89,6 +89,7 @@ pub fn handler_cost(report: &mut Report, quick: bool) {
                 entity_id: "a".into(),
                 sequence_nr: 1,
                 timestamp_ms: 0,
+                origin: None,
             },
         };
         let t = Instant::now();

@@ -6,6 +6,7 @@
 
 mod engine;
 mod native;
+mod outbox;
 mod report;
 mod startup;
 mod storage;
@@ -48,6 +49,9 @@ fn main() {
     }
     if want("engine") {
         engine::in_process(&mut report, args.quick);
+    }
+    if want("outbox") {
+        outbox::run_all(&mut report, args.quick);
     }
     if want("http") {
         engine::http(&mut report, args.quick);

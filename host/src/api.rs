@@ -13,7 +13,14 @@
 //! Every path segment of every route is checked by [`check_segment`] before any
 //! handler runs: a route added with a new parameter name fails until the name has
 //! a check.
+//!
+//! Topics are read from the journal: `GET /v1/topics/{topic}` a page from a
+//! position, `GET /v1/topics/{topic}/stream` as Server-Sent Events that follow
+//! the topic live (`id:` the position, resumed with `Last-Event-ID`, keep-alive
+//! comments while nothing is published).
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +32,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection, Ra
 use axum::extract::{DefaultBodyLimit, Path, Query, RawPathParams, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -36,9 +44,9 @@ use sha2::{Digest, Sha256};
 
 use crate::component::LoadedComponent;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, TopicPage};
 use crate::error::CommandError;
-use crate::journal::StoredEvent;
+use crate::journal::{StoredEvent, StoredTopicMessage};
 use crate::names::{
     persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_label,
     validate_topic,
@@ -62,7 +70,7 @@ pub struct ApiConfig {
     pub admin_token: Option<Token>,
     /// Required by the client routes when set (the admin token is accepted too).
     pub client_token: Option<Token>,
-    /// An event stream sends a keep-alive comment after this long without events.
+    /// An event or topic stream sends a keep-alive comment after this long without news.
     pub stream_keep_alive: Duration,
 }
 
@@ -218,6 +226,7 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
         .route("/v1/events", get(events_by_tag))
         .route("/v1/events/stream", get(stream_events))
         .route("/v1/topics/{topic}", get(topic_messages))
+        .route("/v1/topics/{topic}/stream", get(topic_stream))
         .route("/v1/components", get(list_components));
     let open = Router::new().route("/health", get(health)).route("/metrics", get(metrics));
     // `route_layer`s run in the reverse order of their adding: the gate first, then
@@ -558,6 +567,22 @@ async fn stream_entity_events(
     Ok(subscribe(app.engine.clone(), Source::Entity { pid }, from, app.config.stream_keep_alive).into_response())
 }
 
+/// A topic message as readers get it (`seq_nr` is its position).
+fn message_json(m: StoredTopicMessage) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("seq_nr".into(), m.position.into());
+    o.insert("source".into(), m.source.into());
+    o.insert("timestamp_ms".into(), m.timestamp_ms.into());
+    bytes_field(&mut o, "payload", &m.payload);
+    Value::Object(o)
+}
+
+/// A page of a topic, off the async workers.
+async fn topic_page(engine: &Engine, topic: &str, from: u64, limit: usize) -> Result<TopicPage, ApiError> {
+    let (engine, topic) = (engine.clone(), topic.to_string());
+    blocking(move || engine.topic_messages(&topic, from, limit)).await?.map_err(journal_error)
+}
+
 async fn topic_messages(
     State(app): State<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -565,21 +590,101 @@ async fn topic_messages(
 ) -> Result<Json<Value>, ApiError> {
     let topic = path(p)?;
     let page = query(q)?;
-    let messages: Vec<Value> = app
-        .engine
-        .topics()
-        .read(&topic, page.from.unwrap_or(1), page.limit())
-        .into_iter()
-        .map(|m| {
-            let mut o = match serde_json::to_value(&m) {
-                Ok(Value::Object(o)) => o,
-                _ => serde_json::Map::new(),
-            };
-            bytes_field(&mut o, "payload", &m.payload);
-            Value::Object(o)
-        })
-        .collect();
-    Ok(Json(json!({ "topic": topic, "messages": messages })))
+    let from = page.from.unwrap_or(1).max(1);
+    let read = topic_page(&app.engine, &topic, from, page.limit()).await?;
+    let next = read.messages.last().map_or(from.max(read.first), |m| m.position + 1);
+    let messages: Vec<Value> = read.messages.into_iter().map(message_json).collect();
+    Ok(Json(json!({ "topic": topic, "messages": messages, "next_from": next, "first": read.first, "head": read.head })))
+}
+
+/// Where a stream starts: after `Last-Event-ID` when the client resumes, else at
+/// `?from=` (default 1, the oldest retained).
+fn stream_start(headers: &HeaderMap, from: Option<u64>) -> Result<u64, ApiError> {
+    match headers.get("last-event-id") {
+        Some(v) => {
+            let id = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
+            let id = id.ok_or_else(|| bad_request("`Last-Event-ID` must be a topic position (a number)"))?;
+            Ok(id.saturating_add(1))
+        }
+        None => Ok(from.unwrap_or(1).max(1)),
+    }
+}
+
+/// Messages a stream reads from the journal at a time.
+const STREAM_PAGE: usize = 256;
+/// A stream also looks at the journal this often when woken by nothing.
+const STREAM_POLL: Duration = Duration::from_secs(5);
+
+struct Follow {
+    engine: Engine,
+    topic: String,
+    next: u64,
+    ready: VecDeque<StoredTopicMessage>,
+    durable: tokio::sync::watch::Receiver<u64>,
+    /// The server is shutting down: the stream ends.
+    closing: tokio::sync::watch::Receiver<bool>,
+    failed: bool,
+}
+
+async fn topic_stream(
+    State(app): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<Page>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let topic = path(p)?;
+    let page = query(q)?;
+    let next = stream_start(&headers, page.from)?;
+    // The first page now, so a journal that cannot be read answers with a status.
+    let first = topic_page(&app.engine, &topic, next, STREAM_PAGE).await?;
+    let mut durable = app.engine.topics().subscribe();
+    durable.borrow_and_update();
+    let next = first.messages.last().map_or(next.max(first.first), |m| m.position + 1);
+    let closing = app.engine.topics().closing();
+    let follow = Follow {
+        engine: app.engine.clone(),
+        topic,
+        next,
+        ready: first.messages.into(),
+        durable,
+        closing,
+        failed: false,
+    };
+    let events = futures_util::stream::unfold(follow, |mut f| async move {
+        loop {
+            if let Some(m) = f.ready.pop_front() {
+                let id = m.position.to_string();
+                let event = SseEvent::default().id(id).data(message_json(m).to_string());
+                return Some((Ok::<_, Infallible>(event), f));
+            }
+            if f.failed || *f.closing.borrow() {
+                return None;
+            }
+            // Messages made durable after this point wake the wait below.
+            f.durable.borrow_and_update();
+            match topic_page(&f.engine, &f.topic, f.next, STREAM_PAGE).await {
+                Ok(page) if page.messages.is_empty() => {
+                    f.next = f.next.max(page.first);
+                    tokio::select! {
+                        _ = f.durable.changed() => {}
+                        _ = f.closing.wait_for(|closed| *closed) => {}
+                        _ = tokio::time::sleep(STREAM_POLL) => {}
+                    }
+                }
+                Ok(page) => {
+                    f.next = page.messages.last().map_or(f.next, |m| m.position + 1);
+                    f.ready.extend(page.messages);
+                }
+                Err(ApiError(_, message)) => {
+                    f.failed = true;
+                    let event = SseEvent::default().event("error").data(json!({ "error": message }).to_string());
+                    return Some((Ok(event), f));
+                }
+            }
+        }
+    });
+    let keep_alive = KeepAlive::new().interval(app.config.stream_keep_alive).text("keep-alive");
+    Ok(Sse::new(events).keep_alive(keep_alive).into_response())
 }
 
 async fn list_components(State(app): State<AppState>) -> Json<Value> {
@@ -737,6 +842,8 @@ mod tests {
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert!(b["error"].as_str().unwrap().contains("entity_id"), "{b}");
         let (s, _) = call(&app, request("GET", "/v1/topics/%2E%2E", None, Body::empty())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _) = call(&app, request("GET", "/v1/topics/%2E%2E/stream", None, Body::empty())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         // A body that never comes: 408 after the body timeout.
         let start = std::time::Instant::now();

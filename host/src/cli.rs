@@ -210,13 +210,17 @@ pub struct ServeArgs {
     /// Seconds between checks of the components directory (0 = don't watch).
     #[arg(long, default_value_t = 2)]
     pub watch_secs: u64,
-    /// Seconds without events after which an event stream sends a keep-alive comment.
+    /// Seconds without news after which an event or topic stream sends a keep-alive comment.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stream_keep_alive_secs: u64,
     /// Most entities kept in memory, over all shards (each shard keeps at most
     /// N / shards); beyond it the least recently used idle entities are passivated.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_active_entities: u64,
+    /// Readers of a topic (GET /v1/topics/{topic}, .../stream) are served its newest
+    /// N messages; older positions are skipped (0: all). The journal keeps them.
+    #[arg(long, default_value_t = 100_000)]
+    pub topic_retention: u64,
     /// Token that deploy and activate require as `Authorization: Bearer <token>`
     /// (at least 16 characters). Required to listen on a non-loopback address.
     #[arg(long, env = "MNEME_ADMIN_TOKEN", hide_env_values = true)]
@@ -268,6 +272,7 @@ impl ServeArgs {
             max_concurrent_recoveries: self.max_concurrent_recoveries,
             max_event_bytes: self.max_event_bytes,
             max_active_entities: self.max_active_entities as usize,
+            topic_retention: self.topic_retention,
             ..EngineConfig::default()
         };
         if let Some(n) = self.shards {
@@ -520,13 +525,18 @@ fn run_journal(action: JournalAction) -> anyhow::Result<i32> {
         JournalAction::Verify { data } => {
             let report = crate::journal::verify::verify(&data)?;
             println!(
-                "{}: {} segments, {} frames, {} events, {} snapshots, {} stored timers",
+                "{}: {} segments, {} frames, {} events, {} snapshots, {} stored timers, {} outbox entries ({} \
+                 pending), {} applied idempotency keys, {} topic messages",
                 data.display(),
                 report.segments,
                 report.frames,
                 report.events,
                 report.snapshots,
-                report.timers
+                report.timers,
+                report.outbox_entries,
+                report.outbox_pending,
+                report.applied_keys,
+                report.topic_messages
             );
             for note in &report.notes {
                 println!("note: {note}");

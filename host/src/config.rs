@@ -1,4 +1,5 @@
-//! How the engine runs: shards, snapshots, stash, passivation, recovery, memory bound.
+//! How the engine runs: shards, snapshots, stash, passivation, recovery, memory bound,
+//! topic retention.
 
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub struct EngineConfig {
     /// `max(1, max_active_entities / shards)` and passivates its least recently
     /// used idle entities beyond that.
     pub max_active_entities: usize,
+    /// Readers of a topic are served its newest this many messages (0: all).
+    pub topic_retention: u64,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +38,7 @@ impl Default for EngineConfig {
             max_event_bytes: 1 << 20,
             recovery_batch: 1000,
             max_active_entities: 100_000,
+            topic_retention: 100_000,
         }
     }
 }

@@ -17,8 +17,9 @@ const LAYERS: &[&[&str]] = &[
     &["subscribe"],
     &["engine"],
     &["shard"],
-    &["writer", "side_effects"],
-    &["timers", "topics"],
+    &["side_effects"],
+    &["outbox"],
+    &["writer", "topics"],
     &["router"],
     &["component", "journal"],
     &["config", "metrics"],
@@ -36,6 +37,7 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("shard", &["axum", "fjall", "sled"], "shards know nothing of HTTP or the storage engine"),
     ("writer", &["wasmtime", "axum"], "the writer knows nothing of Wasm or HTTP"),
     ("router", &["wasmtime", "axum", "fjall", "sled"], "the router only carries messages"),
+    ("outbox", &["wasmtime", "axum", "fjall", "sled"], "the outbox delivers through the router and writer only"),
 ];
 
 fn layer_of(module: &str) -> usize {

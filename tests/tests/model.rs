@@ -512,6 +512,26 @@ impl Journal for CutJournal {
     fn head(&self) -> u64 {
         self.with(|j| Ok(j.head())).unwrap_or(0)
     }
+    fn events_from(&self, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        self.with(|j| j.events_from(from, limit))
+    }
+    fn outbox_pending(&self) -> JournalResult<Vec<mneme::journal::OutboxEntry>> {
+        self.with(|j| j.outbox_pending())
+    }
+    fn is_applied(&self, pid: &str, key: &str) -> JournalResult<bool> {
+        self.with(|j| j.is_applied(pid, key))
+    }
+    fn topic_messages(
+        &self,
+        topic: &str,
+        from: u64,
+        limit: usize,
+    ) -> JournalResult<Vec<mneme::journal::StoredTopicMessage>> {
+        self.with(|j| j.topic_messages(topic, from, limit))
+    }
+    fn topic_head(&self, topic: &str) -> JournalResult<u64> {
+        self.with(|j| j.topic_head(topic))
+    }
 }
 
 fn open_journal(dir: &Path) -> Arc<dyn Journal> {

@@ -7,13 +7,15 @@
 //! * `limits`   — [`SandboxLimits`] and the check of what `handle-command` returns
 //!   (reply size, events per command).
 //! * `world`    — the deploy-time check of a component's imports and exports
-//!   against the `entity` world (no WASI, the right WIT version).
+//!   against the `entity` world (no WASI, a WIT version mneme implements: 0.2.x,
+//!   or 0.1.x through `legacy`, which converts the earlier world's types).
 //! * `store`    — every deployed version on disk, and the precompiled-code cache.
 //! * `registry` — which version of each entity type is active; validates a new
 //!   component (compile, check its world, instantiate, `describe`) before it
 //!   replaces the old one.
 
 pub mod handler;
+mod legacy;
 pub mod limits;
 pub mod registry;
 pub mod sandbox;
@@ -25,10 +27,19 @@ pub use limits::SandboxLimits;
 pub use registry::{Code, LoadedComponent, Registry};
 pub use sandbox::Sandbox;
 
-/// Host-side bindings generated from `wit/entity.wit`.
+/// Host-side bindings generated from `wit/entity.wit` (`mneme:entity@0.2.0`).
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
+        world: "entity",
+    });
+}
+
+/// Host-side bindings of the earlier world, `wit/v0.1/entity.wit`
+/// (`mneme:entity@0.1.0`), for components built against it.
+pub mod bindings_v01 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1",
         world: "entity",
     });
 }

@@ -2,14 +2,21 @@
 //! `wit/entity.wit`, so a component mneme cannot run is refused with the reason
 //! instead of failing every command later.
 //!
+//! Versions: mneme implements `mneme:entity@0.2.0` ([`WIT_VERSION`], the Rust
+//! SDK's) and still runs components built against `0.1.x` (`wit/v0.1`, e.g. the
+//! Python, JavaScript and C examples): [`WitVersion`] names the world a
+//! component's `handler` export belongs to, and the sandbox binds that world.
+//! Within a world the component model's semver rule applies (for 0.x, the same
+//! minor: `0.2.7` is `0.2.x`).
+//!
 //! Imports: mneme provides `mneme:entity/host` (and the type-only
-//! `mneme:entity/types`) at any version semver-compatible with [`WIT_VERSION`]
-//! (0.1.x), nothing else. Refused, each named in the error:
+//! `mneme:entity/types`) at those versions, nothing else. Refused, each named in
+//! the error:
 //!
 //! * WASI capabilities (`wasi:filesystem`, `wasi:clocks`, `wasi:random`,
 //!   `wasi:sockets`, `wasi:http`, ...): mneme gives guests no WASI;
-//! * `mneme:entity` interfaces of an incompatible version (`@0.2.0`, `@0.0.9`),
-//!   or functions this host does not provide;
+//! * `mneme:entity` interfaces of a version mneme does not implement (`@0.3.0`,
+//!   `@0.0.9`), or functions this host does not provide;
 //! * anything else (another world's imports).
 //!
 //! One exception, [`INERT_WASI`]: the stdio, environment, exit and stream
@@ -21,8 +28,8 @@
 //! JavaScript (ComponentizeJS with its WASI features disabled) and C without I/O
 //! import no WASI at all.
 //!
-//! Exports: `mneme:entity/handler@0.1.x` with all five functions. Their types are
-//! checked by wasmtime when the component is linked.
+//! Exports: `mneme:entity/handler@0.1.x` or `@0.2.x` with all five functions.
+//! Their types are checked by wasmtime when the component is linked.
 
 use anyhow::bail;
 use wasmtime::component::types::{self, ComponentItem};
@@ -32,7 +39,21 @@ use wasmtime::Engine;
 use super::sandbox::HostState;
 
 /// The version of `wit/entity.wit` this host implements.
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 0);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 2, 0);
+
+/// The worlds mneme runs: a component's `handler` export names its world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WitVersion {
+    /// `mneme:entity@0.1.x` (`wit/v0.1/entity.wit`): no `command-metadata.origin`.
+    V0_1,
+    /// `mneme:entity@0.2.x` (`wit/entity.wit`).
+    V0_2,
+}
+
+impl WitVersion {
+    /// Every world, oldest first, with its (major, minor).
+    const ALL: [(WitVersion, (u64, u64)); 2] = [(WitVersion::V0_1, (0, 1)), (WitVersion::V0_2, (0, 2))];
+}
 const PACKAGE: &str = "mneme:entity";
 /// Functions of `mneme:entity/host` this host provides.
 const HOST_FUNCS: &[&str] = &["report-fault"];
@@ -86,19 +107,18 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Whether `version` is semver-compatible with [`WIT_VERSION`] the way wasmtime
-/// matches names: for 0.x, the same minor; no pre-release; build metadata ignored.
-fn compatible(version: Option<&str>) -> bool {
-    let Some(v) = version else { return false };
+/// The world a version belongs to, if mneme implements it: semver-compatible with
+/// one of [`WitVersion::ALL`] the way wasmtime matches names (for 0.x, the same
+/// minor; no pre-release; build metadata ignored).
+fn compatible(version: Option<&str>) -> Option<WitVersion> {
+    let v = version?;
     let v = v.split_once('+').map_or(v, |(v, _build)| v);
     let parts: Vec<Option<u64>> = v.split('.').map(|p| p.parse().ok()).collect();
-    let [Some(major), Some(minor), Some(_patch)] = parts[..] else { return false };
-    let (want_major, want_minor, _) = WIT_VERSION;
-    if want_major == 0 {
-        major == 0 && minor == want_minor
-    } else {
-        major == want_major
-    }
+    let [Some(major), Some(minor), Some(_patch)] = parts[..] else { return None };
+    WitVersion::ALL.iter().find_map(|&(world, (want_major, want_minor))| {
+        let fits = if want_major == 0 { major == 0 && minor == want_minor } else { major == want_major };
+        fits.then_some(world)
+    })
 }
 
 fn classify(name: &str) -> ImportKind {
@@ -108,14 +128,14 @@ fn classify(name: &str) -> ImportKind {
     }
     let interface = base.strip_prefix(PACKAGE).and_then(|rest| rest.strip_prefix('/'));
     match interface {
-        Some(iface @ ("host" | "types")) if compatible(version) => {
+        Some(iface @ ("host" | "types")) if compatible(version).is_some() => {
             if iface == "host" {
                 ImportKind::Host
             } else {
                 ImportKind::Types
             }
         }
-        Some(_) if !compatible(version) => ImportKind::WrongVersion,
+        Some(_) if compatible(version).is_none() => ImportKind::WrongVersion,
         _ => ImportKind::Unknown,
     }
 }
@@ -125,13 +145,13 @@ fn wit_version() -> String {
     format!("{a}.{b}.{c}")
 }
 
+/// The versions accepted, for messages: `0.1.x or 0.2.x`.
 fn compatible_range() -> String {
-    let (a, b, _) = WIT_VERSION;
-    if a == 0 {
-        format!("{a}.{b}.x")
-    } else {
-        format!("{a}.x")
-    }
+    let ranges: Vec<String> = WitVersion::ALL
+        .iter()
+        .map(|(_, (a, b))| if *a == 0 { format!("{a}.{b}.x") } else { format!("{a}.x") })
+        .collect();
+    ranges.join(" or ")
 }
 
 fn func_names<'a>(engine: &'a Engine, item: &'a ComponentItem) -> Vec<&'a str> {
@@ -147,8 +167,9 @@ fn quoted(names: &[String]) -> String {
     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
-/// Every reason `component` does not fit the `entity` world; empty when it fits.
-pub fn problems(engine: &Engine, component: &Component) -> Vec<String> {
+/// Every reason `component` does not fit the `entity` world (empty when it fits),
+/// and the world its `handler` export belongs to.
+pub fn problems(engine: &Engine, component: &Component) -> (Vec<String>, Option<WitVersion>) {
     let ty = component.component_type();
     let mut problems = Vec::new();
     let mut wasi = Vec::new();
@@ -198,10 +219,12 @@ pub fn problems(engine: &Engine, component: &Component) -> Vec<String> {
     }
 
     let exports: Vec<(&str, ComponentItem)> = ty.exports(engine).map(|(n, e)| (n, e.ty)).collect();
-    let handler = exports.iter().find(|(name, _)| {
+    let handler = exports.iter().find_map(|(name, item)| {
         let (base, version) = split_version(name);
-        base == format!("{PACKAGE}/handler") && compatible(version)
+        let world = compatible(version).filter(|_| base == format!("{PACKAGE}/handler"))?;
+        Some((name, item, world))
     });
+    let world = handler.map(|(_, _, world)| world);
     match handler {
         None => {
             let found: Vec<String> = exports.iter().map(|(n, _)| n.to_string()).collect();
@@ -211,7 +234,7 @@ pub fn problems(engine: &Engine, component: &Component) -> Vec<String> {
                 if found.is_empty() { "nothing".to_string() } else { quoted(&found) }
             ));
         }
-        Some((name, item)) => {
+        Some((name, item, _)) => {
             let have = func_names(engine, item);
             let missing: Vec<String> =
                 HANDLER_FUNCS.iter().filter(|f| !have.contains(f)).map(|f| f.to_string()).collect();
@@ -220,16 +243,16 @@ pub fn problems(engine: &Engine, component: &Component) -> Vec<String> {
             }
         }
     }
-    problems
+    (problems, world)
 }
 
-/// Refuse a component that does not fit the `entity` world, naming every reason.
-pub fn check(engine: &Engine, component: &Component) -> anyhow::Result<()> {
-    let problems = problems(engine, component);
-    if !problems.is_empty() {
-        bail!("the component does not fit mneme's `entity` world: {}", problems.join("; "));
+/// Refuse a component that does not fit the `entity` world, naming every reason;
+/// else the world it was built against.
+pub fn check(engine: &Engine, component: &Component) -> anyhow::Result<WitVersion> {
+    match problems(engine, component) {
+        (problems, Some(world)) if problems.is_empty() => Ok(world),
+        (problems, _) => bail!("the component does not fit mneme's `entity` world: {}", problems.join("; ")),
     }
-    Ok(())
 }
 
 /// Define the component's [`INERT_WASI`] imports as functions that trap, naming
@@ -293,23 +316,44 @@ mod tests {
     }
 
     #[test]
+    fn the_earlier_world_is_kept_as_it_was() {
+        let wit = include_str!("../../../wit/v0.1/entity.wit");
+        assert!(wit.contains("package mneme:entity@0.1.0;"));
+        assert!(!wit.contains("origin"), "0.1.0 has no origin");
+    }
+
+    #[test]
     fn mneme_interfaces_of_a_compatible_version_are_provided() {
         assert_eq!(classify("mneme:entity/host@0.1.0"), ImportKind::Host);
         assert_eq!(classify("mneme:entity/host@0.1.7"), ImportKind::Host);
         assert_eq!(classify("mneme:entity/host@0.1.2+build.5"), ImportKind::Host);
         assert_eq!(classify("mneme:entity/types@0.1.0"), ImportKind::Types);
+        assert_eq!(classify("mneme:entity/host@0.2.0"), ImportKind::Host);
+        assert_eq!(classify("mneme:entity/types@0.2.3"), ImportKind::Types);
+    }
+
+    #[test]
+    fn each_version_belongs_to_its_world() {
+        assert_eq!(compatible(Some("0.1.0")), Some(WitVersion::V0_1));
+        assert_eq!(compatible(Some("0.1.9+b")), Some(WitVersion::V0_1));
+        assert_eq!(compatible(Some("0.2.0")), Some(WitVersion::V0_2));
+        assert_eq!(compatible(Some("0.2.4")), Some(WitVersion::V0_2));
+        for v in [None, Some("0.3.0"), Some("0.0.9"), Some("1.2.0"), Some("0.2"), Some("0.2.0-rc1")] {
+            assert_eq!(compatible(v), None, "{v:?}");
+        }
+        assert_eq!(compatible_range(), "0.1.x or 0.2.x");
     }
 
     #[test]
     fn mneme_interfaces_of_another_version_are_refused() {
         for name in [
-            "mneme:entity/host@0.2.0",
+            "mneme:entity/host@0.3.0",
             "mneme:entity/host@0.0.9",
             "mneme:entity/host@1.1.0",
             "mneme:entity/host@0.1.0-rc1",
             "mneme:entity/host",
-            "mneme:entity/types@0.2.0",
-            "mneme:entity/logging@0.2.0",
+            "mneme:entity/types@0.3.0",
+            "mneme:entity/logging@0.3.0",
         ] {
             assert_eq!(classify(name), ImportKind::WrongVersion, "{name}");
         }

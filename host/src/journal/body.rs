@@ -4,13 +4,16 @@
 //! body   := record *
 //! record := kind u8 | len u32 LE | bytes[len]
 //! kind   := 1 event | 2 snapshot | 3 timer stored | 4 timer removed
+//!           | 8 outbox entry | 9 outbox entry done | 10 applied idempotency key
+//!           | 11 topic message
 //! ```
 //! `bytes` of kinds 1-3 are the version-2 records of `codec.rs` (each with its own
 //! CRC, so a read through the index, which goes straight to `bytes`, is checked
-//! too); kind 4 is the timer id, u64 LE. The whole body is also covered by the
-//! frame's CRC.
+//! too); kind 4 is the timer id, u64 LE; kinds 8-11 are the version-2 records of
+//! `outbox.rs`. The whole body is also covered by the frame's CRC.
 
 use super::codec;
+use super::outbox::Kind as OutboxKind;
 use super::{JournalError, JournalResult, NewEvent, Snapshot, Timer};
 
 const EVENT: u8 = 1;
@@ -22,10 +25,27 @@ const RECORD_HEADER: usize = 5;
 /// A record of a body: where its bytes are, relative to the body's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
-    Event { at: usize, len: usize },
-    Snapshot { at: usize, len: usize },
-    TimerStored { at: usize, len: usize },
-    TimerRemoved { id: u64 },
+    Event {
+        at: usize,
+        len: usize,
+    },
+    Snapshot {
+        at: usize,
+        len: usize,
+    },
+    TimerStored {
+        at: usize,
+        len: usize,
+    },
+    TimerRemoved {
+        id: u64,
+    },
+    /// Kinds 8-11: the outbox's records (`outbox.rs`).
+    Outbox {
+        kind: OutboxKind,
+        at: usize,
+        len: usize,
+    },
 }
 
 /// Builds a body.
@@ -39,7 +59,7 @@ impl BodyBuilder {
         BodyBuilder { buf: Vec::with_capacity(bytes) }
     }
 
-    fn push(&mut self, kind: u8, encode: impl FnOnce(&mut Vec<u8>) -> usize) {
+    pub(super) fn push(&mut self, kind: u8, encode: impl FnOnce(&mut Vec<u8>) -> usize) {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[kind, 0, 0, 0, 0]);
         let len = encode(&mut self.buf) as u32;
@@ -85,6 +105,9 @@ pub fn records(body: &[u8]) -> JournalResult<Vec<Record>> {
             SNAPSHOT => Record::Snapshot { at: start, len },
             TIMER_STORED => Record::TimerStored { at: start, len },
             TIMER_REMOVED if len == 8 => Record::TimerRemoved { id: u64::from_le_bytes(bytes.try_into().unwrap()) },
+            kind if OutboxKind::from_u8(kind).is_some() => {
+                Record::Outbox { kind: OutboxKind::from_u8(kind).unwrap(), at: start, len }
+            }
             kind => return Err(bad(&format!("unknown record kind {kind} (length {len})"))),
         });
         at = start + len;
@@ -119,7 +142,7 @@ mod tests {
         assert_eq!(codec::decode_snapshot_record(&body[at..at + len]).unwrap().state, vec![1]);
         assert!(records(&body[..body.len() - 1]).is_err(), "a cut body is refused");
         let mut unknown = body.clone();
-        unknown[0] = 9;
+        unknown[0] = 12;
         assert!(records(&unknown).is_err());
     }
 }

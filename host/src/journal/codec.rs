@@ -34,7 +34,7 @@ const VERSION: u8 = 1;
 const LOG_VERSION: u8 = 2;
 
 /// Encodes one record at the end of a buffer (which may hold other records before it).
-struct Enc<'a> {
+pub(super) struct Enc<'a> {
     buf: &'a mut Vec<u8>,
     start: usize,
 }
@@ -45,20 +45,20 @@ impl<'a> Enc<'a> {
         buf.extend_from_slice(&[0, 0, 0, 0, version]);
         Enc { buf, start }
     }
-    fn u16(&mut self, v: u16) {
+    pub(super) fn u16(&mut self, v: u16) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
-    fn u32(&mut self, v: u32) {
+    pub(super) fn u32(&mut self, v: u32) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(super) fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
-    fn str16(&mut self, s: &str) {
+    pub(super) fn str16(&mut self, s: &str) {
         self.u16(s.len() as u16);
         self.buf.extend_from_slice(s.as_bytes());
     }
-    fn bytes32(&mut self, b: &[u8]) {
+    pub(super) fn bytes32(&mut self, b: &[u8]) {
         self.u32(b.len() as u32);
         self.buf.extend_from_slice(b);
     }
@@ -79,7 +79,7 @@ fn record(capacity: usize, version: u8, body: impl FnOnce(&mut Enc)) -> Vec<u8> 
     buf
 }
 
-struct Dec<'a> {
+pub(super) struct Dec<'a> {
     rest: &'a [u8],
     what: &'static str,
 }
@@ -108,12 +108,12 @@ impl<'a> Dec<'a> {
         }
         Ok(Dec { rest: &bytes[5..], what })
     }
-    fn str16_ref(&mut self) -> JournalResult<&'a str> {
+    pub(super) fn str16_ref(&mut self) -> JournalResult<&'a str> {
         let n = self.u16()? as usize;
         std::str::from_utf8(self.take(n)?)
             .map_err(|_| JournalError::Corrupt(format!("{} record has invalid UTF-8", self.what)))
     }
-    fn take(&mut self, n: usize) -> JournalResult<&'a [u8]> {
+    pub(super) fn take(&mut self, n: usize) -> JournalResult<&'a [u8]> {
         if self.rest.len() < n {
             return Err(JournalError::Corrupt(format!("{} record truncated", self.what)));
         }
@@ -121,24 +121,43 @@ impl<'a> Dec<'a> {
         self.rest = tail;
         Ok(head)
     }
-    fn u16(&mut self) -> JournalResult<u16> {
+    pub(super) fn u16(&mut self) -> JournalResult<u16> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
     }
-    fn u32(&mut self) -> JournalResult<u32> {
+    pub(super) fn u32(&mut self) -> JournalResult<u32> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
-    fn u64(&mut self) -> JournalResult<u64> {
+    pub(super) fn u64(&mut self) -> JournalResult<u64> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
-    fn str16(&mut self) -> JournalResult<String> {
+    pub(super) fn str16(&mut self) -> JournalResult<String> {
         let n = self.u16()? as usize;
         String::from_utf8(self.take(n)?.to_vec())
             .map_err(|_| JournalError::Corrupt(format!("{} record has invalid UTF-8", self.what)))
     }
-    fn bytes32(&mut self) -> JournalResult<Vec<u8>> {
+    pub(super) fn bytes32(&mut self) -> JournalResult<Vec<u8>> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
     }
+}
+
+/// Append a commit-log record (version 2, with its CRC) written by `body` to
+/// `buf`; returns its length. For the records of other modules (`outbox.rs`).
+pub(super) fn encode_log_record(buf: &mut Vec<u8>, body: impl FnOnce(&mut Enc)) -> usize {
+    let mut w = Enc::into(buf, LOG_VERSION);
+    body(&mut w);
+    w.finish()
+}
+
+/// A reader of a commit-log record, its CRC and version checked.
+pub(super) fn log_record<'a>(bytes: &'a [u8], what: &'static str) -> JournalResult<Dec<'a>> {
+    Dec::version(bytes, what, LOG_VERSION)
+}
+
+/// A reader of a commit-log record without checking its CRC (the frame's CRC
+/// covers it when a frame is indexed).
+pub(super) fn log_record_unchecked<'a>(bytes: &'a [u8], what: &'static str) -> JournalResult<Dec<'a>> {
+    Dec::unchecked(bytes, what, LOG_VERSION)
 }
 
 /// The part of an event record both versions share, after its header fields.

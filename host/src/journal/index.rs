@@ -11,6 +11,8 @@
 //! b's' pid                       -> Loc of the latest snapshot record
 //! b'm' id(u64 BE)                -> Loc of a stored timer record (removed when delivered)
 //! b'f' first_offset(u64 BE)      -> Loc of the body of a frame holding events   (all events by offset)
+//! b'x', b'k', b'q' ...            -> the outbox's pending entries, applied idempotency
+//!                                    keys and topic messages (`outbox.rs`)
 //! ```
 //! and `0x00 "through"` -> [`Through`], written in the same fjall batch as the
 //! entries of the frame it names. Both live in one keyspace on purpose: fjall
@@ -33,6 +35,7 @@ use super::body::{self, Record};
 use super::codec;
 use super::keys::{event_key, event_prefix, snapshot_key, tag_key};
 use super::log::Position;
+use super::outbox;
 use super::{JournalError, JournalResult};
 
 /// Where a record's bytes are in the log.
@@ -132,6 +135,16 @@ pub struct IndexBatch {
     removes: Vec<Vec<u8>>,
 }
 
+impl IndexBatch {
+    pub(super) fn put(&mut self, key: Vec<u8>, loc: Loc) {
+        self.puts.push((key, loc.encode()));
+    }
+
+    pub(super) fn remove(&mut self, key: Vec<u8>) {
+        self.removes.push(key);
+    }
+}
+
 /// The index entries of a frame whose body starts at `body_pos` of `segment`,
 /// and the [`Through`] after it.
 pub fn index_frame(
@@ -167,6 +180,9 @@ pub fn index_frame(
                 through.next_timer_id = through.next_timer_id.max(id + 1);
             }
             Record::TimerRemoved { id } => batch.removes.push(timer_key(id).to_vec()),
+            Record::Outbox { kind, at, len } => {
+                outbox::index_record(kind, &body[at..at + len], loc(at, len), &mut batch)?
+            }
         }
     }
     if let Some(first) = first_offset {
@@ -314,6 +330,35 @@ impl Index {
     /// The location stored under a key.
     pub fn get(&self, key: &[u8]) -> JournalResult<Option<Loc>> {
         self.entries.get(key).map_err(storage)?.map(|v| Loc::decode(&v)).transpose()
+    }
+
+    /// Keys and locations of the entries starting with `prefix`, in key order, at most `limit`.
+    pub fn prefixed(&self, prefix: &[u8], limit: usize) -> JournalResult<Vec<(Vec<u8>, Loc)>> {
+        let mut out = Vec::new();
+        for g in self.entries.prefix(prefix).take(limit) {
+            let (k, v) = g.into_inner().map_err(storage)?;
+            out.push((k.to_vec(), Loc::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Keys and locations of the entries from `from` to `to` (inclusive), in key
+    /// order, at most `limit`.
+    pub fn range(&self, from: Vec<u8>, to: Vec<u8>, limit: usize) -> JournalResult<Vec<(Vec<u8>, Loc)>> {
+        let mut out = Vec::new();
+        for g in self.entries.range(from..=to).take(limit) {
+            let (k, v) = g.into_inner().map_err(storage)?;
+            out.push((k.to_vec(), Loc::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// The last key starting with `prefix`.
+    pub fn last_under(&self, prefix: &[u8]) -> JournalResult<Option<Vec<u8>>> {
+        match self.entries.prefix(prefix).next_back() {
+            Some(g) => Ok(Some(g.key().map_err(storage)?.to_vec())),
+            None => Ok(None),
+        }
     }
 
     /// How many entries start with `prefix` (`b'e'` events, `b't'` tags, `b's'`

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! DATA/log/      segments, COMMITTED, LOCK          (the commit log)
-//! DATA/index/    fjall: pid -> events, tag -> events, snapshots, timers, `through`
+//! DATA/index/    fjall: pid -> events, tag -> events, snapshots, timers, `through`,
+//!                pending outbox entries, applied idempotency keys, topic messages
 //! ```
 //!
 //! A write (`Journal::write`, and a timer stored or removed) is one frame: its
@@ -28,6 +29,7 @@
 //! (persistence id and sequence number, or tag and offset), so a damaged index is
 //! reported, not served.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -39,10 +41,14 @@ use super::index::{index_frame, Index, Loc, Through};
 use super::keys::WriterState;
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, StdIo};
+use super::outbox::{self, OutboxEntry, StoredTopicMessage};
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
 /// How often a broken index is retried while it keeps failing.
 const INDEX_RETRY: Duration = Duration::from_secs(1);
+/// Forget the remembered topic heads beyond this many topics (the next write of
+/// each looks its head up in the index again).
+const TOPIC_HEADS_CAPACITY: usize = 100_000;
 
 pub struct LogJournal {
     index_dir: PathBuf,
@@ -65,6 +71,8 @@ struct Writer {
     /// What the index holds.
     through: Through,
     next_timer_id: u64,
+    /// The newest position of the topics written recently (`outbox.rs`).
+    topic_heads: HashMap<String, u64>,
     last_index_attempt: Option<Instant>,
     /// When `health` last probed a failing journal.
     last_probe: Option<Instant>,
@@ -127,6 +135,7 @@ impl LogJournal {
             next_timer_id: through.next_timer_id,
             through,
             log,
+            topic_heads: HashMap::new(),
             last_index_attempt: None,
             last_probe: None,
         };
@@ -331,14 +340,18 @@ impl Journal for LogJournal {
         }
         let mut w = self.writer.lock().unwrap();
         self.catch_up(&mut w)?;
-        {
+        let (positions, topic_heads) = {
             let guard = self.index.read().unwrap();
             let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
             w.state.check_sequence(batch, |k| index.contains(k))?;
-        }
+            outbox::assign_positions(&batch.outbox.published, &w.topic_heads, |t| {
+                outbox::topic_head_in_index(index, t)
+            })?
+        };
         let first_offset = w.state.next_offset;
         let bytes: usize = batch.events.iter().map(|e| e.payload.len() + 128).sum::<usize>()
-            + batch.snapshots.iter().map(|s| s.state.len() + 64).sum::<usize>();
+            + batch.snapshots.iter().map(|s| s.state.len() + 64).sum::<usize>()
+            + batch.outbox.size_hint();
         let mut body = BodyBuilder::with_capacity(bytes);
         for (i, e) in batch.events.iter().enumerate() {
             body.event(e, first_offset + i as u64);
@@ -346,11 +359,16 @@ impl Journal for LogJournal {
         for s in &batch.snapshots {
             body.snapshot(s);
         }
+        outbox::write_body(&mut body, &batch.outbox, &positions);
         let body = body.finish();
         match self.append(&mut w, first_offset, &body) {
             Ok(()) => {
                 let next = first_offset + batch.events.len() as u64;
                 w.state.written(batch, next);
+                if w.topic_heads.len() > TOPIC_HEADS_CAPACITY {
+                    w.topic_heads.clear();
+                }
+                w.topic_heads.extend(topic_heads);
                 Ok(())
             }
             Err(e) => {
@@ -489,6 +507,24 @@ impl Journal for LogJournal {
 
     fn head(&self) -> u64 {
         self.writer.lock().unwrap().state.next_offset - 1
+    }
+
+    fn outbox_pending(&self) -> JournalResult<Vec<OutboxEntry>> {
+        let guard = self.index()?;
+        outbox::pending_in_index(guard.as_ref().unwrap(), |loc| self.read(loc))
+    }
+
+    fn is_applied(&self, pid: &str, key: &str) -> JournalResult<bool> {
+        outbox::applied_in_index(self.index()?.as_ref().unwrap(), pid, key)
+    }
+
+    fn topic_messages(&self, topic: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredTopicMessage>> {
+        let guard = self.index()?;
+        outbox::messages_in_index(guard.as_ref().unwrap(), topic, from, limit, |loc| self.read(loc))
+    }
+
+    fn topic_head(&self, topic: &str) -> JournalResult<u64> {
+        outbox::topic_head_in_index(self.index()?.as_ref().unwrap(), topic)
     }
 
     /// While the last write failed, each call (at most once a second) probes

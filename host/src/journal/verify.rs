@@ -7,7 +7,12 @@
 //! frames, each frame's `first_offset` matching its first event; and both ways
 //! between log and index: every event, tag, latest snapshot and live timer of the
 //! log has the index entry pointing at it, and the index has no other entries.
-//! Memory use grows with the number of persistence ids, not of events.
+//! The outbox (`outbox.rs`): every record's CRC; a done record follows a pending
+//! entry of its key; each entity applied each idempotency key at most once; each
+//! topic's positions are gapless from 1; pending entries, applied keys and topic
+//! messages have their index entries and the index no others.
+//! Memory use grows with the number of persistence ids, pending outbox entries and
+//! applied idempotency keys, not of events.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +25,7 @@ use super::keys::{event_key, snapshot_key, tag_key};
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogOptions, StdIo};
 use super::log_journal::{index_dir, log_dir};
+use super::outbox::{self, VerifyOutbox};
 use super::JournalResult;
 
 /// What `verify` found.
@@ -30,6 +36,13 @@ pub struct VerifyReport {
     pub events: u64,
     pub snapshots: u64,
     pub timers: u64,
+    /// Outbox entries written, and those not delivered yet.
+    pub outbox_entries: u64,
+    pub outbox_pending: u64,
+    /// Idempotency keys applied by entities.
+    pub applied_keys: u64,
+    /// Messages published to topics.
+    pub topic_messages: u64,
     /// Things an operator should know that are not damage (a torn tail cut, an
     /// index that lags the log and is caught up at the next start).
     pub notes: Vec<String>,
@@ -91,6 +104,7 @@ pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
         indexed_events: 0,
         indexed_tags: 0,
         indexed_frames: 0,
+        outbox: VerifyOutbox::default(),
     };
     for frame in log.reader().frames_from(super::log::Position { segment: 1, pos: 0 }) {
         match frame {
@@ -117,6 +131,11 @@ pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
     if let Some(index) = check.index {
         check.index_has_nothing_else(index, through.end == log.end());
     }
+    let outbox = std::mem::take(&mut check.outbox);
+    report.outbox_entries = outbox.entries;
+    report.outbox_pending = outbox.pending();
+    report.applied_keys = outbox.applied();
+    report.topic_messages = outbox.messages;
     Ok(report)
 }
 
@@ -132,6 +151,17 @@ struct Check<'a> {
     indexed_events: u64,
     indexed_tags: u64,
     indexed_frames: u64,
+    outbox: VerifyOutbox,
+}
+
+impl outbox::Report for Check<'_> {
+    fn problem(&mut self, p: String) {
+        self.report.problem(p);
+    }
+
+    fn expect(&mut self, index: &Index, key: &[u8], loc: Loc, what: &str) {
+        Check::expect(self, index, key, loc, what);
+    }
 }
 
 impl Check<'_> {
@@ -180,6 +210,12 @@ impl Check<'_> {
                 },
                 Record::TimerRemoved { id } => {
                     self.timers.remove(&id);
+                }
+                Record::Outbox { kind, at: o, len } => {
+                    let mut outbox = std::mem::take(&mut self.outbox);
+                    let index = self.index.filter(|_| indexed);
+                    outbox.record(kind, &f.body[o..o + len], at(o, len), index, self);
+                    self.outbox = outbox;
                 }
             }
         }
@@ -241,6 +277,7 @@ impl Check<'_> {
         ];
         let expected: Vec<_> =
             expected.into_iter().chain(complete.then_some((b's', "snapshot", snapshots.len() as u64))).collect();
+        self.outbox_index_has_nothing_else(index, complete);
         for (prefix, what, n) in expected {
             match index.count(prefix) {
                 Ok(found) if found != n => {
@@ -270,5 +307,12 @@ impl Check<'_> {
             }
             Err(e) => self.report.problem(format!("index timers cannot be read: {e}")),
         }
+    }
+
+    /// The outbox's side of [`Check::index_has_nothing_else`].
+    fn outbox_index_has_nothing_else(&mut self, index: &Index, complete: bool) {
+        let outbox = std::mem::take(&mut self.outbox);
+        outbox.index_has_nothing_else(index, complete, self);
+        self.outbox = outbox;
     }
 }
