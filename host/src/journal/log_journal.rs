@@ -44,6 +44,11 @@ use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, StdIo};
 use super::outbox::{self, OutboxEntry, StoredTopicMessage};
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
+/// Records at most this far apart are read together (see `read_many`).
+const SPAN_GAP: u64 = 64 << 10;
+/// The longest span read at once.
+const SPAN_MAX: u64 = 4 << 20;
+
 /// How often a broken index is retried while it keeps failing.
 const INDEX_RETRY: Duration = Duration::from_secs(1);
 /// Forget the remembered topic heads beyond this many topics (the next write of
@@ -258,8 +263,34 @@ impl LogJournal {
         self.reader.read(loc.segment, loc.pos, loc.len).map_err(log_error)
     }
 
-    fn read_event(&self, loc: Loc) -> JournalResult<StoredEvent> {
-        codec::decode_event_record(&self.read(loc)?).map_err(|e| at(loc, e))
+    /// The bytes of many records, in the order given: records close together in
+    /// one segment are read with one positioned read of the span that holds them
+    /// (an entity's events written in a burst lie in consecutive frames), so a
+    /// replay costs a read per span, not per event.
+    fn read_many(&self, locs: &[Loc], mut each: impl FnMut(usize, &[u8]) -> JournalResult<()>) -> JournalResult<()> {
+        let mut i = 0;
+        while i < locs.len() {
+            let first = locs[i];
+            let (mut end, mut j) = (first.pos + first.len as u64, i + 1);
+            while j < locs.len() {
+                let l = locs[j];
+                let next_end = l.pos + l.len as u64;
+                let close = l.segment == first.segment && l.pos >= end && l.pos - end <= SPAN_GAP;
+                if !close || next_end - first.pos > SPAN_MAX {
+                    break;
+                }
+                end = next_end;
+                j += 1;
+            }
+            let span = Loc { segment: first.segment, pos: first.pos, len: (end - first.pos) as u32 };
+            let bytes = self.read(span)?;
+            for (k, l) in locs.iter().enumerate().take(j).skip(i) {
+                let at = (l.pos - first.pos) as usize;
+                each(k, &bytes[at..at + l.len as usize])?;
+            }
+            i = j;
+        }
+        Ok(())
     }
 }
 
@@ -383,40 +414,39 @@ impl Journal for LogJournal {
     }
 
     fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
-        let locs = self.index()?.as_ref().unwrap().events(pid, from, limit)?;
+        let entries = self.index()?.as_ref().unwrap().events(pid, from, limit)?;
+        let locs: Vec<Loc> = entries.iter().map(|(_, loc)| *loc).collect();
         let mut out = Vec::with_capacity(locs.len());
-        for (seq_nr, loc) in locs {
-            let e = self.read_event(loc)?;
+        self.read_many(&locs, |k, bytes| {
+            let (seq_nr, loc) = entries[k];
+            let e = codec::decode_event_record(bytes).map_err(|e| at(loc, e))?;
             if e.persistence_id != pid || e.seq_nr != seq_nr {
-                return Err(at(
-                    loc,
-                    JournalError::Corrupt(format!(
-                        "index entry of {pid}#{seq_nr} points at event {}#{}",
-                        e.persistence_id, e.seq_nr
-                    )),
-                ));
+                let msg = format!("index entry of {pid}#{seq_nr} points at event {}#{}", e.persistence_id, e.seq_nr);
+                return Err(at(loc, JournalError::Corrupt(msg)));
             }
             out.push(e);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
     fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
-        let locs = self.index()?.as_ref().unwrap().tagged(tag, from, limit)?;
+        let entries = self.index()?.as_ref().unwrap().tagged(tag, from, limit)?;
+        let locs: Vec<Loc> = entries.iter().map(|(_, loc)| *loc).collect();
         let mut out = Vec::with_capacity(locs.len());
-        for (offset, loc) in locs {
-            let e = self.read_event(loc)?;
+        self.read_many(&locs, |k, bytes| {
+            let (offset, loc) = entries[k];
+            let e = codec::decode_event_record(bytes).map_err(|e| at(loc, e))?;
             if e.offset != offset || !e.tags.iter().any(|t| t == tag) {
-                return Err(at(
-                    loc,
-                    JournalError::Corrupt(format!(
-                        "index entry of tag `{tag}` offset {offset} points at an event at offset {} without it",
-                        e.offset
-                    )),
-                ));
+                let msg = format!(
+                    "index entry of tag `{tag}` offset {offset} points at an event at offset {} without it",
+                    e.offset
+                );
+                return Err(at(loc, JournalError::Corrupt(msg)));
             }
             out.push(e);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
