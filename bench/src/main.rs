@@ -56,6 +56,9 @@ fn main() {
     if want("http") {
         engine::http(&mut report, args.quick);
     }
+    if want("fan-out") {
+        engine::fan_out(&mut report, args.quick);
+    }
     if want("recovery") {
         engine::recovery(&mut report, args.quick);
     }

@@ -72,6 +72,12 @@ enum Instance {
     V0_2(Entity),
 }
 
+impl world::NotesWasiCalls for HostState {
+    fn wasi_called(&mut self, function: String) {
+        self.wasi_called = Some(function);
+    }
+}
+
 impl ResourceLimiter for HostState {
     fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_cap {

@@ -36,8 +36,6 @@ use wasmtime::component::types::{self, ComponentItem};
 use wasmtime::component::{Component, Linker, ResourceType};
 use wasmtime::Engine;
 
-use super::sandbox::HostState;
-
 /// The version of `wit/entity.wit` this host implements.
 pub const WIT_VERSION: (u64, u64, u64) = (0, 2, 0);
 
@@ -255,13 +253,19 @@ pub fn check(engine: &Engine, component: &Component) -> anyhow::Result<WitVersio
     }
 }
 
+/// Host data that remembers which WASI function a guest called, for the fault's
+/// message (the sandbox's `HostState`).
+pub trait NotesWasiCalls: 'static {
+    fn wasi_called(&mut self, function: String);
+}
+
 /// Define the component's [`INERT_WASI`] imports as functions that trap, naming
 /// themselves, and its `mneme:entity/types` import (types only) if it asks for
 /// another patch version than the linker's.
-pub fn link_inert_imports(
+pub fn link_inert_imports<T: NotesWasiCalls>(
     engine: &Engine,
     component: &Component,
-    linker: &mut Linker<HostState>,
+    linker: &mut Linker<T>,
 ) -> anyhow::Result<()> {
     let ty = component.component_type();
     for (name, import) in ty.imports(engine) {
@@ -279,11 +283,11 @@ pub fn link_inert_imports(
     Ok(())
 }
 
-fn link_as_traps(
+fn link_as_traps<T: NotesWasiCalls>(
     engine: &Engine,
     name: &str,
     instance: &types::ComponentInstance,
-    linker: &mut Linker<HostState>,
+    linker: &mut Linker<T>,
 ) -> anyhow::Result<()> {
     let mut linked = linker.instance(name)?;
     for (item, export) in instance.exports(engine) {
@@ -291,7 +295,7 @@ fn link_as_traps(
             ComponentItem::ComponentFunc(_) => {
                 let function = format!("{name}#{item}");
                 linked.func_new(item, move |mut store, _, _, _| {
-                    store.data_mut().wasi_called = Some(function.clone());
+                    store.data_mut().wasi_called(function.clone());
                     wasmtime::bail!("the guest called `{function}`, which mneme does not provide")
                 })?;
             }

@@ -13,7 +13,6 @@
 //! `outbox.rs`. The whole body is also covered by the frame's CRC.
 
 use super::codec;
-use super::outbox::Kind as OutboxKind;
 use super::{JournalError, JournalResult, NewEvent, Snapshot, Timer};
 
 const EVENT: u8 = 1;
@@ -21,6 +20,36 @@ const SNAPSHOT: u8 = 2;
 const TIMER_STORED: u8 = 3;
 const TIMER_REMOVED: u8 = 4;
 const RECORD_HEADER: usize = 5;
+
+/// The kinds of the outbox's records in a frame body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    Entry,
+    Done,
+    Applied,
+    TopicMessage,
+}
+
+impl OutboxKind {
+    pub fn from_u8(kind: u8) -> Option<OutboxKind> {
+        match kind {
+            8 => Some(OutboxKind::Entry),
+            9 => Some(OutboxKind::Done),
+            10 => Some(OutboxKind::Applied),
+            11 => Some(OutboxKind::TopicMessage),
+            _ => None,
+        }
+    }
+
+    pub(super) fn code(self) -> u8 {
+        match self {
+            OutboxKind::Entry => 8,
+            OutboxKind::Done => 9,
+            OutboxKind::Applied => 10,
+            OutboxKind::TopicMessage => 11,
+        }
+    }
+}
 
 /// A record of a body: where its bytes are, relative to the body's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

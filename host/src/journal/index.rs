@@ -34,36 +34,10 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use super::body::{self, Record};
 use super::codec;
 use super::keys::{event_key, event_prefix, snapshot_key, tag_key};
+pub use super::location::{IndexBatch, Loc};
 use super::log::Position;
 use super::outbox;
 use super::{JournalError, JournalResult};
-
-/// Where a record's bytes are in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Loc {
-    pub segment: u64,
-    pub pos: u64,
-    pub len: u32,
-}
-
-impl Loc {
-    fn encode(self) -> [u8; 20] {
-        let mut v = [0u8; 20];
-        v[..8].copy_from_slice(&self.segment.to_le_bytes());
-        v[8..16].copy_from_slice(&self.pos.to_le_bytes());
-        v[16..].copy_from_slice(&self.len.to_le_bytes());
-        v
-    }
-
-    fn decode(v: &[u8]) -> JournalResult<Loc> {
-        let v: &[u8; 20] = v.try_into().map_err(|_| JournalError::Corrupt("index entry of the wrong size".into()))?;
-        Ok(Loc {
-            segment: u64::from_le_bytes(v[..8].try_into().unwrap()),
-            pos: u64::from_le_bytes(v[8..16].try_into().unwrap()),
-            len: u32::from_le_bytes(v[16..].try_into().unwrap()),
-        })
-    }
-}
 
 /// How far the index has taken in the log, and what the writer continues with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,23 +99,6 @@ fn storage(e: fjall::Error) -> JournalError {
         e => JournalError::Corrupt(format!(
             "index: {e}; the index is derived from the commit log: rebuild it with `mneme journal reindex DATA`"
         )),
-    }
-}
-
-/// What indexing one frame changes.
-#[derive(Default)]
-pub struct IndexBatch {
-    puts: Vec<(Vec<u8>, [u8; 20])>,
-    removes: Vec<Vec<u8>>,
-}
-
-impl IndexBatch {
-    pub(super) fn put(&mut self, key: Vec<u8>, loc: Loc) {
-        self.puts.push((key, loc.encode()));
-    }
-
-    pub(super) fn remove(&mut self, key: Vec<u8>) {
-        self.removes.push(key);
     }
 }
 

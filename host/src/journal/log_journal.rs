@@ -42,6 +42,7 @@ use super::keys::WriterState;
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, StdIo};
 use super::outbox::{self, OutboxEntry, StoredTopicMessage};
+use super::outbox_index;
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
 /// Records at most this far apart are read together (see `read_many`).
@@ -376,7 +377,7 @@ impl Journal for LogJournal {
             let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
             w.state.check_sequence(batch, |k| index.contains(k))?;
             outbox::assign_positions(&batch.outbox.published, &w.topic_heads, |t| {
-                outbox::topic_head_in_index(index, t)
+                outbox_index::topic_head_in_index(index, t)
             })?
         };
         let first_offset = w.state.next_offset;
@@ -541,20 +542,20 @@ impl Journal for LogJournal {
 
     fn outbox_pending(&self) -> JournalResult<Vec<OutboxEntry>> {
         let guard = self.index()?;
-        outbox::pending_in_index(guard.as_ref().unwrap(), |loc| self.read(loc))
+        outbox_index::pending_in_index(guard.as_ref().unwrap(), |loc| self.read(loc))
     }
 
     fn is_applied(&self, pid: &str, key: &str) -> JournalResult<bool> {
-        outbox::applied_in_index(self.index()?.as_ref().unwrap(), pid, key)
+        outbox_index::applied_in_index(self.index()?.as_ref().unwrap(), pid, key)
     }
 
     fn topic_messages(&self, topic: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredTopicMessage>> {
         let guard = self.index()?;
-        outbox::messages_in_index(guard.as_ref().unwrap(), topic, from, limit, |loc| self.read(loc))
+        outbox_index::messages_in_index(guard.as_ref().unwrap(), topic, from, limit, |loc| self.read(loc))
     }
 
     fn topic_head(&self, topic: &str) -> JournalResult<u64> {
-        outbox::topic_head_in_index(self.index()?.as_ref().unwrap(), topic)
+        outbox_index::topic_head_in_index(self.index()?.as_ref().unwrap(), topic)
     }
 
     /// While the last write failed, each call (at most once a second) probes

@@ -26,11 +26,13 @@
 mod body;
 pub mod codec;
 mod index;
+mod location;
 mod keys;
 pub mod lock;
 pub mod log;
 pub mod log_journal;
 pub mod outbox;
+mod outbox_index;
 pub mod sled_store;
 pub mod verify;
 #[cfg(test)]

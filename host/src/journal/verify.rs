@@ -25,7 +25,7 @@ use super::keys::{event_key, snapshot_key, tag_key};
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogOptions, StdIo};
 use super::log_journal::{index_dir, log_dir};
-use super::outbox::{self, VerifyOutbox};
+use super::outbox_index::{self, VerifyOutbox};
 use super::JournalResult;
 
 /// What `verify` found.
@@ -154,7 +154,7 @@ struct Check<'a> {
     outbox: VerifyOutbox,
 }
 
-impl outbox::Report for Check<'_> {
+impl outbox_index::Report for Check<'_> {
     fn problem(&mut self, p: String) {
         self.report.problem(p);
     }
