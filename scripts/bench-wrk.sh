@@ -3,19 +3,38 @@
 # release `mneme serve` on a fresh data directory, opens 10k accounts, then runs
 # 64 keep-alive connections of deposits. Compare with the in-process rows of
 # scripts/bench.sh (same machine, same run conditions).
-#   scripts/bench-wrk.sh [connections] [seconds]
+#   scripts/bench-wrk.sh [connections] [seconds] [round-robin|random]
+# `random` sends each deposit to a uniformly random account (the tail-latency case:
+# a command may wait behind its entity's write in flight).
+# MNEME_BIN names another `mneme` binary to measure (e.g. an earlier build), with
+# MNEME_COMPONENTS its components directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-64}
 secs=${2:-8}
+keys=${3:-round-robin}
+case "$keys" in
+  round-robin) script=bench/wrk/deposit.lua ;;
+  random) script=bench/wrk/deposit-random.lua ;;
+  *) echo "bench-wrk: keys must be round-robin or random" >&2; exit 2 ;;
+esac
 command -v wrk >/dev/null || { echo "bench-wrk: install wrk (apt-get install wrk)" >&2; exit 1; }
-scripts/build-components.sh >/dev/null
-cargo build --release -p mneme --bins
+bin=${MNEME_BIN:-target/release/mneme}
+components=${MNEME_COMPONENTS:-target/components}
+if [ -z "${MNEME_BIN:-}" ]; then
+  scripts/build-components.sh >/dev/null
+  cargo build --release -p mneme --bins
+fi
 data=$(mktemp -d)
-port=18091
-target/release/mneme serve --data "$data" --components target/components --listen 127.0.0.1:$port --watch-secs 0 &
+port=$((20000 + RANDOM % 20000))
+"$bin" serve --data "$data" --components "$components" --listen 127.0.0.1:$port --watch-secs 0 &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/health >/dev/null && break; sleep 0.1; done
+ready=no
+for _ in $(seq 600); do
+  if curl -sf -m 1 http://127.0.0.1:$port/health >/dev/null; then ready=yes; break; fi
+  sleep 0.1
+done
+[ $ready = yes ] || { echo "bench-wrk: the server did not become ready within 60 s" >&2; exit 1; }
 wrk -t1 -c64 -d4s -s bench/wrk/create.lua http://127.0.0.1:$port >/dev/null
-wrk -t1 -c"$conns" -d"${secs}s" --latency -s bench/wrk/deposit.lua http://127.0.0.1:$port
+wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" http://127.0.0.1:$port

@@ -68,6 +68,9 @@ pub struct Server {
     agent: ureq::Agent,
 }
 
+/// How long a deploy (PUT) may take: the server compiles the component first.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// An HTTP client that trusts `ca_pem` (PEM) when given.
 pub fn agent(ca_pem: Option<&str>) -> ureq::Agent {
     let mut config =
@@ -88,14 +91,19 @@ impl Server {
     /// With `--tls-cert`/`--tls-key` among `extra`: `ca_pem` is the certificate the
     /// client trusts, and the server is reached as `https://localhost:port`.
     pub fn start_with(data: &Path, components: &Path, extra: &[&str], ca_pem: Option<&str>) -> Server {
-        Server::try_start_with(data, components, extra, ca_pem, None).unwrap_or_else(|why| panic!("{why}"))
+        Server::try_start_with(data, components, extra, ca_pem, None, None).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Like [`Server::start`], with the process's working directory set to `cwd`.
+    pub fn start_in(data: &Path, components: &Path, extra: &[&str], cwd: Option<&Path>) -> Server {
+        Server::try_start_with(data, components, extra, None, None, cwd).unwrap_or_else(|why| panic!("{why}"))
     }
 
     /// Like [`Server::start`], but a server that exits during start is an `Err`
     /// with its exit status and what it wrote (when `stderr` names a file to send
     /// its stdout and stderr to; else they are inherited).
     pub fn try_start(data: &Path, components: &Path, extra: &[&str], stderr: Option<&Path>) -> Result<Server, String> {
-        Server::try_start_with(data, components, extra, None, stderr)
+        Server::try_start_with(data, components, extra, None, stderr, None)
     }
 
     fn try_start_with(
@@ -104,6 +112,7 @@ impl Server {
         extra: &[&str],
         ca_pem: Option<&str>,
         stderr: Option<&Path>,
+        cwd: Option<&Path>,
     ) -> Result<Server, String> {
         let port = free_port();
         // Logs (stdout) and errors (stderr) into one file, both appending.
@@ -114,7 +123,11 @@ impl Server {
             }
             None => (Stdio::inherit(), Stdio::inherit()),
         };
-        let child = Command::new(mneme_bin())
+        let mut command = Command::new(mneme_bin());
+        if let Some(dir) = cwd {
+            command.current_dir(dir);
+        }
+        let child = command
             .arg("serve")
             .arg("--data")
             .arg(data)
@@ -164,6 +177,16 @@ impl Server {
         panic!("mneme did not become ready");
     }
 
+    /// The address the server listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url.trim_start_matches("http://").parse().unwrap()
+    }
+
+    /// Whether the process is still running (false once it exited, for any reason).
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
@@ -174,6 +197,20 @@ impl Server {
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         self.child.wait().unwrap()
+    }
+
+    /// SIGTERM; the exit status if the process exits within `timeout`, else it is
+    /// killed and `None` returned.
+    pub fn terminate_within(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
@@ -194,8 +231,17 @@ impl Server {
                 .header("content-type", "application/json")
                 .header("authorization", &auth)
                 .send(body),
-            ("PUT", false) => self.agent.put(&url).send(body),
-            ("PUT", true) => self.agent.put(&url).header("authorization", &auth).send(body),
+            // A PUT deploys a component, which the server compiles first: a 20 MB
+            // Python component takes more than a minute on a loaded 2-core machine.
+            ("PUT", false) => self.agent.put(&url).config().timeout_global(Some(DEPLOY_TIMEOUT)).build().send(body),
+            ("PUT", true) => self
+                .agent
+                .put(&url)
+                .config()
+                .timeout_global(Some(DEPLOY_TIMEOUT))
+                .build()
+                .header("authorization", &auth)
+                .send(body),
             (m, _) => panic!("method {m}"),
         };
         let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
@@ -255,23 +301,26 @@ use std::sync::Arc;
 
 use mneme::component::{sandbox::Runtime, Registry, SandboxLimits};
 use mneme::journal::{
-    Backend, Journal, JournalError, JournalResult, ProjectionBatch, ProjectionOffset, Snapshot, StoredEvent, Timer,
-    WriteBatch,
+    Backend, Journal, JournalError, JournalResult, OutboxEntry, ProjectionBatch, ProjectionOffset, Snapshot,
+    StoredEvent, StoredTopicMessage, Timer, WriteBatch,
 };
 use mneme::{CommandError, Engine, EngineConfig, Outcome};
 
 /// The real journal (the default backend), with a switch that makes its writes fail the way a full
-/// or broken disk does (the write returns an error, nothing is stored), and a
-/// counter of durable writes.
+/// or broken disk does (the write returns an error, nothing is stored), one that
+/// fails only the writes of outbox done records (as if the process died right
+/// before they were written), and a counter of durable writes.
 pub struct SwitchableJournal {
     inner: Arc<dyn Journal>,
     pub fail_writes: AtomicBool,
+    pub fail_done_writes: AtomicBool,
     pub writes: AtomicU64,
 }
 
 impl Journal for SwitchableJournal {
     fn write(&self, batch: &WriteBatch) -> JournalResult<()> {
-        if self.fail_writes.load(Ordering::SeqCst) {
+        let fail_done = !batch.outbox.done.is_empty() && self.fail_done_writes.load(Ordering::SeqCst);
+        if self.fail_writes.load(Ordering::SeqCst) || fail_done {
             return Err(JournalError::Storage("No space left on device (os error 28)".into()));
         }
         self.inner.write(batch)?;
@@ -304,6 +353,21 @@ impl Journal for SwitchableJournal {
     }
     fn head(&self) -> u64 {
         self.inner.head()
+    }
+    fn outbox_pending(&self) -> JournalResult<Vec<OutboxEntry>> {
+        self.inner.outbox_pending()
+    }
+    fn is_applied(&self, pid: &str, key: &str) -> JournalResult<bool> {
+        self.inner.is_applied(pid, key)
+    }
+    fn topic_messages(&self, topic: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredTopicMessage>> {
+        self.inner.topic_messages(topic, from, limit)
+    }
+    fn topic_head(&self, topic: &str) -> JournalResult<u64> {
+        self.inner.topic_head(topic)
+    }
+    fn events_from(&self, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        self.inner.events_from(from, limit)
     }
     fn health(&self) -> Result<(), String> {
         self.inner.health()
@@ -348,6 +412,7 @@ impl TestEngine {
         let journal = Arc::new(SwitchableJournal {
             inner: mneme::journal::open(data, Backend::default()).unwrap(),
             fail_writes: AtomicBool::new(false),
+            fail_done_writes: AtomicBool::new(false),
             writes: AtomicU64::new(0),
         });
         let registry = Arc::new(Registry::open(Runtime::new(limits).unwrap(), data).unwrap());
@@ -381,14 +446,10 @@ impl TestEngine {
         self.journal.events(&format!("{entity_type}|{id}"), 1, usize::MAX).unwrap()
     }
 
-    /// Messages published to `topic` (as JSON).
+    /// Messages published to `topic` (as JSON), from the journal.
     pub fn published(&self, topic: &str) -> Vec<Value> {
-        self.engine
-            .topics()
-            .read(topic, 1, usize::MAX)
-            .into_iter()
-            .map(|m| serde_json::from_slice(&m.payload).unwrap())
-            .collect()
+        let page = self.engine.topic_messages(topic, 1, usize::MAX).unwrap();
+        page.messages.into_iter().map(|m| serde_json::from_slice(&m.payload).unwrap()).collect()
     }
 
     pub fn stop(self) {
@@ -399,4 +460,215 @@ impl TestEngine {
 /// A component built by `scripts/build-polyglot.sh` (Python, JavaScript, C).
 pub fn polyglot(name: &str) -> PathBuf {
     built("components-polyglot", name)
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1 over a TcpStream: the crash suite needs a client that never
+// resends a request (so "no answer" really means "unknown outcome"), and the
+// HTTP fuzzer needs to write bytes no HTTP library would produce.
+
+pub mod raw_http {
+    use std::io::{self, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    /// A parsed response.
+    #[derive(Debug, Clone)]
+    pub struct Response {
+        pub status: u16,
+        /// Header names in lower case, values as sent.
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+    }
+
+    impl Response {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        }
+        pub fn body_text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+    }
+
+    /// Why no complete response was read.
+    #[derive(Debug)]
+    pub enum ReadError {
+        /// The peer closed the connection before sending a single byte of a response.
+        Closed,
+        /// The connection broke (reset, timeout, EOF) in the middle of a response.
+        Broken(io::Error),
+        /// Bytes arrived that are not an HTTP/1.1 response.
+        Garbage(String),
+    }
+
+    impl std::fmt::Display for ReadError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                ReadError::Closed => write!(f, "connection closed without a response"),
+                ReadError::Broken(e) => write!(f, "connection broke: {e}"),
+                ReadError::Garbage(s) => write!(f, "not an HTTP response: {s}"),
+            }
+        }
+    }
+
+    /// Reads responses from a stream, keeping bytes that belong to the next one.
+    pub struct Reader {
+        buf: Vec<u8>,
+    }
+
+    impl Default for Reader {
+        fn default() -> Self {
+            Reader { buf: Vec::with_capacity(4096) }
+        }
+    }
+
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+
+    impl Reader {
+        /// Fill the buffer; `Ok(false)` on EOF.
+        fn fill(&mut self, s: &mut TcpStream) -> io::Result<bool> {
+            let mut chunk = [0u8; 16384];
+            let n = s.read(&mut chunk)?;
+            self.buf.extend_from_slice(&chunk[..n]);
+            Ok(n > 0)
+        }
+
+        fn need(&mut self, s: &mut TcpStream, n: usize) -> Result<(), ReadError> {
+            while self.buf.len() < n {
+                match self.fill(s) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(ReadError::Broken(io::ErrorKind::UnexpectedEof.into())),
+                    Err(e) => return Err(ReadError::Broken(e)),
+                }
+            }
+            Ok(())
+        }
+
+        /// Read one final response (interim 1xx responses are skipped). `head` says
+        /// the request was HEAD (no body follows).
+        pub fn read(&mut self, s: &mut TcpStream, head: bool) -> Result<Response, ReadError> {
+            loop {
+                let r = self.read_one(s, head)?;
+                if !(100..200).contains(&r.status) || r.status == 101 {
+                    return Ok(r);
+                }
+            }
+        }
+
+        fn read_one(&mut self, s: &mut TcpStream, head: bool) -> Result<Response, ReadError> {
+            let header_end = loop {
+                if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                    break i;
+                }
+                if self.buf.len() > 1 << 20 {
+                    return Err(ReadError::Garbage("response head over 1 MiB".into()));
+                }
+                match self.fill(s) {
+                    Ok(true) => {}
+                    Ok(false) if self.buf.is_empty() => return Err(ReadError::Closed),
+                    Ok(false) => return Err(ReadError::Broken(io::ErrorKind::UnexpectedEof.into())),
+                    Err(e) if self.buf.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => {
+                        return Err(ReadError::Closed)
+                    }
+                    Err(e) => return Err(ReadError::Broken(e)),
+                }
+            };
+            let head_text = String::from_utf8_lossy(&self.buf[..header_end]).into_owned();
+            self.buf.drain(..header_end + 4);
+            let mut lines = head_text.split("\r\n");
+            let status_line = lines.next().unwrap_or_default();
+            let mut parts = status_line.splitn(3, ' ');
+            let (version, code) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+            if !version.starts_with("HTTP/1.") {
+                return Err(ReadError::Garbage(status_line.to_string()));
+            }
+            let status: u16 = code.parse().map_err(|_| ReadError::Garbage(status_line.to_string()))?;
+            let mut headers = Vec::new();
+            for line in lines {
+                let (n, v) = line.split_once(':').ok_or_else(|| ReadError::Garbage(format!("header line {line:?}")))?;
+                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+            let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+            let body = if head || status == 204 || status == 304 || (100..200).contains(&status) {
+                Vec::new()
+            } else if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+                let mut body = Vec::new();
+                loop {
+                    let line_end = loop {
+                        if let Some(i) = find(&self.buf, b"\r\n") {
+                            break i;
+                        }
+                        let len = self.buf.len();
+                        self.need(s, len + 1)?;
+                    };
+                    let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+                    let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                        .map_err(|_| ReadError::Garbage(format!("chunk size {size_text:?}")))?;
+                    self.buf.drain(..line_end + 2);
+                    self.need(s, size + 2)?;
+                    body.extend_from_slice(&self.buf[..size]);
+                    self.buf.drain(..size + 2);
+                    if size == 0 {
+                        break;
+                    }
+                }
+                body
+            } else if let Some(len) = get("content-length") {
+                let len: usize = len.parse().map_err(|_| ReadError::Garbage(format!("content-length {len:?}")))?;
+                self.need(s, len)?;
+                self.buf.drain(..len).collect()
+            } else {
+                // Delimited by the end of the connection.
+                loop {
+                    match self.fill(s) {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => return Err(ReadError::Broken(e)),
+                    }
+                }
+                std::mem::take(&mut self.buf)
+            };
+            Ok(Response { status, headers, body })
+        }
+    }
+
+    /// A keep-alive connection that sends each request exactly once.
+    pub struct Conn {
+        stream: TcpStream,
+        reader: Reader,
+    }
+
+    impl Conn {
+        pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
+            let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            Ok(Conn { stream, reader: Reader::default() })
+        }
+
+        pub fn stream(&mut self) -> &mut TcpStream {
+            &mut self.stream
+        }
+
+        /// Write raw bytes, then read one response.
+        pub fn exchange(&mut self, request: &[u8], head: bool) -> Result<Response, ReadError> {
+            self.stream.write_all(request).map_err(ReadError::Broken)?;
+            self.reader.read(&mut self.stream, head)
+        }
+
+        /// A well-formed request with a body. An error means no complete response
+        /// arrived: the request may or may not have been received and handled.
+        pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Response, String> {
+            let mut req = format!(
+                "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            req.extend_from_slice(body);
+            self.exchange(&req, method == "HEAD").map_err(|e| e.to_string())
+        }
+    }
 }

@@ -89,6 +89,7 @@ pub fn handler_cost(report: &mut Report, quick: bool) {
                 entity_id: "a".into(),
                 sequence_nr: 1,
                 timestamp_ms: 0,
+                origin: None,
             },
         };
         let t = Instant::now();
@@ -421,5 +422,68 @@ pub fn memory(report: &mut Report, quick: bool) {
         per_10k,
         "MiB",
         Some(("process RSS before (MiB)", before / 1024.0)),
+    );
+}
+
+/// SSE fan-out: subscribers following tag `account` over HTTP while clients send
+/// deposits in-process; the engine's rate with and without them, and the events
+/// the subscribers received per second.
+pub fn fan_out(report: &mut Report, quick: bool) {
+    let entities = 10_000;
+    let subscribers = 100;
+    let duration = Duration::from_secs(if quick { 2 } else { 8 });
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path(), true, EngineConfig::default());
+    create_accounts(&engine, entities);
+    let (base_rate, _) = closed_loop(&engine, entities, 256, duration);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = mneme::api::router(engine.clone(), mneme::api::ApiConfig::default());
+    rt.spawn(async move { mneme::api::axum::serve(listener, app).await });
+    let from = engine.journal().head() + 1;
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..subscribers)
+        .map(|_| {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                let url = format!("http://{addr}/v1/events/stream?tag=account&from={from}");
+                let mut r = agent.get(&url).call().unwrap();
+                let reader = std::io::BufReader::new(r.body_mut().as_reader());
+                for line in reader.lines() {
+                    let Ok(line) = line else { return };
+                    if line.starts_with("data:") {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    let (rate, _) = closed_loop(&engine, entities, 256, duration);
+    let delivered = received.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    engine.shutdown();
+    drop(rt);
+    for t in threads {
+        let _ = t.join();
+    }
+    report.figure(
+        &format!("engine with {subscribers} SSE subscribers on one tag (native handler)"),
+        rate,
+        "cmds/s",
+        Some(("no subscribers", base_rate)),
+    );
+    report.figure(
+        &format!("  events delivered to the {subscribers} subscribers"),
+        delivered,
+        "events/s",
+        Some(("written x subscribers", rate * subscribers as f64)),
     );
 }

@@ -7,6 +7,7 @@
 mod engine;
 mod native;
 mod projection;
+mod outbox;
 mod report;
 mod startup;
 mod storage;
@@ -50,8 +51,14 @@ fn main() {
     if want("engine") {
         engine::in_process(&mut report, args.quick);
     }
+    if want("outbox") {
+        outbox::run_all(&mut report, args.quick);
+    }
     if want("http") {
         engine::http(&mut report, args.quick);
+    }
+    if want("fan-out") {
+        engine::fan_out(&mut report, args.quick);
     }
     if want("recovery") {
         engine::recovery(&mut report, args.quick);

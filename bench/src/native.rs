@@ -53,7 +53,11 @@ impl<E: mneme_sdk::Entity> EntityHandler for Native<E> {
 
     fn handle_command(&mut self, state: &[u8], command: &Command) -> Result<Result<Effect, String>, Fault> {
         let m = &command.metadata;
-        let ctx = mneme_sdk::Context::new(m.entity_type.clone(), m.entity_id.clone(), m.sequence_nr, m.timestamp_ms);
+        let mut ctx =
+            mneme_sdk::Context::new(m.entity_type.clone(), m.entity_id.clone(), m.sequence_nr, m.timestamp_ms);
+        if let Some(o) = &m.origin {
+            ctx = ctx.sent_by(o.source.clone(), o.idempotency_key.clone());
+        }
         let effect = match runtime::handle_command::<E>(state, &command.payload, &ctx) {
             Ok(e) => e,
             Err(msg) => return Ok(Err(msg)),

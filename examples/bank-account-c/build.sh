@@ -25,7 +25,7 @@ rm -rf "$work"
 mkdir -p "$work" "$(dirname "$out")"
 # 1. C bindings for the `entity` world: entity.h, entity.c and the component type
 #    (custom section) that `wasm-tools component new` reads.
-wit-bindgen c "$root/wit/entity.wit" --world entity --out-dir "$work/bindings" >/dev/null
+wit-bindgen c "$root/wit/v0.1" --world entity --out-dir "$work/bindings" >/dev/null
 # 2. A core module. wasm32-wasi only for the sysroot's malloc/string functions,
 #    which import nothing; the reactor model has no main. Nothing that does I/O is
 #    linked, so the module imports only mneme:entity/host.

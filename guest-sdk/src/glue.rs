@@ -7,7 +7,7 @@ use std::sync::Once;
 use crate::bindings::mneme::entity::{host, types as wit};
 use crate::effect::Action;
 use crate::runtime::{self, EncodedEvent};
-use crate::{Context, Effect, Entity, Level, Reply, SideEffect};
+use crate::{Context, Effect, Entity, Level, Origin, Reply, SideEffect};
 
 /// Routes panic messages to the host's `report-fault` import.
 ///
@@ -46,6 +46,7 @@ pub fn handle_command<E: Entity>(state: Vec<u8>, command: wit::Command) -> Resul
         entity_id: meta.entity_id,
         sequence_nr: meta.sequence_nr,
         timestamp_ms: meta.timestamp_ms,
+        origin: meta.origin.map(|o| Origin { source: o.source, idempotency_key: o.idempotency_key }),
     };
     runtime::handle_command::<E>(&state, &command.payload, &ctx).map(effect_to_wit)
 }

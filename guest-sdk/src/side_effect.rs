@@ -16,16 +16,25 @@ pub enum Level {
 /// runs these in order after the command's events are durable, and never during
 /// recovery (Akka's `thenRun`).
 ///
+/// `Send`, `Schedule` and `Publish` are written to the journal in the same atomic
+/// write as the command's events (also when it persists none), so they survive a
+/// crash: a sent or scheduled command is delivered at least once and applied by
+/// its target at most once (the target sees the sender and an idempotency key in
+/// [`crate::Context::origin`]); a published message is kept in the topic's durable
+/// stream. `Log` is not stored: at most once.
+///
 /// Payloads are JSON when built with the constructors; the variants are public so
 /// an entity can hand over bytes it encoded itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SideEffect {
-    /// Send a command to another entity (fire and forget: its reply is dropped).
+    /// Send a command to another entity (its reply is dropped): delivered once the
+    /// sender's events are durable, again after a crash until delivered.
     Send { entity_type: String, entity_id: String, payload: Vec<u8> },
-    /// Deliver a command later. The host stores the timer durably, so it survives
-    /// restarts.
+    /// Deliver a command later (`delay_ms` after the command was accepted). Stored
+    /// with the events, so it survives restarts.
     Schedule { delay_ms: u64, entity_type: String, entity_id: String, payload: Vec<u8> },
-    /// Publish a message to a topic's subscribers.
+    /// Publish a message to a topic: stored at the topic's next position, read with
+    /// `GET /v1/topics/{topic}` and `.../stream`.
     Publish { topic: String, payload: Vec<u8> },
     /// Write a line through the host's logging (guests have no stdout).
     Log { level: Level, message: String },

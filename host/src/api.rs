@@ -13,7 +13,14 @@
 //! Every path segment of every route is checked by [`check_segment`] before any
 //! handler runs: a route added with a new parameter name fails until the name has
 //! a check.
+//!
+//! Topics are read from the journal: `GET /v1/topics/{topic}` a page from a
+//! position, `GET /v1/topics/{topic}/stream` as Server-Sent Events that follow
+//! the topic live (`id:` the position, resumed with `Last-Event-ID`, keep-alive
+//! comments while nothing is published).
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +32,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection, Ra
 use axum::extract::{DefaultBodyLimit, Path, Query, RawPathParams, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -36,15 +44,16 @@ use sha2::{Digest, Sha256};
 
 use crate::component::LoadedComponent;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, TopicPage};
 use crate::error::CommandError;
-use crate::journal::StoredEvent;
+use crate::journal::{StoredEvent, StoredTopicMessage};
 use crate::names::{
-    persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_projection_name,
-    validate_topic, validate_view_key,
+    persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_label,
+    validate_projection_name, validate_topic, validate_view_key,
 };
 use crate::projection::{GenerationStatus, ProjectionError, ProjectionStatus};
 use crate::router::Outcome;
+use crate::subscribe::{bytes_field, event_json, subscribe, Source};
 /// Re-exported so an embedding program can serve [`router`] without naming axum's version.
 pub use axum;
 
@@ -62,6 +71,8 @@ pub struct ApiConfig {
     pub admin_token: Option<Token>,
     /// Required by the client routes when set (the admin token is accepted too).
     pub client_token: Option<Token>,
+    /// An event or topic stream sends a keep-alive comment after this long without news.
+    pub stream_keep_alive: Duration,
 }
 
 impl Default for ApiConfig {
@@ -73,6 +84,7 @@ impl Default for ApiConfig {
             body_timeout: Duration::from_secs(60),
             admin_token: None,
             client_token: None,
+            stream_keep_alive: crate::subscribe::KEEP_ALIVE,
         }
     }
 }
@@ -119,7 +131,13 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        // A body refused as too large or too slow is left unread and the connection
+        // closes after the answer: tell the client not to reuse it.
+        if matches!(self.0, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
     }
 }
 
@@ -174,31 +192,6 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-/// Bytes as JSON when they are JSON, else as a hex string under `<field>_hex`.
-fn bytes_field(obj: &mut serde_json::Map<String, Value>, field: &str, bytes: &[u8]) {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v) => {
-            obj.insert(field.to_string(), v);
-        }
-        Err(_) => {
-            obj.insert(format!("{field}_hex"), Value::String(hex::encode(bytes)));
-        }
-    }
-}
-
-fn event_json(e: StoredEvent) -> Value {
-    let mut o = serde_json::Map::new();
-    o.insert("persistence_id".into(), e.persistence_id.into());
-    o.insert("seq_nr".into(), e.seq_nr.into());
-    o.insert("offset".into(), e.offset.into());
-    o.insert("timestamp_ms".into(), e.timestamp_ms.into());
-    o.insert("writer_id".into(), e.writer_id.into());
-    o.insert("manifest".into(), e.manifest.into());
-    o.insert("tags".into(), e.tags.into());
-    bytes_field(&mut o, "payload", &e.payload);
-    Value::Object(o)
-}
-
 fn component_json(c: &LoadedComponent, versions: Vec<u64>) -> Value {
     json!({
         "entity_type": c.entity_type,
@@ -235,8 +228,11 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
         )
         .route("/v1/entities/{entity_type}/{entity_id}/events", get(entity_events))
         .route("/v1/entities/{entity_type}/{entity_id}/state", get(entity_state))
+        .route("/v1/entities/{entity_type}/{entity_id}/events/stream", get(stream_entity_events))
         .route("/v1/events", get(events_by_tag))
+        .route("/v1/events/stream", get(stream_events))
         .route("/v1/topics/{topic}", get(topic_messages))
+        .route("/v1/topics/{topic}/stream", get(topic_stream))
         .route("/v1/components", get(list_components))
         .route("/v1/projections", get(list_projections))
         .route("/v1/views/{projection}", get(view_scan))
@@ -253,6 +249,12 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
         .merge(open.route_layer(segments()))
         .layer(middleware::from_fn_with_state(state.clone(), time_body))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route; see the README for the API".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method; see the README for the API".into(),
+            )
+        })
         .with_state(state)
 }
 
@@ -310,14 +312,24 @@ fn refusal(headers: &HeaderMap, which: &str, accepted: &[&Token]) -> Option<Resp
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     };
-    match bearer(headers) {
-        Ok(Some(token)) if accepted.iter().any(|t| t.matches(token)) => None,
-        Ok(Some(_)) => Some(ApiError(StatusCode::FORBIDDEN, format!("wrong {which} token")).into_response()),
-        Ok(None) => {
-            Some(unauthorized(format!("this route needs the {which} token: send `Authorization: Bearer <token>`")))
-        }
-        Err(()) => Some(unauthorized("malformed `Authorization` header: use `Authorization: Bearer <token>`".into())),
+    let mut refused = match bearer(headers) {
+        Ok(Some(token)) if accepted.iter().any(|t| t.matches(token)) => return None,
+        Ok(Some(_)) => ApiError(StatusCode::FORBIDDEN, format!("wrong {which} token")).into_response(),
+        Ok(None) => unauthorized(format!("this route needs the {which} token: send `Authorization: Bearer <token>`")),
+        Err(()) => unauthorized("malformed `Authorization` header: use `Authorization: Bearer <token>`".into()),
+    };
+    // The request's body (if any) is left unread, so the connection closes after
+    // this answer: say so, or a client reuses it for its next request and loses it.
+    if has_body(headers) {
+        refused.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    Some(refused)
+}
+
+/// Whether a request announces a body.
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 async fn admin_gate(State(app): State<AppState>, request: Request, next: Next) -> Response {
@@ -502,12 +514,84 @@ async fn events_by_tag(
     let Some(tag) = page.tag.clone().filter(|t| !t.is_empty()) else {
         return Err(bad_request("missing query parameter `tag`"));
     };
+    validate_label("tag", &tag, false).map_err(bad_request)?;
     let from = page.from.unwrap_or(0);
     let limit = page.limit();
     let journal = app.engine.journal().clone();
     let events = blocking(move || journal.events_by_tag(&tag, from, limit)).await?.map_err(journal_error)?;
     let next = events.last().map_or(from, |e| e.offset + 1);
     Ok(events_page(events, next))
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    tag: Option<String>,
+    from: Option<u64>,
+}
+
+/// Where a stream starts: right after `Last-Event-ID` when the client reconnects,
+/// else at `from`.
+fn resume_from(headers: &HeaderMap, from: Option<u64>, default: u64) -> Result<u64, ApiError> {
+    let Some(value) = headers.get("last-event-id") else { return Ok(from.unwrap_or(default)) };
+    let text = value.to_str().unwrap_or("(not text)").trim();
+    let id: u64 = text.parse().map_err(|_| {
+        bad_request(format!(
+            "invalid Last-Event-ID `{}`: expected the id of an event (a number)",
+            text.escape_default()
+        ))
+    })?;
+    Ok(id + 1)
+}
+
+/// `GET /v1/events/stream?tag=T&from=OFFSET`: every event (or those with the tag)
+/// from an offset on, then live.
+async fn stream_events(
+    State(app): State<AppState>,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let from = resume_from(&headers, q.from, 0)?;
+    let tag = q.tag.filter(|t| !t.is_empty());
+    if let Some(tag) = &tag {
+        validate_label("tag", tag, false).map_err(bad_request)?;
+    }
+    if tag.is_none() {
+        // Not every backend reads all events by offset: refuse up front, not mid-stream.
+        let journal = app.engine.journal().clone();
+        blocking(move || journal.events_from(u64::MAX, 1)).await?.map_err(journal_error)?;
+    }
+    Ok(subscribe(app.engine.clone(), Source::Offsets { tag }, from, app.config.stream_keep_alive).into_response())
+}
+
+/// `GET /v1/entities/{type}/{id}/events/stream?from=SEQ`: an entity's events, then live.
+async fn stream_entity_events(
+    State(app): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (entity_type, entity_id) = path(p)?;
+    let q = query(q)?;
+    let from = resume_from(&headers, q.from, 1)?;
+    let pid = persistence_id(&entity_type, &entity_id);
+    Ok(subscribe(app.engine.clone(), Source::Entity { pid }, from, app.config.stream_keep_alive).into_response())
+}
+
+/// A topic message as readers get it (`seq_nr` is its position).
+fn message_json(m: StoredTopicMessage) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("seq_nr".into(), m.position.into());
+    o.insert("source".into(), m.source.into());
+    o.insert("timestamp_ms".into(), m.timestamp_ms.into());
+    bytes_field(&mut o, "payload", &m.payload);
+    Value::Object(o)
+}
+
+/// A page of a topic, off the async workers.
+async fn topic_page(engine: &Engine, topic: &str, from: u64, limit: usize) -> Result<TopicPage, ApiError> {
+    let (engine, topic) = (engine.clone(), topic.to_string());
+    blocking(move || engine.topic_messages(&topic, from, limit)).await?.map_err(journal_error)
 }
 
 async fn topic_messages(
@@ -517,21 +601,101 @@ async fn topic_messages(
 ) -> Result<Json<Value>, ApiError> {
     let topic = path(p)?;
     let page = query(q)?;
-    let messages: Vec<Value> = app
-        .engine
-        .topics()
-        .read(&topic, page.from.unwrap_or(1), page.limit())
-        .into_iter()
-        .map(|m| {
-            let mut o = match serde_json::to_value(&m) {
-                Ok(Value::Object(o)) => o,
-                _ => serde_json::Map::new(),
-            };
-            bytes_field(&mut o, "payload", &m.payload);
-            Value::Object(o)
-        })
-        .collect();
-    Ok(Json(json!({ "topic": topic, "messages": messages })))
+    let from = page.from.unwrap_or(1).max(1);
+    let read = topic_page(&app.engine, &topic, from, page.limit()).await?;
+    let next = read.messages.last().map_or(from.max(read.first), |m| m.position + 1);
+    let messages: Vec<Value> = read.messages.into_iter().map(message_json).collect();
+    Ok(Json(json!({ "topic": topic, "messages": messages, "next_from": next, "first": read.first, "head": read.head })))
+}
+
+/// Where a stream starts: after `Last-Event-ID` when the client resumes, else at
+/// `?from=` (default 1, the oldest retained).
+fn stream_start(headers: &HeaderMap, from: Option<u64>) -> Result<u64, ApiError> {
+    match headers.get("last-event-id") {
+        Some(v) => {
+            let id = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
+            let id = id.ok_or_else(|| bad_request("`Last-Event-ID` must be a topic position (a number)"))?;
+            Ok(id.saturating_add(1))
+        }
+        None => Ok(from.unwrap_or(1).max(1)),
+    }
+}
+
+/// Messages a stream reads from the journal at a time.
+const STREAM_PAGE: usize = 256;
+/// A stream also looks at the journal this often when woken by nothing.
+const STREAM_POLL: Duration = Duration::from_secs(5);
+
+struct Follow {
+    engine: Engine,
+    topic: String,
+    next: u64,
+    ready: VecDeque<StoredTopicMessage>,
+    durable: tokio::sync::watch::Receiver<u64>,
+    /// The server is shutting down: the stream ends.
+    closing: tokio::sync::watch::Receiver<bool>,
+    failed: bool,
+}
+
+async fn topic_stream(
+    State(app): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<Page>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let topic = path(p)?;
+    let page = query(q)?;
+    let next = stream_start(&headers, page.from)?;
+    // The first page now, so a journal that cannot be read answers with a status.
+    let first = topic_page(&app.engine, &topic, next, STREAM_PAGE).await?;
+    let mut durable = app.engine.topics().subscribe();
+    durable.borrow_and_update();
+    let next = first.messages.last().map_or(next.max(first.first), |m| m.position + 1);
+    let closing = app.engine.topics().closing();
+    let follow = Follow {
+        engine: app.engine.clone(),
+        topic,
+        next,
+        ready: first.messages.into(),
+        durable,
+        closing,
+        failed: false,
+    };
+    let events = futures_util::stream::unfold(follow, |mut f| async move {
+        loop {
+            if let Some(m) = f.ready.pop_front() {
+                let id = m.position.to_string();
+                let event = SseEvent::default().id(id).data(message_json(m).to_string());
+                return Some((Ok::<_, Infallible>(event), f));
+            }
+            if f.failed || *f.closing.borrow() {
+                return None;
+            }
+            // Messages made durable after this point wake the wait below.
+            f.durable.borrow_and_update();
+            match topic_page(&f.engine, &f.topic, f.next, STREAM_PAGE).await {
+                Ok(page) if page.messages.is_empty() => {
+                    f.next = f.next.max(page.first);
+                    tokio::select! {
+                        _ = f.durable.changed() => {}
+                        _ = f.closing.wait_for(|closed| *closed) => {}
+                        _ = tokio::time::sleep(STREAM_POLL) => {}
+                    }
+                }
+                Ok(page) => {
+                    f.next = page.messages.last().map_or(f.next, |m| m.position + 1);
+                    f.ready.extend(page.messages);
+                }
+                Err(ApiError(_, message)) => {
+                    f.failed = true;
+                    let event = SseEvent::default().event("error").data(json!({ "error": message }).to_string());
+                    return Some((Ok(event), f));
+                }
+            }
+        }
+    });
+    let keep_alive = KeepAlive::new().interval(app.config.stream_keep_alive).text("keep-alive");
+    Ok(Sse::new(events).keep_alive(keep_alive).into_response())
 }
 
 async fn list_components(State(app): State<AppState>) -> Json<Value> {
@@ -825,6 +989,8 @@ mod tests {
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert!(b["error"].as_str().unwrap().contains("entity_id"), "{b}");
         let (s, _) = call(&app, request("GET", "/v1/topics/%2E%2E", None, Body::empty())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _) = call(&app, request("GET", "/v1/topics/%2E%2E/stream", None, Body::empty())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         // A body that never comes: 408 after the body timeout.
         let start = std::time::Instant::now();

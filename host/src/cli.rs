@@ -108,6 +108,19 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Follow events live (Server-Sent Events): every event, those with a tag, or
+    /// one entity's; prints each as a JSON line, reconnecting where it left off.
+    Tail {
+        entity_type: Option<String>,
+        entity_id: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        /// First offset (all events, tag) or sequence number (entity).
+        #[arg(long)]
+        from: Option<u64>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Check or rebuild a data directory's journal (not while a server uses it).
     Journal {
         #[command(subcommand)]
@@ -237,10 +250,17 @@ pub struct ServeArgs {
     /// Seconds between checks of the components directory (0 = don't watch).
     #[arg(long, default_value_t = 2)]
     pub watch_secs: u64,
+    /// Seconds without news after which an event or topic stream sends a keep-alive comment.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stream_keep_alive_secs: u64,
     /// Most entities kept in memory, over all shards (each shard keeps at most
     /// N / shards); beyond it the least recently used idle entities are passivated.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_active_entities: u64,
+    /// Readers of a topic (GET /v1/topics/{topic}, .../stream) are served its newest
+    /// N messages; older positions are skipped (0: all). The journal keeps them.
+    #[arg(long, default_value_t = 100_000)]
+    pub topic_retention: u64,
     /// Token that deploy and activate require as `Authorization: Bearer <token>`
     /// (at least 16 characters). Required to listen on a non-loopback address.
     #[arg(long, env = "MNEME_ADMIN_TOKEN", hide_env_values = true)]
@@ -297,6 +317,7 @@ impl ServeArgs {
                 batch_events: self.projection_batch_events as usize,
                 ..crate::config::ProjectionConfig::default()
             },
+            topic_retention: self.topic_retention,
             ..EngineConfig::default()
         };
         if let Some(n) = self.shards {
@@ -325,6 +346,7 @@ impl ServeArgs {
                 body_timeout: Duration::from_secs(self.body_timeout_secs),
                 admin_token: admin_token.as_deref().map(Token::new),
                 client_token: client_token.as_deref().map(Token::new),
+                stream_keep_alive: Duration::from_secs(self.stream_keep_alive_secs),
                 ..ApiConfig::default()
             },
             watch: (self.watch_secs > 0).then(|| Duration::from_secs(self.watch_secs)),
@@ -390,6 +412,56 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Print the `data` of every event of an SSE stream as a line; reconnect with
+    /// `Last-Event-ID` when the connection ends; stop at an `error` message.
+    pub fn tail(&self, path: &str) -> anyhow::Result<i32> {
+        use std::io::BufRead;
+        let url = format!("{}{}", self.base, path);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut last_id: Option<String> = None;
+        loop {
+            let mut request = authorized(self.agent.get(&url), auth.as_deref()).header("accept", "text/event-stream");
+            if let Some(id) = &last_id {
+                request = request.header("last-event-id", id.as_str());
+            }
+            let mut resp = match request.call() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot reach mneme at {}: {e}; retrying", self.base);
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if resp.status() != 200 {
+                let text = resp.body_mut().read_to_string().unwrap_or_default();
+                eprintln!("error {}: {text}", resp.status().as_u16());
+                return Ok(1);
+            }
+            let reader = std::io::BufReader::new(resp.body_mut().as_reader());
+            let mut event = String::new();
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                if let Some(id) = line.strip_prefix("id:") {
+                    last_id = Some(id.trim().to_string());
+                } else if let Some(kind) = line.strip_prefix("event:") {
+                    event = kind.trim().to_string();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    if event == "error" {
+                        eprintln!("error: {}", data.trim());
+                        return Ok(1);
+                    }
+                    println!("{}", data.trim());
+                } else if line.is_empty() {
+                    event.clear();
+                }
+            }
+            // The server closed the stream (restart, idle timeout): resume after the last event.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+}
+
 fn authorized<B>(request: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::RequestBuilder<B> {
     match auth {
         Some(a) => request.header("authorization", a),
@@ -421,6 +493,26 @@ pub fn run_client(command: Command) -> anyhow::Result<i32> {
     let (server, method, path, body) = match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Journal { action } => return run_journal(action),
+        Command::Tail { entity_type, entity_id, tag, from, server } => {
+            let mut q = Vec::new();
+            if let Some(f) = from {
+                q.push(format!("from={f}"));
+            }
+            let path = match (tag, entity_type, entity_id) {
+                (tag, None, None) => {
+                    if let Some(t) = tag {
+                        q.push(format!("tag={}", encode(&t)));
+                    }
+                    "/v1/events/stream".to_string()
+                }
+                (None, Some(t), Some(i)) => format!("/v1/entities/{}/{}/events/stream", encode(&t), encode(&i)),
+                _ => anyhow::bail!("give ENTITY_TYPE ENTITY_ID, or --tag TAG, or neither (all events)"),
+            };
+            let admin_token = token("admin", server.admin_token, server.admin_token_file.as_deref())?;
+            let client_token = token("client", server.client_token, server.client_token_file.as_deref())?;
+            let client = Client::new(&server.server, server.ca_cert.as_deref(), client_token.or(admin_token))?;
+            return client.tail(&format!("{path}?{}", q.join("&")));
+        }
         Command::Send { entity_type, entity_id, command, server } => {
             let body = match command.as_deref() {
                 None | Some("-") => {
@@ -511,14 +603,18 @@ fn run_journal(action: JournalAction) -> anyhow::Result<i32> {
         JournalAction::Verify { data } => {
             let report = crate::journal::verify::verify(&data)?;
             println!(
-                "{}: {} segments, {} frames, {} events, {} snapshots, {} stored timers, {} projection records, {} view \
-                 keys",
+                "{}: {} segments, {} frames, {} events, {} snapshots, {} stored timers, {} outbox entries ({} \
+                 pending), {} applied idempotency keys, {} topic messages, {} projection records, {} view keys",
                 data.display(),
                 report.segments,
                 report.frames,
                 report.events,
                 report.snapshots,
                 report.timers,
+                report.outbox_entries,
+                report.outbox_pending,
+                report.applied_keys,
+                report.topic_messages,
                 report.projection_records,
                 report.view_keys
             );

@@ -1,4 +1,5 @@
-//! How the engine runs: shards, snapshots, stash, passivation, recovery, memory bound.
+//! How the engine runs: shards, snapshots, stash, passivation, recovery, memory bound,
+//! topic retention.
 
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub struct EngineConfig {
     pub max_active_entities: usize,
     /// How projections are fed (`projection/`).
     pub projections: ProjectionConfig,
+    /// Readers of a topic are served its newest this many messages (0: all).
+    pub topic_retention: u64,
 }
 
 /// How projections read the journal and what their updates may be.
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             recovery_batch: 1000,
             max_active_entities: 100_000,
             projections: ProjectionConfig::default(),
+            topic_retention: 100_000,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! Each shard is one OS thread that owns its entities and its Wasm instances, so an
 //! entity's commands run strictly in order without locks. The single writer thread
 //! merges whatever batches the shards have handed in into one journal write, which
-//! is the group commit: one fsync covers many commands of many entities.
+//! is the group commit: one fsync covers many commands of many entities. The
+//! outbox thread delivers the commands entities send, once they are durable.
 //!
 //! Architecture invariant: the engine is the top of the command path; nothing
 //! below it imports it.
@@ -24,15 +25,15 @@ use crate::clock::now_ms;
 use crate::component::Registry;
 use crate::config::EngineConfig;
 use crate::error::{CommandError, CommandResult};
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalResult, StoredTopicMessage};
 use crate::metrics::Metrics;
 use crate::names::{persistence_id, validate_entity};
+use crate::outbox::{self, OutboxMsg};
 use crate::projection::Projections;
-use crate::router::{EntityState, Envelope, Outcome, Router, ShardMsg};
+use crate::router::{EntityState, Envelope, Outcome, ReplyTo, Router, ShardMsg};
 use crate::shard::{self, RecoveryPermits, Shared};
 use crate::side_effects::SideEffectRunner;
-use crate::timers::{self, TimerMsg};
-use crate::topics::Topics;
+use crate::topics::{self, Topics};
 use crate::writer::{self, Head, WriterMsg};
 
 /// The running engine. Cheap to clone; shut it down with [`Engine::shutdown`].
@@ -45,10 +46,21 @@ struct Inner {
     shared: Arc<Shared>,
     router: Router,
     shards: Mutex<Vec<JoinHandle<()>>>,
-    /// The writer and the timers stop after the shards.
-    services: Mutex<Vec<JoinHandle<()>>>,
+    /// The outbox stops first; the writer after the shards.
+    outbox: (crossbeam_channel::Sender<OutboxMsg>, Mutex<Option<JoinHandle<()>>>),
+    writer: Mutex<Option<JoinHandle<()>>>,
     head: Head,
     projections: Projections,
+}
+
+/// A page of a topic: its messages from a position, and what is there to read.
+#[derive(Debug, Clone)]
+pub struct TopicPage {
+    /// The newest position of the topic (0: no message yet).
+    pub head: u64,
+    /// The oldest position served (`--topic-retention`).
+    pub first: u64,
+    pub messages: Vec<StoredTopicMessage>,
 }
 
 impl Engine {
@@ -65,23 +77,35 @@ impl Engine {
             metrics.clone(),
             config.projections.clone(),
         );
-        let (timer_tx, timer_rx) = crossbeam_channel::unbounded();
-        let timers_thread = timers::spawn(journal.clone(), router.clone(), timer_rx);
+        // Loads the pending entries before any shard can add one.
+        let (outbox_tx, outbox_thread) =
+            outbox::spawn(journal.clone(), router.clone(), writer.clone(), metrics.clone());
+        let writer_id = new_writer_id();
+        let side_effects =
+            SideEffectRunner::new(outbox_tx.clone(), Arc::new(Topics::default()), metrics.clone(), writer_id.clone());
         let shared = Arc::new(Shared {
             metrics,
             recoveries: RecoveryPermits::new(config.max_concurrent_recoveries),
             config,
             registry,
             journal,
-            side_effects: SideEffectRunner { router: router.clone(), topics: Topics::default(), timers: timer_tx },
+            side_effects,
             writer,
-            writer_id: new_writer_id(),
+            writer_id,
         });
         let shards = (receivers.into_iter().enumerate())
             .map(|(i, rx)| shard::spawn(i, shared.clone(), router.shards()[i].clone(), rx))
             .collect();
-        let services = Mutex::new(vec![writer_thread, timers_thread]);
-        Engine { inner: Arc::new(Inner { shared, router, shards: Mutex::new(shards), services, head, projections }) }
+        let inner = Inner {
+            shared,
+            router,
+            shards: Mutex::new(shards),
+            outbox: (outbox_tx, Mutex::new(Some(outbox_thread))),
+            writer: Mutex::new(Some(writer_thread)),
+            head,
+            projections,
+        };
+        Engine { inner: Arc::new(inner) }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -92,8 +116,20 @@ impl Engine {
         &self.inner.shared.journal
     }
 
-    pub fn topics(&self) -> &Topics {
-        &self.inner.shared.side_effects.topics
+    /// Wakes readers of topics when messages become durable.
+    pub fn topics(&self) -> &Arc<Topics> {
+        self.inner.shared.side_effects.topics()
+    }
+
+    /// Messages of `topic` from position `from` (at most `limit`), within the
+    /// retention (`EngineConfig::topic_retention`). Reads the journal: call it
+    /// off async workers.
+    pub fn topic_messages(&self, topic: &str, from: u64, limit: usize) -> JournalResult<TopicPage> {
+        let journal = self.journal();
+        let head = journal.topic_head(topic)?;
+        let first = topics::readable_from(head, self.inner.shared.config.topic_retention);
+        let messages = journal.topic_messages(topic, from.max(first), limit)?;
+        Ok(TopicPage { head, first, messages })
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -155,7 +191,8 @@ impl Engine {
             manifest,
             payload,
             accepted_ms: now_ms(),
-            reply_to: Some(tx),
+            reply_to: ReplyTo::Caller(tx),
+            origin: None,
         };
         let shard = self.inner.router.shard_of(&pid);
         shard.send(ShardMsg::Command(env)).map_err(|_| CommandError::ShuttingDown)?;
@@ -187,10 +224,16 @@ impl Engine {
         Ok(rx)
     }
 
-    /// Stop the projections and the shards after their in-flight writes finish,
-    /// then the writer and the timers, so the journal is closed when this returns.
+    /// Stop the projections and the outbox (deliveries not settled are delivered
+    /// again after the next start), then the shards after their in-flight writes
+    /// finish, then the writer, so the journal is closed when this returns.
     pub fn shutdown(&self) {
         self.inner.projections.shutdown();
+        self.topics().close();
+        let _ = self.inner.outbox.0.send(OutboxMsg::Stop);
+        if let Some(t) = self.inner.outbox.1.lock().unwrap().take() {
+            let _ = t.join();
+        }
         for s in self.inner.router.shards() {
             let _ = s.send(ShardMsg::Shutdown);
         }
@@ -198,8 +241,7 @@ impl Engine {
             let _ = t.join();
         }
         let _ = self.inner.shared.writer.send(WriterMsg::Stop);
-        let _ = self.inner.shared.side_effects.timers.send(TimerMsg::Stop);
-        for t in std::mem::take(&mut *self.inner.services.lock().unwrap()) {
+        if let Some(t) = self.inner.writer.lock().unwrap().take() {
             let _ = t.join();
         }
     }

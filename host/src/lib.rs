@@ -2,7 +2,8 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the map. The command path:
 //! `api` -> `engine` -> `router` -> `shard` (entity state machine) -> `component`
-//! (pure call) -> `writer` (group commit) -> `journal` -> `side_effects` -> reply.
+//! (pure call) -> `writer` (group commit) -> `journal` -> `side_effects` -> reply,
+//! and `outbox` delivering what entities send.
 //! Modules are listed here from the top layer down; a module imports only from
 //! modules below it (checked by `tests/architecture.rs`).
 
@@ -10,12 +11,13 @@ pub mod cli;
 pub mod server;
 pub mod net;
 pub mod api;
+pub mod subscribe;
 pub mod engine;
 mod shard;
 pub mod projection;
-mod writer;
 mod side_effects;
-mod timers;
+mod outbox;
+mod writer;
 pub mod topics;
 mod router;
 pub mod component;

@@ -52,9 +52,17 @@ counters {
     projection_events_total: "Events handed to projections.",
     projection_batches_total: "Projection batches stored (view updates and offset, one atomic write each).",
     projection_faults_total: "Projection calls that faulted (trap, error, limit); the projection pauses.",
+    outbox_entries_total: "Commands sent or scheduled by entities, made durable (outbox entries).",
+    outbox_deliveries_total: "Deliveries of outbox entries tried (first tries, retries and redeliveries after a start).",
+    outbox_retries_total: "Deliveries tried again after a failure that may pass (write failed, unknown type, ...).",
+    outbox_recovered_total: "Outbox entries found pending at start and delivered again.",
+    outbox_duplicates_total: "Delivered commands whose idempotency key the target had applied: acknowledged, not applied again.",
+    outbox_failed_total: "Delivered commands that failed for good (unhandled, malformed, rejected by the journal): not retried.",
+    topic_messages_total: "Messages published to topics, made durable.",
 }
 gauges {
     active_entities: "Entities in memory now, over all shards (bounded by --max-active-entities).",
+    outbox_pending: "Outbox entries of this process not delivered yet (waiting, in flight or retrying).",
 }
 }
 

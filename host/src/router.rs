@@ -2,8 +2,8 @@
 //! owning an entity.
 //!
 //! This module sits below both the engine (which sends commands in) and the shards
-//! (which receive them, and send commands to other entities as side effects), so
-//! neither has to import the other to talk.
+//! (which receive them), and the outbox (which delivers the commands entities
+//! send), so none of them has to import another to talk.
 //!
 //! Architecture invariant: the router holds channels, no state, and imports nothing
 //! above `error`, `clock` and `names`.
@@ -14,7 +14,6 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
-use crate::clock::now_ms;
 use crate::error::CommandResult;
 use crate::names::persistence_id;
 
@@ -37,9 +36,38 @@ pub struct EntityState {
     pub component_version: u64,
 }
 
-/// Where a command's outcome goes: the caller waiting for it, or nobody (a command
-/// sent by another entity or a timer).
-pub type ReplyTo = Option<oneshot::Sender<CommandResult<Outcome>>>;
+/// Where a command's outcome goes.
+pub enum ReplyTo {
+    /// Nobody waits for it.
+    None,
+    /// The caller waiting for it (`Engine::submit`).
+    Caller(oneshot::Sender<CommandResult<Outcome>>),
+    /// Called with the outcome, on the shard's thread: the outbox learns whether
+    /// a delivery is done or must be tried again.
+    Callback(Box<dyn FnOnce(CommandResult<Outcome>) + Send>),
+}
+
+impl ReplyTo {
+    /// Hand the outcome over.
+    pub fn send(self, result: CommandResult<Outcome>) {
+        match self {
+            ReplyTo::None => {}
+            ReplyTo::Caller(tx) => {
+                let _ = tx.send(result);
+            }
+            ReplyTo::Callback(f) => f(result),
+        }
+    }
+}
+
+/// Who sent a command, when an entity did (a `send` or `schedule` side effect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Persistence id of the sending entity.
+    pub source: String,
+    /// The command's idempotency key: the target applies it at most once.
+    pub key: String,
+}
 
 /// A command on its way to its entity.
 pub struct Envelope {
@@ -50,6 +78,8 @@ pub struct Envelope {
     /// When the engine accepted it (the command's timestamp in `command-metadata`).
     pub accepted_ms: u64,
     pub reply_to: ReplyTo,
+    /// Set for a command another entity sent (`command-metadata.origin`).
+    pub origin: Option<Origin>,
 }
 
 /// What a shard is asked to do.
@@ -90,17 +120,13 @@ impl Router {
         &self.shards
     }
 
-    /// Fire and forget: deliver a command whose reply nobody waits for.
-    pub fn tell(&self, entity_type: String, entity_id: String, payload: Vec<u8>) {
-        let pid = persistence_id(&entity_type, &entity_id);
-        let env = Envelope {
-            entity_type,
-            entity_id,
-            manifest: String::new(),
-            payload,
-            accepted_ms: now_ms(),
-            reply_to: None,
-        };
-        let _ = self.shard_of(&pid).send(ShardMsg::Command(env));
+    /// Hand a command to its entity's shard; the envelope back when the shard
+    /// has stopped.
+    pub fn deliver(&self, env: Envelope) -> Result<(), Box<Envelope>> {
+        let pid = persistence_id(&env.entity_type, &env.entity_id);
+        self.shard_of(&pid).send(ShardMsg::Command(env)).map_err(|e| match e.0 {
+            ShardMsg::Command(env) => Box::new(env),
+            _ => unreachable!("sent a command"),
+        })
     }
 }

@@ -128,7 +128,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Every connection, the journal's files and some to spare.
     raise_open_files_limit((config.net.max_connections + net::OVERFLOW_SLOTS) as u64 + 1024);
     let app = api::router(engine.clone(), config.api);
-    net::serve(listener, app, config.net, tls, shutdown_signal()).await?;
+    // Topic streams never end on their own: end them when the shutdown starts.
+    let topics = engine.topics().clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        topics.close();
+    };
+    net::serve(listener, app, config.net, tls, shutdown).await?;
     tracing::info!("shutting down: finishing in-flight writes");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())

@@ -5,7 +5,7 @@
 //! naming what is wrong, and the version already active keeps serving.
 //!
 //! Components: `tests/components/hostile` (attacks on request), `uses-wasi` (reads
-//! files and the clock), `wrong-world` (built against `mneme:entity@0.2.0`).
+//! files and the clock), `wrong-world` (built against `mneme:entity@0.3.0`).
 
 use std::process::Command;
 
@@ -211,11 +211,11 @@ fn components_that_do_not_fit_the_entity_world_are_refused_at_deploy() {
         &json(&body),
         400,
         &[
-            "`mneme:entity/host@0.2.0`",
-            "`mneme:entity/types@0.2.0`",
-            "implements mneme:entity@0.1.0",
-            "does not export `mneme:entity/handler@0.1.x`",
-            "it exports `mneme:entity/handler@0.2.0`",
+            "`mneme:entity/host@0.3.0`",
+            "`mneme:entity/types@0.3.0`",
+            "implements mneme:entity@0.2.0 (it accepts 0.1.x or 0.2.x)",
+            "does not export `mneme:entity/handler@0.1.x or 0.2.x`",
+            "it exports `mneme:entity/handler@0.3.0`",
         ],
         "a component of another WIT version",
     );

@@ -22,7 +22,7 @@ fn replay(events: &[Event]) -> Account {
 }
 
 fn open(balance: u64) -> Account {
-    Account::Open { balance }
+    Account::open(balance)
 }
 
 #[test]
@@ -124,4 +124,134 @@ fn json_shapes_are_the_documented_ones() {
         &ctx(),
     );
     assert!(err.unwrap_err().starts_with("malformed command"));
+}
+
+// Transfers: the saga between two accounts.
+
+fn at(id: &str, seq: u64) -> Context {
+    Context::new("bank-account", id, seq, 0)
+}
+
+fn from(id: &str, seq: u64, sender: &str) -> Context {
+    at(id, seq).sent_by(format!("bank-account|{sender}"), format!("bank-account|{sender}#1.0"))
+}
+
+fn sent(effect: &Effect<Event>) -> Vec<(String, serde_json::Value)> {
+    effect
+        .side_effects()
+        .iter()
+        .map(|s| match s {
+            mneme_sdk::SideEffect::Send { entity_type, entity_id, payload } => {
+                assert_eq!(entity_type, "bank-account");
+                (entity_id.clone(), serde_json::from_slice(payload).unwrap())
+            }
+            other => panic!("unexpected side effect {other:?}"),
+        })
+        .collect()
+}
+
+fn with_pending(balance: u64, id: &str, to: &str, amount: u64) -> Account {
+    let pending = [(id.to_string(), PendingTransfer { to: to.into(), amount })].into();
+    Account::Open { balance, pending }
+}
+
+#[test]
+fn a_transfer_withdraws_here_and_asks_the_other_account_to_deposit() {
+    let effect = AccountEntity::handle(&open(100), Command::Transfer { to: "bob".into(), amount: 30 }, &at("alice", 4));
+    let event = Event::TransferSent { transfer_id: "alice#5".into(), to: "bob".into(), amount: 30 };
+    assert_eq!(effect.events(), &[event]);
+    assert_eq!(
+        sent(&effect),
+        [("bob".into(), json!({"type": "ReceiveTransfer", "transferId": "alice#5", "from": "alice", "amount": 30}))]
+    );
+    let after = effect.events().iter().fold(open(100), AccountEntity::apply);
+    assert_eq!(after, with_pending(70, "alice#5", "bob", 30));
+    assert_eq!(
+        effect.reply_after(&after).and_then(|r| r.json()),
+        Some(json!({"balance": 70, "transferId": "alice#5"}))
+    );
+}
+
+#[test]
+fn transfers_that_cannot_be_paid_are_refused_without_events_or_sends() {
+    for (command, message) in [
+        (Command::Transfer { to: "bob".into(), amount: 101 }, "Insufficient balance 100 to be able to transfer 101"),
+        (Command::Transfer { to: "alice".into(), amount: 1 }, "An account can't transfer to itself"),
+        (Command::Transfer { to: "bob".into(), amount: 0 }, "A transfer needs a positive amount"),
+    ] {
+        let effect = AccountEntity::handle(&open(100), command, &at("alice", 4));
+        assert!(effect.events().is_empty() && effect.side_effects().is_empty());
+        assert_eq!(effect.reply_value().and_then(Reply::error_message), Some(message));
+    }
+}
+
+#[test]
+fn the_receiving_account_deposits_and_confirms_only_for_the_paying_account() {
+    let receive = || Command::ReceiveTransfer { transfer_id: "alice#5".into(), from: "alice".into(), amount: 30 };
+    let effect = AccountEntity::handle(&open(1), receive(), &from("bob", 2, "alice"));
+    let event = Event::TransferReceived { transfer_id: "alice#5".into(), from: "alice".into(), amount: 30 };
+    assert_eq!(effect.events(), &[event]);
+    assert_eq!(sent(&effect), [("alice".into(), json!({"type": "ConfirmTransfer", "transferId": "alice#5"}))]);
+    assert_eq!(effect.events().iter().fold(open(1), AccountEntity::apply), open(31));
+    // Not from alice: from outside (HTTP), or from another account.
+    for ctx in [at("bob", 2), from("bob", 2, "mallory")] {
+        let effect = AccountEntity::handle(&open(1), receive(), &ctx);
+        assert!(effect.events().is_empty() && effect.side_effects().is_empty());
+        assert!(effect.reply_value().and_then(Reply::error_message).unwrap().starts_with("only account alice"));
+    }
+}
+
+#[test]
+fn an_account_that_cannot_take_the_money_rejects_without_events() {
+    let receive = Command::ReceiveTransfer { transfer_id: "alice#5".into(), from: "alice".into(), amount: 30 };
+    for (state, reason) in [(Account::Empty, "Account bob does not exist"), (Account::Closed, "Account bob is closed")]
+    {
+        let effect = AccountEntity::handle(&state, receive.clone(), &from("bob", 0, "alice"));
+        assert!(effect.events().is_empty());
+        let back = json!({"type": "RejectTransfer", "transferId": "alice#5", "reason": reason});
+        assert_eq!(sent(&effect), [("alice".into(), back)]);
+    }
+}
+
+#[test]
+fn the_paying_account_completes_or_refunds_once() {
+    let state = with_pending(70, "alice#5", "bob", 30);
+    let confirm = Command::ConfirmTransfer { transfer_id: "alice#5".into() };
+    let effect = AccountEntity::handle(&state, confirm.clone(), &from("alice", 5, "bob"));
+    assert_eq!(effect.events(), &[Event::TransferCompleted { transfer_id: "alice#5".into() }]);
+    assert_eq!(effect.events().iter().fold(state.clone(), AccountEntity::apply), open(70));
+    // Only bob may confirm; a transfer no longer pending is left alone.
+    let effect = AccountEntity::handle(&state, confirm.clone(), &from("alice", 5, "carol"));
+    assert!(effect.events().is_empty());
+    assert!(AccountEntity::handle(&open(70), confirm, &from("alice", 6, "bob")).events().is_empty());
+
+    let reject = Command::RejectTransfer { transfer_id: "alice#5".into(), reason: "closed".into() };
+    let effect = AccountEntity::handle(&state, reject.clone(), &from("alice", 5, "bob"));
+    let refund = Event::TransferRefunded { transfer_id: "alice#5".into(), amount: 30, reason: "closed".into() };
+    assert_eq!(effect.events(), &[refund]);
+    assert_eq!(effect.events().iter().fold(state, AccountEntity::apply), open(100), "the money comes back");
+    assert!(AccountEntity::handle(&open(100), reject, &from("alice", 6, "bob")).events().is_empty());
+}
+
+#[test]
+fn an_account_with_pending_transfers_cannot_close() {
+    let effect = handle(&with_pending(0, "acc-1#3", "bob", 5), Command::CloseAccount);
+    assert!(effect.events().is_empty());
+    assert_eq!(effect.reply_value(), Some(&Reply::error("Can't close account with pending transfers")));
+}
+
+#[test]
+fn pending_transfers_are_in_the_state_json_only_while_there_are_some() {
+    let state = runtime::apply_events::<AccountEntity>(
+        br#"{"status":"open","balance":100}"#,
+        [("TransferSent", &br#"{"type":"TransferSent","transferId":"acc-1#2","to":"b","amount":40}"#[..])],
+    )
+    .unwrap();
+    assert_eq!(state, br#"{"status":"open","balance":60,"pending":{"acc-1#2":{"to":"b","amount":40}}}"#);
+    let state = runtime::apply_events::<AccountEntity>(
+        &state,
+        [("TransferCompleted", &br#"{"type":"TransferCompleted","transferId":"acc-1#2"}"#[..])],
+    )
+    .unwrap();
+    assert_eq!(state, br#"{"status":"open","balance":60}"#);
 }

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Store;
 
+use super::limits::SandboxLimits;
 use super::sandbox::{deadline_ticks, fault_reason, HostState, Runtime};
+use super::view::ViewReader;
 use super::world;
-use super::SandboxLimits;
 
 /// Host-side bindings generated from `wit/projection.wit`.
 pub mod bindings {
@@ -45,12 +46,6 @@ pub struct ProjectionInfo {
     pub view_version: u32,
 }
 
-/// Reads the projection's view for its `get` import.
-pub trait ViewReader: Send + Sync {
-    /// The current value of `key`; `Err` when the host cannot tell (storage trouble).
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
-}
-
 /// A call into a projection failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProjectionFault {
@@ -67,11 +62,6 @@ impl std::fmt::Display for ProjectionFault {
             ProjectionFault::Host(m) => write!(f, "reading the view failed: {m}"),
         }
     }
-}
-
-pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
-    Projection::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
-    Ok(())
 }
 
 impl view::Host for HostState {
@@ -101,10 +91,12 @@ impl wit::Host for HostState {}
 
 impl Runtime {
     /// Check that a compiled component fits the `projection` world (refusing it
-    /// with every reason if not), then link it.
+    /// with every reason if not), then link it. The linker is built here, once
+    /// per deploy or start, so the entity sandbox needs to know nothing of projections.
     pub fn prepare_projection(&self, component: &Component) -> anyhow::Result<ProjectionPre<HostState>> {
         world::check(&world::PROJECTION, self.engine(), component)?;
-        let mut linker = self.projection_linker.clone();
+        let mut linker = Linker::new(self.engine());
+        Projection::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         world::link_inert_imports(&world::PROJECTION, self.engine(), component, &mut linker)?;
         let pre = linker.instantiate_pre(component)?;
         ProjectionPre::new(pre).map_err(|e| anyhow::anyhow!("its exports do not match the `projection` world: {e:#}"))

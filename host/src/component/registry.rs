@@ -15,11 +15,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use anyhow::Context as _;
 use wasmtime::component::Component;
 
-use super::bindings::EntityPre;
 use super::handler::{EntityHandler, NativeFactory};
 use super::projection::bindings::ProjectionPre;
 use super::projection::{ProjectionInfo, ProjectionSandbox};
-use super::sandbox::{HostState, Runtime};
+use super::sandbox::{HostState, Runtime, WasmPre};
 use super::store::{sha256_hex, write_atomically, ComponentStore};
 use crate::clock::now_ms;
 use crate::names::{validate_entity_type, validate_label, validate_projection_name};
@@ -45,7 +44,7 @@ pub struct LoadedComponent {
 
 /// How instances of a component are made.
 pub enum Code {
-    Wasm(EntityPre<HostState>),
+    Wasm(WasmPre),
     Native(NativeFactory),
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Guests get no WASI: a component importing anything but `mneme:entity/host` is
 //! refused when it is deployed (`world`), except the stdio/environment interfaces
-//! Rust's standard library always links, which are defined as traps. Every call
+//! Rust's standard library always links, which are defined as traps. A component
+//! built against `mneme:entity@0.1.x` is bound with that world's bindings and its
+//! values converted (`legacy`), so every [`Sandbox`] speaks the current world. Every call
 //! runs under an epoch deadline, a memory and table cap and a bounded Wasm stack,
 //! and what `handle-command` returns is checked against the limits of `limits`.
 //! A call that traps leaves the instance unusable (wasmtime forbids re-entering
@@ -19,9 +21,12 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use super::bindings::exports::mneme::entity::handler;
 use super::bindings::mneme::entity::host;
 use super::bindings::{Entity, EntityPre};
+use super::bindings_v01 as v01;
 use super::handler::{EntityHandler, Fault};
+use super::legacy;
 use super::limits::{self, SandboxLimits};
-use super::world;
+use super::view::ViewReader;
+use super::world::{self, WitVersion};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -36,7 +41,7 @@ pub struct HostState {
     /// The WASI function the guest called (they are all traps).
     pub(super) wasi_called: Option<String>,
     /// A projection's view, for its `get` import, during a `handle-events` call.
-    pub(super) view: Option<std::sync::Arc<dyn super::projection::ViewReader>>,
+    pub(super) view: Option<Arc<dyn ViewReader>>,
     /// Why the host could not answer a projection's `get` (a storage error, not the guest's fault).
     pub(super) view_error: Option<String>,
 }
@@ -51,6 +56,32 @@ impl host::Host for HostState {
 }
 
 impl super::bindings::mneme::entity::types::Host for HostState {}
+
+impl v01::mneme::entity::host::Host for HostState {
+    fn report_fault(&mut self, message: String) {
+        host::Host::report_fault(self, message)
+    }
+}
+
+impl v01::mneme::entity::types::Host for HostState {}
+
+/// A component linked and ready to instantiate, in the world it was built for.
+pub enum WasmPre {
+    V0_1(v01::EntityPre<HostState>),
+    V0_2(EntityPre<HostState>),
+}
+
+/// A live instance, in the world it was built for.
+enum Instance {
+    V0_1(v01::Entity),
+    V0_2(Entity),
+}
+
+impl world::NotesWasiCalls for HostState {
+    fn wasi_called(&mut self, function: String) {
+        self.wasi_called = Some(function);
+    }
+}
 
 impl ResourceLimiter for HostState {
     fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
@@ -69,11 +100,10 @@ impl ResourceLimiter for HostState {
     }
 }
 
-/// The shared engine and linkers (entities, projections). One per process.
+/// The shared engine and the entities' linker. One per process.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
-    pub(super) projection_linker: Linker<HostState>,
     limits: SandboxLimits,
 }
 
@@ -100,9 +130,8 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         Entity::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let mut projection_linker = Linker::new(&engine);
-        super::projection::add_to_linker(&mut projection_linker)?;
-        let runtime = Arc::new(Runtime { engine, linker, projection_linker, limits });
+        v01::Entity::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let runtime = Arc::new(Runtime { engine, linker, limits });
         spawn_epoch_ticker(Arc::downgrade(&runtime));
         Ok(runtime)
     }
@@ -118,18 +147,26 @@ impl Runtime {
     /// Check that a compiled component fits the `entity` world (refusing it with
     /// every reason if not), then link it: the WASI interfaces Rust's standard
     /// library always imports become traps.
-    pub fn prepare(&self, component: &Component) -> anyhow::Result<EntityPre<HostState>> {
-        world::check(&world::ENTITY, &self.engine, component)?;
+    pub fn prepare(&self, component: &Component) -> anyhow::Result<WasmPre> {
+        let version = world::check_entity(&self.engine, component)?;
         let mut linker = self.linker.clone();
         world::link_inert_imports(&world::ENTITY, &self.engine, component, &mut linker)?;
         let pre = linker.instantiate_pre(component)?;
-        EntityPre::new(pre).map_err(|e| anyhow::anyhow!("its exports do not match the `entity` world: {e:#}"))
+        let mismatch = |e: wasmtime::Error| anyhow::anyhow!("its exports do not match the `entity` world: {e:#}");
+        Ok(match version {
+            WitVersion::V0_1 => WasmPre::V0_1(v01::EntityPre::new(pre).map_err(mismatch)?),
+            WitVersion::V0_2 => WasmPre::V0_2(EntityPre::new(pre).map_err(mismatch)?),
+        })
     }
 
     /// A fresh, empty instance.
-    pub fn instantiate(&self, pre: &EntityPre<HostState>) -> Result<Sandbox, String> {
+    pub fn instantiate(&self, pre: &WasmPre) -> Result<Sandbox, String> {
         let mut store = self.store();
-        let entity = pre.instantiate(&mut store).map_err(|e| fault_reason(&e, store.data(), self.limits))?;
+        let instance = match pre {
+            WasmPre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
+            WasmPre::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),
+        };
+        let entity = instance.map_err(|e| fault_reason(&e, store.data(), self.limits))?;
         Ok(Sandbox { store, entity, limits: self.limits })
     }
 
@@ -219,29 +256,41 @@ pub(super) fn fault_reason(err: &wasmtime::Error, state: &HostState, limits: San
 /// One live instance of an entity component.
 pub struct Sandbox {
     store: Store<HostState>,
-    entity: Entity,
+    entity: Instance,
     limits: SandboxLimits,
 }
 
+/// The guest of either world and the store to call it with.
+enum Guest<'a> {
+    V0_1(&'a v01::exports::mneme::entity::handler::Guest),
+    V0_2(&'a handler::Guest),
+}
+
 impl Sandbox {
-    fn call<R>(
-        &mut self,
-        f: impl FnOnce(&handler::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, Fault> {
+    fn call<R>(&mut self, f: impl FnOnce(Guest, &mut Store<HostState>) -> wasmtime::Result<R>) -> Result<R, Fault> {
         self.store.set_epoch_deadline(deadline_ticks(self.limits));
         self.store.data_mut().reset();
-        let guest = self.entity.mneme_entity_handler();
+        let guest = match &self.entity {
+            Instance::V0_1(e) => Guest::V0_1(e.mneme_entity_handler()),
+            Instance::V0_2(e) => Guest::V0_2(e.mneme_entity_handler()),
+        };
         f(guest, &mut self.store).map_err(|e| Fault(fault_reason(&e, self.store.data(), self.limits)))
     }
 }
 
 impl EntityHandler for Sandbox {
     fn describe(&mut self) -> Result<handler::EntityInfo, Fault> {
-        self.call(|g, s| g.call_describe(s))
+        self.call(|g, s| match g {
+            Guest::V0_1(g) => g.call_describe(s).map(legacy::info),
+            Guest::V0_2(g) => g.call_describe(s),
+        })
     }
 
     fn empty_state(&mut self) -> Result<Vec<u8>, Fault> {
-        self.call(|g, s| g.call_empty_state(s))
+        self.call(|g, s| match g {
+            Guest::V0_1(g) => g.call_empty_state(s),
+            Guest::V0_2(g) => g.call_empty_state(s),
+        })
     }
 
     fn handle_command(
@@ -249,16 +298,25 @@ impl EntityHandler for Sandbox {
         state: &[u8],
         command: &handler::Command,
     ) -> Result<Result<handler::Effect, String>, Fault> {
-        let decision = self.call(|g, s| g.call_handle_command(s, state, command))?;
+        let decision = self.call(|g, s| match g {
+            Guest::V0_1(g) => Ok(g.call_handle_command(s, state, &legacy::command(command))?.map(legacy::effect)),
+            Guest::V0_2(g) => g.call_handle_command(s, state, command),
+        })?;
         limits::check_decision(&decision, &self.limits)?;
         Ok(decision)
     }
 
     fn apply_events(&mut self, state: &[u8], events: &[handler::Event]) -> Result<Result<Vec<u8>, String>, Fault> {
-        self.call(|g, s| g.call_apply_events(s, state, events))
+        self.call(|g, s| match g {
+            Guest::V0_1(g) => g.call_apply_events(s, state, &legacy::events(events)),
+            Guest::V0_2(g) => g.call_apply_events(s, state, events),
+        })
     }
 
     fn on_recovery_completed(&mut self, state: &[u8]) -> Result<Vec<handler::SideEffect>, Fault> {
-        self.call(|g, s| g.call_on_recovery_completed(s, state))
+        self.call(|g, s| match g {
+            Guest::V0_1(g) => g.call_on_recovery_completed(s, state).map(legacy::side_effects),
+            Guest::V0_2(g) => g.call_on_recovery_completed(s, state),
+        })
     }
 }

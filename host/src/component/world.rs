@@ -1,38 +1,66 @@
 //! Deploy-time check that a component fits the world mneme runs it in — the
 //! `entity` world of `wit/entity.wit`, or the `projection` world of
-//! `wit/projection.wit` — so a component mneme cannot run is refused with the
-//! reason instead of failing every call later.
+//! `wit/projection.wit` ([`WorldSpec`]) — so a component mneme cannot run is
+//! refused with the reason instead of failing every call later.
+//!
+//! Versions: mneme implements `mneme:entity@0.2.0` ([`WIT_VERSION`], the Rust
+//! SDK's) and still runs entities built against `0.1.x` (`wit/v0.1`, e.g. the
+//! Python, JavaScript and C examples): [`WitVersion`] names the world a
+//! component's `handler` export belongs to, and the sandbox binds that world.
+//! Projections: `mneme:projection@0.1.x`. Within a world the component model's
+//! semver rule applies (for 0.x, the same minor: `0.2.7` is `0.2.x`).
 //!
 //! Imports: mneme provides the world's host interfaces (`mneme:entity/host`;
 //! `mneme:projection/view` and `mneme:projection/host`) and its type-only
-//! `types` interface, at any version semver-compatible with the world's
-//! [`WorldSpec::version`] (0.1.x), nothing else. Refused, each named in the error:
+//! `types` interface at those versions, nothing else. Refused, each named in the
+//! error:
 //!
 //! * WASI capabilities (`wasi:filesystem`, `wasi:clocks`, `wasi:random`,
 //!   `wasi:sockets`, `wasi:http`, ...): mneme gives guests no WASI;
-//! * interfaces of the world's package of an incompatible version (`@0.2.0`,
-//!   `@0.0.9`), or functions this host does not provide;
+//! * interfaces of the world's package of a version mneme does not implement
+//!   (`@0.3.0`, `@0.0.9`), or functions this host does not provide;
 //! * anything else (another world's imports, e.g. an entity deployed as a projection).
 //!
 //! One exception, [`INERT_WASI`]: the stdio, environment, exit and stream
 //! interfaces that Rust's `wasm32-wasip2` standard library links into every
 //! component, used or not (its panic, print and `std::env` paths). Refusing them
 //! would refuse every Rust component; they are linked as traps instead, so a guest
-//! that does call one (`println!`, `std::env::var`) fails that call with a
+//! that does call one (`println!`, `std::env::var`) fails that command with a
 //! message naming the function. Python (componentize-py `--stub-wasi`),
 //! JavaScript (ComponentizeJS with its WASI features disabled) and C without I/O
 //! import no WASI at all.
 //!
-//! Exports: the world's `handler` interface (`mneme:entity/handler@0.1.x` with all
-//! five functions, `mneme:projection/handler@0.1.x` with both). Their types are
-//! checked by wasmtime when the component is linked.
+//! Exports: the world's `handler` interface (`mneme:entity/handler@0.1.x` or
+//! `@0.2.x` with all five functions, `mneme:projection/handler@0.1.x` with both).
+//! Their types are checked by wasmtime when the component is linked.
 
 use anyhow::bail;
 use wasmtime::component::types::{self, ComponentItem};
 use wasmtime::component::{Component, Linker, ResourceType};
 use wasmtime::Engine;
 
-use super::sandbox::HostState;
+/// The version of `wit/entity.wit` this host implements.
+pub const WIT_VERSION: (u64, u64, u64) = (0, 2, 0);
+
+/// The entity worlds mneme runs: a component's `handler` export names its world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WitVersion {
+    /// `mneme:entity@0.1.x` (`wit/v0.1/entity.wit`): no `command-metadata.origin`.
+    V0_1,
+    /// `mneme:entity@0.2.x` (`wit/entity.wit`).
+    V0_2,
+}
+
+impl WitVersion {
+    /// The entity world of a (major, minor) that [`ENTITY`] accepts.
+    fn of(version: (u64, u64)) -> WitVersion {
+        if version == (0, 1) {
+            WitVersion::V0_1
+        } else {
+            WitVersion::V0_2
+        }
+    }
+}
 
 /// What one world of mneme's WIT asks of a component.
 #[derive(Debug)]
@@ -43,8 +71,10 @@ pub struct WorldSpec {
     pub what: &'static str,
     /// The WIT package, e.g. `mneme:entity`.
     pub package: &'static str,
-    /// The package version this host implements.
+    /// The package version this host implements (the newest).
     pub version: (u64, u64, u64),
+    /// Every (major, minor) this host runs, oldest first.
+    pub accepted: &'static [(u64, u64)],
     /// The WIT file, for messages.
     pub wit_file: &'static str,
     /// Interfaces the host provides, with their functions.
@@ -53,12 +83,13 @@ pub struct WorldSpec {
     pub handler_funcs: &'static [&'static str],
 }
 
-/// The `entity` world of `wit/entity.wit`.
+/// The `entity` world of `wit/entity.wit` (and of `wit/v0.1/entity.wit`).
 pub const ENTITY: WorldSpec = WorldSpec {
     world: "entity",
     what: "an entity",
     package: "mneme:entity",
     version: WIT_VERSION,
+    accepted: &[(0, 1), (0, 2)],
     wit_file: "wit/entity.wit",
     imports: &[("host", HOST_FUNCS)],
     handler_funcs: HANDLER_FUNCS,
@@ -70,13 +101,12 @@ pub const PROJECTION: WorldSpec = WorldSpec {
     what: "a projection",
     package: "mneme:projection",
     version: (0, 1, 0),
+    accepted: &[(0, 1)],
     wit_file: "wit/projection.wit",
     imports: &[("view", &["get"]), ("host", &["report-fault"])],
     handler_funcs: &["describe", "handle-events"],
 };
 
-/// The version of `wit/entity.wit` this host implements.
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 0);
 /// Functions of `mneme:entity/host` this host provides.
 const HOST_FUNCS: &[&str] = &["report-fault"];
 /// Functions of `mneme:entity/handler` a component must export.
@@ -129,19 +159,22 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Whether `version` is semver-compatible with the world's version the way wasmtime
-/// matches names: for 0.x, the same minor; no pre-release; build metadata ignored.
-fn compatible(spec: &WorldSpec, version: Option<&str>) -> bool {
-    let Some(v) = version else { return false };
+/// The (major, minor) of the world's versions that `version` belongs to, if
+/// mneme implements it: semver-compatible with one of [`WorldSpec::accepted`]
+/// the way wasmtime matches names (for 0.x, the same minor; no pre-release;
+/// build metadata ignored).
+fn compatible(spec: &WorldSpec, version: Option<&str>) -> Option<(u64, u64)> {
+    let v = version?;
     let v = v.split_once('+').map_or(v, |(v, _build)| v);
     let parts: Vec<Option<u64>> = v.split('.').map(|p| p.parse().ok()).collect();
-    let [Some(major), Some(minor), Some(_patch)] = parts[..] else { return false };
-    let (want_major, want_minor, _) = spec.version;
-    if want_major == 0 {
-        major == 0 && minor == want_minor
-    } else {
-        major == want_major
-    }
+    let [Some(major), Some(minor), Some(_patch)] = parts[..] else { return None };
+    spec.accepted.iter().copied().find(|&(want_major, want_minor)| {
+        if want_major == 0 {
+            major == 0 && minor == want_minor
+        } else {
+            major == want_major
+        }
+    })
 }
 
 fn classify(spec: &WorldSpec, name: &str) -> ImportKind {
@@ -151,8 +184,8 @@ fn classify(spec: &WorldSpec, name: &str) -> ImportKind {
     }
     let interface = base.strip_prefix(spec.package).and_then(|rest| rest.strip_prefix('/'));
     match interface {
-        Some("types") if compatible(spec, version) => ImportKind::Types,
-        Some(iface) if compatible(spec, version) => match spec.imports.iter().find(|(i, _)| *i == iface) {
+        Some("types") if compatible(spec, version).is_some() => ImportKind::Types,
+        Some(iface) if compatible(spec, version).is_some() => match spec.imports.iter().find(|(i, _)| *i == iface) {
             Some((_, funcs)) => ImportKind::Host(funcs),
             None => ImportKind::Unknown,
         },
@@ -166,13 +199,11 @@ fn wit_version(spec: &WorldSpec) -> String {
     format!("{a}.{b}.{c}")
 }
 
+/// The versions accepted, for messages: `0.1.x or 0.2.x`.
 fn compatible_range(spec: &WorldSpec) -> String {
-    let (a, b, _) = spec.version;
-    if a == 0 {
-        format!("{a}.{b}.x")
-    } else {
-        format!("{a}.x")
-    }
+    let ranges: Vec<String> =
+        spec.accepted.iter().map(|(a, b)| if *a == 0 { format!("{a}.{b}.x") } else { format!("{a}.x") }).collect();
+    ranges.join(" or ")
 }
 
 fn func_names<'a>(engine: &'a Engine, item: &'a ComponentItem) -> Vec<&'a str> {
@@ -188,13 +219,9 @@ fn quoted(names: &[String]) -> String {
     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
-/// Every reason `component` does not fit the `entity` world; empty when it fits.
-pub fn problems(engine: &Engine, component: &Component) -> Vec<String> {
-    problems_in(&ENTITY, engine, component)
-}
-
-/// Every reason `component` does not fit the world of `spec`; empty when it fits.
-pub fn problems_in(spec: &WorldSpec, engine: &Engine, component: &Component) -> Vec<String> {
+/// Every reason `component` does not fit the world of `spec` (empty when it
+/// fits), and the (major, minor) of the world its `handler` export belongs to.
+pub fn problems(spec: &WorldSpec, engine: &Engine, component: &Component) -> (Vec<String>, Option<(u64, u64)>) {
     let package = spec.package;
     let ty = component.component_type();
     let mut problems = Vec::new();
@@ -253,10 +280,12 @@ pub fn problems_in(spec: &WorldSpec, engine: &Engine, component: &Component) -> 
     }
 
     let exports: Vec<(&str, ComponentItem)> = ty.exports(engine).map(|(n, e)| (n, e.ty)).collect();
-    let handler = exports.iter().find(|(name, _)| {
+    let handler = exports.iter().find_map(|(name, item)| {
         let (base, version) = split_version(name);
-        base == format!("{package}/handler") && compatible(spec, version)
+        let world = compatible(spec, version).filter(|_| base == format!("{package}/handler"))?;
+        Some((name, item, world))
     });
+    let world = handler.map(|(_, _, world)| world);
     match handler {
         None => {
             let found: Vec<String> = exports.iter().map(|(n, _)| n.to_string()).collect();
@@ -267,7 +296,7 @@ pub fn problems_in(spec: &WorldSpec, engine: &Engine, component: &Component) -> 
                 if found.is_empty() { "nothing".to_string() } else { quoted(&found) }
             ));
         }
-        Some((name, item)) => {
+        Some((name, item, _)) => {
             let have = func_names(engine, item);
             let missing: Vec<String> =
                 spec.handler_funcs.iter().filter(|f| !have.contains(f)).map(|f| f.to_string()).collect();
@@ -276,26 +305,37 @@ pub fn problems_in(spec: &WorldSpec, engine: &Engine, component: &Component) -> 
             }
         }
     }
-    problems
+    (problems, world)
 }
 
-/// Refuse a component that does not fit the world of `spec`, naming every reason.
-pub fn check(spec: &WorldSpec, engine: &Engine, component: &Component) -> anyhow::Result<()> {
-    let problems = problems_in(spec, engine, component);
-    if !problems.is_empty() {
-        bail!("the component does not fit mneme's `{}` world: {}", spec.world, problems.join("; "));
+/// Refuse a component that does not fit the world of `spec`, naming every
+/// reason; else the (major, minor) of the world it was built against.
+pub fn check(spec: &WorldSpec, engine: &Engine, component: &Component) -> anyhow::Result<(u64, u64)> {
+    match problems(spec, engine, component) {
+        (problems, Some(world)) if problems.is_empty() => Ok(world),
+        (problems, _) => bail!("the component does not fit mneme's `{}` world: {}", spec.world, problems.join("; ")),
     }
-    Ok(())
+}
+
+/// [`check`] against the `entity` world: the entity world it was built against.
+pub fn check_entity(engine: &Engine, component: &Component) -> anyhow::Result<WitVersion> {
+    check(&ENTITY, engine, component).map(WitVersion::of)
+}
+
+/// Host data that remembers which WASI function a guest called, for the fault's
+/// message (the sandbox's `HostState`).
+pub trait NotesWasiCalls: 'static {
+    fn wasi_called(&mut self, function: String);
 }
 
 /// Define the component's [`INERT_WASI`] imports as functions that trap, naming
 /// themselves, and its `types` import (types only) if it asks for another patch
 /// version than the linker's.
-pub fn link_inert_imports(
+pub fn link_inert_imports<T: NotesWasiCalls>(
     spec: &WorldSpec,
     engine: &Engine,
     component: &Component,
-    linker: &mut Linker<HostState>,
+    linker: &mut Linker<T>,
 ) -> anyhow::Result<()> {
     let ty = component.component_type();
     for (name, import) in ty.imports(engine) {
@@ -313,11 +353,11 @@ pub fn link_inert_imports(
     Ok(())
 }
 
-fn link_as_traps(
+fn link_as_traps<T: NotesWasiCalls>(
     engine: &Engine,
     name: &str,
     instance: &types::ComponentInstance,
-    linker: &mut Linker<HostState>,
+    linker: &mut Linker<T>,
 ) -> anyhow::Result<()> {
     let mut linked = linker.instance(name)?;
     for (item, export) in instance.exports(engine) {
@@ -325,7 +365,7 @@ fn link_as_traps(
             ComponentItem::ComponentFunc(_) => {
                 let function = format!("{name}#{item}");
                 linked.func_new(item, move |mut store, _, _, _| {
-                    store.data_mut().wasi_called = Some(function.clone());
+                    store.data_mut().wasi_called(function.clone());
                     wasmtime::bail!("the guest called `{function}`, which mneme does not provide")
                 })?;
             }
@@ -371,10 +411,18 @@ mod tests {
         assert_eq!(p("mneme:projection/host@0.1.3"), ImportKind::Host(&["report-fault"]));
         assert_eq!(p("mneme:projection/types@0.1.0"), ImportKind::Types);
         assert_eq!(p("mneme:projection/view@0.2.0"), ImportKind::WrongVersion);
-        assert_eq!(p("mneme:entity/host@0.1.0"), ImportKind::Unknown, "an entity is not a projection");
+        assert_eq!(p("mneme:entity/host@0.2.0"), ImportKind::Unknown, "an entity is not a projection");
         assert_eq!(classify(&ENTITY, "mneme:projection/view@0.1.0"), ImportKind::Unknown);
         assert_eq!(p("wasi:random/random@0.2.6"), ImportKind::Wasi);
         assert_eq!(p("wasi:cli/stderr@0.2.6"), ImportKind::InertWasi);
+        assert_eq!(compatible_range(&PROJECTION), "0.1.x");
+    }
+
+    #[test]
+    fn the_earlier_world_is_kept_as_it_was() {
+        let wit = include_str!("../../../wit/v0.1/entity.wit");
+        assert!(wit.contains("package mneme:entity@0.1.0;"));
+        assert!(!wit.contains("origin"), "0.1.0 has no origin");
     }
 
     #[test]
@@ -384,19 +432,34 @@ mod tests {
         assert_eq!(classify("mneme:entity/host@0.1.7"), ImportKind::Host(HOST_FUNCS));
         assert_eq!(classify("mneme:entity/host@0.1.2+build.5"), ImportKind::Host(HOST_FUNCS));
         assert_eq!(classify("mneme:entity/types@0.1.0"), ImportKind::Types);
+        assert_eq!(classify("mneme:entity/host@0.2.0"), ImportKind::Host(HOST_FUNCS));
+        assert_eq!(classify("mneme:entity/types@0.2.3"), ImportKind::Types);
+    }
+
+    #[test]
+    fn each_version_belongs_to_its_world() {
+        let world = |v| compatible(&ENTITY, v).map(WitVersion::of);
+        assert_eq!(world(Some("0.1.0")), Some(WitVersion::V0_1));
+        assert_eq!(world(Some("0.1.9+b")), Some(WitVersion::V0_1));
+        assert_eq!(world(Some("0.2.0")), Some(WitVersion::V0_2));
+        assert_eq!(world(Some("0.2.4")), Some(WitVersion::V0_2));
+        for v in [None, Some("0.3.0"), Some("0.0.9"), Some("1.2.0"), Some("0.2"), Some("0.2.0-rc1")] {
+            assert_eq!(world(v), None, "{v:?}");
+        }
+        assert_eq!(compatible_range(&ENTITY), "0.1.x or 0.2.x");
     }
 
     #[test]
     fn mneme_interfaces_of_another_version_are_refused() {
         let classify = |name| classify(&ENTITY, name);
         for name in [
-            "mneme:entity/host@0.2.0",
+            "mneme:entity/host@0.3.0",
             "mneme:entity/host@0.0.9",
             "mneme:entity/host@1.1.0",
             "mneme:entity/host@0.1.0-rc1",
             "mneme:entity/host",
-            "mneme:entity/types@0.2.0",
-            "mneme:entity/logging@0.2.0",
+            "mneme:entity/types@0.3.0",
+            "mneme:entity/logging@0.3.0",
         ] {
             assert_eq!(classify(name), ImportKind::WrongVersion, "{name}");
         }

@@ -5,12 +5,15 @@
 //! record := kind u8 | len u32 LE | bytes[len]
 //! kind   := 1 event | 2 snapshot | 3 timer stored | 4 timer removed
 //!           | 5 view put | 6 view delete | 7 projection offset
+//!           | 8 outbox entry | 9 outbox entry done | 10 applied idempotency key
+//!           | 11 topic message
 //! ```
 //! `bytes` of kinds 1-3 are the version-2 records of `codec.rs` (each with its own
 //! CRC, so a read through the index, which goes straight to `bytes`, is checked
 //! too); kind 4 is the timer id, u64 LE; kinds 5-7 are a projection's records
-//! (`views.rs`), written together as one frame per projection batch. The whole body
-//! is also covered by the frame's CRC.
+//! (`views.rs`), written together as one frame per projection batch; kinds 8-11
+//! are the version-2 records of `outbox.rs`. The whole body is also covered by
+//! the frame's CRC.
 
 use super::codec;
 use super::views::{self, ProjectionOffset, ViewUpdate};
@@ -25,16 +28,73 @@ const VIEW_DELETE: u8 = 6;
 const PROJECTION_OFFSET: u8 = 7;
 const RECORD_HEADER: usize = 5;
 
+/// The kinds of the outbox's records in a frame body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    Entry,
+    Done,
+    Applied,
+    TopicMessage,
+}
+
+impl OutboxKind {
+    pub fn from_u8(kind: u8) -> Option<OutboxKind> {
+        match kind {
+            8 => Some(OutboxKind::Entry),
+            9 => Some(OutboxKind::Done),
+            10 => Some(OutboxKind::Applied),
+            11 => Some(OutboxKind::TopicMessage),
+            _ => None,
+        }
+    }
+
+    pub(super) fn code(self) -> u8 {
+        match self {
+            OutboxKind::Entry => 8,
+            OutboxKind::Done => 9,
+            OutboxKind::Applied => 10,
+            OutboxKind::TopicMessage => 11,
+        }
+    }
+}
+
 /// A record of a body: where its bytes are, relative to the body's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
-    Event { at: usize, len: usize },
-    Snapshot { at: usize, len: usize },
-    TimerStored { at: usize, len: usize },
-    TimerRemoved { id: u64 },
-    ViewPut { at: usize, len: usize },
-    ViewDelete { at: usize, len: usize },
-    ProjectionOffset { at: usize, len: usize },
+    Event {
+        at: usize,
+        len: usize,
+    },
+    Snapshot {
+        at: usize,
+        len: usize,
+    },
+    TimerStored {
+        at: usize,
+        len: usize,
+    },
+    TimerRemoved {
+        id: u64,
+    },
+    /// Kinds 5-7: a projection's records (`views.rs`).
+    ViewPut {
+        at: usize,
+        len: usize,
+    },
+    ViewDelete {
+        at: usize,
+        len: usize,
+    },
+    ProjectionOffset {
+        at: usize,
+        len: usize,
+    },
+    /// Kinds 8-11: the outbox's records (`outbox.rs`).
+    Outbox {
+        kind: OutboxKind,
+        at: usize,
+        len: usize,
+    },
 }
 
 /// Builds a body.
@@ -48,7 +108,7 @@ impl BodyBuilder {
         BodyBuilder { buf: Vec::with_capacity(bytes) }
     }
 
-    fn push(&mut self, kind: u8, encode: impl FnOnce(&mut Vec<u8>) -> usize) {
+    pub(super) fn push(&mut self, kind: u8, encode: impl FnOnce(&mut Vec<u8>) -> usize) {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[kind, 0, 0, 0, 0]);
         let len = encode(&mut self.buf) as u32;
@@ -112,6 +172,9 @@ pub fn records(body: &[u8]) -> JournalResult<Vec<Record>> {
             VIEW_PUT => Record::ViewPut { at: start, len },
             VIEW_DELETE => Record::ViewDelete { at: start, len },
             PROJECTION_OFFSET => Record::ProjectionOffset { at: start, len },
+            kind if OutboxKind::from_u8(kind).is_some() => {
+                Record::Outbox { kind: OutboxKind::from_u8(kind).unwrap(), at: start, len }
+            }
             kind => return Err(bad(&format!("unknown record kind {kind} (length {len})"))),
         });
         at = start + len;

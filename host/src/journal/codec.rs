@@ -37,7 +37,7 @@ const VERSION: u8 = 1;
 pub(super) const LOG_VERSION: u8 = 2;
 
 /// Encodes one record at the end of a buffer (which may hold other records before it).
-/// Also used by `views.rs` for the projection records.
+/// Also used by `views.rs` (projection records) and `outbox.rs`.
 pub(super) struct Enc<'a> {
     buf: &'a mut Vec<u8>,
     start: usize,
@@ -146,6 +146,25 @@ impl<'a> Dec<'a> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
     }
+}
+
+/// Append a commit-log record (version 2, with its CRC) written by `body` to
+/// `buf`; returns its length. For the records of other modules (`outbox.rs`).
+pub(super) fn encode_log_record(buf: &mut Vec<u8>, body: impl FnOnce(&mut Enc)) -> usize {
+    let mut w = Enc::into(buf, LOG_VERSION);
+    body(&mut w);
+    w.finish()
+}
+
+/// A reader of a commit-log record, its CRC and version checked.
+pub(super) fn log_record<'a>(bytes: &'a [u8], what: &'static str) -> JournalResult<Dec<'a>> {
+    Dec::version(bytes, what, LOG_VERSION)
+}
+
+/// A reader of a commit-log record without checking its CRC (the frame's CRC
+/// covers it when a frame is indexed).
+pub(super) fn log_record_unchecked<'a>(bytes: &'a [u8], what: &'static str) -> JournalResult<Dec<'a>> {
+    Dec::unchecked(bytes, what, LOG_VERSION)
 }
 
 /// The part of an event record both versions share, after its header fields.

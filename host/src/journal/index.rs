@@ -12,6 +12,9 @@
 //! b'm' id(u64 BE)                -> Loc of a stored timer record (removed when delivered)
 //! b'v' projection 0x00 generation(u32 BE) key  -> Loc of a view's put record   (`views.rs`)
 //! b'p' projection 0x00 generation(u32 BE)      -> Loc of a projection's offset record
+//! b'f' first_offset(u64 BE)      -> Loc of the body of a frame holding events   (all events by offset)
+//! b'x', b'k', b'q' ...            -> the outbox's pending entries, applied idempotency
+//!                                    keys and topic messages (`outbox.rs`)
 //! ```
 //! and `0x00 "through"` -> [`Through`], written in the same fjall batch as the
 //! entries of the frame it names. Both live in one keyspace on purpose: fjall
@@ -33,36 +36,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use super::body::{self, Record};
 use super::codec;
 use super::keys::{event_key, event_prefix, snapshot_key, tag_key};
+pub use super::location::{IndexBatch, Loc};
 use super::log::Position;
+use super::outbox;
 use super::views;
 use super::{JournalError, JournalResult};
-
-/// Where a record's bytes are in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Loc {
-    pub segment: u64,
-    pub pos: u64,
-    pub len: u32,
-}
-
-impl Loc {
-    fn encode(self) -> [u8; 20] {
-        let mut v = [0u8; 20];
-        v[..8].copy_from_slice(&self.segment.to_le_bytes());
-        v[8..16].copy_from_slice(&self.pos.to_le_bytes());
-        v[16..].copy_from_slice(&self.len.to_le_bytes());
-        v
-    }
-
-    fn decode(v: &[u8]) -> JournalResult<Loc> {
-        let v: &[u8; 20] = v.try_into().map_err(|_| JournalError::Corrupt("index entry of the wrong size".into()))?;
-        Ok(Loc {
-            segment: u64::from_le_bytes(v[..8].try_into().unwrap()),
-            pos: u64::from_le_bytes(v[8..16].try_into().unwrap()),
-            len: u32::from_le_bytes(v[16..].try_into().unwrap()),
-        })
-    }
-}
 
 /// How far the index has taken in the log, and what the writer continues with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +78,13 @@ impl Through {
 
 const THROUGH: &[u8] = b"\0through";
 const TIMER_PREFIX: u8 = b'm';
+const FRAME_PREFIX: u8 = b'f';
+
+pub fn frame_key(first_offset: u64) -> [u8; 9] {
+    let mut k = [FRAME_PREFIX; 9];
+    k[1..].copy_from_slice(&first_offset.to_be_bytes());
+    k
+}
 
 fn timer_key(id: u64) -> [u8; 9] {
     let mut k = [TIMER_PREFIX; 9];
@@ -120,21 +105,6 @@ fn storage(e: fjall::Error) -> JournalError {
     }
 }
 
-/// What indexing one frame changes.
-#[derive(Default)]
-pub struct IndexBatch {
-    puts: Vec<(Vec<u8>, [u8; 20])>,
-    removes: Vec<Vec<u8>>,
-}
-
-#[cfg(test)]
-impl IndexBatch {
-    /// One entry pointing `key` at `loc` (tests damage the index with it).
-    pub fn single_put(key: Vec<u8>, loc: Loc) -> IndexBatch {
-        IndexBatch { puts: vec![(key, loc.encode())], removes: Vec::new() }
-    }
-}
-
 /// The index entries of a frame whose body starts at `body_pos` of `segment`,
 /// and the [`Through`] after it.
 pub fn index_frame(
@@ -147,6 +117,7 @@ pub fn index_frame(
     let mut batch = IndexBatch::default();
     let mut through = Through { end: frame_end, ..before };
     let loc = |at: usize, len: usize| Loc { segment, pos: body_pos + at as u64, len: len as u32 };
+    let mut first_offset = None;
     for record in body::records(body)? {
         match record {
             Record::Event { at, len } => {
@@ -157,6 +128,7 @@ pub fn index_frame(
                     batch.puts.push((tag_key(tag, head.offset), l));
                 }
                 through.next_offset = through.next_offset.max(head.offset + 1);
+                first_offset.get_or_insert(head.offset);
             }
             Record::Snapshot { at, len } => {
                 let pid = codec::snapshot_pid(&body[at..at + len])?;
@@ -177,7 +149,13 @@ pub fn index_frame(
             Record::ProjectionOffset { at, len } => {
                 batch.puts.push((views::offset_index_key(&body[at..at + len])?, loc(at, len).encode()))
             }
+            Record::Outbox { kind, at, len } => {
+                outbox::index_record(kind, &body[at..at + len], loc(at, len), &mut batch)?
+            }
         }
+    }
+    if let Some(first) = first_offset {
+        batch.puts.push((frame_key(first).to_vec(), loc(0, body.len()).encode()));
     }
     Ok((batch, through))
 }
@@ -290,6 +268,22 @@ impl Index {
         self.entries.get(snapshot_key(pid)).map_err(storage)?.map(|v| Loc::decode(&v)).transpose()
     }
 
+    /// The bodies of the frames holding events with offsets from `from` on: first
+    /// the frame holding `from` (whose first offset may be lower), then the
+    /// following ones, at most `limit` frames.
+    pub fn frames_from_offset(&self, from: u64, limit: usize) -> JournalResult<Vec<(u64, Loc)>> {
+        let mut out = Vec::new();
+        let start = match self.entries.range(frame_key(0)..=frame_key(from)).next_back() {
+            Some(g) => g.key().map_err(storage)?.to_vec(),
+            None => frame_key(from).to_vec(),
+        };
+        for g in self.entries.range(start..=frame_key(u64::MAX).to_vec()).take(limit) {
+            let (k, v) = g.into_inner().map_err(storage)?;
+            out.push((u64::from_be_bytes(k[1..9].try_into().unwrap()), Loc::decode(&v)?));
+        }
+        Ok(out)
+    }
+
     /// Every stored timer: id and location.
     pub fn timers(&self) -> JournalResult<Vec<(u64, Loc)>> {
         let mut out = Vec::new();
@@ -322,6 +316,35 @@ impl Index {
             out.push((k.to_vec(), Loc::decode(&v)?));
         }
         Ok(out)
+    }
+
+    /// Keys and locations of the entries starting with `prefix`, in key order, at most `limit`.
+    pub fn prefixed(&self, prefix: &[u8], limit: usize) -> JournalResult<Vec<(Vec<u8>, Loc)>> {
+        let mut out = Vec::new();
+        for g in self.entries.prefix(prefix).take(limit) {
+            let (k, v) = g.into_inner().map_err(storage)?;
+            out.push((k.to_vec(), Loc::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Keys and locations of the entries from `from` to `to` (inclusive), in key
+    /// order, at most `limit`.
+    pub fn range(&self, from: Vec<u8>, to: Vec<u8>, limit: usize) -> JournalResult<Vec<(Vec<u8>, Loc)>> {
+        let mut out = Vec::new();
+        for g in self.entries.range(from..=to).take(limit) {
+            let (k, v) = g.into_inner().map_err(storage)?;
+            out.push((k.to_vec(), Loc::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// The last key starting with `prefix`.
+    pub fn last_under(&self, prefix: &[u8]) -> JournalResult<Option<Vec<u8>>> {
+        match self.entries.prefix(prefix).next_back() {
+            Some(g) => Ok(Some(g.key().map_err(storage)?.to_vec())),
+            None => Ok(None),
+        }
     }
 
     /// How many entries start with `prefix` (`b'e'` events, `b't'` tags, `b's'`

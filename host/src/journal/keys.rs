@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn remembered_sequence_numbers_refuse_without_reading_and_a_failed_write_reads_again() {
-        let batch = |events| WriteBatch { events, snapshots: vec![] };
+        let batch = |events| WriteBatch { events, ..WriteBatch::default() };
         let mut w = WriterState::new(1);
         let first = batch(vec![ev("a|1", 1, &[]), ev("a|1", 2, &[])]);
         w.check_sequence(&first, |_| Ok(false)).unwrap();

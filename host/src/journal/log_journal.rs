@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! DATA/log/      segments, COMMITTED, LOCK          (the commit log)
-//! DATA/index/    fjall: pid -> events, tag -> events, snapshots, timers, `through`
+//! DATA/index/    fjall: pid -> events, tag -> events, snapshots, timers, `through`,
+//!                pending outbox entries, applied idempotency keys, topic messages
 //! ```
 //!
 //! A write (`Journal::write`, and a timer stored or removed) is one frame: its
@@ -28,22 +29,33 @@
 //! (persistence id and sequence number, or tag and offset), so a damaged index is
 //! reported, not served.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use super::body::BodyBuilder;
+use super::body::{self, BodyBuilder, Record};
 use super::codec;
 use super::index::{index_frame, Index, Loc, Through};
 use super::keys::WriterState;
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, StdIo};
+use super::outbox::{self, OutboxEntry, StoredTopicMessage};
+use super::outbox_index;
 use super::views::{self, ProjectionBatch, ProjectionOffset, ViewUpdate};
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
+/// Records at most this far apart are read together (see `read_many`).
+const SPAN_GAP: u64 = 64 << 10;
+/// The longest span read at once.
+const SPAN_MAX: u64 = 4 << 20;
+
 /// How often a broken index is retried while it keeps failing.
 const INDEX_RETRY: Duration = Duration::from_secs(1);
+/// Forget the remembered topic heads beyond this many topics (the next write of
+/// each looks its head up in the index again).
+const TOPIC_HEADS_CAPACITY: usize = 100_000;
 
 pub struct LogJournal {
     index_dir: PathBuf,
@@ -66,6 +78,8 @@ struct Writer {
     /// What the index holds.
     through: Through,
     next_timer_id: u64,
+    /// The newest position of the topics written recently (`outbox.rs`).
+    topic_heads: HashMap<String, u64>,
     last_index_attempt: Option<Instant>,
     /// When `health` last probed a failing journal.
     last_probe: Option<Instant>,
@@ -128,6 +142,7 @@ impl LogJournal {
             next_timer_id: through.next_timer_id,
             through,
             log,
+            topic_heads: HashMap::new(),
             last_index_attempt: None,
             last_probe: None,
         };
@@ -250,8 +265,34 @@ impl LogJournal {
         self.reader.read(loc.segment, loc.pos, loc.len).map_err(log_error)
     }
 
-    fn read_event(&self, loc: Loc) -> JournalResult<StoredEvent> {
-        codec::decode_event_record(&self.read(loc)?).map_err(|e| at(loc, e))
+    /// The bytes of many records, in the order given: records close together in
+    /// one segment are read with one positioned read of the span that holds them
+    /// (an entity's events written in a burst lie in consecutive frames), so a
+    /// replay costs a read per span, not per event.
+    fn read_many(&self, locs: &[Loc], mut each: impl FnMut(usize, &[u8]) -> JournalResult<()>) -> JournalResult<()> {
+        let mut i = 0;
+        while i < locs.len() {
+            let first = locs[i];
+            let (mut end, mut j) = (first.pos + first.len as u64, i + 1);
+            while j < locs.len() {
+                let l = locs[j];
+                let next_end = l.pos + l.len as u64;
+                let close = l.segment == first.segment && l.pos >= end && l.pos - end <= SPAN_GAP;
+                if !close || next_end - first.pos > SPAN_MAX {
+                    break;
+                }
+                end = next_end;
+                j += 1;
+            }
+            let span = Loc { segment: first.segment, pos: first.pos, len: (end - first.pos) as u32 };
+            let bytes = self.read(span)?;
+            for (k, l) in locs.iter().enumerate().take(j).skip(i) {
+                let at = (l.pos - first.pos) as usize;
+                each(k, &bytes[at..at + l.len as usize])?;
+            }
+            i = j;
+        }
+        Ok(())
     }
 
     /// The offset record an index entry points at, checked against the entry's key.
@@ -365,14 +406,18 @@ impl Journal for LogJournal {
         }
         let mut w = self.writer.lock().unwrap();
         self.catch_up(&mut w)?;
-        {
+        let (positions, topic_heads) = {
             let guard = self.index.read().unwrap();
             let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
             w.state.check_sequence(batch, |k| index.contains(k))?;
-        }
+            outbox::assign_positions(&batch.outbox.published, &w.topic_heads, |t| {
+                outbox_index::topic_head_in_index(index, t)
+            })?
+        };
         let first_offset = w.state.next_offset;
         let bytes: usize = batch.events.iter().map(|e| e.payload.len() + 128).sum::<usize>()
-            + batch.snapshots.iter().map(|s| s.state.len() + 64).sum::<usize>();
+            + batch.snapshots.iter().map(|s| s.state.len() + 64).sum::<usize>()
+            + batch.outbox.size_hint();
         let mut body = BodyBuilder::with_capacity(bytes);
         for (i, e) in batch.events.iter().enumerate() {
             body.event(e, first_offset + i as u64);
@@ -380,11 +425,16 @@ impl Journal for LogJournal {
         for s in &batch.snapshots {
             body.snapshot(s);
         }
+        outbox::write_body(&mut body, &batch.outbox, &positions);
         let body = body.finish();
         match self.append(&mut w, first_offset, &body) {
             Ok(()) => {
                 let next = first_offset + batch.events.len() as u64;
                 w.state.written(batch, next);
+                if w.topic_heads.len() > TOPIC_HEADS_CAPACITY {
+                    w.topic_heads.clear();
+                }
+                w.topic_heads.extend(topic_heads);
                 Ok(())
             }
             Err(e) => {
@@ -399,39 +449,69 @@ impl Journal for LogJournal {
     }
 
     fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
-        let locs = self.index()?.as_ref().unwrap().events(pid, from, limit)?;
+        let entries = self.index()?.as_ref().unwrap().events(pid, from, limit)?;
+        let locs: Vec<Loc> = entries.iter().map(|(_, loc)| *loc).collect();
         let mut out = Vec::with_capacity(locs.len());
-        for (seq_nr, loc) in locs {
-            let e = self.read_event(loc)?;
+        self.read_many(&locs, |k, bytes| {
+            let (seq_nr, loc) = entries[k];
+            let e = codec::decode_event_record(bytes).map_err(|e| at(loc, e))?;
             if e.persistence_id != pid || e.seq_nr != seq_nr {
-                return Err(at(
-                    loc,
-                    JournalError::Corrupt(format!(
-                        "index entry of {pid}#{seq_nr} points at event {}#{}",
-                        e.persistence_id, e.seq_nr
-                    )),
-                ));
+                let msg = format!("index entry of {pid}#{seq_nr} points at event {}#{}", e.persistence_id, e.seq_nr);
+                return Err(at(loc, JournalError::Corrupt(msg)));
             }
             out.push(e);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
     fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
-        let locs = self.index()?.as_ref().unwrap().tagged(tag, from, limit)?;
+        let entries = self.index()?.as_ref().unwrap().tagged(tag, from, limit)?;
+        let locs: Vec<Loc> = entries.iter().map(|(_, loc)| *loc).collect();
         let mut out = Vec::with_capacity(locs.len());
-        for (offset, loc) in locs {
-            let e = self.read_event(loc)?;
+        self.read_many(&locs, |k, bytes| {
+            let (offset, loc) = entries[k];
+            let e = codec::decode_event_record(bytes).map_err(|e| at(loc, e))?;
             if e.offset != offset || !e.tags.iter().any(|t| t == tag) {
-                return Err(at(
-                    loc,
-                    JournalError::Corrupt(format!(
-                        "index entry of tag `{tag}` offset {offset} points at an event at offset {} without it",
-                        e.offset
-                    )),
-                ));
+                let msg = format!(
+                    "index entry of tag `{tag}` offset {offset} points at an event at offset {} without it",
+                    e.offset
+                );
+                return Err(at(loc, JournalError::Corrupt(msg)));
             }
             out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn events_from(&self, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        let mut out = Vec::new();
+        let mut next = from.max(1);
+        // A frame holds up to a group commit's events: read frames until enough.
+        while out.len() < limit {
+            let frames = self.index()?.as_ref().unwrap().frames_from_offset(next, 16)?;
+            let before = out.len();
+            for (first, loc) in frames {
+                let body = self.read(loc)?;
+                for record in body::records(&body).map_err(|e| at(loc, e))? {
+                    let Record::Event { at: o, len } = record else { continue };
+                    let e = codec::decode_event_record(&body[o..o + len]).map_err(|e| at(loc, e))?;
+                    if e.offset < first {
+                        return Err(at(
+                            loc,
+                            JournalError::Corrupt(format!("frame at offset {first} holds offset {}", e.offset)),
+                        ));
+                    }
+                    if e.offset >= next && out.len() < limit {
+                        next = e.offset + 1;
+                        out.push(e);
+                    }
+                }
+            }
+            if out.len() == before {
+                break;
+            }
         }
         Ok(out)
     }
@@ -569,6 +649,24 @@ impl Journal for LogJournal {
             out.push((key, value));
         }
         Ok(out)
+    }
+
+    fn outbox_pending(&self) -> JournalResult<Vec<OutboxEntry>> {
+        let guard = self.index()?;
+        outbox_index::pending_in_index(guard.as_ref().unwrap(), |loc| self.read(loc))
+    }
+
+    fn is_applied(&self, pid: &str, key: &str) -> JournalResult<bool> {
+        outbox_index::applied_in_index(self.index()?.as_ref().unwrap(), pid, key)
+    }
+
+    fn topic_messages(&self, topic: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredTopicMessage>> {
+        let guard = self.index()?;
+        outbox_index::messages_in_index(guard.as_ref().unwrap(), topic, from, limit, |loc| self.read(loc))
+    }
+
+    fn topic_head(&self, topic: &str) -> JournalResult<u64> {
+        outbox_index::topic_head_in_index(self.index()?.as_ref().unwrap(), topic)
     }
 
     /// While the last write failed, each call (at most once a second) probes

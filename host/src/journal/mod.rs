@@ -18,15 +18,21 @@
 //!   leave a gap or overwrite an event);
 //! * every event gets a global offset, strictly increasing in write order, which is
 //!   the order of `events_by_tag`;
-//! * every stored event carries a checksum that reads verify.
+//! * every stored event carries a checksum that reads verify;
+//! * the outbox's part of a batch (`outbox.rs`: commands to deliver, deliveries
+//!   done, idempotency keys applied, topic messages) is stored in the same atomic
+//!   write as its events; each topic's positions are gapless from 1.
 
 mod body;
 pub mod codec;
 mod index;
+mod location;
 mod keys;
 pub mod lock;
 pub mod log;
 pub mod log_journal;
+pub mod outbox;
+mod outbox_index;
 pub mod sled_store;
 pub mod verify;
 pub mod views;
@@ -40,6 +46,7 @@ use thiserror::Error;
 
 pub use lock::DataLock;
 pub use log_journal::LogJournal;
+pub use outbox::{AppliedKey, OutboxBatch, OutboxEntry, StoredTopicMessage, TopicMessage};
 pub use sled_store::SledJournal;
 pub use views::{ProjectionBatch, ProjectionOffset, ViewUpdate};
 
@@ -78,21 +85,24 @@ pub struct Snapshot {
     pub state: Vec<u8>,
 }
 
-/// One atomic, durable write: the events of many commands (of many entities) and
-/// the snapshots taken at the end of them.
+/// One atomic, durable write: the events of many commands (of many entities),
+/// the snapshots taken at the end of them, and what those commands left for the
+/// outbox (commands to send, deliveries done, keys applied, topic messages).
 #[derive(Debug, Default)]
 pub struct WriteBatch {
     pub events: Vec<NewEvent>,
     pub snapshots: Vec<Snapshot>,
+    pub outbox: OutboxBatch,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.snapshots.is_empty()
+        self.events.is_empty() && self.snapshots.is_empty() && self.outbox.is_empty()
     }
     pub fn append(&mut self, other: WriteBatch) {
         self.events.extend(other.events);
         self.snapshots.extend(other.snapshots);
+        self.outbox.append(other.outbox);
     }
 }
 
@@ -124,7 +134,7 @@ pub enum JournalError {
 
 pub type JournalResult<T> = Result<T, JournalError>;
 
-/// Storage for events, snapshots and timers. Implementations are shared between
+/// Storage for events, snapshots, timers and the outbox. Implementations are shared between
 /// threads: the writer thread calls `write`, shards and the API read.
 pub trait Journal: Send + Sync + 'static {
     /// Store the batch atomically and durably (see the module invariants).
@@ -135,9 +145,13 @@ pub trait Journal: Send + Sync + 'static {
     fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>>;
     /// Events carrying `tag` with `offset >= from`, in offset order, at most `limit`.
     fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>>;
+    /// Every event with `offset >= from`, in offset order, at most `limit` (all
+    /// events, whatever their tags).
+    fn events_from(&self, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>>;
     /// The latest snapshot of `pid`.
     fn load_snapshot(&self, pid: &str) -> JournalResult<Option<Snapshot>>;
-    /// Store a timer durably.
+    /// Store a timer durably. (`schedule` is an outbox entry since the outbox; the
+    /// engine only delivers and removes the timers earlier versions stored.)
     fn put_timer(&self, timer: &Timer) -> JournalResult<()>;
     /// Remove a delivered timer (durably).
     fn remove_timer(&self, id: u64) -> JournalResult<()>;
@@ -147,6 +161,14 @@ pub trait Journal: Send + Sync + 'static {
     fn next_timer_id(&self) -> JournalResult<u64>;
     /// The global offset of the newest durable event (0 when there is none).
     fn head(&self) -> u64;
+    /// Outbox entries stored and not yet marked done, in key order.
+    fn outbox_pending(&self) -> JournalResult<Vec<OutboxEntry>>;
+    /// Whether the entity `pid` has applied the command with idempotency key `key`.
+    fn is_applied(&self, pid: &str, key: &str) -> JournalResult<bool>;
+    /// Messages of `topic` with `position >= from`, oldest first, at most `limit`.
+    fn topic_messages(&self, topic: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredTopicMessage>>;
+    /// The newest position of `topic` (0 when it has no message).
+    fn topic_head(&self, topic: &str) -> JournalResult<u64>;
     /// Why the journal cannot write right now (the last write failed and no write
     /// has succeeded since), for `GET /health`.
     fn health(&self) -> Result<(), String> {

@@ -12,7 +12,9 @@
 //! ```
 //! Persistence ids, tags and manifests never contain NUL (validated), so `pid 0x00`
 //! is an unambiguous prefix and big-endian numbers sort numerically.
-//! Timers live in the tree `timers`: id(u64 BE) -> codec::encode_timer.
+//! Timers live in the tree `timers`: id(u64 BE) -> codec::encode_timer. The
+//! outbox's pending entries, applied idempotency keys and topic messages live in
+//! `journal` too, under the keys of `outbox.rs`, with its records as values.
 //!
 //! Durability: `write` applies the batch, calls `Db::flush`, then `fdatasync`s
 //! what sled wrote. `Db::flush` alone is not enough: sled 0.34 writes its log file
@@ -29,6 +31,7 @@ use std::sync::Mutex;
 
 use super::codec;
 use super::keys::{self, event_key, event_prefix, snapshot_key, WriterState};
+use super::outbox::{self, OutboxEntry, StoredTopicMessage};
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
 pub struct SledJournal {
@@ -124,10 +127,17 @@ impl Journal for SledJournal {
         }
         let mut writer = self.writer.lock().unwrap();
         writer.check_sequence(batch, |k| self.journal.contains_key(k).map_err(storage))?;
+        let (positions, _) = outbox::assign_positions(&batch.outbox.published, &Default::default(), |t| {
+            outbox::sled_topic_head(&self.journal, t)
+        })?;
         let (entries, offset) = keys::batch_entries(batch, writer.next_offset);
+        let (outbox_puts, outbox_removes) = outbox::sled_changes(&batch.outbox, &positions);
         let mut b = sled::Batch::default();
-        for (k, v) in entries {
+        for (k, v) in entries.into_iter().chain(outbox_puts) {
             b.insert(k, v);
+        }
+        for k in outbox_removes {
+            b.remove(k);
         }
         let result = self.journal.apply_batch(b).map_err(storage);
         if result.is_ok() {
@@ -213,8 +223,29 @@ impl Journal for SledJournal {
         self.db.generate_id().map_err(storage)
     }
 
+    /// The sled backend keeps no index of events by offset.
+    fn events_from(&self, _from: u64, _limit: usize) -> JournalResult<Vec<StoredEvent>> {
+        Err(JournalError::Invalid("reading all events by offset needs `--journal log`; read by tag instead".into()))
+    }
+
     fn head(&self) -> u64 {
         self.writer.lock().unwrap().next_offset - 1
+    }
+
+    fn outbox_pending(&self) -> JournalResult<Vec<OutboxEntry>> {
+        outbox::sled_pending(&self.journal)
+    }
+
+    fn is_applied(&self, pid: &str, key: &str) -> JournalResult<bool> {
+        outbox::sled_applied(&self.journal, pid, key)
+    }
+
+    fn topic_messages(&self, topic: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredTopicMessage>> {
+        outbox::sled_messages(&self.journal, topic, from, limit)
+    }
+
+    fn topic_head(&self, topic: &str) -> JournalResult<u64> {
+        outbox::sled_topic_head(&self.journal, topic)
     }
 }
 
@@ -231,7 +262,7 @@ mod tests {
         let j = SledJournal::open(dir.path()).unwrap();
         let mut e = ev("big|1", 1, &["t"]);
         e.payload = (0..600_000u32).map(|i| (i % 251) as u8).collect();
-        j.write(&WriteBatch { events: vec![e.clone()], snapshots: vec![] }).unwrap();
+        j.write(&WriteBatch { events: vec![e.clone()], ..WriteBatch::default() }).unwrap();
         assert!(std::fs::read_dir(dir.path().join("blobs")).unwrap().count() > 0, "expected sled to use a blob file");
         drop(j);
         let j = SledJournal::open(dir.path()).unwrap();

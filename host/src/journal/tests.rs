@@ -48,6 +48,8 @@ backend_tests!(
     timer_ids_are_unique_across_restarts,
     opening_twice_at_once_fails,
     head_is_the_newest_durable_offset,
+    all_events_are_read_by_offset,
+    outbox_parts_are_stored_atomically_with_their_batch,
 );
 
 pub(crate) fn ev(pid: &str, seq: u64, tags: &[&str]) -> NewEvent {
@@ -71,7 +73,7 @@ fn batch_is_stored_with_offsets_tags_and_gapless_seq(open: Opener) {
     let j = open(dir.path()).unwrap();
     let batch = WriteBatch {
         events: vec![ev("a|1", 1, &["x"]), ev("b|1", 1, &[]), ev("a|1", 2, &["x", "y"])],
-        snapshots: vec![],
+        ..WriteBatch::default()
     };
     j.write(&batch).unwrap();
     assert_eq!(j.highest_seq_nr("a|1").unwrap(), 2);
@@ -90,35 +92,38 @@ fn batch_is_stored_with_offsets_tags_and_gapless_seq(open: Opener) {
     assert_eq!(j.events_by_tag("x", 0, 1).unwrap().len(), 1);
     assert_eq!(j.events_by_tag("y", 0, 100).unwrap()[0].persistence_id, "a|1");
     // A gap or an overwrite is refused and stores nothing, snapshots included.
-    let gap =
-        WriteBatch { events: vec![ev("b|1", 2, &["x"]), ev("a|1", 4, &[])], snapshots: vec![snap("b|1", 2, b"s")] };
+    let gap = WriteBatch {
+        events: vec![ev("b|1", 2, &["x"]), ev("a|1", 4, &[])],
+        snapshots: vec![snap("b|1", 2, b"s")],
+        ..WriteBatch::default()
+    };
     assert!(matches!(j.write(&gap), Err(JournalError::Invalid(_))));
-    let dup = WriteBatch { events: vec![ev("a|1", 2, &[])], snapshots: vec![] };
+    let dup = WriteBatch { events: vec![ev("a|1", 2, &[])], ..WriteBatch::default() };
     assert!(matches!(j.write(&dup), Err(JournalError::Invalid(_))));
-    let skip = WriteBatch { events: vec![ev("c|1", 1, &[]), ev("c|1", 3, &[])], snapshots: vec![] };
+    let skip = WriteBatch { events: vec![ev("c|1", 1, &[]), ev("c|1", 3, &[])], ..WriteBatch::default() };
     assert!(matches!(j.write(&skip), Err(JournalError::Invalid(_))));
-    let zero = WriteBatch { events: vec![ev("c|1", 0, &[])], snapshots: vec![] };
+    let zero = WriteBatch { events: vec![ev("c|1", 0, &[])], ..WriteBatch::default() };
     assert!(matches!(j.write(&zero), Err(JournalError::Invalid(_))));
     assert_eq!(j.highest_seq_nr("b|1").unwrap(), 1);
     assert_eq!(j.highest_seq_nr("c|1").unwrap(), 0);
     assert_eq!(j.load_snapshot("b|1").unwrap(), None);
     assert_eq!(j.events_by_tag("x", 0, 100).unwrap().len(), 2);
     // Refused batches use no offsets.
-    j.write(&WriteBatch { events: vec![ev("c|1", 1, &["x"])], snapshots: vec![] }).unwrap();
+    j.write(&WriteBatch { events: vec![ev("c|1", 1, &["x"])], ..WriteBatch::default() }).unwrap();
     assert_eq!(j.events("c|1", 1, 1).unwrap()[0].offset, 4);
     drop(j);
     // Offsets continue after a reopen, and the reopened journal still refuses an
     // overwrite or a gap (it checks the store, not what it remembers).
     let j = open(dir.path()).unwrap();
     assert!(matches!(
-        j.write(&WriteBatch { events: vec![ev("a|1", 2, &[])], snapshots: vec![] }),
+        j.write(&WriteBatch { events: vec![ev("a|1", 2, &[])], ..WriteBatch::default() }),
         Err(JournalError::Invalid(_))
     ));
     assert!(matches!(
-        j.write(&WriteBatch { events: vec![ev("b|1", 3, &[])], snapshots: vec![] }),
+        j.write(&WriteBatch { events: vec![ev("b|1", 3, &[])], ..WriteBatch::default() }),
         Err(JournalError::Invalid(_))
     ));
-    j.write(&WriteBatch { events: vec![ev("a|1", 3, &["x"])], snapshots: vec![] }).unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 3, &["x"])], ..WriteBatch::default() }).unwrap();
     assert_eq!(j.events("a|1", 3, 1).unwrap()[0].offset, 5);
     assert_eq!(j.events_by_tag("x", 0, 100).unwrap().iter().map(|e| e.offset).collect::<Vec<_>>(), vec![1, 3, 4, 5]);
 }
@@ -127,7 +132,7 @@ fn snapshots_and_timers_persist(open: Opener) {
     let dir = tempfile::tempdir().unwrap();
     let j = open(dir.path()).unwrap();
     let s = snap("a|1", 5, b"st");
-    j.write(&WriteBatch { events: vec![], snapshots: vec![s.clone()] }).unwrap();
+    j.write(&WriteBatch { events: vec![], snapshots: vec![s.clone()], ..WriteBatch::default() }).unwrap();
     let id = j.next_timer_id().unwrap();
     let t = Timer { id, due_ms: 10, entity_type: "t".into(), entity_id: "1".into(), payload: b"{}".to_vec() };
     j.put_timer(&t).unwrap();
@@ -185,7 +190,12 @@ fn reopened_journal_sees_everything(open: Opener) {
     }
     let mut big = ev("big|1", 1, &["big"]);
     big.payload = (0..600_000u32).map(|i| (i % 251) as u8).collect();
-    j.write(&WriteBatch { events: vec![big], snapshots: vec![snap("big|1", 1, &[1; 100_000])] }).unwrap();
+    j.write(&WriteBatch {
+        events: vec![big],
+        snapshots: vec![snap("big|1", 1, &[1; 100_000])],
+        ..WriteBatch::default()
+    })
+    .unwrap();
     let mut ids = Vec::new();
     for due in [30, 10, 20] {
         let id = j.next_timer_id().unwrap();
@@ -208,7 +218,7 @@ fn reopened_journal_sees_everything(open: Opener) {
     let j = open(dir.path()).unwrap();
     assert_eq!(everything(&*j, &pids, &tags), before);
     let s = seq["acct|1"] + 1;
-    j.write(&WriteBatch { events: vec![ev("acct|1", s, &["account"])], snapshots: vec![] }).unwrap();
+    j.write(&WriteBatch { events: vec![ev("acct|1", s, &["account"])], ..WriteBatch::default() }).unwrap();
     assert_eq!(j.events("acct|1", s, 1).unwrap()[0].offset, last_offset + 1);
     let id = j.next_timer_id().unwrap();
     assert!(ids.iter().all(|old| id > *old), "timer id {id} after reopen, before: {ids:?}");
@@ -235,7 +245,7 @@ fn timer_ids_are_unique_across_restarts(open: Opener) {
 fn opening_twice_at_once_fails(open: Opener) {
     let dir = tempfile::tempdir().unwrap();
     let j = open(dir.path()).unwrap();
-    j.write(&WriteBatch { events: vec![ev("a|1", 1, &[])], snapshots: vec![] }).unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 1, &[])], ..WriteBatch::default() }).unwrap();
     match open(dir.path()) {
         Err(JournalError::Storage(msg) | JournalError::Locked(msg)) => {
             assert!(msg.contains("lock") || msg.contains("in use"), "unclear error: {msg}")
@@ -244,7 +254,7 @@ fn opening_twice_at_once_fails(open: Opener) {
         Ok(_) => panic!("a second journal opened the same directory"),
     }
     // The first one is unaffected, and once it is gone the directory opens again.
-    j.write(&WriteBatch { events: vec![ev("a|1", 2, &[])], snapshots: vec![] }).unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 2, &[])], ..WriteBatch::default() }).unwrap();
     drop(j);
     let j = open(dir.path()).unwrap();
     assert_eq!(j.highest_seq_nr("a|1").unwrap(), 2);
@@ -254,14 +264,171 @@ fn head_is_the_newest_durable_offset(open: Opener) {
     let dir = tempfile::tempdir().unwrap();
     let j = open(dir.path()).unwrap();
     assert_eq!(j.head(), 0);
-    j.write(&WriteBatch { events: vec![ev("a|1", 1, &[]), ev("a|1", 2, &[])], snapshots: vec![] }).unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 1, &[]), ev("a|1", 2, &[])], ..WriteBatch::default() }).unwrap();
     assert_eq!(j.head(), 2);
-    let refused = WriteBatch { events: vec![ev("a|1", 9, &[])], snapshots: vec![] };
+    let refused = WriteBatch { events: vec![ev("a|1", 9, &[])], ..WriteBatch::default() };
     assert!(j.write(&refused).is_err());
     assert_eq!(j.head(), 2, "a refused batch moves nothing");
     drop(j);
     let j = open(dir.path()).unwrap();
     assert_eq!(j.head(), 2);
-    j.write(&WriteBatch { events: vec![ev("b|1", 1, &[])], snapshots: vec![] }).unwrap();
+    j.write(&WriteBatch { events: vec![ev("b|1", 1, &[])], ..WriteBatch::default() }).unwrap();
     assert_eq!(j.head(), 3);
+}
+
+fn all_events_are_read_by_offset(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path()).unwrap();
+    if let Err(e) = j.events_from(0, 10) {
+        assert!(matches!(e, JournalError::Invalid(_)), "a backend without it says so: {e}");
+        return;
+    }
+    for round in 1..=5u64 {
+        let events = (0..round).map(|i| ev(&format!("p|{i}"), round - i, &[])).collect();
+        j.write(&WriteBatch { events, ..WriteBatch::default() }).unwrap();
+        let timer = Timer {
+            id: j.next_timer_id().unwrap(),
+            due_ms: 1,
+            entity_type: "t".into(),
+            entity_id: "1".into(),
+            payload: vec![],
+        };
+        j.put_timer(&timer).unwrap();
+    }
+    let all = j.events_from(0, 100).unwrap();
+    assert_eq!(all.iter().map(|e| e.offset).collect::<Vec<_>>(), (1..=15).collect::<Vec<_>>());
+    for from in 1..=16 {
+        for limit in [1, 2, 7, 100] {
+            let page = j.events_from(from, limit).unwrap();
+            let want: Vec<u64> = (from..=15).take(limit).collect();
+            assert_eq!(page.iter().map(|e| e.offset).collect::<Vec<_>>(), want, "from {from} limit {limit}");
+        }
+    }
+    drop(j);
+    let j = open(dir.path()).unwrap();
+    assert_eq!(j.events_from(14, 100).unwrap().len(), 2, "after a reopen");
+}
+
+fn entry(key: &str, target_id: &str) -> OutboxEntry {
+    OutboxEntry {
+        key: key.into(),
+        source: "a|1".into(),
+        source_seq_nr: 1,
+        due_ms: 0,
+        created_ms: 5,
+        target_type: "t".into(),
+        target_id: target_id.into(),
+        payload: format!("to {target_id}").into_bytes(),
+    }
+}
+
+fn applied(pid: &str, key: &str) -> AppliedKey {
+    AppliedKey { persistence_id: pid.into(), key: key.into(), source: "a|1".into(), seq_nr: 1 }
+}
+
+fn message(topic: &str, payload: &str) -> TopicMessage {
+    TopicMessage { topic: topic.into(), source: "a|1".into(), timestamp_ms: 3, payload: payload.as_bytes().to_vec() }
+}
+
+fn positions(j: &dyn Journal, topic: &str) -> Vec<(u64, String)> {
+    let messages = j.topic_messages(topic, 0, usize::MAX).unwrap();
+    messages.into_iter().map(|m| (m.position, String::from_utf8(m.payload).unwrap())).collect()
+}
+
+fn outbox_parts_are_stored_atomically_with_their_batch(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path()).unwrap();
+    let outbox = OutboxBatch {
+        entries: vec![entry("a|1#1.0", "2"), entry("a|1#1.1", "3")],
+        done: vec![],
+        applied: vec![applied("a|1", "z|9#4.0")],
+        published: vec![message("news", "one"), message("other", "x"), message("news", "two")],
+    };
+    j.write(&WriteBatch { events: vec![ev("a|1", 1, &[])], outbox, ..WriteBatch::default() }).unwrap();
+    assert_eq!(j.outbox_pending().unwrap(), vec![entry("a|1#1.0", "2"), entry("a|1#1.1", "3")]);
+    assert!(j.is_applied("a|1", "z|9#4.0").unwrap());
+    assert!(!j.is_applied("a|1", "z|9#4.1").unwrap());
+    assert!(!j.is_applied("a|10", "z|9#4.0").unwrap(), "applied keys are per entity");
+    assert_eq!(positions(&*j, "news"), [(1, "one".into()), (2, "two".into())]);
+    assert_eq!(positions(&*j, "other"), [(1, "x".into())]);
+    assert_eq!((j.topic_head("news").unwrap(), j.topic_head("none").unwrap()), (2, 0));
+    assert_eq!(j.topic_messages("news", 2, 10).unwrap().len(), 1);
+    assert_eq!(j.topic_messages("news", 1, 1).unwrap()[0].position, 1);
+
+    // A refused batch stores nothing of its outbox part and takes no position.
+    let refused = WriteBatch {
+        events: vec![ev("a|1", 5, &[])],
+        outbox: OutboxBatch {
+            entries: vec![entry("a|1#5.0", "4")],
+            done: vec!["a|1#1.0".into()],
+            applied: vec![applied("a|1", "z|9#5.0")],
+            published: vec![message("news", "lost")],
+        },
+        ..WriteBatch::default()
+    };
+    assert!(matches!(j.write(&refused), Err(JournalError::Invalid(_))));
+    assert_eq!(j.outbox_pending().unwrap().len(), 2);
+    assert!(!j.is_applied("a|1", "z|9#5.0").unwrap());
+    assert_eq!(j.topic_head("news").unwrap(), 2);
+
+    // A batch of only outbox records: one delivery done, one more message.
+    let done =
+        OutboxBatch { done: vec!["a|1#1.0".into()], published: vec![message("news", "three")], ..Default::default() };
+    j.write(&WriteBatch { outbox: done, ..WriteBatch::default() }).unwrap();
+    assert_eq!(j.outbox_pending().unwrap(), vec![entry("a|1#1.1", "3")]);
+    assert_eq!(j.head(), 1, "outbox records take no event offsets");
+    drop(j);
+
+    let j = open(dir.path()).unwrap();
+    assert_eq!(j.outbox_pending().unwrap(), vec![entry("a|1#1.1", "3")], "pending survives a reopen, done too");
+    assert!(j.is_applied("a|1", "z|9#4.0").unwrap());
+    assert_eq!(positions(&*j, "news"), [(1, "one".into()), (2, "two".into()), (3, "three".into())]);
+    let more = OutboxBatch { published: vec![message("news", "four")], ..Default::default() };
+    j.write(&WriteBatch { outbox: more, ..WriteBatch::default() }).unwrap();
+    assert_eq!(j.topic_head("news").unwrap(), 4, "positions continue after a reopen");
+}
+
+/// `mneme journal verify` checks the outbox's records and index entries, and
+/// `mneme journal reindex` rebuilds them from the log.
+#[test]
+fn verify_and_reindex_cover_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open_log(dir.path()).unwrap();
+    let outbox = OutboxBatch {
+        entries: vec![entry("a|1#1.0", "2"), entry("a|1#1.1", "3")],
+        applied: vec![applied("a|1", "z|9#4.0")],
+        published: vec![message("news", "one"), message("news", "two")],
+        ..Default::default()
+    };
+    j.write(&WriteBatch { events: vec![ev("a|1", 1, &[])], outbox, ..WriteBatch::default() }).unwrap();
+    j.write(&WriteBatch {
+        outbox: OutboxBatch { done: vec!["a|1#1.1".into()], ..Default::default() },
+        ..WriteBatch::default()
+    })
+    .unwrap();
+    drop(j);
+    let report = verify::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let counts = (report.outbox_entries, report.outbox_pending, report.applied_keys, report.topic_messages);
+    assert_eq!(counts, (2, 1, 1, 2));
+
+    log_journal::reindex(dir.path()).unwrap();
+    let j = open_log(dir.path()).unwrap();
+    assert_eq!(j.outbox_pending().unwrap(), vec![entry("a|1#1.0", "2")]);
+    assert!(j.is_applied("a|1", "z|9#4.0").unwrap());
+    assert_eq!(j.topic_head("news").unwrap(), 2);
+
+    // What the journal does not refuse but must never happen: a key applied twice
+    // by one entity, a done record of an entry that is not pending.
+    let twice =
+        OutboxBatch { applied: vec![applied("a|1", "z|9#4.0")], done: vec!["never-sent".into()], ..Default::default() };
+    j.write(&WriteBatch { outbox: twice, ..WriteBatch::default() }).unwrap();
+    drop(j);
+    let report = verify::verify(dir.path()).unwrap();
+    let problems = report.problems.join("\n");
+    assert!(
+        problems.contains("idempotency key `z|9#4.0` applied by a|1") && problems.contains("applied twice"),
+        "{problems}"
+    );
+    assert!(problems.contains("done record") && problems.contains("`never-sent`, which is not pending"), "{problems}");
 }

@@ -11,7 +11,12 @@
 //! view records carries the offset record of their projection; offsets never go
 //! back; every key with a value and every generation's offset has its index entry,
 //! and the index has no other view or offset entries.
-//! Memory use grows with the number of persistence ids and view keys, not of events.
+//! The outbox (`outbox.rs`): every record's CRC; a done record follows a pending
+//! entry of its key; each entity applied each idempotency key at most once; each
+//! topic's positions are gapless from 1; pending entries, applied keys and topic
+//! messages have their index entries and the index no others.
+//! Memory use grows with the number of persistence ids, view keys, pending outbox
+//! entries and applied idempotency keys, not of events.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,11 +24,12 @@ use std::sync::Arc;
 
 use super::body::{self, Record};
 use super::codec;
-use super::index::{Index, Loc, Through};
+use super::index::{frame_key, Index, Loc, Through};
 use super::keys::{event_key, snapshot_key, tag_key};
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogOptions, StdIo};
 use super::log_journal::{index_dir, log_dir};
+use super::outbox_index::{self, VerifyOutbox};
 use super::views::{FrameRecord, ViewsCheck};
 use super::JournalResult;
 
@@ -39,6 +45,13 @@ pub struct VerifyReport {
     pub projection_records: u64,
     /// Views' keys that hold a value, over all projections and generations.
     pub view_keys: u64,
+    /// Outbox entries written, and those not delivered yet.
+    pub outbox_entries: u64,
+    pub outbox_pending: u64,
+    /// Idempotency keys applied by entities.
+    pub applied_keys: u64,
+    /// Messages published to topics.
+    pub topic_messages: u64,
     /// Things an operator should know that are not damage (a torn tail cut, an
     /// index that lags the log and is caught up at the next start).
     pub notes: Vec<String>,
@@ -100,6 +113,8 @@ pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
         indexed_events: 0,
         indexed_tags: 0,
         views: ViewsCheck::default(),
+        indexed_frames: 0,
+        outbox: VerifyOutbox::default(),
     };
     for frame in log.reader().frames_from(super::log::Position { segment: 1, pos: 0 }) {
         match frame {
@@ -126,6 +141,11 @@ pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
     if let Some(index) = check.index {
         check.index_has_nothing_else(index, through.end == log.end());
     }
+    let outbox = std::mem::take(&mut check.outbox);
+    report.outbox_entries = outbox.entries;
+    report.outbox_pending = outbox.pending();
+    report.applied_keys = outbox.applied();
+    report.topic_messages = outbox.messages;
     Ok(report)
 }
 
@@ -141,6 +161,18 @@ struct Check<'a> {
     indexed_events: u64,
     indexed_tags: u64,
     views: ViewsCheck,
+    indexed_frames: u64,
+    outbox: VerifyOutbox,
+}
+
+impl outbox_index::Report for Check<'_> {
+    fn problem(&mut self, p: String) {
+        self.report.problem(p);
+    }
+
+    fn expect(&mut self, index: &Index, key: &[u8], loc: Loc, what: &str) {
+        Check::expect(self, index, key, loc, what);
+    }
 }
 
 impl Check<'_> {
@@ -166,6 +198,12 @@ impl Check<'_> {
         }
         let indexed = f.end <= self.through.end;
         let mut projection_records = Vec::new();
+        let has_events = records.iter().any(|r| matches!(r, Record::Event { .. }));
+        if let (Some(index), true, true) = (self.index, indexed, has_events) {
+            self.indexed_frames += 1;
+            let body = Loc { segment: f.start.segment, pos: f.body_pos, len: f.body.len() as u32 };
+            self.expect(index, &frame_key(f.first_offset), body, &format!("the frame at offset {}", f.first_offset));
+        }
         for record in records {
             match record {
                 Record::Event { at: o, len } => self.event(at(o, len), &f.body[o..o + len], indexed),
@@ -197,6 +235,12 @@ impl Check<'_> {
                 }),
                 Record::ProjectionOffset { at: o, len } => {
                     projection_records.push(FrameRecord::Offset { loc: at(o, len), bytes: &f.body[o..o + len] })
+                }
+                Record::Outbox { kind, at: o, len } => {
+                    let mut outbox = std::mem::take(&mut self.outbox);
+                    let index = self.index.filter(|_| indexed);
+                    outbox.record(kind, &f.body[o..o + len], at(o, len), index, self);
+                    self.outbox = outbox;
                 }
             }
         }
@@ -256,9 +300,14 @@ impl Check<'_> {
     /// snapshots or timers, and the latest snapshot of each entity.
     fn index_has_nothing_else(&mut self, index: &Index, complete: bool) {
         let snapshots = std::mem::take(&mut self.snapshots);
-        let expected = [(b'e', "event", self.indexed_events), (b't', "tag", self.indexed_tags)];
+        let expected = [
+            (b'e', "event", self.indexed_events),
+            (b't', "tag", self.indexed_tags),
+            (b'f', "frame", self.indexed_frames),
+        ];
         let expected: Vec<_> =
             expected.into_iter().chain(complete.then_some((b's', "snapshot", snapshots.len() as u64))).collect();
+        self.outbox_index_has_nothing_else(index, complete);
         for (prefix, what, n) in expected {
             match index.count(prefix) {
                 Ok(found) if found != n => {
@@ -309,5 +358,12 @@ impl Check<'_> {
             }
             Err(e) => self.report.problem(format!("index timers cannot be read: {e}")),
         }
+    }
+
+    /// The outbox's side of [`Check::index_has_nothing_else`].
+    fn outbox_index_has_nothing_else(&mut self, index: &Index, complete: bool) {
+        let outbox = std::mem::take(&mut self.outbox);
+        outbox.index_has_nothing_else(index, complete, self);
+        self.outbox = outbox;
     }
 }

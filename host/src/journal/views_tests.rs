@@ -46,7 +46,7 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 fn a_batch_stores_its_updates_and_offset_and_is_never_stored_twice() {
     let dir = tempfile::tempdir().unwrap();
     let j = open_log(dir.path());
-    j.write(&WriteBatch { events: vec![ev("a|1", 1, &["t"]), ev("a|1", 2, &["t"])], snapshots: vec![] }).unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 1, &["t"]), ev("a|1", 2, &["t"])], snapshots: vec![], ..Default::default() }).unwrap();
     let head = j.head();
     assert_eq!(j.projection_offsets("balances").unwrap(), vec![]);
     assert_eq!(j.view_get("balances", 1, "alice").unwrap(), None);
@@ -92,9 +92,9 @@ fn views_survive_a_reopen_and_a_rebuilt_index_and_verify_checks_them() {
     let dir = tempfile::tempdir().unwrap();
     {
         let j = open_log(dir.path());
-        j.write(&WriteBatch { events: vec![ev("a|1", 1, &["t"])], snapshots: vec![] }).unwrap();
+        j.write(&WriteBatch { events: vec![ev("a|1", 1, &["t"])], snapshots: vec![], ..Default::default() }).unwrap();
         j.write_projection(&batch(1, 0, 1, vec![put("alice", "1"), put("bob", "2")])).unwrap();
-        j.write(&WriteBatch { events: vec![ev("a|1", 2, &["t"])], snapshots: vec![] }).unwrap();
+        j.write(&WriteBatch { events: vec![ev("a|1", 2, &["t"])], snapshots: vec![], ..Default::default() }).unwrap();
         j.write_projection(&batch(1, 1, 2, vec![ViewUpdate::Delete { key: "bob".into() }])).unwrap();
     }
     let report = verify::verify(dir.path()).unwrap();
@@ -127,7 +127,9 @@ fn views_survive_a_reopen_and_a_rebuilt_index_and_verify_checks_them() {
 
 /// An index batch that points `key` at `loc`.
 fn index_batch_moving(key: &[u8], loc: crate::journal::index::Loc) -> crate::journal::index::IndexBatch {
-    crate::journal::index::IndexBatch::single_put(key.to_vec(), loc)
+    let mut batch = crate::journal::index::IndexBatch::default();
+    batch.put(key.to_vec(), loc);
+    batch
 }
 
 #[test]
@@ -137,7 +139,7 @@ fn a_torn_projection_frame_leaves_neither_its_updates_nor_its_offset() {
     let committed_before;
     {
         let j = open_log(dir.path());
-        j.write(&WriteBatch { events: vec![ev("a|1", 1, &["t"]), ev("a|1", 2, &["t"])], snapshots: vec![] }).unwrap();
+        j.write(&WriteBatch { events: vec![ev("a|1", 1, &["t"]), ev("a|1", 2, &["t"])], snapshots: vec![], ..Default::default() }).unwrap();
         j.write_projection(&batch(1, 0, 1, vec![put("alice", "1")])).unwrap();
         committed_before = std::fs::read(&committed).unwrap();
         let big = "v".repeat(4000);

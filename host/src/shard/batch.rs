@@ -6,25 +6,30 @@
 //! a [`DurableBatch`] releases its pending replies, a [`FailedBatch`] names the
 //! entities to drop and the replies to fail.
 //!
-//! Rollback rule: when a write fails, every entity with events in it loses its
-//! undurable work, so its events and snapshots are removed from the open batch too
-//! (they were computed on top of the lost events) and its pending replies there
+//! Rollback rule: when a write fails, every entity with anything in it (events,
+//! or outbox records of a command that persisted none) loses its undurable work,
+//! so its events, snapshots and outbox records are removed from the open batch
+//! too (they were computed on top of the lost work) and its pending replies there
 //! fail with the write.
+//!
+//! A batch also remembers the idempotency keys its commands applied, so a command
+//! delivered again while the first delivery is not durable yet is recognised.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::component::bindings::mneme::entity::types::SideEffect;
 use crate::error::CommandResult;
-use crate::journal::{NewEvent, Snapshot, WriteBatch};
+use crate::journal::{AppliedKey, NewEvent, OutboxBatch, Snapshot, WriteBatch};
 use crate::router::{Envelope, Outcome};
+use crate::side_effects::Released;
 
-/// A command's reply and side effects, held until its batch is durable.
+/// A command's reply and side effects, held until its batch is durable. Without
+/// an envelope: side effects only (those of a recovery).
 pub struct PendingReply {
     pub pid: String,
-    pub envelope: Envelope,
+    pub envelope: Option<Envelope>,
     pub result: CommandResult<Outcome>,
-    pub side_effects: Vec<SideEffect>,
+    pub side_effects: Released,
 }
 
 /// An entity's newest sequence number and state within a batch.
@@ -34,9 +39,12 @@ pub type Touched = HashMap<String, (u64, Arc<[u8]>)>;
 struct Batch {
     id: u64,
     write: WriteBatch,
-    /// Entities with events in this batch, and their newest state in it.
+    /// Entities with events or outbox records in this batch, and their newest
+    /// state in it.
     touched: Touched,
     replies: Vec<PendingReply>,
+    /// Idempotency keys applied in this batch: (persistence id, key).
+    applied: HashSet<(String, String)>,
 }
 
 impl Batch {
@@ -56,7 +64,7 @@ pub struct DurableBatch {
 /// A batch whose write failed.
 pub struct FailedBatch {
     pub id: u64,
-    /// Entities with events in the failed write: they recover from the journal.
+    /// Entities with anything in the failed write: they recover from the journal.
     pub dropped: HashSet<String>,
     /// The replies of the failed batch, and those of the dropped entities that
     /// were waiting in the open batch: all fail.
@@ -107,6 +115,35 @@ impl Batches {
         self.open.id
     }
 
+    /// Add a command's outbox records (and the idempotency key it applied, if an
+    /// entity sent it) to the open batch. `seq_nr` and `state` are the entity's
+    /// newest, as with [`Batches::add_events`].
+    pub fn add_outbox(
+        &mut self,
+        pid: &str,
+        records: OutboxBatch,
+        applied: Option<AppliedKey>,
+        seq_nr: u64,
+        state: Arc<[u8]>,
+    ) -> u64 {
+        if records.is_empty() && applied.is_none() {
+            return self.open.id;
+        }
+        if let Some(a) = applied {
+            self.open.applied.insert((a.persistence_id.clone(), a.key.clone()));
+            self.open.write.outbox.applied.push(a);
+        }
+        self.open.write.outbox.append(records);
+        self.open.touched.insert(pid.to_string(), (seq_nr, state));
+        self.open.id
+    }
+
+    /// Whether `pid` applied `key` in a batch not yet durable.
+    pub fn has_applied(&self, pid: &str, key: &str) -> bool {
+        let probe = (pid.to_string(), key.to_string());
+        self.open.applied.contains(&probe) || self.in_flight.as_ref().is_some_and(|b| b.applied.contains(&probe))
+    }
+
     /// Hold a reply until the open batch is durable.
     pub fn hold_reply(&mut self, reply: PendingReply) -> u64 {
         self.open.replies.push(reply);
@@ -146,6 +183,11 @@ impl Batches {
         let open = &mut self.open;
         open.write.events.retain(|e| !dropped.contains(&e.persistence_id));
         open.write.snapshots.retain(|s| !dropped.contains(&s.persistence_id));
+        let outbox = &mut open.write.outbox;
+        outbox.entries.retain(|e| !dropped.contains(&e.source));
+        outbox.published.retain(|m| !dropped.contains(&m.source));
+        outbox.applied.retain(|a| !dropped.contains(&a.persistence_id));
+        open.applied.retain(|(pid, _)| !dropped.contains(pid));
         open.touched.retain(|pid, _| !dropped.contains(pid));
         let (lost, kept): (Vec<_>, Vec<_>) =
             std::mem::take(&mut open.replies).into_iter().partition(|r| dropped.contains(&r.pid));
@@ -181,8 +223,14 @@ mod tests {
             payload: vec![],
             accepted_ms: 0,
             reply_to: ReplyTo::None,
+            origin: None,
         };
-        PendingReply { pid: pid.into(), envelope, result: Ok(Outcome::NoReply), side_effects: vec![] }
+        PendingReply {
+            pid: pid.into(),
+            envelope: Some(envelope),
+            result: Ok(Outcome::NoReply),
+            side_effects: Released::default(),
+        }
     }
 
     fn state(s: &str) -> Arc<[u8]> {
@@ -252,6 +300,51 @@ mod tests {
         assert_eq!(events, [("b", 1)]);
         assert_eq!(batch.snapshots.len(), 1);
         assert_eq!(batch.snapshots[0].persistence_id, "b");
+    }
+
+    fn entry(source: &str, key: &str) -> crate::journal::OutboxEntry {
+        crate::journal::OutboxEntry {
+            key: key.into(),
+            source: source.into(),
+            source_seq_nr: 1,
+            due_ms: 0,
+            created_ms: 0,
+            target_type: "t".into(),
+            target_id: "x".into(),
+            payload: vec![],
+        }
+    }
+
+    fn applied(pid: &str, key: &str) -> AppliedKey {
+        AppliedKey { persistence_id: pid.into(), key: key.into(), source: "s|1".into(), seq_nr: 1 }
+    }
+
+    #[test]
+    fn outbox_records_travel_with_the_events_and_roll_back_with_them() {
+        let mut b = Batches::new();
+        b.add_events("a", vec![event("a", 1)], 1, state("a1"), None);
+        let records = OutboxBatch { entries: vec![entry("a", "a#1.0")], ..OutboxBatch::default() };
+        b.add_outbox("a", records, Some(applied("a", "s#1.0")), 1, state("a1"));
+        b.hold_reply(reply("a"));
+        assert!(b.has_applied("a", "s#1.0") && !b.has_applied("b", "s#1.0"));
+        let Some(Flush::Write { batch_id, batch }) = b.take_for_write() else { panic!() };
+        assert_eq!((batch.events.len(), batch.outbox.entries.len(), batch.outbox.applied.len()), (1, 1, 1));
+        assert!(b.has_applied("a", "s#1.0"), "in flight, not durable yet");
+        // Built on the in-flight batch: a's outbox-only work, and b's.
+        let records = OutboxBatch { entries: vec![entry("a", "a#1.0~w-0")], ..OutboxBatch::default() };
+        b.add_outbox("a", records, Some(applied("a", "s#2.0")), 1, state("a1"));
+        b.hold_reply(reply("a"));
+        let records = OutboxBatch { entries: vec![entry("b", "b#0.0~w-1")], ..OutboxBatch::default() };
+        b.add_outbox("b", records, None, 0, state("b0"));
+        b.hold_reply(reply("b"));
+        let failed = b.failed(batch_id).unwrap();
+        assert_eq!(failed.dropped, HashSet::from(["a".to_string()]));
+        assert_eq!(pids(&failed.replies), ["a", "a"]);
+        assert!(!b.has_applied("a", "s#1.0") && !b.has_applied("a", "s#2.0"), "nothing of a is applied");
+        let Some(Flush::Write { batch, .. }) = b.take_for_write() else { panic!("b's work is still to be written") };
+        let keys: Vec<&str> = batch.outbox.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["b#0.0~w-1"]);
+        assert!(batch.outbox.applied.is_empty());
     }
 
     #[test]

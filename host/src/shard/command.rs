@@ -2,18 +2,28 @@
 //! the pure handler, carry out the effect it describes (persist into the open
 //! batch, reply, stash, unstash, stop), and release the reply and side effects
 //! only when everything they depend on is durable.
+//!
+//! Side effects that must survive a crash (`send`, `schedule`, `publish`) go into
+//! the open batch with the command's events; a command that persisted no events
+//! but has such side effects puts them there alone (an outbox-only write, or its
+//! entity's pending batch). A command another entity sent carries an idempotency
+//! key: it is checked before the handler runs (a key the entity applied before is
+//! acknowledged without running it again), and recorded in the batch with the
+//! events and side effects it produced.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::component::bindings::exports::mneme::entity::handler;
-use crate::component::bindings::mneme::entity::types::{Action, CommandMetadata, Reply, SideEffect};
+use crate::component::bindings::mneme::entity::types::{self as wit, Action, CommandMetadata, Reply};
 use crate::component::LoadedComponent;
 use crate::error::{CommandError, CommandResult};
-use crate::journal::{NewEvent, Snapshot};
+use crate::journal::{AppliedKey, JournalError, NewEvent, Snapshot};
 use crate::names::{persistence_id, validate_label};
-use crate::router::{Envelope, Outcome};
+use crate::router::{Envelope, Origin, Outcome};
+use crate::side_effects::Released;
 
 use super::batch::PendingReply;
 use super::entity::{Drain, Entity};
@@ -60,9 +70,7 @@ impl Shard {
     /// Count the outcome and hand it to whoever waits for it.
     pub(super) fn respond(&self, env: Envelope, result: CommandResult<Outcome>) {
         self.shared.metrics.count_outcome(&result);
-        if let Some(tx) = env.reply_to {
-            let _ = tx.send(result);
-        }
+        env.reply_to.send(result);
     }
 
     fn run_command(
@@ -73,6 +81,19 @@ impl Shard {
         mut env: Envelope,
         queue: &mut VecDeque<Envelope>,
     ) {
+        if let Some(origin) = &env.origin {
+            match self.already_applied(pid, origin) {
+                Ok(false) => {}
+                Ok(true) => {
+                    // Delivered again (after a crash, before its delivery was
+                    // recorded as done): acknowledged, not applied twice.
+                    self.shared.metrics.outbox_duplicates_total.fetch_add(1, Relaxed);
+                    tracing::debug!(pid, key = %origin.key, "command applied before: acknowledged again");
+                    return self.reply_when_durable(pid, entity, env, Ok(Outcome::NoReply), Released::default());
+                }
+                Err(e) => return self.respond(env, Err(e)),
+            }
+        }
         let mut effect = match self.decide(comp, entity, &mut env) {
             Ok(effect) => effect,
             Err(e) => return self.respond(env, Err(e)),
@@ -94,6 +115,18 @@ impl Shard {
         }
     }
 
+    /// Whether the entity applied the command of `origin` before: in a batch not
+    /// yet durable, or in the journal.
+    fn already_applied(&self, pid: &str, origin: &Origin) -> CommandResult<bool> {
+        if self.batches.has_applied(pid, &origin.key) {
+            return Ok(true);
+        }
+        self.shared.journal.is_applied(pid, &origin.key).map_err(|e| match e {
+            JournalError::Corrupt(m) => CommandError::JournalCorrupt(format!("journal corrupt: {m}")),
+            e => CommandError::JournalUnavailable(format!("checking idempotency key `{}`: {e}", origin.key)),
+        })
+    }
+
     /// Persist / none / unhandled, and the reply and side effects that go with it.
     fn carry_out(
         &mut self,
@@ -109,18 +142,41 @@ impl Shard {
             Some(Reply::Error(msg)) => Outcome::ReplyError(msg),
             None => Outcome::NoReply,
         };
+        let shared = self.shared.clone();
+        let runner = &shared.side_effects;
         match action {
             Action::Persist(events) if !events.is_empty() => {
                 if let Err(e) = self.persist(comp, pid, entity, env.accepted_ms, events) {
                     return self.respond(env, Err(e));
                 }
-                let side_effects = effect.then;
-                let reply = PendingReply { pid: pid.to_string(), envelope: env, result: Ok(outcome), side_effects };
+                let planned = runner.plan(pid, entity.seq_nr, true, env.accepted_ms, effect.then);
+                let applied = applied_key(pid, entity.seq_nr, &env.origin);
+                self.batches.add_outbox(pid, planned.records, applied, entity.seq_nr, entity.state.clone());
+                let reply = PendingReply {
+                    pid: pid.to_string(),
+                    envelope: Some(env),
+                    result: Ok(outcome),
+                    side_effects: planned.released,
+                };
                 entity.pending_batch = Some(self.batches.hold_reply(reply));
             }
             // (`Stash` is handled before `carry_out` is called.)
             Action::Persist(_) | Action::None | Action::Stash => {
-                self.reply_when_durable(pid, entity, env, Ok(outcome), effect.then)
+                let planned = runner.plan(pid, entity.seq_nr, false, env.accepted_ms, effect.then);
+                if planned.records.is_empty() {
+                    return self.reply_when_durable(pid, entity, env, Ok(outcome), planned.released);
+                }
+                // No events, but side effects to store: written before they are
+                // released, with the key of the command that sent this one.
+                let applied = applied_key(pid, entity.seq_nr, &env.origin);
+                self.batches.add_outbox(pid, planned.records, applied, entity.seq_nr, entity.state.clone());
+                let reply = PendingReply {
+                    pid: pid.to_string(),
+                    envelope: Some(env),
+                    result: Ok(outcome),
+                    side_effects: planned.released,
+                };
+                entity.pending_batch = Some(self.batches.hold_reply(reply));
             }
             Action::Unhandled => {
                 let reason = match outcome {
@@ -128,7 +184,7 @@ impl Shard {
                     _ => None,
                 };
                 let err = CommandError::Unhandled { entity_type: entity.entity_type.clone(), reason };
-                self.reply_when_durable(pid, entity, env, Err(err), Vec::new());
+                self.reply_when_durable(pid, entity, env, Err(err), Released::default());
             }
         }
     }
@@ -148,6 +204,10 @@ impl Shard {
                 entity_id: entity.entity_id.clone(),
                 sequence_nr: entity.seq_nr,
                 timestamp_ms: env.accepted_ms,
+                origin: env
+                    .origin
+                    .as_ref()
+                    .map(|o| wit::Origin { source: o.source.clone(), idempotency_key: o.key.clone() }),
             },
         };
         let decided = self.handler(comp).map(|h| h.handle_command(&entity.state, &command));
@@ -180,13 +240,13 @@ impl Shard {
         entity: &mut Entity,
         envelope: Envelope,
         result: CommandResult<Outcome>,
-        side_effects: Vec<SideEffect>,
+        side_effects: Released,
     ) {
         if entity.pending_batch.is_some() {
-            let reply = PendingReply { pid: pid.to_string(), envelope, result, side_effects };
+            let reply = PendingReply { pid: pid.to_string(), envelope: Some(envelope), result, side_effects };
             entity.pending_batch = Some(self.batches.hold_reply(reply));
         } else {
-            self.shared.side_effects.run(pid, side_effects);
+            self.shared.side_effects.release(pid, side_effects);
             self.respond(envelope, result);
         }
     }
@@ -276,4 +336,14 @@ impl Shard {
             state: entity.state.to_vec(),
         })
     }
+}
+
+/// The record that `pid`, now at `seq_nr`, applied the command of `origin`.
+fn applied_key(pid: &str, seq_nr: u64, origin: &Option<Origin>) -> Option<AppliedKey> {
+    origin.as_ref().map(|o| AppliedKey {
+        persistence_id: pid.to_string(),
+        key: o.key.clone(),
+        source: o.source.clone(),
+        seq_nr,
+    })
 }

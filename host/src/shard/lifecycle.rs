@@ -6,13 +6,15 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use crate::clock::now_ms;
 use crate::component::bindings::exports::mneme::entity::handler;
 use crate::component::LoadedComponent;
 use crate::error::{CommandError, CommandResult};
 use crate::journal::JournalError;
 use crate::names::persistence_id;
-use crate::router::EntityState;
+use crate::router::{EntityState, Outcome};
 
+use super::batch::PendingReply;
 use super::entity::Entity;
 use super::Shard;
 
@@ -58,11 +60,27 @@ impl Shard {
     ) -> CommandResult<Entity> {
         let Recovered { state, seq_nr, snapshot_seq_nr } = recovered;
         let side_effects = self.handler(comp)?.on_recovery_completed(&state).map_err(|f| self.fault(comp, f.0))?;
-        self.shared.side_effects.run(pid, side_effects);
         self.shared.metrics.recoveries_total.fetch_add(1, Relaxed);
         tracing::debug!(%pid, seq_nr, from_snapshot = snapshot_seq_nr, "recovered");
         let (version, state_version) = (comp.version, comp.info.state_version);
-        Ok(Entity::recovered(entity_type, entity_id, version, state_version, state.into(), seq_nr, snapshot_seq_nr))
+        let mut entity =
+            Entity::recovered(entity_type, entity_id, version, state_version, state.into(), seq_nr, snapshot_seq_nr);
+        // Like those of a command without events: what must survive a crash is
+        // written first, and the entity's next replies wait for it.
+        let planned = self.shared.side_effects.plan(pid, seq_nr, false, now_ms(), side_effects);
+        if planned.records.is_empty() {
+            self.shared.side_effects.release(pid, planned.released);
+        } else {
+            self.batches.add_outbox(pid, planned.records, None, seq_nr, entity.state.clone());
+            let release = PendingReply {
+                pid: pid.to_string(),
+                envelope: None,
+                result: Ok(Outcome::NoReply),
+                side_effects: planned.released,
+            };
+            entity.pending_batch = Some(self.batches.hold_reply(release));
+        }
+        Ok(entity)
     }
 
     /// The state recovery starts from: the latest snapshot taken with the current

@@ -14,6 +14,9 @@
 //! * a reply or side effect is released only when every event of its entity up to
 //!   that command is durable: a command that persists nothing but arrives while its
 //!   entity has undurable events waits for them (`pending_batch`);
+//! * `send`, `schedule` and `publish` side effects, and the idempotency key of a
+//!   command another entity sent, are written in the same batch as the command's
+//!   events (alone when it persisted none), never released before it is durable;
 //! * if a write fails, every entity with events in it is dropped from memory (it
 //!   recovers from the journal on its next command), its later events are removed
 //!   from the open batch, and every command that depended on them fails;
@@ -215,8 +218,10 @@ impl Shard {
             members.insert(pid);
         }
         for r in batch.replies {
-            self.shared.side_effects.run(&r.pid, r.side_effects);
-            self.respond(r.envelope, r.result);
+            self.shared.side_effects.release(&r.pid, r.side_effects);
+            if let Some(envelope) = r.envelope {
+                self.respond(envelope, r.result);
+            }
             members.insert(r.pid);
         }
         for pid in members {
@@ -233,7 +238,10 @@ impl Shard {
     /// recover from the journal) and fail every command that depended on them.
     fn batch_failed(&mut self, batch: FailedBatch, error: String) {
         for r in batch.replies {
-            self.respond(r.envelope, Err(CommandError::WriteFailed(error.clone())));
+            match r.envelope {
+                Some(envelope) => self.respond(envelope, Err(CommandError::WriteFailed(error.clone()))),
+                None => tracing::warn!(pid = %r.pid, "side effects of a recovery lost with a failed write: {error}"),
+            }
         }
         let mut redeliver = Vec::new();
         for pid in &batch.dropped {

@@ -7,6 +7,9 @@
 //! `{"type":"Get"}` replies the values; `{"type":"Stop"}` replies and stops;
 //! `{"type":"Schedule","delayMs":50,"value":"x"}` schedules a `Record` to itself;
 //! `{"type":"Send","to":"other","value":"x"}` sends a `Record` to another entity;
+//! `{"type":"SendTagged","to":"other","value":"x"}` sends it a `RecordOrigin`, which
+//! records `"x from SOURCE as KEY"` (the sender and idempotency key it sees), or
+//! `"x from outside"` when no entity sent it;
 //! `{"type":"Loop"}` never returns; `{"type":"Allocate"}` allocates until memory runs
 //! out; `{"type":"Panic","message":"boom"}` panics with that message;
 //! `{"type":"BadApply"}` persists a `Broken` event whose `apply` panics.
@@ -37,6 +40,13 @@ pub enum Command {
     },
     Send {
         to: String,
+        value: String,
+    },
+    SendTagged {
+        to: String,
+        value: String,
+    },
+    RecordOrigin {
         value: String,
     },
     Loop,
@@ -90,6 +100,16 @@ impl Entity for Faulty {
             )),
             Command::Send { to, value } => {
                 Effect::reply(Reply::ack()).then_run(SideEffect::send("faulty", to, &Command::Record { value }))
+            }
+            Command::SendTagged { to, value } => {
+                Effect::reply(Reply::ack()).then_run(SideEffect::send("faulty", to, &Command::RecordOrigin { value }))
+            }
+            Command::RecordOrigin { value } => {
+                let value = match &ctx.origin {
+                    Some(o) => format!("{value} from {} as {}", o.source, o.idempotency_key),
+                    None => format!("{value} from outside"),
+                };
+                Effect::persist(Event::Recorded { value }).then_reply(Reply::ack())
             }
             Command::Loop => spin_forever(),
             Command::Allocate => allocate_without_bound(),

@@ -139,7 +139,7 @@ fn recurse(depth: u64, seed: u64) -> u64 {
 }
 
 #[cfg(target_arch = "wasm32")]
-#[link(wasm_import_module = "mneme:entity/host@0.1.0")]
+#[link(wasm_import_module = "mneme:entity/host@0.2.0")]
 unsafe extern "C" {
     /// `report-fault: func(message: string)` in the canonical ABI: (pointer, length)
     /// of the string's bytes, which the host lifts and must find to be UTF-8.

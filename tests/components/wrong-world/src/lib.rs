@@ -1,8 +1,9 @@
 //! Test-only component for a WIT contract mneme does not implement: `wit/` here is
-//! a copy of the repository's `wit/entity.wit` with the package version changed to
-//! `mneme:entity@0.2.0`. It imports `mneme:entity/host@0.2.0` and exports
-//! `mneme:entity/handler@0.2.0`; mneme implements 0.1.x and must refuse it at
-//! deploy, naming both. Raw wit-bindgen, because the SDK is built on 0.1.0.
+//! a copy of the repository's `wit/v0.1/entity.wit` with the package version
+//! changed to `mneme:entity@0.3.0`. It imports `mneme:entity/host@0.3.0` and
+//! exports `mneme:entity/handler@0.3.0`; mneme implements 0.1.x and 0.2.x and
+//! must refuse it at deploy, naming both. Raw wit-bindgen, because the SDK is
+//! built on 0.2.0.
 //! Its handler is a trivial, working entity: the only thing wrong is the version.
 
 #[cfg(target_arch = "wasm32")]
