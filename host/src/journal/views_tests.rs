@@ -46,7 +46,12 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 fn a_batch_stores_its_updates_and_offset_and_is_never_stored_twice() {
     let dir = tempfile::tempdir().unwrap();
     let j = open_log(dir.path());
-    j.write(&WriteBatch { events: vec![ev("a|1", 1, &["t"]), ev("a|1", 2, &["t"])], snapshots: vec![], ..Default::default() }).unwrap();
+    j.write(&WriteBatch {
+        events: vec![ev("a|1", 1, &["t"]), ev("a|1", 2, &["t"])],
+        snapshots: vec![],
+        ..Default::default()
+    })
+    .unwrap();
     let head = j.head();
     assert_eq!(j.projection_offsets("balances").unwrap(), vec![]);
     assert_eq!(j.view_get("balances", 1, "alice").unwrap(), None);
@@ -139,7 +144,12 @@ fn a_torn_projection_frame_leaves_neither_its_updates_nor_its_offset() {
     let committed_before;
     {
         let j = open_log(dir.path());
-        j.write(&WriteBatch { events: vec![ev("a|1", 1, &["t"]), ev("a|1", 2, &["t"])], snapshots: vec![], ..Default::default() }).unwrap();
+        j.write(&WriteBatch {
+            events: vec![ev("a|1", 1, &["t"]), ev("a|1", 2, &["t"])],
+            snapshots: vec![],
+            ..Default::default()
+        })
+        .unwrap();
         j.write_projection(&batch(1, 0, 1, vec![put("alice", "1")])).unwrap();
         committed_before = std::fs::read(&committed).unwrap();
         let big = "v".repeat(4000);
