@@ -74,7 +74,8 @@ pub fn next_batch(
 }
 
 /// What a worker knows of its generation's view: the updates of the batch being
-/// stored (`pending`: at most one batch is in flight while the next is computed),
+/// stored (`pending`: one batch is in flight while the next is computed, and it
+/// is queued only after the one before it landed, so `pending` is one batch),
 /// and the value (or absence) of every key it has read or stored, up to a budget
 /// of bytes (past it, that part starts over empty; `pending` is never dropped).
 /// Only the worker writes its generation, so once a batch has landed the cache

@@ -361,7 +361,11 @@ impl Run {
         }
     }
 
+    /// Store `batch` on a thread of its own. Called only once the batch before it
+    /// has landed, so the cache's pending updates are this batch's alone, and
+    /// [`ViewCache::landed`] moves exactly them.
     fn store_in_background(&mut self, batch: ProjectionBatch) -> InFlight {
+        self.cache.lock().unwrap().queue(&batch.updates);
         let (offset, live) = (batch.offset.offset, batch.offset.live);
         self.chain = offset;
         self.live_chain = live;
@@ -428,7 +432,6 @@ impl Run {
             Ok(()) => {
                 self.count(events.len());
                 let updates = overlay.into_updates();
-                self.cache.lock().unwrap().queue(&updates);
                 Step::Ready { through: feed.through, batch: Some(self.batch(feed.through, updates, live)) }
             }
             Err(Halt::Retry(why)) => Step::Halt(Halt::Retry(why)),
@@ -458,9 +461,7 @@ impl Run {
         // Every event on its own works (e.g. the batch as a whole needed more
         // memory than the cap): store them all.
         self.count(events.len());
-        let updates = overlay.into_updates();
-        self.cache.lock().unwrap().queue(&updates);
-        Step::Ready { through, batch: Some(self.batch(through, updates, live)) }
+        Step::Ready { through, batch: Some(self.batch(through, overlay.into_updates(), live)) }
     }
 
     fn at(&self, event: &StoredEventRef, why: &str) -> String {
