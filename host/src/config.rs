@@ -40,6 +40,9 @@ pub struct ProjectionConfig {
     pub max_value_bytes: usize,
     /// Wait before trying again after the journal could not be read or written.
     pub retry: Duration,
+    /// Bytes of view values each worker keeps in memory, so a key read again is
+    /// not read from the journal again (past it, the cache starts over empty).
+    pub cache_bytes: usize,
 }
 
 impl Default for ProjectionConfig {
@@ -49,6 +52,7 @@ impl Default for ProjectionConfig {
             batch_bytes: 4 << 20,
             max_value_bytes: 1 << 20,
             retry: Duration::from_secs(1),
+            cache_bytes: 64 << 20,
         }
     }
 }

@@ -519,3 +519,72 @@ fn a_projection_waits_out_a_failing_disk() {
     assert_eq!(view, fold(payloads.iter().map(|(p, v)| (p.as_str(), v))));
     t.stop();
 }
+
+/// In process, the worker's pipeline at its edges: batches of 3 events, a view
+/// cache of a few hundred bytes (it starts over every few keys, so values are read
+/// back from the journal while the batch before is still being stored), and writes
+/// failing now and then under a stream of commands (a failed store drops the batch
+/// computed on top of it). The view is still the fold of every event once.
+#[test]
+fn the_view_stays_exact_with_a_tiny_cache_and_failing_writes_under_load() {
+    use mneme::component::SandboxLimits;
+    use mneme::config::ProjectionConfig;
+    use mneme::EngineConfig;
+    use mneme_tests::TestEngine;
+
+    let data = tempfile::tempdir().unwrap();
+    let projections = ProjectionConfig {
+        batch_events: 3,
+        cache_bytes: 300,
+        retry: Duration::from_millis(20),
+        ..ProjectionConfig::default()
+    };
+    let t = TestEngine::start(
+        data.path(),
+        &[("bank-account", example("bank-account"))],
+        EngineConfig { shards: 2, projections, ..EngineConfig::default() },
+        SandboxLimits::default(),
+    );
+    let accounts = 12;
+    for a in 0..accounts {
+        t.ok("bank-account", &format!("a{a}"), r#"{"type":"CreateAccount"}"#);
+    }
+    let p = t.engine.projections().clone();
+    p.deploy("account-balances", &std::fs::read(example("account-balances")).unwrap()).unwrap();
+    let (mut stored, mut refused) = (0, 0);
+    for i in 0..600u64 {
+        // Every 50th command: the disk fails for a few milliseconds.
+        if i % 50 == 25 {
+            t.journal.fail_writes.store(true, Ordering::SeqCst);
+        }
+        if i % 50 == 30 {
+            t.journal.fail_writes.store(false, Ordering::SeqCst);
+        }
+        let command = format!(r#"{{"type":"Deposit","amount":{}}}"#, 1 + i % 7);
+        match t.send("bank-account", &format!("a{}", i % accounts), &command) {
+            Ok(_) => stored += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    t.journal.fail_writes.store(false, Ordering::SeqCst);
+    assert!(stored > 0 && refused > 0, "the disk failed during the load: {stored} stored, {refused} refused");
+    let head = t.journal.head();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.status("account-balances").unwrap().serving.unwrap().offset < head {
+        assert!(Instant::now() < deadline, "{:?}", p.status("account-balances"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let events = t.journal.events_by_tag("account", 0, usize::MAX).unwrap();
+    let payloads: Vec<(String, Value)> =
+        events.iter().map(|e| (e.persistence_id.clone(), serde_json::from_slice(&e.payload).unwrap())).collect();
+    let view: View = p
+        .view_scan("account-balances", "", "", 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::from_slice(&v).unwrap()))
+        .collect();
+    assert_eq!(view, fold(payloads.iter().map(|(p, v)| (p.as_str(), v))));
+    let batches = t.engine.metrics().projection_batches_total.load(Ordering::Relaxed);
+    assert!(batches as usize > stored / 3, "small batches: {batches} for {stored} events");
+    t.stop();
+}

@@ -124,7 +124,7 @@ pub fn spawn(env: Env, spec: Spec, on_live: Option<OnLive>) -> Worker {
     let thread = std::thread::Builder::new()
         .name(format!("mneme-projection-{}", spec.name))
         .spawn(move || {
-            let cache = Arc::new(Mutex::new(ViewCache::new(CACHE_BYTES)));
+            let cache = Arc::new(Mutex::new(ViewCache::new(env.config.cache_bytes)));
             let mut run = Run {
                 env,
                 spec,
@@ -148,9 +148,6 @@ pub fn spawn(env: Env, spec: Spec, on_live: Option<OnLive>) -> Worker {
         .expect("spawn projection thread");
     Worker { generation, progress, stop, thread: Some(thread) }
 }
-
-/// Bytes of view values a worker keeps in memory ([`ViewCache`]).
-const CACHE_BYTES: usize = 64 << 20;
 
 struct Run {
     env: Env,
