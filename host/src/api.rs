@@ -53,7 +53,7 @@ use crate::names::{
 };
 use crate::projection::{GenerationStatus, ProjectionError, ProjectionStatus};
 use crate::router::Outcome;
-use crate::subscribe::{bytes_field, event_json, subscribe, Source};
+use crate::subscribe::{bytes_field, event_json, subscribe, Pages, Source};
 /// Re-exported so an embedding program can serve [`router`] without naming axum's version.
 pub use axum;
 
@@ -125,6 +125,8 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 struct AppState {
     engine: Engine,
     config: Arc<ApiConfig>,
+    /// Event pages shared by the streams.
+    pages: Arc<Pages>,
 }
 
 pub struct ApiError(StatusCode, String);
@@ -207,7 +209,7 @@ fn component_json(c: &LoadedComponent, versions: Vec<u64>) -> Value {
 }
 
 pub fn router(engine: Engine, config: ApiConfig) -> Router {
-    let state = AppState { engine, config: Arc::new(config.clone()) };
+    let state = AppState { engine, config: Arc::new(config.clone()), pages: Arc::default() };
     // Code and configuration: every route here needs the admin token.
     let admin = Router::new()
         .route(
@@ -561,7 +563,8 @@ async fn stream_events(
         let journal = app.engine.journal().clone();
         blocking(move || journal.events_from(u64::MAX, 1)).await?.map_err(journal_error)?;
     }
-    Ok(subscribe(app.engine.clone(), Source::Offsets { tag }, from, app.config.stream_keep_alive).into_response())
+    Ok(subscribe(app.engine.clone(), app.pages.clone(), Source::Offsets { tag }, from, app.config.stream_keep_alive)
+        .into_response())
 }
 
 /// `GET /v1/entities/{type}/{id}/events/stream?from=SEQ`: an entity's events, then live.
@@ -575,7 +578,8 @@ async fn stream_entity_events(
     let q = query(q)?;
     let from = resume_from(&headers, q.from, 1)?;
     let pid = persistence_id(&entity_type, &entity_id);
-    Ok(subscribe(app.engine.clone(), Source::Entity { pid }, from, app.config.stream_keep_alive).into_response())
+    Ok(subscribe(app.engine.clone(), app.pages.clone(), Source::Entity { pid }, from, app.config.stream_keep_alive)
+        .into_response())
 }
 
 /// A topic message as readers get it (`seq_nr` is its position).
