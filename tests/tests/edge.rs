@@ -100,6 +100,37 @@ fn admin_routes_need_the_admin_token() {
     std::fs::write(&file, format!("{ADMIN}\n")).unwrap();
     let (ok, _, err) = cli(&server, &["rollback", "faulty", "1", "--admin-token-file", file.to_str().unwrap()], &[]);
     assert!(ok, "{err}");
+
+    // The projection subcommands: deploy and activate need the admin token, the
+    // list and the view do not (no client token is set).
+    let balances = example("account-balances");
+    let balances = balances.to_str().unwrap();
+    let (ok, _, err) = cli(&server, &["deploy-projection", "cli-balances", balances], &[]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, out, err) =
+        cli(&server, &["deploy-projection", "cli-balances", balances], &[("MNEME_ADMIN_TOKEN", ADMIN)]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["version"], 1);
+    let (ok, out, err) = cli(&server, &["projections"], &[]);
+    assert!(ok && out.contains("\"cli-balances\""), "{out} {err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let value = loop {
+        let (ok, out, err) = cli(&server, &["view", "cli-balances", "a"], &[]);
+        if ok {
+            break json(&out)["value"].clone();
+        }
+        assert!(err.contains("404") && Instant::now() < deadline, "{err}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(value, serde_json::json!({"balance": 0, "events": 1}));
+    let (ok, out, err) = cli(&server, &["view", "cli-balances", "--prefix", "_"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["entries"][0]["key"], "_total", "{out}");
+    let (ok, _, err) = cli(&server, &["activate-projection", "cli-balances", "1"], &[]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let token_file = ["--admin-token-file", file.to_str().unwrap()];
+    let (ok, _, err) = cli(&server, &[&["activate-projection", "cli-balances", "1"][..], &token_file].concat(), &[]);
+    assert!(ok, "{err}");
 }
 
 #[test]
