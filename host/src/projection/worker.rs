@@ -125,6 +125,7 @@ pub fn spawn(env: Env, spec: Spec, on_live: Option<OnLive>) -> Worker {
         .name(format!("mneme-projection-{}", spec.name))
         .spawn(move || {
             let cache = Arc::new(Mutex::new(ViewCache::new(env.config.cache_bytes)));
+            let store = Store::spawn(env.clone(), &spec.name);
             let mut run = Run {
                 env,
                 spec,
@@ -132,6 +133,7 @@ pub fn spawn(env: Env, spec: Spec, on_live: Option<OnLive>) -> Worker {
                 stop: stop_rx,
                 sandbox: None,
                 cache,
+                store,
                 stored: 0,
                 chain: 0,
                 live_stored: false,
@@ -156,6 +158,7 @@ struct Run {
     stop: watch::Receiver<bool>,
     sandbox: Option<ProjectionSandbox>,
     cache: Arc<Mutex<ViewCache>>,
+    store: Store,
     /// The generation's offset as stored in the journal.
     stored: u64,
     /// The offset of the last batch computed (stored, or on its way): the next
@@ -198,11 +201,37 @@ enum Step {
     Halt(Halt),
 }
 
-/// A batch being stored by a thread of its own while the next one is computed.
+/// The batch being stored by the [`Store`] thread while the next one is computed.
 struct InFlight {
-    thread: std::thread::JoinHandle<Result<(), Halt>>,
     offset: u64,
     live: bool,
+}
+
+/// The worker's store thread: writes the batches it is handed, one at a time, and
+/// answers each with the result. One thread for the worker's life rather than one
+/// per batch: following live load means many small batches. It ends when the
+/// worker drops it.
+struct Store {
+    batches: crossbeam_channel::Sender<ProjectionBatch>,
+    results: crossbeam_channel::Receiver<Result<(), Halt>>,
+}
+
+impl Store {
+    fn spawn(env: Env, name: &str) -> Store {
+        let (batches, rx) = crossbeam_channel::bounded::<ProjectionBatch>(1);
+        let (tx, results) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name(format!("mneme-projection-{name}-store"))
+            .spawn(move || {
+                for batch in rx {
+                    if tx.send(store(&env, &batch)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn projection store thread");
+        Store { batches, results }
+    }
 }
 
 impl Run {
@@ -330,7 +359,7 @@ impl Run {
     /// Wait for the batch in flight (if any) to be stored.
     fn land(&mut self, in_flight: &mut Option<InFlight>) -> Result<(), Halt> {
         let Some(f) = in_flight.take() else { return Ok(()) };
-        let result = f.thread.join().unwrap_or_else(|_| Err(Halt::Pause("storing a batch panicked".into())));
+        let result = self.store.results.recv().unwrap_or_else(|_| Err(Halt::Pause("storing a batch panicked".into())));
         result?;
         self.cache.lock().unwrap().landed();
         self.landed(f.offset, f.live);
@@ -358,20 +387,18 @@ impl Run {
         }
     }
 
-    /// Store `batch` on a thread of its own. Called only once the batch before it
-    /// has landed, so the cache's pending updates are this batch's alone, and
+    /// Hand `batch` to the store thread. Called only once the batch before it has
+    /// landed, so the cache's pending updates are this batch's alone, and
     /// [`ViewCache::landed`] moves exactly them.
     fn store_in_background(&mut self, batch: ProjectionBatch) -> InFlight {
         self.cache.lock().unwrap().queue(&batch.updates);
         let (offset, live) = (batch.offset.offset, batch.offset.live);
         self.chain = offset;
         self.live_chain = live;
-        let env = self.env.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("mneme-projection-{}-store", self.spec.name))
-            .spawn(move || store(&env, &batch))
-            .expect("spawn projection store thread");
-        InFlight { thread, offset, live }
+        // The store thread takes one batch at a time and only one is in flight,
+        // so this never waits; if the thread is gone, `land` reports it.
+        let _ = self.store.batches.send(batch);
+        InFlight { offset, live }
     }
 
     /// Wait until the head moves, the worker is told to stop, or `timeout` passes.
