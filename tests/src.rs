@@ -289,8 +289,8 @@ use std::sync::Arc;
 
 use mneme::component::{sandbox::Runtime, Registry, SandboxLimits};
 use mneme::journal::{
-    Backend, Journal, JournalError, JournalResult, OutboxEntry, Snapshot, StoredEvent, StoredTopicMessage, Timer,
-    WriteBatch,
+    Backend, Journal, JournalError, JournalOptions, JournalResult, OutboxEntry, Snapshot, StoredEvent,
+    StoredTopicMessage, Timer, WriteBatch,
 };
 use mneme::{CommandError, Engine, EngineConfig, Outcome};
 
@@ -362,6 +362,19 @@ impl Journal for SwitchableJournal {
     }
 }
 
+/// The journal in-process tests run on: the default backend, or the one named by
+/// `MNEME_TEST_JOURNAL` (`log`, `sled` or `postgres`; PostgreSQL: a database of its
+/// own per data directory on the server of `scripts/start-postgres.sh`, or of
+/// `MNEME_TEST_POSTGRES_URL`).
+pub fn test_journal(data: &Path) -> JournalOptions {
+    let backend = match std::env::var("MNEME_TEST_JOURNAL") {
+        Ok(name) if !name.is_empty() => Backend::parse(&name).unwrap_or_else(|e| panic!("MNEME_TEST_JOURNAL: {e}")),
+        _ => Backend::default(),
+    };
+    let postgres_url = (backend == Backend::Postgres).then(|| mneme::journal::postgres::testing::database_for(data));
+    JournalOptions { backend, postgres_url, ..JournalOptions::default() }
+}
+
 /// An engine over a data directory with the given components deployed under their names.
 pub struct TestEngine {
     pub engine: Engine,
@@ -376,7 +389,7 @@ impl TestEngine {
         limits: SandboxLimits,
     ) -> TestEngine {
         let journal = Arc::new(SwitchableJournal {
-            inner: mneme::journal::open(data, Backend::default()).unwrap(),
+            inner: mneme::journal::open_with(data, &test_journal(data)).unwrap(),
             fail_writes: AtomicBool::new(false),
             fail_done_writes: AtomicBool::new(false),
             writes: AtomicU64::new(0),

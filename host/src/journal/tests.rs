@@ -1,5 +1,6 @@
 //! Tests every backend must pass: each is a function taking an opener, run once per
-//! backend by `backend_tests!` (as `journal::tests::{sled,log}::NAME`).
+//! backend by `backend_tests!` (as `journal::tests::{sled,log,postgres}::NAME`; the
+//! PostgreSQL ones on the server of `scripts/start-postgres.sh`, a database each).
 
 use std::path::Path;
 
@@ -30,6 +31,13 @@ fn open_log(dir: &Path) -> JournalResult<Box<dyn Journal>> {
     Ok(Box::new(LogJournal::open(dir, DataLock::acquire(dir)?)?))
 }
 
+/// A database of its own per directory on the test server (started by
+/// `scripts/start-postgres.sh` when needed; without PostgreSQL these tests fail).
+/// The database's writer lock is what refuses a second journal.
+fn open_postgres(dir: &Path) -> JournalResult<Box<dyn Journal>> {
+    Ok(Box::new(PostgresJournal::open(&crate::journal::postgres::testing::database_for(dir))?))
+}
+
 macro_rules! backend_tests {
     ($($test:ident),* $(,)?) => {
         mod sled {
@@ -37,6 +45,9 @@ macro_rules! backend_tests {
         }
         mod log {
             $( #[test] fn $test() { super::$test(super::open_log) } )*
+        }
+        mod postgres {
+            $( #[test] fn $test() { super::$test(super::open_postgres) } )*
         }
     };
 }
