@@ -375,6 +375,21 @@ pub fn test_journal(data: &Path) -> JournalOptions {
     JournalOptions { backend, postgres_url, ..JournalOptions::default() }
 }
 
+/// The `mneme serve` arguments that select the journal of `MNEME_TEST_JOURNAL` for
+/// the data directory `data` (none for the default; for `postgres`, a database of
+/// its own on the server of `scripts/start-postgres.sh` or `MNEME_TEST_POSTGRES_URL`).
+pub fn serve_journal_args(data: &Path) -> Vec<String> {
+    let options = test_journal(data);
+    if std::env::var("MNEME_TEST_JOURNAL").map_or(true, |n| n.is_empty()) {
+        return Vec::new();
+    }
+    let mut args = vec!["--journal".to_string(), options.backend.name().to_string()];
+    if let Some(url) = options.postgres_url {
+        args.extend(["--postgres-url".to_string(), url]);
+    }
+    args
+}
+
 /// An engine over a data directory with the given components deployed under their names.
 pub struct TestEngine {
     pub engine: Engine,

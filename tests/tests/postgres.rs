@@ -266,3 +266,31 @@ fn postgres_stopped_and_started_under_load_fails_commands_with_503_and_loses_not
 fn server_alive(mut server: Server) -> bool {
     server.alive()
 }
+
+#[test]
+fn a_second_mneme_on_the_same_database_is_refused_and_the_first_keeps_serving() {
+    let (data, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let url = testing::database_for(data.path());
+    let components = components_dir(&[example("bank-account")]);
+    let first = Server::start(data.path(), components.path(), &["--journal", "postgres", "--postgres-url", &url]);
+    assert_eq!(first.send("bank-account", "a", r#"{"type":"CreateAccount"}"#).0, 200);
+
+    // Another data directory, the same database: refused once the writer lock
+    // has been waited for, with the reason.
+    let log = other.path().join("second.log");
+    let started = Instant::now();
+    let second = Server::try_start(
+        other.path(),
+        components.path(),
+        &["--journal", "postgres", "--postgres-url", &url],
+        Some(&log),
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(second.is_err(), "a second mneme started on the same database:\n{text}");
+    assert!(text.contains("in use by another mneme"), "{text}");
+    println!("second mneme refused after {:?}", started.elapsed());
+
+    assert_eq!(first.send("bank-account", "a", r#"{"type":"Deposit","amount":5}"#).0, 200);
+    let (_, state) = first.get("/v1/entities/bank-account/a/state");
+    assert_eq!(state["state"]["balance"], 5);
+}

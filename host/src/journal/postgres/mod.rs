@@ -715,11 +715,21 @@ impl Journal for PostgresJournal {
 
 impl Drop for PostgresJournal {
     /// Release the writer lock at once (a closed session releases it too, but the
-    /// server may notice a moment later).
+    /// server may notice a moment later) and close every connection, on a thread
+    /// of its own: the last reference may go on an async worker (a server's
+    /// shutdown), where the blocking client must not run.
     fn drop(&mut self) {
-        if let Some(mut conn) = self.writer.get_mut().ok().and_then(Option::take) {
-            let _ = conn.client.execute("SELECT pg_advisory_unlock_all()", &[]);
-            let _ = conn.client.close();
+        let writer = self.writer.get_mut().ok().and_then(Option::take);
+        let readers = self.readers.get_mut().map(std::mem::take).unwrap_or_default();
+        let close = move || {
+            if let Some(mut conn) = writer {
+                let _ = conn.client.execute("SELECT pg_advisory_unlock_all()", &[]);
+                let _ = conn.client.close();
+            }
+            drop(readers);
+        };
+        if let Ok(thread) = std::thread::Builder::new().name("mneme-pg-close".into()).spawn(close) {
+            let _ = thread.join();
         }
     }
 }
