@@ -22,7 +22,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target"))
 }
 
-fn component(name: &str) -> Vec<u8> {
+pub(crate) fn component(name: &str) -> Vec<u8> {
     let p = target_dir().join("components").join(format!("{name}.wasm"));
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-components.sh)", p.display()))
 }
@@ -37,18 +37,18 @@ fn registry(data: &Path, native: bool) -> Arc<Registry> {
     registry
 }
 
-fn start(data: &Path, native: bool, config: EngineConfig) -> Engine {
+pub(crate) fn start(data: &Path, native: bool, config: EngineConfig) -> Engine {
     Engine::start(config, open_journal(data), registry(data, native))
 }
 
 /// The backend the engine scenarios run on (`--journal`).
 pub static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
 
-pub fn open_journal(data: &Path) -> Arc<dyn Journal> {
+pub(crate) fn open_journal(data: &Path) -> Arc<dyn Journal> {
     journal::open(data, *BACKEND.get_or_init(Backend::default)).unwrap()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -111,7 +111,12 @@ pub fn handler_cost(report: &mut Report, quick: bool) {
 
 /// Closed-loop load: `clients` tasks, each sending deposits to its own entities
 /// one after another. Returns (commands/s, sorted latencies).
-fn closed_loop(engine: &Engine, entities: usize, clients: usize, duration: Duration) -> (f64, Vec<Duration>) {
+pub(crate) fn closed_loop(
+    engine: &Engine,
+    entities: usize,
+    clients: usize,
+    duration: Duration,
+) -> (f64, Vec<Duration>) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -146,7 +151,7 @@ fn closed_loop(engine: &Engine, entities: usize, clients: usize, duration: Durat
     (l.len() as f64 / elapsed, l)
 }
 
-fn create_accounts(engine: &Engine, n: usize) {
+pub(crate) fn create_accounts(engine: &Engine, n: usize) {
     let rx: Vec<_> = (0..n)
         .map(|i| {
             engine

@@ -10,6 +10,8 @@
 //! b't' tag 0x00 offset(u64 BE)   -> Loc of the event record       tag index
 //! b's' pid                       -> Loc of the latest snapshot record
 //! b'm' id(u64 BE)                -> Loc of a stored timer record (removed when delivered)
+//! b'v' projection 0x00 generation(u32 BE) key  -> Loc of a view's put record   (`views.rs`)
+//! b'p' projection 0x00 generation(u32 BE)      -> Loc of a projection's offset record
 //! b'f' first_offset(u64 BE)      -> Loc of the body of a frame holding events   (all events by offset)
 //! b'x', b'k', b'q' ...            -> the outbox's pending entries, applied idempotency
 //!                                    keys and topic messages (`outbox.rs`)
@@ -37,6 +39,7 @@ use super::keys::{event_key, event_prefix, snapshot_key, tag_key};
 pub use super::location::{IndexBatch, Loc};
 use super::log::Position;
 use super::outbox;
+use super::views;
 use super::{JournalError, JournalResult};
 
 /// How far the index has taken in the log, and what the writer continues with.
@@ -137,6 +140,15 @@ pub fn index_frame(
                 through.next_timer_id = through.next_timer_id.max(id + 1);
             }
             Record::TimerRemoved { id } => batch.removes.push(timer_key(id).to_vec()),
+            // A projection frame updates each key at most once (`views::check_batch`),
+            // so the order of puts and removes within the frame does not matter.
+            Record::ViewPut { at, len } => {
+                batch.puts.push((views::view_index_key(&body[at..at + len])?, loc(at, len).encode()))
+            }
+            Record::ViewDelete { at, len } => batch.removes.push(views::view_index_key(&body[at..at + len])?),
+            Record::ProjectionOffset { at, len } => {
+                batch.puts.push((views::offset_index_key(&body[at..at + len])?, loc(at, len).encode()))
+            }
             Record::Outbox { kind, at, len } => {
                 outbox::index_record(kind, &body[at..at + len], loc(at, len), &mut batch)?
             }
@@ -287,6 +299,23 @@ impl Index {
     /// The location stored under a key.
     pub fn get(&self, key: &[u8]) -> JournalResult<Option<Loc>> {
         self.entries.get(key).map_err(storage)?.map(|v| Loc::decode(&v)).transpose()
+    }
+
+    /// Entries from `start` on that start with `prefix`, in key order, at most `limit`
+    /// (a view's keys, a projection's offsets).
+    pub fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> JournalResult<Vec<(Vec<u8>, Loc)>> {
+        let mut out = Vec::new();
+        for g in self.entries.range(start.to_vec()..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = g.into_inner().map_err(storage)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), Loc::decode(&v)?));
+        }
+        Ok(out)
     }
 
     /// Keys and locations of the entries starting with `prefix`, in key order, at most `limit`.

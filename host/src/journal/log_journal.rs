@@ -43,6 +43,7 @@ use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, StdIo};
 use super::outbox::{self, OutboxEntry, StoredTopicMessage};
 use super::outbox_index;
+use super::views::{self, ProjectionBatch, ProjectionOffset, ViewUpdate};
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
 /// Records at most this far apart are read together (see `read_many`).
@@ -293,6 +294,39 @@ impl LogJournal {
         }
         Ok(())
     }
+
+    /// The offset record an index entry points at, checked against the entry's key.
+    fn read_offset(&self, projection: &str, generation: u32, loc: Loc) -> JournalResult<ProjectionOffset> {
+        let o = views::decode_offset(&self.read(loc)?).map_err(|e| at(loc, e))?;
+        if o.projection != projection || o.generation != generation {
+            let msg = format!(
+                "index entry of the offset of projection `{projection}` generation {generation} points at one of \
+                 `{}` generation {}",
+                o.projection, o.generation
+            );
+            return Err(at(loc, JournalError::Corrupt(msg)));
+        }
+        Ok(o)
+    }
+
+    /// The value of a view put record an index entry points at, checked against the entry's key.
+    fn read_view_value(&self, projection: &str, generation: u32, key: &str, loc: Loc) -> JournalResult<Vec<u8>> {
+        let r = views::decode_put(&self.read(loc)?).map_err(|e| at(loc, e))?;
+        match r.update {
+            ViewUpdate::Put { key: k, value }
+                if r.projection == projection && r.generation == generation && k == key =>
+            {
+                Ok(value)
+            }
+            _ => Err(at(
+                loc,
+                JournalError::Corrupt(format!(
+                    "index entry of key `{key}` of projection `{projection}` generation {generation} points at \
+                     another record"
+                )),
+            )),
+        }
+    }
 }
 
 impl Drop for LogJournal {
@@ -538,6 +572,83 @@ impl Journal for LogJournal {
 
     fn head(&self) -> u64 {
         self.writer.lock().unwrap().state.next_offset - 1
+    }
+
+    /// One frame: the batch's view records and its offset record.
+    fn write_projection(&self, batch: &ProjectionBatch) -> JournalResult<()> {
+        views::check_batch(batch)?;
+        let o = &batch.offset;
+        let mut w = self.writer.lock().unwrap();
+        self.catch_up(&mut w)?;
+        let stored = {
+            let guard = self.index.read().unwrap();
+            let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
+            index.get(&views::offset_key(&o.projection, o.generation))?
+        };
+        let stored = match stored {
+            Some(loc) => self.read_offset(&o.projection, o.generation, loc)?.offset,
+            None => 0,
+        };
+        if stored != batch.previous_offset {
+            return Err(JournalError::Invalid(format!(
+                "projection `{}` generation {} is at offset {stored}, the batch continues from {}: not stored twice",
+                o.projection, o.generation, batch.previous_offset
+            )));
+        }
+        let bytes: usize = batch
+            .updates
+            .iter()
+            .map(|u| match u {
+                ViewUpdate::Put { key, value } => key.len() + value.len() + 32,
+                ViewUpdate::Delete { key } => key.len() + 32,
+            })
+            .sum();
+        let mut body = BodyBuilder::with_capacity(bytes + 64);
+        for u in &batch.updates {
+            body.view_update(&o.projection, o.generation, u);
+        }
+        body.projection_offset(o);
+        let first_offset = w.state.next_offset;
+        self.append(&mut w, first_offset, &body.finish())
+    }
+
+    fn projection_offsets(&self, projection: &str) -> JournalResult<Vec<ProjectionOffset>> {
+        let prefix = views::offset_prefix(projection);
+        let entries = self.index()?.as_ref().unwrap().scan(&prefix, &prefix, usize::MAX)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, loc) in entries {
+            let generation =
+                key.get(prefix.len()..).and_then(|g| g.try_into().ok()).map(u32::from_be_bytes).ok_or_else(|| {
+                    JournalError::Corrupt(format!("index: bad offset key of projection `{projection}`"))
+                })?;
+            out.push(self.read_offset(projection, generation, loc)?);
+        }
+        Ok(out)
+    }
+
+    fn view_get(&self, projection: &str, generation: u32, key: &str) -> JournalResult<Option<Vec<u8>>> {
+        let loc = self.index()?.as_ref().unwrap().get(&views::view_key(projection, generation, key))?;
+        loc.map(|loc| self.read_view_value(projection, generation, key, loc)).transpose()
+    }
+
+    fn view_scan(
+        &self,
+        projection: &str,
+        generation: u32,
+        prefix: &str,
+        from_key: &str,
+        limit: usize,
+    ) -> JournalResult<Vec<(String, Vec<u8>)>> {
+        let scan_prefix = views::view_prefix(projection, generation, prefix);
+        let start = views::view_key(projection, generation, from_key).max(scan_prefix.clone());
+        let entries = self.index()?.as_ref().unwrap().scan(&start, &scan_prefix, limit)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (index_key, loc) in entries {
+            let key = views::key_of_view_key(&index_key, projection, generation)?.to_string();
+            let value = self.read_view_value(projection, generation, &key, loc)?;
+            out.push((key, value));
+        }
+        Ok(out)
     }
 
     fn outbox_pending(&self) -> JournalResult<Vec<OutboxEntry>> {
