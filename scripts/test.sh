@@ -3,7 +3,8 @@
 # JavaScript and C guest toolchains; PostgreSQL), builds every Wasm component from
 # source, starts a private PostgreSQL (scripts/start-postgres.sh), then runs the
 # whole workspace's tests, including the cross-language conformance suite, and the
-# semantics, conformance and crash suites once more on the PostgreSQL journal.
+# semantics, conformance, crash and projection suites once more on the PostgreSQL
+# journal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,4 +15,4 @@ cargo build -p mneme --bins
 MNEME_TEST_POSTGRES_URL=$(scripts/start-postgres.sh)
 export MNEME_TEST_POSTGRES_URL
 cargo test --workspace "$@"
-MNEME_TEST_JOURNAL=postgres MNEME_CRASH_KILLS=5 cargo test -p mneme-tests --test semantics --test conformance --test crash "$@"
+MNEME_TEST_JOURNAL=postgres MNEME_CRASH_KILLS=5 cargo test -p mneme-tests --test semantics --test conformance --test crash --test projections "$@"

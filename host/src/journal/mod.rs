@@ -179,8 +179,8 @@ pub trait Journal: Send + Sync + 'static {
         Ok(())
     }
 
-    // Projections (`views.rs`). Only the commit-log journal stores them; the
-    // defaults refuse with [`views::NEED_LOG`].
+    // Projections (`views.rs`). The commit-log and PostgreSQL journals store them;
+    // the defaults refuse with [`views::NEED_LOG`].
 
     /// Store a projection batch atomically and durably: its view updates and its new
     /// offset, or nothing. Refused (`Invalid`) unless the generation's stored offset

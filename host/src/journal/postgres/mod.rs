@@ -55,6 +55,7 @@ use ::postgres::types::ToSql;
 use ::postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::outbox::{OutboxEntry, StoredTopicMessage};
+use super::views::{self, ProjectionBatch, ProjectionOffset, ViewUpdate};
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
 pub use schema::LATEST as SCHEMA_VERSION;
@@ -326,8 +327,19 @@ impl PostgresJournal {
     /// Run a read on a pooled connection. A pooled connection found broken (the
     /// server restarted since it was opened) empties the pool and the read is
     /// tried once more on a new connection.
-    fn read<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T, ::postgres::Error>) -> JournalResult<T> {
-        for attempt in 0..2 {
+    fn read<T>(&self, f: impl FnMut(&mut Conn) -> Result<T, ::postgres::Error>) -> JournalResult<T> {
+        self.pooled(2, f)
+    }
+
+    /// Run `f` on a pooled connection, up to `attempts` times while the pooled
+    /// connections turn out broken (a write is tried once: its commit may have
+    /// happened unanswered).
+    fn pooled<T>(
+        &self,
+        attempts: u32,
+        mut f: impl FnMut(&mut Conn) -> Result<T, ::postgres::Error>,
+    ) -> JournalResult<T> {
+        for attempt in 0..attempts {
             let pooled = self.readers.lock().unwrap().pop();
             let fresh = pooled.is_none();
             let mut conn = match pooled {
@@ -345,7 +357,7 @@ impl PostgresJournal {
                 Err(e) => {
                     if !broken(&conn, &e) {
                         self.readers.lock().unwrap().push(conn);
-                    } else if !fresh && attempt == 0 {
+                    } else if !fresh && attempt + 1 < attempts {
                         self.readers.lock().unwrap().clear();
                         continue;
                     }
@@ -353,7 +365,7 @@ impl PostgresJournal {
                 }
             }
         }
-        unreachable!("the second attempt returns")
+        unreachable!("the last attempt returns")
     }
 
     fn set_trouble(&self, e: &JournalError) {
@@ -541,6 +553,26 @@ const APPLIED: &str = "SELECT EXISTS (SELECT 1 FROM mneme.applied_keys WHERE per
 const MESSAGES: &str = "SELECT position, source, timestamp_ms, payload FROM mneme.topic_messages \
                         WHERE topic = $1 AND position >= $2 ORDER BY position LIMIT $3";
 const TOPIC_HEAD: &str = "SELECT coalesce((SELECT head FROM mneme.topics WHERE topic = $1), 0)";
+const WRITE_PROJECTION: &str = "SELECT mneme.write_projection($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const PROJECTION_OFFSETS: &str = "SELECT generation, \"offset\", view_version, component_version, live \
+                                  FROM mneme.projection_offsets WHERE projection = $1 ORDER BY generation";
+const VIEW_GET: &str = "SELECT value FROM mneme.views WHERE projection = $1 AND generation = $2 AND key = $3";
+const VIEW_SCAN: &str = "SELECT key, value FROM mneme.views WHERE projection = $1 AND generation = $2 \
+                         AND key >= $3 AND ($4::text IS NULL OR key < $4) ORDER BY key LIMIT $5";
+
+/// The least string greater than every string that starts with `prefix`, in
+/// bytewise (UTF-8, so code point) order; `None` when there is none.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
 
 fn event_of(row: &Row) -> StoredEvent {
     StoredEvent {
@@ -688,6 +720,75 @@ impl Journal for PostgresJournal {
         self.read(|c| c.query_one(TOPIC_HEAD, &[&topic])).map(|r| r.get::<_, i64>(0) as u64)
     }
 
+    fn write_projection(&self, batch: &ProjectionBatch) -> JournalResult<()> {
+        views::check_batch(batch)?;
+        let o = &batch.offset;
+        let (mut put_keys, mut put_values, mut delete_keys) = (Vec::new(), Vec::new(), Vec::new());
+        for u in &batch.updates {
+            match u {
+                ViewUpdate::Put { key, value } => {
+                    put_keys.push(key.as_str());
+                    put_values.push(value.as_slice());
+                }
+                ViewUpdate::Delete { key } => delete_keys.push(key.as_str()),
+            }
+        }
+        let (generation, previous, offset) = (i64::from(o.generation), i64_of(batch.previous_offset), i64_of(o.offset));
+        let (view_version, component_version) = (i64::from(o.view_version), o.component_version as i64);
+        let params: [&(dyn ToSql + Sync); 10] = [
+            &o.projection,
+            &generation,
+            &previous,
+            &offset,
+            &view_version,
+            &component_version,
+            &o.live,
+            &put_keys,
+            &put_values,
+            &delete_keys,
+        ];
+        // On a pooled connection, not the writer's: a projection's batch does not
+        // hold up the group commits of commands.
+        self.pooled(1, |c| c.execute(WRITE_PROJECTION, &params)).map(drop)
+    }
+
+    fn projection_offsets(&self, projection: &str) -> JournalResult<Vec<ProjectionOffset>> {
+        let rows = self.read(|c| c.query(PROJECTION_OFFSETS, &[&projection]))?;
+        Ok(rows
+            .iter()
+            .map(|r| ProjectionOffset {
+                projection: projection.to_string(),
+                generation: r.get::<_, i64>(0) as u32,
+                offset: r.get::<_, i64>(1) as u64,
+                view_version: r.get::<_, i64>(2) as u32,
+                component_version: r.get::<_, i64>(3) as u64,
+                live: r.get(4),
+            })
+            .collect())
+    }
+
+    fn view_get(&self, projection: &str, generation: u32, key: &str) -> JournalResult<Option<Vec<u8>>> {
+        let generation = i64::from(generation);
+        let rows = self.read(|c| c.query(VIEW_GET, &[&projection, &generation, &key]))?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn view_scan(
+        &self,
+        projection: &str,
+        generation: u32,
+        prefix: &str,
+        from_key: &str,
+        limit: usize,
+    ) -> JournalResult<Vec<(String, Vec<u8>)>> {
+        let generation = i64::from(generation);
+        let start = from_key.max(prefix);
+        let end = prefix_end(prefix);
+        let limit = i64_of(limit as u64);
+        let rows = self.read(|c| c.query(VIEW_SCAN, &[&projection, &generation, &start, &end, &limit]))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// While the last write failed, each call (at most once a second) probes the
     /// writer connection (connecting again and taking the writer lock if needed).
     fn health(&self) -> Result<(), String> {
@@ -774,6 +875,18 @@ mod tests {
         assert_eq!(without_password("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
         assert_eq!(without_password("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(without_password("host=h password=secret user=u"), "host=h password=*** user=u");
+    }
+
+    #[test]
+    fn the_end_of_a_prefix_bounds_every_key_that_starts_with_it() {
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        for key in ["ab", "ab\u{10FFFF}\u{10FFFF}", "abz"] {
+            assert!(key < prefix_end("ab").unwrap().as_str());
+        }
     }
 
     #[test]

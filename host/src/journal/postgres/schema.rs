@@ -16,7 +16,8 @@ pub const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 pub const MIGRATION_LOCK: i64 = 0x6d6e_656d_6501;
 
 /// `(version, what it does, SQL)`, oldest first.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "events, tags, snapshots, timers, outbox, topics", V1)];
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "events, tags, snapshots, timers, outbox, topics", V1), (2, "projection offsets and views", V2)];
 
 /// The table every version starts from (created before anything else).
 pub const BOOTSTRAP: &str = "
@@ -201,6 +202,58 @@ BEGIN
           JOIN counts ON counts.topic = m.topic;
     END IF;
     RETURN first;
+END
+$$;
+"#;
+
+const V2: &str = r#"
+-- Where each generation of each projection stands (journal/views.rs).
+CREATE TABLE mneme.projection_offsets (
+    projection        text COLLATE "C" NOT NULL,
+    generation        bigint NOT NULL,
+    "offset"          bigint NOT NULL,
+    view_version      bigint NOT NULL,
+    component_version bigint NOT NULL,
+    live              boolean NOT NULL,
+    PRIMARY KEY (projection, generation)
+);
+
+-- The views: one row per key of a generation of a projection.
+CREATE TABLE mneme.views (
+    projection text COLLATE "C" NOT NULL,
+    generation bigint NOT NULL,
+    key        text COLLATE "C" NOT NULL,
+    value      bytea NOT NULL,
+    PRIMARY KEY (projection, generation, key)
+);
+
+-- One projection batch, one transaction: the generation's stored offset is
+-- checked against the offset the batch continues from (its row locked until
+-- commit), then the view updates and the new offset are written. A batch
+-- computed twice is refused (MNSEQ), never stored twice.
+CREATE FUNCTION mneme.write_projection(
+    p text, g bigint, previous bigint, new_offset bigint, vv bigint, cv bigint, is_live boolean,
+    put_keys text[], put_values bytea[], delete_keys text[]
+) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    stored bigint;
+BEGIN
+    SELECT o."offset" INTO stored FROM mneme.projection_offsets o
+     WHERE o.projection = p AND o.generation = g FOR UPDATE;
+    IF coalesce(stored, 0) <> previous THEN
+        RAISE EXCEPTION 'projection `%` generation % is at offset %, the batch continues from %: not stored twice',
+            p, g, coalesce(stored, 0), previous USING ERRCODE = 'MNSEQ';
+    END IF;
+    INSERT INTO mneme.projection_offsets AS o
+           (projection, generation, "offset", view_version, component_version, live)
+    VALUES (p, g, new_offset, vv, cv, is_live)
+    ON CONFLICT (projection, generation) DO UPDATE
+       SET "offset" = excluded."offset", view_version = excluded.view_version,
+           component_version = excluded.component_version, live = excluded.live;
+    DELETE FROM mneme.views v WHERE v.projection = p AND v.generation = g AND v.key = ANY (delete_keys);
+    INSERT INTO mneme.views AS v (projection, generation, key, value)
+    SELECT p, g, k, val FROM unnest(put_keys, put_values) AS u(k, val)
+    ON CONFLICT (projection, generation, key) DO UPDATE SET value = excluded.value;
 END
 $$;
 "#;
