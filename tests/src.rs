@@ -398,8 +398,8 @@ impl Journal for SwitchableJournal {
 
 /// The journal in-process tests run on: the default backend, or the one named by
 /// `MNEME_TEST_JOURNAL` (`log`, `sled` or `postgres`; PostgreSQL: a database of its
-/// own per data directory on the server of `scripts/start-postgres.sh`, or of
-/// `MNEME_TEST_POSTGRES_URL`).
+/// own per data directory on the server of `MNEME_TEST_POSTGRES_URL`, e.g. from
+/// `scripts/start-postgres.sh`).
 pub fn test_journal(data: &Path) -> JournalOptions {
     let backend = match std::env::var("MNEME_TEST_JOURNAL") {
         Ok(name) if !name.is_empty() => Backend::parse(&name).unwrap_or_else(|e| panic!("MNEME_TEST_JOURNAL: {e}")),
@@ -411,7 +411,7 @@ pub fn test_journal(data: &Path) -> JournalOptions {
 
 /// The `mneme serve` arguments that select the journal of `MNEME_TEST_JOURNAL` for
 /// the data directory `data` (none for the default; for `postgres`, a database of
-/// its own on the server of `scripts/start-postgres.sh` or `MNEME_TEST_POSTGRES_URL`).
+/// its own on the server of `MNEME_TEST_POSTGRES_URL`).
 pub fn serve_journal_args(data: &Path) -> Vec<String> {
     let options = test_journal(data);
     if std::env::var("MNEME_TEST_JOURNAL").map_or(true, |n| n.is_empty()) {

@@ -1,8 +1,8 @@
 //! The PostgreSQL journal: bank-account deposits over HTTP with 16 and 64 clients
 //! on `--journal postgres`, next to the same load on the commit log and next to a
 //! plain loop of one INSERT (one transaction, one commit) per command on the same
-//! PostgreSQL, all in this run. The server is `MNEME_TEST_POSTGRES_URL`'s, else the
-//! one `scripts/start-postgres.sh` starts.
+//! PostgreSQL, all in this run. The server is `MNEME_TEST_POSTGRES_URL`'s
+//! (`export MNEME_TEST_POSTGRES_URL=$(scripts/start-postgres.sh)`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,10 +1,14 @@
 //! `--journal postgres` through the real binary: a clear error when PostgreSQL
-//! cannot be reached or refuses the login, and PostgreSQL stopped and started
-//! again under load: commands fail with 503 while it is down and succeed after,
-//! without a restart of mneme, and nothing acknowledged is lost.
+//! cannot be reached or refuses the login; a schema from a newer mneme refused; a
+//! second mneme on one database refused; PostgreSQL stopped and started again
+//! under load: commands fail with 503 while it is down and succeed after, without
+//! a restart of mneme, and nothing acknowledged is lost. (kill -9 of mneme on
+//! PostgreSQL: the crash suite with `MNEME_TEST_JOURNAL=postgres`.)
 //!
-//! PostgreSQL comes from `scripts/start-postgres.sh` (installed and started when
-//! missing); without it these tests fail, they are never skipped.
+//! The server is `MNEME_TEST_POSTGRES_URL`'s (`scripts/start-postgres.sh` prints
+//! one); without it these tests fail, saying so, they are never skipped. The
+//! outage test stops and starts a private server of its own, started with
+//! `scripts/start-postgres.sh DIR`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;

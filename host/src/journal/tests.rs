@@ -1,6 +1,6 @@
 //! Tests every backend must pass: each is a function taking an opener, run once per
 //! backend by `backend_tests!` (as `journal::tests::{sled,log,postgres}::NAME`; the
-//! PostgreSQL ones on the server of `scripts/start-postgres.sh`, a database each).
+//! PostgreSQL ones on the server of `MNEME_TEST_POSTGRES_URL`, a database each).
 
 use std::path::Path;
 
@@ -32,7 +32,8 @@ fn open_log(dir: &Path) -> JournalResult<Box<dyn Journal>> {
 }
 
 /// A database of its own per directory on the test server (started by
-/// `scripts/start-postgres.sh` when needed; without PostgreSQL these tests fail).
+/// `MNEME_TEST_POSTGRES_URL`, e.g. from `scripts/start-postgres.sh`; without it these
+/// tests fail, saying so).
 /// The database's writer lock is what refuses a second journal.
 fn open_postgres(dir: &Path) -> JournalResult<Box<dyn Journal>> {
     Ok(Box::new(PostgresJournal::open(&crate::journal::postgres::testing::database_for(dir))?))

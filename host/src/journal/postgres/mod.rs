@@ -905,7 +905,6 @@ mod tests {
 pub mod testing {
     use std::collections::HashMap;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Stdio};
     use std::sync::{Mutex, OnceLock};
 
     use ::postgres::{Client, NoTls};
@@ -913,29 +912,17 @@ pub mod testing {
     static SERVER: OnceLock<String> = OnceLock::new();
     static DATABASES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
 
-    /// The test server: `$MNEME_TEST_POSTGRES_URL`, else the one
-    /// `scripts/start-postgres.sh` starts (or finds running). Panics when there is
-    /// none: a test that needs PostgreSQL fails without it, it is never skipped.
+    /// The test server: `$MNEME_TEST_POSTGRES_URL`. Panics when it is not set: a
+    /// test that needs PostgreSQL fails without it, naming the script that starts
+    /// one; it is never skipped.
     pub fn server_url() -> String {
         SERVER
-            .get_or_init(|| {
-                if let Ok(url) = std::env::var("MNEME_TEST_POSTGRES_URL") {
-                    return url;
-                }
-                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/start-postgres.sh");
-                let out = Command::new("bash")
-                    .arg(&script)
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-                assert!(
-                    out.status.success(),
-                    "{} failed ({}): these tests need PostgreSQL (or MNEME_TEST_POSTGRES_URL)",
-                    script.display(),
-                    out.status
-                );
-                String::from_utf8(out.stdout).unwrap().trim().to_string()
+            .get_or_init(|| match std::env::var("MNEME_TEST_POSTGRES_URL") {
+                Ok(url) if !url.trim().is_empty() => url.trim().to_string(),
+                _ => panic!(
+                    "this test needs PostgreSQL and MNEME_TEST_POSTGRES_URL is not set: start one with \
+                     `export MNEME_TEST_POSTGRES_URL=$(scripts/start-postgres.sh)` (scripts/test.sh does it)"
+                ),
             })
             .clone()
     }
