@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run every test. Installs what is missing (the wasm32-wasip2 target; the Python,
-# JavaScript and C guest toolchains), builds every Wasm component from source, then
-# runs the whole workspace's tests, including the cross-language conformance suite.
+# JavaScript and C guest toolchains; PostgreSQL), builds every Wasm component from
+# source, starts a private PostgreSQL (scripts/start-postgres.sh), then runs the
+# whole workspace's tests, including the cross-language conformance suite, and the
+# semantics, conformance, crash and projection suites once more on the PostgreSQL
+# journal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +12,7 @@ scripts/install-guest-toolchains.sh
 scripts/build-components.sh
 scripts/build-polyglot.sh
 cargo build -p mneme --bins
+MNEME_TEST_POSTGRES_URL=$(scripts/start-postgres.sh)
+export MNEME_TEST_POSTGRES_URL
 cargo test --workspace "$@"
+MNEME_TEST_JOURNAL=postgres MNEME_CRASH_KILLS=5 cargo test -p mneme-tests --test semantics --test conformance --test crash --test projections "$@"

@@ -301,8 +301,8 @@ use std::sync::Arc;
 
 use mneme::component::{sandbox::Runtime, Registry, SandboxLimits};
 use mneme::journal::{
-    Backend, Journal, JournalError, JournalResult, OutboxEntry, ProjectionBatch, ProjectionOffset, Snapshot,
-    StoredEvent, StoredTopicMessage, Timer, WriteBatch,
+    Backend, Journal, JournalError, JournalOptions, JournalResult, OutboxEntry, ProjectionBatch, ProjectionOffset,
+    Snapshot, StoredEvent, StoredTopicMessage, Timer, WriteBatch,
 };
 use mneme::{CommandError, Engine, EngineConfig, Outcome};
 
@@ -396,6 +396,34 @@ impl Journal for SwitchableJournal {
     }
 }
 
+/// The journal in-process tests run on: the default backend, or the one named by
+/// `MNEME_TEST_JOURNAL` (`log`, `sled` or `postgres`; PostgreSQL: a database of its
+/// own per data directory on the server of `MNEME_TEST_POSTGRES_URL`, e.g. from
+/// `scripts/start-postgres.sh`).
+pub fn test_journal(data: &Path) -> JournalOptions {
+    let backend = match std::env::var("MNEME_TEST_JOURNAL") {
+        Ok(name) if !name.is_empty() => Backend::parse(&name).unwrap_or_else(|e| panic!("MNEME_TEST_JOURNAL: {e}")),
+        _ => Backend::default(),
+    };
+    let postgres_url = (backend == Backend::Postgres).then(|| mneme::journal::postgres::testing::database_for(data));
+    JournalOptions { backend, postgres_url, ..JournalOptions::default() }
+}
+
+/// The `mneme serve` arguments that select the journal of `MNEME_TEST_JOURNAL` for
+/// the data directory `data` (none for the default; for `postgres`, a database of
+/// its own on the server of `MNEME_TEST_POSTGRES_URL`).
+pub fn serve_journal_args(data: &Path) -> Vec<String> {
+    let options = test_journal(data);
+    if std::env::var("MNEME_TEST_JOURNAL").map_or(true, |n| n.is_empty()) {
+        return Vec::new();
+    }
+    let mut args = vec!["--journal".to_string(), options.backend.name().to_string()];
+    if let Some(url) = options.postgres_url {
+        args.extend(["--postgres-url".to_string(), url]);
+    }
+    args
+}
+
 /// An engine over a data directory with the given components deployed under their names.
 pub struct TestEngine {
     pub engine: Engine,
@@ -410,7 +438,7 @@ impl TestEngine {
         limits: SandboxLimits,
     ) -> TestEngine {
         let journal = Arc::new(SwitchableJournal {
-            inner: mneme::journal::open(data, Backend::default()).unwrap(),
+            inner: mneme::journal::open_with(data, &test_journal(data)).unwrap(),
             fail_writes: AtomicBool::new(false),
             fail_done_writes: AtomicBool::new(false),
             writes: AtomicU64::new(0),

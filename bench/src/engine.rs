@@ -27,7 +27,7 @@ pub(crate) fn component(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-components.sh)", p.display()))
 }
 
-fn registry(data: &Path, native: bool) -> Arc<Registry> {
+pub fn registry(data: &Path, native: bool) -> Arc<Registry> {
     let registry = Arc::new(Registry::open(Runtime::new(SandboxLimits::default()).unwrap(), data).unwrap());
     if native {
         registry.register_native("bank-account", Arc::new(|| Box::new(Native::<AccountEntity>::new()))).unwrap();
@@ -193,6 +193,32 @@ pub fn http(report: &mut Report, quick: bool) {
     create_accounts(&engine, entities);
     // Same-run baseline: the same 64 clients in-process.
     let (base_rate, base_lat) = closed_loop(&engine, entities, clients, duration);
+    let (rate, lat) = http_closed_loop(&engine, entities, clients, duration);
+    engine.shutdown();
+    report.figure(
+        "HTTP keep-alive, 64 clients (ureq threads, same machine)",
+        rate,
+        "cmds/s",
+        Some(("in-process 64 clients", base_rate)),
+    );
+    report.figure(
+        "  latency p50 (HTTP)",
+        percentile(&lat, 0.5),
+        "ms",
+        Some(("in-process p50", percentile(&base_lat, 0.5))),
+    );
+    report.figure(
+        "  latency p99 (HTTP)",
+        percentile(&lat, 0.99),
+        "ms",
+        Some(("in-process p99", percentile(&base_lat, 0.99))),
+    );
+}
+
+/// Closed-loop deposits over HTTP keep-alive: `clients` threads, each on its own
+/// accounts, against the API of `engine` served on a loopback port. Returns
+/// (commands/s, sorted latencies).
+pub fn http_closed_loop(engine: &Engine, entities: usize, clients: usize, duration: Duration) -> (f64, Vec<Duration>) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -224,25 +250,8 @@ pub fn http(report: &mut Report, quick: bool) {
     let mut lat: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     let rate = lat.len() as f64 / t.elapsed().as_secs_f64();
     lat.sort();
-    engine.shutdown();
-    report.figure(
-        "HTTP keep-alive, 64 clients (ureq threads, same machine)",
-        rate,
-        "cmds/s",
-        Some(("in-process 64 clients", base_rate)),
-    );
-    report.figure(
-        "  latency p50 (HTTP)",
-        percentile(&lat, 0.5),
-        "ms",
-        Some(("in-process p50", percentile(&base_lat, 0.5))),
-    );
-    report.figure(
-        "  latency p99 (HTTP)",
-        percentile(&lat, 0.99),
-        "ms",
-        Some(("in-process p99", percentile(&base_lat, 0.99))),
-    );
+    rt.shutdown_background();
+    (rate, lat)
 }
 
 fn write_account_events(journal: &dyn Journal, pid: &str, n: u64) {

@@ -8,6 +8,7 @@ mod engine;
 mod native;
 mod projection;
 mod outbox;
+mod postgres;
 mod report;
 mod startup;
 mod storage;
@@ -23,7 +24,8 @@ struct Args {
     /// Smaller runs: a smoke check, not figures to publish.
     #[arg(long)]
     quick: bool,
-    /// Journal backend for the engine scenarios: log or sled.
+    /// Journal backend for the engine scenarios: log or sled (the `postgres`
+    /// scenario measures PostgreSQL beside the commit log).
     #[arg(long, default_value = "log")]
     journal: String,
     /// Run only the scenarios whose name contains this.
@@ -68,6 +70,9 @@ fn main() {
     }
     if want("restart") {
         engine::restart(&mut report);
+    }
+    if want("postgres") {
+        postgres::run(&mut report, args.quick);
     }
     if want("startup") {
         startup::run(&mut report, args.quick);

@@ -739,7 +739,14 @@ async fn activate_component(
 async fn health(State(app): State<AppState>) -> Response {
     let components = app.engine.registry().list().len();
     let writer_id = app.engine.writer_id();
-    match app.engine.journal().health() {
+    // A journal may probe its storage to answer (PostgreSQL: a query), so off the
+    // async workers.
+    let journal = app.engine.journal().clone();
+    let health = match blocking(move || journal.health()).await {
+        Ok(h) => h,
+        Err(e) => Err(e.1),
+    };
+    match health {
         Ok(()) => Json(json!({ "status": "ok", "components": components, "writer_id": writer_id })).into_response(),
         Err(why) => {
             let body = json!({ "status": "unavailable", "error": format!("journal cannot write: {why}"),

@@ -192,10 +192,15 @@ pub struct ServeArgs {
     pub components: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Journal backend: `log` (mneme's commit log with a fjall index) or `sled`. A
-    /// data directory keeps the one it was created with.
+    /// Journal backend: `log` (mneme's commit log with a fjall index), `sled`, or
+    /// `postgres` (a PostgreSQL database: `--postgres-url`). A data directory keeps
+    /// the one it was created with.
     #[arg(long, default_value = "log", value_parser = crate::journal::Backend::parse)]
     pub journal: crate::journal::Backend,
+    /// The database of `--journal postgres`, e.g. `postgres://mneme:PASSWORD@127.0.0.1:5432/mneme`
+    /// (prefer the variable: a flag shows in `ps`).
+    #[arg(long, env = "MNEME_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
     /// Size of a new commit-log segment, in MiB (preallocated; a full disk shows
     /// when a segment is created).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -303,6 +308,11 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn into_config(self) -> anyhow::Result<ServeConfig> {
+        anyhow::ensure!(
+            self.journal != crate::journal::Backend::Postgres || self.postgres_url.is_some(),
+            "--journal postgres needs --postgres-url URL (or MNEME_POSTGRES_URL), e.g. \
+             postgres://mneme@127.0.0.1:5432/mneme (scripts/start-postgres.sh starts one and prints its URL)"
+        );
         let admin_token = token("admin", self.admin_token, self.admin_token_file.as_deref())?;
         let client_token = token("client", self.client_token, self.client_token_file.as_deref())?;
         let mut engine = EngineConfig {
@@ -330,6 +340,7 @@ impl ServeArgs {
             journal: crate::journal::JournalOptions {
                 backend: self.journal,
                 log_segment_bytes: self.log_segment_mb << 20,
+                postgres_url: self.postgres_url,
             },
             engine,
             sandbox: SandboxLimits {

@@ -33,7 +33,8 @@
 //! `MNEME_CRASH_CLIENTS` (8 threads, 2 connections each), `MNEME_CRASH_ROUND_MS`
 //! (longest time between a start and its kill; each round draws 100..=this, 1200),
 //! `MNEME_CRASH_SEED`, `MNEME_CRASH_SERVE_ARGS` (extra `mneme serve` arguments,
-//! e.g. `--journal sled`).
+//! e.g. `--journal sled`), `MNEME_TEST_JOURNAL` (`postgres`: a database of its own
+//! on the test server, see `mneme_tests::serve_journal_args`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -241,8 +242,10 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
         "MNEME_CRASH_SEED",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1,
     );
-    let extra_args: Vec<String> =
+    let data = tempfile::tempdir().unwrap();
+    let mut extra_args: Vec<String> =
         std::env::var("MNEME_CRASH_SERVE_ARGS").unwrap_or_default().split_whitespace().map(String::from).collect();
+    extra_args.extend(mneme_tests::serve_journal_args(data.path()));
     let extra: Vec<&str> = extra_args.iter().map(String::as_str).collect();
     // Graceful stops (SIGTERM) spread among the kills.
     let rounds = kills + terms;
@@ -250,7 +253,6 @@ fn kill_9_under_concurrent_load_keeps_every_acknowledged_command_exactly_once() 
     let graceful: Vec<bool> = (0..rounds).map(|r| (r + 1) % every == 0 && (r + 1) / every <= terms).collect();
     println!("crash suite: {kills} kills and {terms} graceful stops, {entities} entities, {clients} clients, rounds up to {round_ms} ms, seed {seed}, args {extra:?}");
 
-    let data = tempfile::tempdir().unwrap();
     let comps = components_dir(&[example("bank-account")]);
     let mut rng = Rng(seed);
     let next_id = Arc::new(AtomicU64::new(1));

@@ -6,6 +6,8 @@
 //!   the source of truth; a fjall index (`index.rs`) is derived from it. Frame
 //!   bodies: `body.rs`; records: `codec.rs`.
 //! * `sled_store`: everything in sled (key layout `keys.rs`, values `codec.rs`).
+//! * `postgres`: everything in a PostgreSQL database (`--postgres-url`), one
+//!   transaction per write; the data directory keeps only the components.
 //!
 //! A data directory is locked by one process (`lock.rs`) before anything in it is
 //! opened, and keeps the backend it was created with. Invariants every backend
@@ -33,6 +35,7 @@ pub mod log;
 pub mod log_journal;
 pub mod outbox;
 mod outbox_index;
+pub mod postgres;
 pub mod sled_store;
 pub mod verify;
 pub mod views;
@@ -47,6 +50,7 @@ use thiserror::Error;
 pub use lock::DataLock;
 pub use log_journal::LogJournal;
 pub use outbox::{AppliedKey, OutboxBatch, OutboxEntry, StoredTopicMessage, TopicMessage};
+pub use postgres::PostgresJournal;
 pub use sled_store::SledJournal;
 pub use views::{ProjectionBatch, ProjectionOffset, ViewUpdate};
 
@@ -175,8 +179,8 @@ pub trait Journal: Send + Sync + 'static {
         Ok(())
     }
 
-    // Projections (`views.rs`). Only the commit-log journal stores them; the
-    // defaults refuse with [`views::NEED_LOG`].
+    // Projections (`views.rs`). The commit-log and PostgreSQL journals store them;
+    // the defaults refuse with [`views::NEED_LOG`].
 
     /// Store a projection batch atomically and durably: its view updates and its new
     /// offset, or nothing. Refused (`Invalid`) unless the generation's stored offset
@@ -206,22 +210,25 @@ pub trait Journal: Send + Sync + 'static {
     }
 }
 
-/// The embedded journal backends.
+/// The journal backends: two embedded, one PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
     /// mneme's commit log with a fjall index.
     #[default]
     Log,
     Sled,
+    /// A PostgreSQL database (`JournalOptions::postgres_url`).
+    Postgres,
 }
 
 impl Backend {
-    pub const NAMES: [&'static str; 2] = ["log", "sled"];
+    pub const NAMES: [&'static str; 3] = ["log", "sled", "postgres"];
 
     pub fn name(self) -> &'static str {
         match self {
             Backend::Log => "log",
             Backend::Sled => "sled",
+            Backend::Postgres => "postgres",
         }
     }
 
@@ -229,16 +236,19 @@ impl Backend {
         match name {
             "log" => Ok(Backend::Log),
             "sled" => Ok(Backend::Sled),
+            "postgres" => Ok(Backend::Postgres),
             "fjall" => Err(FJALL_REPLACED.into()),
-            other => Err(format!("unknown journal backend `{other}`: use log (the default) or sled")),
+            other => Err(format!("unknown journal backend `{other}`: use log (the default), sled or postgres")),
         }
     }
 
-    /// The directory whose presence says a data directory uses this backend.
+    /// The directory whose presence says a data directory uses this backend (for
+    /// PostgreSQL, a marker: the journal is in the database).
     pub fn dir(self, data: &Path) -> PathBuf {
         match self {
             Backend::Log => log_journal::log_dir(data),
             Backend::Sled => data.join("journal-sled"),
+            Backend::Postgres => data.join("journal-postgres"),
         }
     }
 }
@@ -252,11 +262,17 @@ pub struct JournalOptions {
     pub backend: Backend,
     /// Size of a new commit-log segment (the `log` backend).
     pub log_segment_bytes: u64,
+    /// The database of the `postgres` backend (`postgres://user:password@host:port/db`).
+    pub postgres_url: Option<String>,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        JournalOptions { backend: Backend::default(), log_segment_bytes: log::LogOptions::default().segment_bytes }
+        JournalOptions {
+            backend: Backend::default(),
+            log_segment_bytes: log::LogOptions::default().segment_bytes,
+            postgres_url: None,
+        }
     }
 }
 
@@ -280,7 +296,7 @@ pub fn open_with(data: &Path, options: &JournalOptions) -> JournalResult<Arc<dyn
             data.display()
         )));
     }
-    for other in [Backend::Log, Backend::Sled] {
+    for other in [Backend::Log, Backend::Sled, Backend::Postgres] {
         if other != backend && other.dir(data).exists() && !backend.dir(data).exists() {
             return Err(JournalError::Invalid(format!(
                 "{} holds a {} journal: start with `--journal {}`",
@@ -296,5 +312,17 @@ pub fn open_with(data: &Path, options: &JournalOptions) -> JournalResult<Arc<dyn
             Arc::new(LogJournal::open_with(data, lock, log_options, Arc::new(log::StdIo))?)
         }
         Backend::Sled => Arc::new(SledJournal::open_locked(&backend.dir(data), lock)?),
+        Backend::Postgres => {
+            let url = options.postgres_url.as_deref().ok_or_else(|| {
+                JournalError::Invalid("`--journal postgres` needs `--postgres-url` (or MNEME_POSTGRES_URL)".into())
+            })?;
+            let mut journal = PostgresJournal::open_waiting(url, postgres::LOCK_WAIT)?;
+            let marker = backend.dir(data);
+            std::fs::create_dir_all(&marker)
+                .map_err(|e| JournalError::Storage(format!("creating {}: {e}", marker.display())))?;
+            // The data directory's lock is held as long as the journal is.
+            journal.hold(lock);
+            Arc::new(journal)
+        }
     })
 }

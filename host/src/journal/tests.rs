@@ -1,5 +1,6 @@
 //! Tests every backend must pass: each is a function taking an opener, run once per
-//! backend by `backend_tests!` (as `journal::tests::{sled,log}::NAME`).
+//! backend by `backend_tests!` (as `journal::tests::{sled,log,postgres}::NAME`; the
+//! PostgreSQL ones on the server of `MNEME_TEST_POSTGRES_URL`, a database each).
 
 use std::path::Path;
 
@@ -30,6 +31,14 @@ fn open_log(dir: &Path) -> JournalResult<Box<dyn Journal>> {
     Ok(Box::new(LogJournal::open(dir, DataLock::acquire(dir)?)?))
 }
 
+/// A database of its own per directory on the test server (started by
+/// `MNEME_TEST_POSTGRES_URL`, e.g. from `scripts/start-postgres.sh`; without it these
+/// tests fail, saying so).
+/// The database's writer lock is what refuses a second journal.
+fn open_postgres(dir: &Path) -> JournalResult<Box<dyn Journal>> {
+    Ok(Box::new(PostgresJournal::open(&crate::journal::postgres::testing::database_for(dir))?))
+}
+
 macro_rules! backend_tests {
     ($($test:ident),* $(,)?) => {
         mod sled {
@@ -37,6 +46,9 @@ macro_rules! backend_tests {
         }
         mod log {
             $( #[test] fn $test() { super::$test(super::open_log) } )*
+        }
+        mod postgres {
+            $( #[test] fn $test() { super::$test(super::open_postgres) } )*
         }
     };
 }
@@ -431,4 +443,112 @@ fn verify_and_reindex_cover_the_outbox() {
         "{problems}"
     );
     assert!(problems.contains("done record") && problems.contains("`never-sent`, which is not pending"), "{problems}");
+}
+
+/// Projections on the journals that store them (the commit log and PostgreSQL;
+/// sled refuses them, `views_tests.rs`).
+mod projections {
+    use super::*;
+
+    #[test]
+    fn log() {
+        batches_are_stored_once_with_their_offset_and_survive_a_reopen(super::open_log)
+    }
+
+    #[test]
+    fn postgres() {
+        batches_are_stored_once_with_their_offset_and_survive_a_reopen(super::open_postgres)
+    }
+
+    fn offset(projection: &str, generation: u32, offset: u64, live: bool) -> ProjectionOffset {
+        ProjectionOffset {
+            projection: projection.into(),
+            generation,
+            offset,
+            view_version: 3,
+            component_version: u64::MAX - 1,
+            live,
+        }
+    }
+
+    fn put(key: &str, value: &str) -> ViewUpdate {
+        ViewUpdate::Put { key: key.into(), value: value.as_bytes().to_vec() }
+    }
+
+    fn batch(generation: u32, previous_offset: u64, to: u64, updates: Vec<ViewUpdate>) -> ProjectionBatch {
+        ProjectionBatch { offset: offset("balances", generation, to, true), previous_offset, updates }
+    }
+
+    fn scan(j: &dyn Journal, generation: u32, prefix: &str, from: &str, limit: usize) -> Vec<(String, String)> {
+        let page = j.view_scan("balances", generation, prefix, from, limit).unwrap();
+        page.into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap())).collect()
+    }
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn batches_are_stored_once_with_their_offset_and_survive_a_reopen(open: Opener) {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path()).unwrap();
+        j.write(&WriteBatch { events: vec![ev("a|1", 1, &["t"]), ev("a|1", 2, &["t"])], ..WriteBatch::default() })
+            .unwrap();
+        let head = j.head();
+        assert_eq!(j.projection_offsets("balances").unwrap(), vec![]);
+        assert_eq!(j.view_get("balances", 1, "alice").unwrap(), None);
+
+        j.write_projection(&batch(1, 0, 1, vec![put("alice", "1"), put("bob", "2"), put("ali", "3")])).unwrap();
+        assert_eq!(j.head(), head, "a projection batch holds no events");
+        assert_eq!(j.view_get("balances", 1, "alice").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(j.view_get("balances", 2, "alice").unwrap(), None, "generations are apart");
+        assert_eq!(j.projection_offsets("balances").unwrap(), vec![offset("balances", 1, 1, true)]);
+
+        // The same batch again (computed again after a crash) is refused, and so
+        // is one that does not continue from the stored offset; neither changes
+        // anything.
+        let again = j.write_projection(&batch(1, 0, 1, vec![put("alice", "9")])).unwrap_err();
+        assert!(matches!(&again, JournalError::Invalid(m) if m.contains("is at offset 1")), "{again}");
+        let ahead = j.write_projection(&batch(1, 2, 3, vec![put("alice", "9")])).unwrap_err();
+        assert!(matches!(ahead, JournalError::Invalid(_)), "a batch must continue from the stored offset");
+        assert_eq!(j.view_get("balances", 1, "alice").unwrap(), Some(b"1".to_vec()));
+        let bad = j.write_projection(&batch(1, 1, 2, vec![put("alice", "1"), put("alice", "2")])).unwrap_err();
+        assert!(matches!(&bad, JournalError::Invalid(m) if m.contains("twice")), "{bad}");
+
+        j.write_projection(&batch(1, 1, 2, vec![put("alice", "4"), ViewUpdate::Delete { key: "bob".into() }])).unwrap();
+        assert_eq!(j.view_get("balances", 1, "alice").unwrap(), Some(b"4".to_vec()));
+        assert_eq!(j.view_get("balances", 1, "bob").unwrap(), None);
+        assert_eq!(scan(&*j, 1, "", "", 10), pairs(&[("ali", "3"), ("alice", "4")]));
+        assert_eq!(scan(&*j, 1, "ali", "", 10), pairs(&[("ali", "3"), ("alice", "4")]));
+        assert_eq!(scan(&*j, 1, "alic", "", 10), pairs(&[("alice", "4")]));
+        assert_eq!(scan(&*j, 1, "", "alia", 10), pairs(&[("alice", "4")]), "from_key, in key order");
+        assert_eq!(scan(&*j, 1, "", "alice", 10), pairs(&[("alice", "4")]), "from_key is inclusive");
+        assert_eq!(scan(&*j, 1, "", "", 1), pairs(&[("ali", "3")]));
+        assert_eq!(scan(&*j, 1, "b", "", 10), vec![]);
+
+        // Bytewise key order, whatever the database's collation.
+        j.write_projection(&batch(1, 2, 2, vec![put("Zed", "z"), put("alice\u{e9}", "e"), put("alicE", "E")])).unwrap();
+        let keys: Vec<String> = scan(&*j, 1, "", "", 10).into_iter().map(|p| p.0).collect();
+        assert_eq!(keys, ["Zed", "ali", "alicE", "alice", "alice\u{e9}"]);
+        assert_eq!(scan(&*j, 1, "alice", "", 10), pairs(&[("alice", "4"), ("alice\u{e9}", "e")]));
+
+        // A second generation beside the first; a projection whose name starts
+        // with the first's stays apart.
+        j.write_projection(&batch(2, 0, 2, vec![put("alice", "x")])).unwrap();
+        let mut other = batch(1, 0, 2, vec![put("alice", "other")]);
+        other.offset.projection = "balances2".into();
+        j.write_projection(&other).unwrap();
+        assert_eq!(scan(&*j, 2, "", "", 10), pairs(&[("alice", "x")]));
+        let gens: Vec<u32> = j.projection_offsets("balances").unwrap().iter().map(|o| o.generation).collect();
+        assert_eq!(gens, vec![1, 2]);
+        assert_eq!(j.projection_offsets("balances2").unwrap(), vec![offset("balances2", 1, 2, true)]);
+
+        // Everything is there after a reopen, and writing continues from the
+        // stored offset.
+        drop(j);
+        let j = open(dir.path()).unwrap();
+        assert_eq!(scan(&*j, 1, "ali", "", 10).len(), 4);
+        assert_eq!(j.projection_offsets("balances").unwrap()[0], offset("balances", 1, 2, true));
+        j.write_projection(&batch(1, 2, 2, vec![put("carol", "3")])).unwrap();
+        assert_eq!(j.view_get("balances", 1, "carol").unwrap(), Some(b"3".to_vec()));
+    }
 }

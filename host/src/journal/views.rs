@@ -33,8 +33,10 @@
 //! Projection names never contain NUL and keys no control characters, so the
 //! prefixes are unambiguous, and a view's keys sort bytewise after its prefix.
 //!
-//! Only the commit-log journal stores projections; the [`Journal`](super::Journal)
-//! methods' default answer is [`NEED_LOG`].
+//! The commit-log journal stores projections as above, the PostgreSQL journal in
+//! its tables `mneme.views` and `mneme.projection_offsets` (one transaction per
+//! batch, the offset checked and set in it); for sled the
+//! [`Journal`](super::Journal) methods' default answer is [`NEED_LOG`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -43,7 +45,8 @@ use super::{JournalError, JournalResult};
 use crate::names::{validate_projection_name, validate_view_key};
 
 /// What a journal without projection support answers.
-pub const NEED_LOG: &str = "projections need the commit-log journal (`--journal log`, the default); this data \
+pub const NEED_LOG: &str =
+    "projections need the commit-log journal (`--journal log`, the default) or PostgreSQL; this data \
      directory uses sled";
 
 /// One change to a view.
