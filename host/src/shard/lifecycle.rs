@@ -46,6 +46,11 @@ impl Shard {
         let _permit = shared.recoveries.acquire();
         let (state, snapshot_seq_nr) = self.recovery_start(comp, pid)?;
         let (state, seq_nr) = self.replay(comp, pid, state, snapshot_seq_nr)?;
+        let metrics = &self.shared.metrics;
+        if snapshot_seq_nr > 0 {
+            metrics.recoveries_from_snapshot_total.fetch_add(1, Relaxed);
+        }
+        metrics.recovery_events_replayed_total.fetch_add(seq_nr - snapshot_seq_nr, Relaxed);
         Ok(Recovered { state, seq_nr, snapshot_seq_nr })
     }
 
@@ -61,7 +66,15 @@ impl Shard {
         let Recovered { state, seq_nr, snapshot_seq_nr } = recovered;
         let side_effects = self.handler(comp)?.on_recovery_completed(&state).map_err(|f| self.fault(comp, f.0))?;
         self.shared.metrics.recoveries_total.fetch_add(1, Relaxed);
-        tracing::debug!(%pid, seq_nr, from_snapshot = snapshot_seq_nr, "recovered");
+        tracing::debug!(
+            %pid,
+            seq_nr,
+            snapshot = if snapshot_seq_nr > 0 { "used" } else { "none" },
+            snapshot_seq_nr,
+            events_replayed = seq_nr - snapshot_seq_nr,
+            component_version = comp.version,
+            "recovered"
+        );
         let (version, state_version) = (comp.version, comp.info.state_version);
         let mut entity =
             Entity::recovered(entity_type, entity_id, version, state_version, state.into(), seq_nr, snapshot_seq_nr);
@@ -87,6 +100,16 @@ impl Shard {
     /// state version, else the component's empty state.
     fn recovery_start(&mut self, comp: &LoadedComponent, pid: &str) -> CommandResult<(Vec<u8>, u64)> {
         let snapshot = self.shared.journal.load_snapshot(pid).map_err(|e| journal_failed(pid, e))?;
+        if let Some(s) = snapshot.as_ref().filter(|s| s.state_version != comp.info.state_version) {
+            self.shared.metrics.recovery_snapshots_ignored_total.fetch_add(1, Relaxed);
+            tracing::debug!(
+                %pid,
+                snapshot_seq_nr = s.seq_nr,
+                snapshot_state_version = s.state_version,
+                state_version = comp.info.state_version,
+                "snapshot ignored: taken with another state version; rebuilding from the events"
+            );
+        }
         match snapshot.filter(|s| s.state_version == comp.info.state_version) {
             Some(s) => Ok((s.state, s.seq_nr)),
             None => {
