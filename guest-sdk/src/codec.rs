@@ -22,11 +22,6 @@ pub(crate) fn decode_command<C: DeserializeOwned>(bytes: &[u8]) -> Result<C, Str
     serde_json::from_slice(bytes).map_err(|err| format!("malformed command: {err}"))
 }
 
-pub(crate) fn decode_event<E: DeserializeOwned>(index: usize, manifest: &str, bytes: &[u8]) -> Result<E, String> {
-    serde_json::from_slice(bytes)
-        .map_err(|err| format!("event {index} of the batch (manifest `{manifest}`) could not be decoded: {err}"))
-}
-
 /// The default event manifest: the name a JSON reader would use for the event's
 /// variant. See [`crate::Entity::manifest`].
 ///
