@@ -22,7 +22,7 @@ done
 command -v wasm-tools >/dev/null || { echo "build-polyglot: wasm-tools missing (scripts/install-guest-toolchains.sh)" >&2; exit 1; }
 status=0
 for lang in "${langs[@]}"; do
-  wasm="$root/target/components-polyglot/bank-account-$lang.wasm"
+  wasm="${CARGO_TARGET_DIR:-$root/target}/components-polyglot/bank-account-$lang.wasm"
   imports="$(wasm-tools component wit "$wasm" | sed -n 's/^ *import \([^;]*\);.*/\1/p' | tr '\n' ' ')"
   echo "bank-account-$lang: $(du -h "$wasm" | cut -f1), imports: $imports"
   # mneme links no WASI: a component importing WASI would fail to instantiate.
