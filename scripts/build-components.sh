@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Wasm components from source:
-#   target/components/{bank-account,blog-post,task-manager}.wasm   (examples)
-#   target/test-components/{faulty,hostile}.wasm                    (test-only)
+#   target/components/{bank-account,blog-post,task-manager}.wasm   (example entities)
+#   target/components/account-balances.wasm                         (example projection)
+#   target/test-components/{faulty,hostile,faulty-projection}.wasm  (test-only)
+#   target/test-components/faulty-projection-v2.wasm                 (the same, view-version 2)
 #   target/test-components/entity-v01.wasm                           (test-only, built
 #                                      against the earlier WIT 0.1.0, which must keep running)
 #   target/test-components/{uses-wasi,wrong-world}.wasm              (test-only, built
@@ -19,8 +21,8 @@ if ! rustup target list --installed | grep -qx "$TARGET"; then
 fi
 
 cargo build --profile "$PROFILE" --target "$TARGET" \
-    -p bank-account -p blog-post -p task-manager \
-    -p faulty -p hostile -p uses-wasi -p wrong-world -p entity-v01
+    -p bank-account -p blog-post -p task-manager -p account-balances \
+    -p faulty -p hostile -p uses-wasi -p wrong-world -p faulty-projection -p entity-v01
 
 # Cargo's target dir may be moved with CARGO_TARGET_DIR.
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -51,9 +53,12 @@ install_component() {
 }
 
 echo "Built components:"
-for crate in bank-account blog-post task-manager; do
+for crate in bank-account blog-post task-manager account-balances; do
     install_component "$crate" "$target_dir/components/$crate.wasm"
 done
-for crate in faulty hostile uses-wasi wrong-world entity-v01; do
+for crate in faulty hostile uses-wasi wrong-world faulty-projection entity-v01; do
     install_component "$crate" "$target_dir/test-components/$crate.wasm"
 done
+# The same crate again with another view-version: a different component.
+cargo build --profile "$PROFILE" --target "$TARGET" -p faulty-projection --features view-version-2
+install_component faulty-projection "$target_dir/test-components/faulty-projection-v2.wasm"

@@ -94,6 +94,9 @@ pub struct Server {
     agent: ureq::Agent,
 }
 
+/// How long a deploy (PUT) may take: the server compiles the component first.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// An HTTP client that trusts `ca_pem` (PEM) when given.
 pub fn agent(ca_pem: Option<&str>) -> ureq::Agent {
     let mut config =
@@ -264,8 +267,17 @@ impl Server {
                 .header("content-type", "application/json")
                 .header("authorization", &auth)
                 .send(body),
-            ("PUT", false) => self.agent.put(&url).send(body),
-            ("PUT", true) => self.agent.put(&url).header("authorization", &auth).send(body),
+            // A PUT deploys a component, which the server compiles first: a 20 MB
+            // Python component takes more than a minute on a loaded 2-core machine.
+            ("PUT", false) => self.agent.put(&url).config().timeout_global(Some(DEPLOY_TIMEOUT)).build().send(body),
+            ("PUT", true) => self
+                .agent
+                .put(&url)
+                .config()
+                .timeout_global(Some(DEPLOY_TIMEOUT))
+                .build()
+                .header("authorization", &auth)
+                .send(body),
             (m, _) => panic!("method {m}"),
         };
         let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
@@ -325,8 +337,8 @@ use std::sync::Arc;
 
 use mneme::component::{sandbox::Runtime, Registry, SandboxLimits};
 use mneme::journal::{
-    Backend, Journal, JournalError, JournalResult, OutboxEntry, Snapshot, StoredEvent, StoredTopicMessage, Timer,
-    WriteBatch,
+    Backend, Journal, JournalError, JournalResult, OutboxEntry, ProjectionBatch, ProjectionOffset, Snapshot,
+    StoredEvent, StoredTopicMessage, Timer, WriteBatch,
 };
 use mneme::{CommandError, Engine, EngineConfig, Outcome};
 
@@ -395,6 +407,28 @@ impl Journal for SwitchableJournal {
     }
     fn health(&self) -> Result<(), String> {
         self.inner.health()
+    }
+    fn write_projection(&self, batch: &ProjectionBatch) -> JournalResult<()> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(JournalError::Storage("No space left on device (os error 28)".into()));
+        }
+        self.inner.write_projection(batch)
+    }
+    fn projection_offsets(&self, projection: &str) -> JournalResult<Vec<ProjectionOffset>> {
+        self.inner.projection_offsets(projection)
+    }
+    fn view_get(&self, projection: &str, generation: u32, key: &str) -> JournalResult<Option<Vec<u8>>> {
+        self.inner.view_get(projection, generation, key)
+    }
+    fn view_scan(
+        &self,
+        projection: &str,
+        generation: u32,
+        prefix: &str,
+        from_key: &str,
+        limit: usize,
+    ) -> JournalResult<Vec<(String, Vec<u8>)>> {
+        self.inner.view_scan(projection, generation, prefix, from_key, limit)
     }
 }
 

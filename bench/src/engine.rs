@@ -22,7 +22,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target"))
 }
 
-fn component(name: &str) -> Vec<u8> {
+pub(crate) fn component(name: &str) -> Vec<u8> {
     let p = target_dir().join("components").join(format!("{name}.wasm"));
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-components.sh)", p.display()))
 }
@@ -37,18 +37,18 @@ fn registry(data: &Path, native: bool) -> Arc<Registry> {
     registry
 }
 
-fn start(data: &Path, native: bool, config: EngineConfig) -> Engine {
+pub(crate) fn start(data: &Path, native: bool, config: EngineConfig) -> Engine {
     Engine::start(config, open_journal(data), registry(data, native))
 }
 
 /// The backend the engine scenarios run on (`--journal`).
 pub static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
 
-pub fn open_journal(data: &Path) -> Arc<dyn Journal> {
+pub(crate) fn open_journal(data: &Path) -> Arc<dyn Journal> {
     journal::open(data, *BACKEND.get_or_init(Backend::default)).unwrap()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -111,7 +111,12 @@ pub fn handler_cost(report: &mut Report, quick: bool) {
 
 /// Closed-loop load: `clients` tasks, each sending deposits to its own entities
 /// one after another. Returns (commands/s, sorted latencies).
-fn closed_loop(engine: &Engine, entities: usize, clients: usize, duration: Duration) -> (f64, Vec<Duration>) {
+pub(crate) fn closed_loop(
+    engine: &Engine,
+    entities: usize,
+    clients: usize,
+    duration: Duration,
+) -> (f64, Vec<Duration>) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -146,7 +151,7 @@ fn closed_loop(engine: &Engine, entities: usize, clients: usize, duration: Durat
     (l.len() as f64 / elapsed, l)
 }
 
-fn create_accounts(engine: &Engine, n: usize) {
+pub(crate) fn create_accounts(engine: &Engine, n: usize) {
     let rx: Vec<_> = (0..n)
         .map(|i| {
             engine
@@ -417,5 +422,68 @@ pub fn memory(report: &mut Report, quick: bool) {
         per_10k,
         "MiB",
         Some(("process RSS before (MiB)", before / 1024.0)),
+    );
+}
+
+/// SSE fan-out: subscribers following tag `account` over HTTP while clients send
+/// deposits in-process; the engine's rate with and without them, and the events
+/// the subscribers received per second.
+pub fn fan_out(report: &mut Report, quick: bool) {
+    let entities = 10_000;
+    let subscribers = 100;
+    let duration = Duration::from_secs(if quick { 2 } else { 8 });
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path(), true, EngineConfig::default());
+    create_accounts(&engine, entities);
+    let (base_rate, _) = closed_loop(&engine, entities, 256, duration);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = mneme::api::router(engine.clone(), mneme::api::ApiConfig::default());
+    rt.spawn(async move { mneme::api::axum::serve(listener, app).await });
+    let from = engine.journal().head() + 1;
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..subscribers)
+        .map(|_| {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                let url = format!("http://{addr}/v1/events/stream?tag=account&from={from}");
+                let mut r = agent.get(&url).call().unwrap();
+                let reader = std::io::BufReader::new(r.body_mut().as_reader());
+                for line in reader.lines() {
+                    let Ok(line) = line else { return };
+                    if line.starts_with("data:") {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    let (rate, _) = closed_loop(&engine, entities, 256, duration);
+    let delivered = received.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    engine.shutdown();
+    drop(rt);
+    for t in threads {
+        let _ = t.join();
+    }
+    report.figure(
+        &format!("engine with {subscribers} SSE subscribers on one tag (native handler)"),
+        rate,
+        "cmds/s",
+        Some(("no subscribers", base_rate)),
+    );
+    report.figure(
+        &format!("  events delivered to the {subscribers} subscribers"),
+        delivered,
+        "events/s",
+        Some(("written x subscribers", rate * subscribers as f64)),
     );
 }

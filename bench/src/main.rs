@@ -6,6 +6,7 @@
 
 mod engine;
 mod native;
+mod projection;
 mod outbox;
 mod report;
 mod startup;
@@ -56,6 +57,9 @@ fn main() {
     if want("http") {
         engine::http(&mut report, args.quick);
     }
+    if want("fan-out") {
+        engine::fan_out(&mut report, args.quick);
+    }
     if want("recovery") {
         engine::recovery(&mut report, args.quick);
     }
@@ -67,5 +71,11 @@ fn main() {
     }
     if want("startup") {
         startup::run(&mut report, args.quick);
+    }
+    if want("projection-catch-up") {
+        projection::catch_up(&mut report, args.quick);
+    }
+    if want("projection-lag") {
+        projection::live_lag(&mut report, args.quick);
     }
 }

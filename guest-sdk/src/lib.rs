@@ -77,6 +77,10 @@
 //! Guests get no WASI from the host: never print (there is no stdout). Use
 //! [`SideEffect::log`] for logging. Panics are reported to the host through the
 //! `report-fault` import, so their message reaches the caller's error.
+//!
+//! Read models: [`projection`] has the [`Projection`] trait and
+//! [`export_projection!`], for components of the `projection` world
+//! (`wit/projection.wit`), natively testable the same way.
 
 mod codec;
 mod context;
@@ -85,6 +89,8 @@ mod entity;
 mod reply;
 mod side_effect;
 
+pub mod projection;
+
 /// The handler protocol in plain Rust (decode, call the entity, encode); public so
 /// it can be exercised in native tests, e.g. to check that a JSON command decodes.
 pub mod runtime;
@@ -92,6 +98,7 @@ pub mod runtime;
 pub use context::{Context, Origin};
 pub use effect::Effect;
 pub use entity::Entity;
+pub use projection::{EventEnvelope, Projection, View};
 pub use reply::Reply;
 pub use side_effect::{Level, SideEffect};
 
@@ -104,7 +111,7 @@ extern crate self as mneme_sdk;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/entity.wit",
         world: "entity",
         pub_export_macro: true,
         export_macro_name: "__mneme_export_handler",
@@ -115,7 +122,24 @@ pub mod bindings {
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
+pub mod projection_bindings {
+    wit_bindgen::generate!({
+        path: "../wit/projection.wit",
+        world: "projection",
+        pub_export_macro: true,
+        export_macro_name: "__mneme_export_projection",
+        default_bindings_module: "::mneme_sdk::__private::projection_bindings",
+        runtime_path: "::mneme_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
 pub mod glue;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod projection_glue;
 
 /// Used by [`export_entity!`]; not part of the API.
 #[doc(hidden)]
@@ -128,6 +152,14 @@ pub mod __private {
     pub use crate::bindings::mneme::entity::types as wit;
     #[cfg(target_arch = "wasm32")]
     pub use crate::glue;
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::projection_bindings;
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::projection_bindings::exports::mneme::projection::handler::Guest as ProjectionGuest;
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::projection_bindings::mneme::projection::types as projection_wit;
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::projection_glue;
     #[cfg(target_arch = "wasm32")]
     pub use wit_bindgen;
 }
@@ -187,6 +219,55 @@ macro_rules! export_entity {
         const _: fn() = || {
             fn assert_entity<E: $crate::Entity>() {}
             assert_entity::<$ty>();
+        };
+    };
+}
+
+/// Exports a [`Projection`] as the component's `mneme:projection/handler`.
+///
+/// Use it once per component crate, at the top level (a crate is an entity or a
+/// projection, not both). On `wasm32` it generates the wit-bindgen glue; on any
+/// other target it only checks that the type implements [`Projection`].
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! export_projection {
+    ($ty:ty) => {
+        const _: () = {
+            struct __MnemeProjection;
+
+            impl $crate::__private::ProjectionGuest for __MnemeProjection {
+                fn describe() -> $crate::__private::projection_wit::ProjectionInfo {
+                    $crate::__private::projection_glue::describe::<$ty>()
+                }
+                fn handle_events(
+                    events: ::std::vec::Vec<$crate::__private::projection_wit::StoredEvent>,
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<$crate::__private::projection_wit::ViewUpdate>,
+                    ::std::string::String,
+                > {
+                    $crate::__private::projection_glue::handle_events::<$ty>(events)
+                }
+            }
+
+            $crate::__private::projection_bindings::__mneme_export_projection!(
+                __MnemeProjection with_types_in $crate::__private::projection_bindings
+            );
+        };
+    };
+}
+
+/// Exports a [`Projection`] as the component's `mneme:projection/handler`.
+///
+/// Use it once per component crate, at the top level (a crate is an entity or a
+/// projection, not both). On `wasm32` it generates the wit-bindgen glue; on any
+/// other target it only checks that the type implements [`Projection`].
+#[cfg(not(target_arch = "wasm32"))]
+#[macro_export]
+macro_rules! export_projection {
+    ($ty:ty) => {
+        const _: fn() = || {
+            fn assert_projection<P: $crate::Projection>() {}
+            assert_projection::<$ty>();
         };
     };
 }

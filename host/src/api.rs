@@ -49,10 +49,11 @@ use crate::error::CommandError;
 use crate::journal::{StoredEvent, StoredTopicMessage};
 use crate::names::{
     persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_label,
-    validate_topic,
+    validate_projection_name, validate_topic, validate_view_key,
 };
+use crate::projection::{GenerationStatus, ProjectionError, ProjectionStatus};
 use crate::router::Outcome;
-use crate::subscribe::{bytes_field, event_json, subscribe, Source};
+use crate::subscribe::{bytes_field, event_json, subscribe, Pages, Source};
 /// Re-exported so an embedding program can serve [`router`] without naming axum's version.
 pub use axum;
 
@@ -125,6 +126,8 @@ struct AppState {
     engine: Engine,
     config: Arc<ApiConfig>,
     startup: Startup,
+    /// Event pages shared by the streams.
+    pages: Arc<Pages>,
 }
 
 pub struct ApiError(StatusCode, String);
@@ -305,14 +308,19 @@ pub fn router_with(engine: Engine, config: ApiConfig, startup: Option<Startup>) 
         s.loaded();
         s
     });
-    let state = AppState { engine, config: Arc::new(config.clone()), startup };
+    let state = AppState { engine, config: Arc::new(config.clone()), startup, pages: Arc::default() };
     // Code and configuration: every route here needs the admin token.
     let admin = Router::new()
         .route(
             "/v1/components/{entity_type}",
             put(deploy_component).layer(DefaultBodyLimit::max(config.max_component_bytes)),
         )
-        .route("/v1/components/{entity_type}/versions/{version}/activate", post(activate_component));
+        .route("/v1/components/{entity_type}/versions/{version}/activate", post(activate_component))
+        .route(
+            "/v1/projections/{projection}",
+            put(deploy_projection).layer(DefaultBodyLimit::max(config.max_component_bytes)),
+        )
+        .route("/v1/projections/{projection}/versions/{version}/activate", post(activate_projection));
     // Commands and queries.
     let client = Router::new()
         .route(
@@ -326,7 +334,10 @@ pub fn router_with(engine: Engine, config: ApiConfig, startup: Option<Startup>) 
         .route("/v1/events/stream", get(stream_events))
         .route("/v1/topics/{topic}", get(topic_messages))
         .route("/v1/topics/{topic}/stream", get(topic_stream))
-        .route("/v1/components", get(list_components));
+        .route("/v1/components", get(list_components))
+        .route("/v1/projections", get(list_projections))
+        .route("/v1/views/{projection}", get(view_scan))
+        .route("/v1/views/{projection}/{key}", get(view_get));
     let open = Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics));
     // `route_layer`s run in the reverse order of their adding: the gate first, then
     // the check of the path segments, then the handler.
@@ -357,6 +368,8 @@ pub fn check_segment(name: &str, value: &str) -> Result<(), String> {
         "entity_id" => validate_entity_id(value),
         "version" => validate_component_version(value).map(|_| ()),
         "topic" => validate_topic(value),
+        "projection" => validate_projection_name(value),
+        "key" => validate_view_key(value),
         _ => Err("this route parameter has no check in api::check_segment".to_string()),
     };
     checked.map_err(|e| format!("invalid path segment `{name}`: {e}"))
@@ -649,7 +662,8 @@ async fn stream_events(
         let journal = app.engine.journal().clone();
         blocking(move || journal.events_from(u64::MAX, 1)).await?.map_err(journal_error)?;
     }
-    Ok(subscribe(app.engine.clone(), Source::Offsets { tag }, from, app.config.stream_keep_alive).into_response())
+    Ok(subscribe(app.engine.clone(), app.pages.clone(), Source::Offsets { tag }, from, app.config.stream_keep_alive)
+        .into_response())
 }
 
 /// `GET /v1/entities/{type}/{id}/events/stream?from=SEQ`: an entity's events, then live.
@@ -663,7 +677,8 @@ async fn stream_entity_events(
     let q = query(q)?;
     let from = resume_from(&headers, q.from, 1)?;
     let pid = persistence_id(&entity_type, &entity_id);
-    Ok(subscribe(app.engine.clone(), Source::Entity { pid }, from, app.config.stream_keep_alive).into_response())
+    Ok(subscribe(app.engine.clone(), app.pages.clone(), Source::Entity { pid }, from, app.config.stream_keep_alive)
+        .into_response())
 }
 
 /// A topic message as readers get it (`seq_nr` is its position).
@@ -857,7 +872,129 @@ async fn ready(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.engine.metrics().render())
+    let text = app.engine.metrics().render() + &app.engine.projections().render_metrics();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+// Projections and their views.
+
+impl From<ProjectionError> for ApiError {
+    fn from(e: ProjectionError) -> Self {
+        match e {
+            ProjectionError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+            ProjectionError::Invalid(m) => bad_request(m),
+            ProjectionError::Journal(e) => journal_error(e),
+        }
+    }
+}
+
+fn generation_json(g: &GenerationStatus) -> Value {
+    json!({
+        "generation": g.generation,
+        "version": g.version,
+        "view_version": g.view_version,
+        "offset": g.offset,
+        "lag": g.lag,
+        "status": g.status,
+        "error": g.error,
+        "events": g.events,
+    })
+}
+
+fn projection_json(p: &ProjectionStatus) -> Value {
+    let serving = p.serving.as_ref();
+    json!({
+        "name": p.name,
+        "version": p.version,
+        "versions": p.versions,
+        "hash": p.hash,
+        "tags": p.tags,
+        "view_version": p.view_version,
+        "deployed_at_ms": p.deployed_at_ms,
+        "status": p.status(),
+        "error": p.error(),
+        "generation": serving.map(|s| s.generation),
+        "offset": serving.map_or(0, |s| s.offset),
+        "head": p.head,
+        "lag": serving.map_or(p.head, |s| s.lag),
+        "serving": serving.map(generation_json),
+        "rebuild": p.rebuild.as_ref().map(generation_json),
+    })
+}
+
+async fn deploy_projection(
+    State(app): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let name = path(p)?;
+    let wasm = body(b)?;
+    let projections = app.engine.projections().clone();
+    let status = blocking(move || projections.deploy(&name, &wasm)).await??;
+    Ok(Json(projection_json(&status)))
+}
+
+async fn activate_projection(
+    State(app): State<AppState>,
+    p: Result<Path<(String, u64)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, version) = path(p)?;
+    let projections = app.engine.projections().clone();
+    let status = blocking(move || projections.activate(&name, version)).await??;
+    Ok(Json(projection_json(&status)))
+}
+
+async fn list_projections(State(app): State<AppState>) -> Json<Value> {
+    let list: Vec<Value> = app.engine.projections().list().iter().map(projection_json).collect();
+    Json(json!({ "projections": list }))
+}
+
+async fn view_get(
+    State(app): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (name, key) = path(p)?;
+    let projections = app.engine.projections().clone();
+    let (n, k) = (name.clone(), key.clone());
+    let value = blocking(move || projections.view_get(&n, &k)).await??;
+    let mut o = serde_json::Map::new();
+    o.insert("projection".into(), name.into());
+    o.insert("key".into(), key.into());
+    bytes_field(&mut o, "value", &value);
+    Ok(Json(Value::Object(o)))
+}
+
+#[derive(Deserialize)]
+struct ViewQuery {
+    prefix: Option<String>,
+    from_key: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn view_scan(
+    State(app): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<ViewQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let name = path(p)?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let (prefix, from_key) = (q.prefix.unwrap_or_default(), q.from_key.unwrap_or_default());
+    let projections = app.engine.projections().clone();
+    let n = name.clone();
+    // One more than asked: the first key of the next page.
+    let mut entries = blocking(move || projections.view_scan(&n, &prefix, &from_key, limit + 1)).await??;
+    let next = (entries.len() > limit).then(|| entries.pop().map(|(k, _)| k)).flatten();
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|(key, value)| {
+            let mut o = serde_json::Map::new();
+            o.insert("key".into(), key.into());
+            bytes_field(&mut o, "value", &value);
+            Value::Object(o)
+        })
+        .collect();
+    Ok(Json(json!({ "projection": name, "entries": entries, "next_from_key": next })))
 }
 
 #[cfg(test)]
@@ -898,7 +1035,10 @@ mod tests {
         assert!(check_segment("topic", "orders").is_ok());
         let e = check_segment("entity_id", "a/b").unwrap_err();
         assert!(e.starts_with("invalid path segment `entity_id`: "), "{e}");
-        assert!(check_segment("projection", "p").unwrap_err().contains("no check"), "unknown names are refused");
+        assert!(check_segment("projection", "account-balances").is_ok());
+        assert!(check_segment("projection", "../x").is_err());
+        assert!(check_segment("key", "_total").is_ok() && check_segment("key", "a\nb").is_err());
+        assert!(check_segment("view", "p").unwrap_err().contains("no check"), "unknown names are refused");
     }
 
     fn engine(dir: &std::path::Path) -> Engine {
@@ -954,6 +1094,17 @@ mod tests {
         assert_eq!((s, b["error"].as_str()), (StatusCode::FORBIDDEN, Some("wrong admin token")));
         let (s, _) = call(&app, request("POST", activate, Some("admin-0123456789abcdef"), Body::empty())).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "no such component");
+        // Projections' code goes through the same gate; their views are client routes.
+        for (method, uri) in [("PUT", "/v1/projections/p"), ("POST", "/v1/projections/p/versions/1/activate")] {
+            let (s, b) = call(&app, request(method, uri, None, Body::from("x"))).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {uri}: {b}");
+        }
+        let (s, b) =
+            call(&app, request("PUT", "/v1/projections/p", Some("admin-0123456789abcdef"), Body::from("x"))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+        assert!(b["error"].as_str().unwrap().contains("invalid projection `p`"), "{b}");
+        let (s, b) = call(&app, request("GET", "/v1/views/p/k", None, Body::empty())).await;
+        assert_eq!((s, b["error"].as_str()), (StatusCode::NOT_FOUND, Some("no projection `p`")));
         // The gate comes before the check of the segments.
         let hostile = "/v1/components/..%2F..%2Fx/versions/1/activate";
         assert_eq!(call(&app, request("POST", hostile, None, Body::empty())).await.0, StatusCode::UNAUTHORIZED);

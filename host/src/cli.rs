@@ -76,6 +76,38 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Deploy a projection component as a new version of a projection.
+    DeployProjection {
+        name: String,
+        file: PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Make a stored version of a projection active again.
+    ActivateProjection {
+        name: String,
+        version: u64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List projections: version, offset, journal head, lag, status.
+    Projections {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print a projection's view: one key, or the keys from --from-key with --prefix.
+    View {
+        name: String,
+        key: Option<String>,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long)]
+        from_key: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Follow events live (Server-Sent Events): every event, those with a tag, or
     /// one entity's; prints each as a JSON line, reconnecting where it left off.
     Tail {
@@ -220,6 +252,14 @@ pub struct ServeArgs {
     /// Largest event payload the journal accepts, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_event_bytes: usize,
+    /// Largest value a projection may store under one key of its view, in bytes
+    /// (a larger one pauses the projection).
+    #[arg(long, default_value_t = crate::config::ProjectionConfig::default().max_value_bytes)]
+    pub max_view_value_bytes: usize,
+    /// Most events handed to a projection per batch (one call, one atomic write).
+    #[arg(long, default_value_t = crate::config::ProjectionConfig::default().batch_events as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub projection_batch_events: u64,
     /// Seconds a caller waits for a reply.
     #[arg(long, default_value_t = 30)]
     pub reply_timeout_secs: u64,
@@ -288,6 +328,11 @@ impl ServeArgs {
             max_concurrent_recoveries: self.max_concurrent_recoveries,
             max_event_bytes: self.max_event_bytes,
             max_active_entities: self.max_active_entities as usize,
+            projections: crate::config::ProjectionConfig {
+                max_value_bytes: self.max_view_value_bytes,
+                batch_events: self.projection_batch_events as usize,
+                ..crate::config::ProjectionConfig::default()
+            },
             topic_retention: self.topic_retention,
             ..EngineConfig::default()
         };
@@ -454,7 +499,13 @@ fn encode(s: &str) -> String {
 
 /// Run a client subcommand; returns the process exit code.
 pub fn run_client(command: Command) -> anyhow::Result<i32> {
-    let admin = matches!(command, Command::Deploy { .. } | Command::Rollback { .. });
+    let admin = matches!(
+        command,
+        Command::Deploy { .. }
+            | Command::Rollback { .. }
+            | Command::DeployProjection { .. }
+            | Command::ActivateProjection { .. }
+    );
     let (server, method, path, body) = match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Journal { action } => return run_journal(action),
@@ -527,6 +578,33 @@ pub fn run_client(command: Command) -> anyhow::Result<i32> {
             (server, "POST", format!("/v1/components/{}/versions/{version}/activate", encode(&entity_type)), None)
         }
         Command::Components { server } => (server, "GET", "/v1/components".to_string(), None),
+        Command::DeployProjection { name, file, server } => {
+            let wasm = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            (server, "PUT", format!("/v1/projections/{}", encode(&name)), Some(wasm))
+        }
+        Command::ActivateProjection { name, version, server } => {
+            (server, "POST", format!("/v1/projections/{}/versions/{version}/activate", encode(&name)), None)
+        }
+        Command::Projections { server } => (server, "GET", "/v1/projections".to_string(), None),
+        Command::View { name, key, prefix, from_key, limit, server } => {
+            let path = match key {
+                Some(k) => format!("/v1/views/{}/{}", encode(&name), encode(&k)),
+                None => {
+                    let mut q = Vec::new();
+                    if let Some(p) = prefix {
+                        q.push(format!("prefix={}", encode(&p)));
+                    }
+                    if let Some(k) = from_key {
+                        q.push(format!("from_key={}", encode(&k)));
+                    }
+                    if let Some(l) = limit {
+                        q.push(format!("limit={l}"));
+                    }
+                    format!("/v1/views/{}?{}", encode(&name), q.join("&"))
+                }
+            };
+            (server, "GET", path, None)
+        }
     };
     let admin_token = token("admin", server.admin_token, server.admin_token_file.as_deref())?;
     let client_token = token("client", server.client_token, server.client_token_file.as_deref())?;
@@ -551,7 +629,7 @@ fn run_journal(action: JournalAction) -> anyhow::Result<i32> {
             let report = crate::journal::verify::verify(&data)?;
             println!(
                 "{}: {} segments, {} frames, {} events, {} snapshots, {} stored timers, {} outbox entries ({} \
-                 pending), {} applied idempotency keys, {} topic messages",
+                 pending), {} applied idempotency keys, {} topic messages, {} projection records, {} view keys",
                 data.display(),
                 report.segments,
                 report.frames,
@@ -561,7 +639,9 @@ fn run_journal(action: JournalAction) -> anyhow::Result<i32> {
                 report.outbox_entries,
                 report.outbox_pending,
                 report.applied_keys,
-                report.topic_messages
+                report.topic_messages,
+                report.projection_records,
+                report.view_keys
             );
             for note in &report.notes {
                 println!("note: {note}");

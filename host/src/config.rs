@@ -23,8 +23,34 @@ pub struct EngineConfig {
     /// `max(1, max_active_entities / shards)` and passivates its least recently
     /// used idle entities beyond that.
     pub max_active_entities: usize,
+    /// How projections are fed (`projection/`).
+    pub projections: ProjectionConfig,
     /// Readers of a topic are served its newest this many messages (0: all).
     pub topic_retention: u64,
+}
+
+/// How projections read the journal and what their updates may be.
+#[derive(Debug, Clone)]
+pub struct ProjectionConfig {
+    /// Most events per batch: one `handle-events` call, one atomic write.
+    pub batch_events: usize,
+    /// Most event payload bytes per batch (at least one event is taken).
+    pub batch_bytes: usize,
+    /// Largest value one view update may store; a larger one pauses the projection.
+    pub max_value_bytes: usize,
+    /// Wait before trying again after the journal could not be read or written.
+    pub retry: Duration,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        ProjectionConfig {
+            batch_events: 1000,
+            batch_bytes: 4 << 20,
+            max_value_bytes: 1 << 20,
+            retry: Duration::from_secs(1),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -38,6 +64,7 @@ impl Default for EngineConfig {
             max_event_bytes: 1 << 20,
             recovery_batch: 1000,
             max_active_entities: 100_000,
+            projections: ProjectionConfig::default(),
             topic_retention: 100_000,
         }
     }

@@ -29,6 +29,7 @@ use crate::journal::{Journal, JournalResult, StoredTopicMessage};
 use crate::metrics::Metrics;
 use crate::names::{persistence_id, validate_entity};
 use crate::outbox::{self, OutboxMsg};
+use crate::projection::Projections;
 use crate::router::{EntityState, Envelope, Outcome, ReplyTo, Router, ShardMsg};
 use crate::shard::{self, RecoveryPermits, Shared};
 use crate::side_effects::SideEffectRunner;
@@ -49,6 +50,7 @@ struct Inner {
     outbox: (crossbeam_channel::Sender<OutboxMsg>, Mutex<Option<JoinHandle<()>>>),
     writer: Mutex<Option<JoinHandle<()>>>,
     head: Head,
+    projections: Projections,
 }
 
 /// A page of a topic: its messages from a position, and what is there to read.
@@ -68,6 +70,13 @@ impl Engine {
         let router = Router::new(senders);
         let metrics = Arc::new(Metrics::default());
         let (writer, head, writer_thread) = writer::spawn(journal.clone(), metrics.clone());
+        let projections = Projections::start(
+            journal.clone(),
+            registry.clone(),
+            head.clone(),
+            metrics.clone(),
+            config.projections.clone(),
+        );
         // Loads the pending entries before any shard can add one.
         let (outbox_tx, outbox_thread) =
             outbox::spawn(journal.clone(), router.clone(), writer.clone(), metrics.clone());
@@ -94,6 +103,7 @@ impl Engine {
             outbox: (outbox_tx, Mutex::new(Some(outbox_thread))),
             writer: Mutex::new(Some(writer_thread)),
             head,
+            projections,
         };
         Engine { inner: Arc::new(inner) }
     }
@@ -130,6 +140,11 @@ impl Engine {
     /// (`changed().await` wakes a reader that follows the journal live).
     pub fn durable_head(&self) -> Head {
         self.inner.head.clone()
+    }
+
+    /// The projections fed from this engine's journal.
+    pub fn projections(&self) -> &Projections {
+        &self.inner.projections
     }
 
     /// The id stored with every event this process writes (Akka's writer uuid).
@@ -212,10 +227,11 @@ impl Engine {
         Ok(rx)
     }
 
-    /// Stop the outbox (deliveries not settled are delivered again after the next
-    /// start), then the shards after their in-flight writes finish, then the
-    /// writer, so the journal is closed when this returns.
+    /// Stop the projections and the outbox (deliveries not settled are delivered
+    /// again after the next start), then the shards after their in-flight writes
+    /// finish, then the writer, so the journal is closed when this returns.
     pub fn shutdown(&self) {
+        self.inner.projections.shutdown();
         self.topics().close();
         let _ = self.inner.outbox.0.send(OutboxMsg::Stop);
         if let Some(t) = self.inner.outbox.1.lock().unwrap().take() {

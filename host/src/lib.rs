@@ -15,6 +15,7 @@ pub mod api;
 pub mod subscribe;
 pub mod engine;
 mod shard;
+pub mod projection;
 mod side_effects;
 mod outbox;
 mod writer;

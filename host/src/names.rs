@@ -40,6 +40,37 @@ fn url_safe(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.chars().all(ok_char) && s != "." && s != ".."
 }
 
+/// Projection names: what a projection component is deployed under (a directory
+/// name in the data directory, like an entity type).
+pub fn validate_projection_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        return Err(format!(
+            "invalid projection name `{}`: use 1-64 characters from a-z, 0-9, '-' and '_'",
+            name.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// Longest key of a projection's view, in bytes.
+pub const MAX_VIEW_KEY_BYTES: usize = 1024;
+
+/// Keys of a projection's view: 1 to 1024 bytes of UTF-8 without control
+/// characters (so no NUL, which the index uses as a separator, and nothing that
+/// garbles a log line). Any other character is allowed; in a URL path it is
+/// percent-encoded (`/` as `%2F`).
+pub fn validate_view_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_VIEW_KEY_BYTES || key.chars().any(char::is_control) {
+        let shown: String = key.chars().take(64).collect();
+        return Err(format!(
+            "invalid view key `{}`: use 1-{MAX_VIEW_KEY_BYTES} bytes of UTF-8 without control characters",
+            shown.escape_default()
+        ));
+    }
+    Ok(())
+}
+
 /// Both parts of a persistence id.
 pub fn validate_entity(entity_type: &str, entity_id: &str) -> Result<(), String> {
     validate_entity_type(entity_type)?;
@@ -101,6 +132,16 @@ mod tests {
         assert_eq!(validate_component_version("12"), Ok(12));
         for bad in ["", "0", "-1", "+1", "1.0", " 1", "99999999999999999999", &"1".repeat(21), "١"] {
             assert!(validate_component_version(bad).is_err(), "{bad}");
+        }
+        assert!(validate_projection_name("account-balances").is_ok());
+        for bad in ["Balances", "", "a/b", "..", &"p".repeat(65)] {
+            assert!(validate_projection_name(bad).is_err(), "{bad}");
+        }
+        for good in ["alice", "_total", "a/b c", "é", "..", &"k".repeat(1024)] {
+            assert!(validate_view_key(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a\0b", "a\nb", "\u{7f}", &"k".repeat(1025)] {
+            assert!(validate_view_key(bad).is_err(), "{bad}");
         }
         assert!(validate_topic("orders.created").is_ok());
         for bad in ["", "a/b", "..", "a b", "a\0", "é", &"t".repeat(256)] {

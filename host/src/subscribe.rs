@@ -11,28 +11,39 @@
 //! closed by the connection's idle timeout). A reconnect with `Last-Event-ID`
 //! resumes right after that event.
 //!
+//! Pages are shared ([`Pages`]): subscribers that follow the same source from the
+//! same position (typically all of those at the head, woken by the same write)
+//! get one journal read and one JSON encoding between them, not one each. A page
+//! is immutable once read (the journal only appends), except that an empty page
+//! says only "nothing yet at the head it was read at", so it is used only by a
+//! subscriber that has not seen a newer head.
+//!
 //! Architecture invariant: subscriptions only read the journal; they never write.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
 use serde_json::Value;
+use tokio::sync::OnceCell;
 
 use crate::engine::Engine;
 use crate::journal::{Journal, JournalResult, StoredEvent};
 
 /// Events per journal read.
 const PAGE: usize = 256;
+/// Shared pages kept at most, and their encoded bytes at most: the oldest go first.
+const PAGES_KEPT: usize = 64;
+const PAGES_BYTES: usize = 32 << 20;
 /// A comment line this often while there is nothing to send (default of
 /// `--stream-keep-alive-secs`).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// What a subscription follows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Source {
     /// All events, or those carrying a tag; positions are global offsets.
     Offsets { tag: Option<String> },
@@ -84,23 +95,137 @@ pub fn event_json(e: StoredEvent) -> Value {
     Value::Object(o)
 }
 
+/// Events from one position of one source, encoded as the stream sends them.
+struct Page {
+    /// Position and `data:` of each event, in order.
+    events: Vec<(u64, String)>,
+    /// The durable head when the read began: an empty page is current up to it.
+    head: u64,
+    bytes: usize,
+}
+
+type PageKey = (Arc<Source>, u64);
+type PageCell = Arc<OnceCell<Arc<Page>>>;
+
+/// The pages read for subscriptions, shared by all of them (module doc). Bounded
+/// by count and bytes; a page still in use by a cursor stays alive through its
+/// `Arc` after it leaves the cache.
+#[derive(Default)]
+pub struct Pages {
+    inner: Mutex<PagesInner>,
+}
+
+#[derive(Default)]
+struct PagesInner {
+    cells: HashMap<PageKey, PageCell>,
+    /// Keys in insertion order, with the bytes of their page once read.
+    order: VecDeque<(PageKey, usize)>,
+    bytes: usize,
+}
+
+impl Pages {
+    /// The page of `source` from `from` on, read once for every subscriber that
+    /// asks for it; `seen_head` is the newest durable head the caller has seen.
+    async fn get(&self, engine: &Engine, source: &Arc<Source>, from: u64, seen_head: u64) -> Result<Arc<Page>, String> {
+        let key = (source.clone(), from);
+        loop {
+            let cell = self.cell(&key);
+            let page = cell.get_or_try_init(|| read_page(engine, source.clone(), from)).await?.clone();
+            self.account(&key, page.bytes);
+            if !page.events.is_empty() || page.head >= seen_head {
+                return Ok(page);
+            }
+            // Empty as of an older head than the caller saw: read again.
+            self.forget(&key, &cell);
+        }
+    }
+
+    fn cell(&self, key: &PageKey) -> PageCell {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(cell) = inner.cells.get(key) {
+            return cell.clone();
+        }
+        let cell = PageCell::default();
+        inner.cells.insert(key.clone(), cell.clone());
+        inner.order.push_back((key.clone(), 0));
+        while inner.order.len() > PAGES_KEPT {
+            inner.evict_oldest();
+        }
+        cell
+    }
+
+    /// Count a page's bytes once it is read, and keep the total under its bound.
+    fn account(&self, key: &PageKey, bytes: usize) {
+        let mut inner = self.inner.lock().unwrap();
+        let inner = &mut *inner;
+        if let Some(entry) = inner.order.iter_mut().find(|(k, b)| *b == 0 && k == key) {
+            entry.1 = bytes;
+            inner.bytes += bytes;
+        }
+        while inner.bytes > PAGES_BYTES && inner.order.len() > 1 {
+            inner.evict_oldest();
+        }
+    }
+
+    fn forget(&self, key: &PageKey, cell: &PageCell) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.cells.get(key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            inner.cells.remove(key);
+            if let Some(i) = inner.order.iter().position(|(k, _)| k == key) {
+                let (_, bytes) = inner.order.remove(i).unwrap();
+                inner.bytes -= bytes;
+            }
+        }
+    }
+}
+
+impl PagesInner {
+    fn evict_oldest(&mut self) {
+        if let Some((key, bytes)) = self.order.pop_front() {
+            self.cells.remove(&key);
+            self.bytes -= bytes;
+        }
+    }
+}
+
+/// Read and encode one page, off the async threads.
+async fn read_page(engine: &Engine, source: Arc<Source>, from: u64) -> Result<Arc<Page>, String> {
+    let head = *engine.durable_head().borrow();
+    let journal = engine.journal().clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let events = source.read(&*journal, from)?;
+        let events: Vec<(u64, String)> =
+            events.into_iter().map(|e| (source.position(&e), event_json(e).to_string())).collect();
+        let bytes = events.iter().map(|(_, data)| data.len() + 32).sum();
+        JournalResult::Ok(Page { events, head, bytes })
+    });
+    match read.await {
+        Ok(Ok(page)) => Ok(Arc::new(page)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 struct Cursor {
     engine: Engine,
+    pages: Arc<Pages>,
     source: Arc<Source>,
     /// The position of the next event to send.
     next: u64,
-    page: VecDeque<StoredEvent>,
+    /// The page being sent, and the index of its next event.
+    page: Option<(Arc<Page>, usize)>,
     done: bool,
 }
 
 /// The SSE response for `source` from position `from` on.
 pub fn subscribe(
     engine: Engine,
+    pages: Arc<Pages>,
     source: Source,
     from: u64,
     keep_alive: Duration,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + Send + 'static> {
-    let cursor = Cursor { engine, source: Arc::new(source), next: from, page: VecDeque::new(), done: false };
+    let cursor = Cursor { engine, pages, source: Arc::new(source), next: from, page: None, done: false };
     let events = stream::unfold(cursor, |mut c| async move {
         let event = c.next_event().await?;
         Some((Ok(event), c))
@@ -116,26 +241,26 @@ impl Cursor {
             return None;
         }
         loop {
-            if let Some(e) = self.page.pop_front() {
-                let id = self.source.position(&e);
-                self.next = id + 1;
-                return Some(Event::default().id(id.to_string()).data(event_json(e).to_string()));
+            if let Some((page, i)) = &mut self.page {
+                if let Some((id, data)) = page.events.get(*i) {
+                    *i += 1;
+                    self.next = id + 1;
+                    return Some(Event::default().id(id.to_string()).data(data));
+                }
+                self.page = None;
             }
             let mut head = self.engine.durable_head();
             // Mark the current head as seen before reading, so a write that lands
             // after the read wakes the wait below.
-            head.borrow_and_update();
-            let (journal, source, from) = (self.engine.journal().clone(), self.source.clone(), self.next);
-            let read = tokio::task::spawn_blocking(move || source.read(&*journal, from)).await;
-            match read {
-                Ok(Ok(events)) if !events.is_empty() => self.page.extend(events),
-                Ok(Ok(_)) => {
+            let seen = *head.borrow_and_update();
+            match self.pages.get(&self.engine, &self.source, self.next, seen).await {
+                Ok(page) if !page.events.is_empty() => self.page = Some((page, 0)),
+                Ok(_) => {
                     if head.changed().await.is_err() {
                         return None;
                     }
                 }
-                Ok(Err(e)) => return Some(self.fail(e.to_string())),
-                Err(e) => return Some(self.fail(e.to_string())),
+                Err(e) => return Some(self.fail(e)),
             }
         }
     }

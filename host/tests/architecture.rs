@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["net", "api"],
     &["subscribe"],
     &["engine"],
-    &["shard"],
+    &["shard", "projection"],
     &["side_effects"],
     &["outbox"],
     &["writer", "topics"],
@@ -35,6 +35,11 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ("journal", &["wasmtime", "axum", "tokio"], "the journal knows nothing of Wasm or HTTP"),
     ("component", &["axum", "fjall", "sled"], "components know nothing of HTTP or storage"),
     ("shard", &["axum", "fjall", "sled"], "shards know nothing of HTTP or the storage engine"),
+    (
+        "projection",
+        &["axum", "fjall", "sled", "wasmtime"],
+        "projections reach Wasm and storage through component and journal",
+    ),
     ("writer", &["wasmtime", "axum"], "the writer knows nothing of Wasm or HTTP"),
     ("router", &["wasmtime", "axum", "fjall", "sled"], "the router only carries messages"),
     ("outbox", &["wasmtime", "axum", "fjall", "sled"], "the outbox delivers through the router and writer only"),
@@ -149,4 +154,76 @@ fn modules_do_not_use_what_they_must_not_know() {
 fn the_import_reader_sees_grouped_and_nested_imports() {
     let found = crate_imports("use crate::{a::X, b::{c::Y, Z}, d};\nfn f() { crate::e::g(); }");
     assert_eq!(found, ["a", "b", "d", "e"].into_iter().map(String::from).collect());
+}
+
+/// The sibling files a file imports with `use super::...` at its top level (not
+/// `mod.rs`, whose items every file may use, and not inside test modules).
+fn sibling_imports(text: &str, siblings: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut statement = String::new();
+    for line in text.lines() {
+        if line.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if statement.is_empty() && !line.starts_with("use super::") && !line.starts_with("pub use super::") {
+            continue;
+        }
+        statement.push_str(line);
+        if !line.trim_end().ends_with(';') {
+            continue;
+        }
+        let rest = statement.split("super::").nth(1).unwrap_or("").to_string();
+        statement.clear();
+        let names: Vec<String> = match rest.strip_prefix('{') {
+            Some(group) => group.split([',', '}']).map(|s| s.trim().split("::").next().unwrap().to_string()).collect(),
+            None => vec![rest.split("::").next().unwrap().trim_end_matches(';').to_string()],
+        };
+        out.extend(names.into_iter().filter(|n| siblings.contains(n)));
+    }
+    out
+}
+
+#[test]
+fn no_import_circle_among_the_files_of_a_module() {
+    fn dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+        out.push(dir.to_path_buf());
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() && p.file_name().is_some_and(|n| n != "tests") {
+                dirs(&p, out);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    dirs(&src(), &mut all);
+    for dir in all {
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs") && p.file_stem().is_some_and(|s| s != "mod"))
+            .collect();
+        let names: BTreeSet<String> = files.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into()).collect();
+        let edges: Vec<(String, BTreeSet<String>)> = files
+            .iter()
+            .map(|p| {
+                let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+                (name, sibling_imports(&std::fs::read_to_string(p).unwrap(), &names))
+            })
+            .collect();
+        // Remove files that import no file left, or that no file left imports,
+        // until nothing changes: what remains lies on (or between) circles.
+        let mut left: Vec<(String, BTreeSet<String>)> = edges;
+        loop {
+            let names: BTreeSet<String> = left.iter().map(|(n, _)| n.clone()).collect();
+            let imported: BTreeSet<String> =
+                left.iter().flat_map(|(_, i)| i.iter().filter(|n| names.contains(*n)).cloned()).collect();
+            let before = left.len();
+            left.retain(|(n, imports)| imports.iter().any(|i| names.contains(i)) && imported.contains(n));
+            if left.len() == before {
+                break;
+            }
+        }
+        let circle: Vec<String> = left.iter().map(|(n, i)| format!("{n} -> {i:?}")).collect();
+        assert!(circle.is_empty(), "import circle among the files of {}: {}", dir.display(), circle.join("; "));
+    }
 }

@@ -44,8 +44,13 @@ fn admin_routes_need_the_admin_token() {
     let comps = bank();
     let server = Server::start(data.path(), comps.path(), &["--admin-token", ADMIN, "--watch-secs", "0"]);
     let wasm = std::fs::read(example("bank-account")).unwrap();
-    let admin_routes: [(&str, &str, &[u8]); 2] =
-        [("PUT", "/v1/components/ledger", &wasm), ("POST", "/v1/components/bank-account/versions/1/activate", b"")];
+    let projection = std::fs::read(example("account-balances")).unwrap();
+    let admin_routes: [(&str, &str, &[u8]); 4] = [
+        ("PUT", "/v1/components/ledger", &wasm),
+        ("POST", "/v1/components/bank-account/versions/1/activate", b""),
+        ("PUT", "/v1/projections/balances", &projection),
+        ("POST", "/v1/projections/balances/versions/1/activate", b""),
+    ];
     for (method, path, body) in admin_routes {
         let (s, b) = server.request_with(method, path, body, None);
         assert_eq!(s, 401, "{method} {path}: {b}");
@@ -75,6 +80,8 @@ fn admin_routes_need_the_admin_token() {
     assert_eq!(server.send("bank-account", "a", r#"{"type":"CreateAccount"}"#).0, 200);
     assert_eq!(server.get("/v1/entities/bank-account/a/state").0, 200);
     assert_eq!(server.get("/v1/components").0, 200);
+    assert_eq!(server.get("/v1/projections").0, 200);
+    assert_eq!(server.get("/v1/views/balances/nobody").0, 404, "no token needed; no such key");
     assert_eq!(server.get("/health").0, 200);
     assert_eq!(server.request("GET", "/metrics", b"").0, 200);
 
@@ -108,12 +115,23 @@ fn the_client_token_gates_commands_and_queries() {
     assert_eq!(server.request_with("POST", "/v1/entities/bank-account/c", create, Some(CLIENT)).0, 200);
     // The admin token opens the client routes too; the client token opens no admin route.
     assert_eq!(server.request_with("GET", "/v1/entities/bank-account/c/state", b"", Some(ADMIN)).0, 200);
-    for path in ["/v1/entities/bank-account/c/events", "/v1/events?tag=account", "/v1/topics/t", "/v1/components"] {
+    for path in [
+        "/v1/entities/bank-account/c/events",
+        "/v1/events?tag=account",
+        "/v1/topics/t",
+        "/v1/components",
+        "/v1/projections",
+    ] {
         assert_eq!(server.request_with("GET", path, b"", None).0, 401, "{path}");
         assert_eq!(server.request_with("GET", path, b"", Some(CLIENT)).0, 200, "{path}");
     }
     let (s, _) = server.request_with("POST", "/v1/components/bank-account/versions/1/activate", b"", Some(CLIENT));
     assert_eq!(s, 403);
+    let projection = std::fs::read(example("account-balances")).unwrap();
+    let (s, _) = server.request_with("PUT", "/v1/projections/balances", &projection, Some(CLIENT));
+    assert_eq!(s, 403, "a client cannot deploy a projection");
+    assert_eq!(server.request_with("GET", "/v1/views/balances/c", b"", None).0, 401);
+    assert_eq!(server.request_with("GET", "/v1/views/balances/c", b"", Some(CLIENT)).0, 404, "never deployed");
     assert_eq!(server.request("GET", "/health", b"").0, 200);
     assert_eq!(server.request("GET", "/metrics", b"").0, 200);
     let (ok, out, err) = cli(&server, &["state", "bank-account", "c"], &[("MNEME_CLIENT_TOKEN", CLIENT)]);

@@ -130,6 +130,52 @@ fn a_subscriber_from_offset_zero_gets_every_event_once_in_order_while_writes_go_
 }
 
 #[test]
+fn many_subscribers_of_one_tag_each_get_every_event_once_in_order_while_writes_go_on() {
+    // Subscribers that follow the same tag share the pages read for them; each must
+    // still see exactly the journal, whether it joined before, during or after the
+    // writes, and the ones at the head must wake for every write.
+    let data = tempfile::tempdir().unwrap();
+    let comps = components_dir(&[example("bank-account")]);
+    let server = Server::start(data.path(), comps.path(), &[]);
+    for i in 0..4 {
+        assert_eq!(server.send("bank-account", &format!("m{i}"), r#"{"type":"CreateAccount"}"#).0, 200);
+    }
+    let url = format!("{}/v1/events/stream?tag=account&from=0", server.url);
+    let early: Vec<_> = (0..6).map(|_| open(&url, None)).collect();
+    let mut late = Vec::new();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let server = &server;
+            s.spawn(move || {
+                for a in 0..40 {
+                    deposit(server, &format!("m{t}"), a + 1);
+                }
+            });
+        }
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(30));
+            late.push(open(&url, None));
+        }
+    });
+    late.push(open(&url, None));
+    let total = 4 + 4 * 40;
+    let (_, page) = server.get("/v1/events?tag=account&from=0&limit=10000");
+    let journal: Vec<Value> = page["events"].as_array().unwrap().clone();
+    assert_eq!(journal.len(), total);
+    for (n, rx) in early.iter().chain(&late).enumerate() {
+        let got = take(rx, total, 60);
+        assert_eq!(got.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>(), journal, "subscriber {n}");
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err_and(|e| e == mpsc::RecvTimeoutError::Timeout));
+    }
+    // A write after all of them reached the head reaches every one.
+    deposit(&server, "m0", 7);
+    for rx in early.iter().chain(&late) {
+        let got = take(rx, 1, 30);
+        assert_eq!(got[0].0, total as u64 + 1);
+    }
+}
+
+#[test]
 fn a_reconnect_with_last_event_id_across_a_restart_misses_nothing_and_repeats_nothing() {
     let data = tempfile::tempdir().unwrap();
     let comps = components_dir(&[example("bank-account")]);

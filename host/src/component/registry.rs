@@ -27,10 +27,12 @@ use anyhow::Context as _;
 use wasmtime::component::Component;
 
 use super::handler::{EntityHandler, NativeFactory};
-use super::sandbox::{Runtime, WasmPre};
+use super::projection::bindings::ProjectionPre;
+use super::projection::{ProjectionInfo, ProjectionSandbox};
+use super::sandbox::{HostState, Runtime, WasmPre};
 use super::store::{sha256_hex, write_atomically, ComponentStore};
 use crate::clock::now_ms;
-use crate::names::validate_entity_type;
+use crate::names::{validate_entity_type, validate_label, validate_projection_name};
 
 /// What a component says about itself (`describe()`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +72,32 @@ impl LoadedComponent {
     }
 }
 
+/// A validated version of a projection component.
+pub struct LoadedProjection {
+    /// The name it is deployed under.
+    pub name: String,
+    pub version: u64,
+    pub hash: String,
+    pub size: usize,
+    pub info: ProjectionInfo,
+    pub deployed_at_ms: u64,
+    pre: ProjectionPre<HostState>,
+}
+
+impl LoadedProjection {
+    /// A fresh instance of this version.
+    pub fn instantiate(&self, runtime: &Runtime) -> Result<ProjectionSandbox, String> {
+        runtime.instantiate_projection(&self.pre)
+    }
+}
+
 pub struct Registry {
     runtime: Arc<Runtime>,
     store: ComponentStore,
     active: RwLock<HashMap<String, Arc<LoadedComponent>>>,
+    /// Projection components: every version on disk, and the active one of each.
+    projection_store: ComponentStore,
+    projections: RwLock<HashMap<String, Arc<LoadedProjection>>>,
     /// Serialises deploys so version numbers are assigned in order.
     deploying: Mutex<()>,
     engine_fingerprint: String,
@@ -105,6 +129,8 @@ impl Registry {
     /// pending until [`Registry::load_stored`] loads it.
     pub fn open_deferred(runtime: Arc<Runtime>, data_dir: &Path) -> anyhow::Result<Registry> {
         let store = ComponentStore::open(data_dir).context("opening the component store")?;
+        let projection_store =
+            ComponentStore::open_named(data_dir, "projections").context("opening the projection store")?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         runtime.engine().precompile_compatibility_hash().hash(&mut h);
         let engine_fingerprint = format!("{:016x}", h.finish());
@@ -113,14 +139,29 @@ impl Registry {
             .into_iter()
             .map(|v| (v.entity_type, format!("compiling stored version {}", v.version)))
             .collect();
-        Ok(Registry {
+        let registry = Registry {
             runtime,
             store,
             active: RwLock::default(),
+            projection_store,
+            projections: RwLock::default(),
             deploying: Mutex::new(()),
             engine_fingerprint,
             pending: RwLock::new(pending),
-        })
+        };
+        // Projections load here, before the engine starts their workers.
+        for v in registry.projection_store.active()? {
+            match registry.projection_version(&v.entity_type, v.version) {
+                Ok(p) => {
+                    tracing::info!(projection = %v.entity_type, version = v.version, "loaded projection");
+                    registry.projections.write().unwrap().insert(v.entity_type.clone(), p);
+                }
+                Err(e) => {
+                    tracing::error!(projection = %v.entity_type, version = v.version, "cannot load stored projection: {e}")
+                }
+            }
+        }
+        Ok(registry)
     }
 
     /// Load every stored active version (each leaves the pending list when done,
@@ -319,6 +360,100 @@ impl Registry {
             }
         }
         Ok(failures)
+    }
+
+    /// The active version of a projection.
+    pub fn projection(&self, name: &str) -> Option<Arc<LoadedProjection>> {
+        self.projections.read().unwrap().get(name).cloned()
+    }
+
+    /// The active version of every projection, by name.
+    pub fn projections(&self) -> Vec<Arc<LoadedProjection>> {
+        let mut v: Vec<_> = self.projections.read().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Every stored version number of a projection.
+    pub fn projection_versions(&self, name: &str) -> Vec<u64> {
+        self.projection_store.versions(name).map(|v| v.into_iter().map(|v| v.version).collect()).unwrap_or_default()
+    }
+
+    /// A stored version of a projection, loaded (whether active or not).
+    pub fn projection_version(&self, name: &str, version: u64) -> Result<Arc<LoadedProjection>, String> {
+        if let Some(p) = self.projection(name).filter(|p| p.version == version) {
+            return Ok(p);
+        }
+        let stored = self
+            .projection_store
+            .versions(name)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| format!("projection `{name}` has no version {version}"))?;
+        let wasm = std::fs::read(&stored.path).map_err(|e| e.to_string())?;
+        let deployed_at_ms = stored.meta().map_err(|e| e.to_string())?.deployed_at_ms;
+        self.load_projection(name, version, &wasm, deployed_at_ms).map(Arc::new).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Validate `wasm` as a projection component (compile, check it against the
+    /// `projection` world, instantiate, `describe`), store it as the next version
+    /// of `name` and make it active. Deploying the bytes that are already active
+    /// changes nothing. An invalid component is refused and nothing is stored.
+    pub fn deploy_projection(&self, name: &str, wasm: &[u8]) -> Result<Arc<LoadedProjection>, String> {
+        validate_projection_name(name)?;
+        let _guard = self.deploying.lock().unwrap();
+        let hash = sha256_hex(wasm);
+        if let Some(current) = self.projection(name) {
+            if current.hash == hash {
+                return Ok(current);
+            }
+        }
+        let next = self.projection_versions(name).last().map_or(1, |v| v + 1);
+        let deployed_at_ms = now_ms();
+        let loaded = self
+            .load_projection(name, next, wasm, deployed_at_ms)
+            .map_err(|e| format!("invalid projection `{name}`: {e:#}"))?;
+        let version = self
+            .projection_store
+            .add_version(name, wasm, deployed_at_ms)
+            .map_err(|e| format!("cannot store projection: {e}"))?;
+        debug_assert_eq!(version, next);
+        let loaded = Arc::new(loaded);
+        self.projections.write().unwrap().insert(name.to_string(), loaded.clone());
+        tracing::info!(projection = name, version, hash = %&hash[..12], "deployed projection");
+        Ok(loaded)
+    }
+
+    /// Make a stored version of a projection active again.
+    pub fn activate_projection(&self, name: &str, version: u64) -> Result<Arc<LoadedProjection>, String> {
+        validate_projection_name(name)?;
+        let _guard = self.deploying.lock().unwrap();
+        let loaded = self.projection_version(name, version)?;
+        self.projection_store.set_active(name, version).map_err(|e| e.to_string())?;
+        self.projections.write().unwrap().insert(name.to_string(), loaded.clone());
+        tracing::info!(projection = name, version, "activated projection version");
+        Ok(loaded)
+    }
+
+    fn load_projection(
+        &self,
+        name: &str,
+        version: u64,
+        wasm: &[u8],
+        deployed_at_ms: u64,
+    ) -> anyhow::Result<LoadedProjection> {
+        let hash = sha256_hex(wasm);
+        let component = self.compile(wasm, &hash)?;
+        let pre = self.runtime.prepare_projection(&component)?;
+        let mut sandbox =
+            self.runtime.instantiate_projection(&pre).map_err(|e| anyhow::anyhow!("instantiation failed: {e}"))?;
+        let info = sandbox.describe().map_err(|e| anyhow::anyhow!("describe() failed: {e}"))?;
+        anyhow::ensure!(!info.tags.is_empty(), "describe() names no tags: a projection reads the events of its tags");
+        for tag in &info.tags {
+            validate_label("tag", tag, false).map_err(|e| anyhow::anyhow!("describe(): {e}"))?;
+        }
+        Ok(LoadedProjection { name: name.to_string(), version, hash, size: wasm.len(), info, deployed_at_ms, pre })
     }
 
     /// Compile (or load precompiled), link, instantiate and describe.

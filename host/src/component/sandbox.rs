@@ -25,6 +25,7 @@ use super::bindings_v01 as v01;
 use super::handler::{EntityHandler, Fault};
 use super::legacy;
 use super::limits::{self, SandboxLimits};
+use super::view::ViewReader;
 use super::world::{self, WitVersion};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
@@ -36,9 +37,13 @@ pub struct HostState {
     memory_denied: bool,
     table_cap: usize,
     table_denied: bool,
-    fault: Option<String>,
+    pub(super) fault: Option<String>,
     /// The WASI function the guest called (they are all traps).
     pub(super) wasi_called: Option<String>,
+    /// A projection's view, for its `get` import, during a `handle-events` call.
+    pub(super) view: Option<Arc<dyn ViewReader>>,
+    /// Why the host could not answer a projection's `get` (a storage error, not the guest's fault).
+    pub(super) view_error: Option<String>,
 }
 
 impl host::Host for HostState {
@@ -72,6 +77,12 @@ enum Instance {
     V0_2(Entity),
 }
 
+impl world::NotesWasiCalls for HostState {
+    fn wasi_called(&mut self, function: String) {
+        self.wasi_called = Some(function);
+    }
+}
+
 impl ResourceLimiter for HostState {
     fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_cap {
@@ -89,7 +100,7 @@ impl ResourceLimiter for HostState {
     }
 }
 
-/// The shared engine and linker. One per process.
+/// The shared engine and the entities' linker. One per process.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
@@ -137,9 +148,9 @@ impl Runtime {
     /// every reason if not), then link it: the WASI interfaces Rust's standard
     /// library always imports become traps.
     pub fn prepare(&self, component: &Component) -> anyhow::Result<WasmPre> {
-        let version = world::check(&self.engine, component)?;
+        let version = world::check_entity(&self.engine, component)?;
         let mut linker = self.linker.clone();
-        world::link_inert_imports(&self.engine, component, &mut linker)?;
+        world::link_inert_imports(&world::ENTITY, &self.engine, component, &mut linker)?;
         let pre = linker.instantiate_pre(component)?;
         let mismatch = |e: wasmtime::Error| anyhow::anyhow!("its exports do not match the `entity` world: {e:#}");
         Ok(match version {
@@ -150,17 +161,7 @@ impl Runtime {
 
     /// A fresh, empty instance.
     pub fn instantiate(&self, pre: &WasmPre) -> Result<Sandbox, String> {
-        let state = HostState {
-            memory_cap: self.limits.memory_bytes,
-            memory_denied: false,
-            table_cap: self.limits.table_elements,
-            table_denied: false,
-            fault: None,
-            wasi_called: None,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| s as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline(deadline_ticks(self.limits));
+        let mut store = self.store();
         let instance = match pre {
             WasmPre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
             WasmPre::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),
@@ -168,10 +169,39 @@ impl Runtime {
         let entity = instance.map_err(|e| fault_reason(&e, store.data(), self.limits))?;
         Ok(Sandbox { store, entity, limits: self.limits })
     }
+
+    /// A store with the limits of every instance: memory and table caps, deadline.
+    pub(super) fn store(&self) -> Store<HostState> {
+        let state = HostState {
+            memory_cap: self.limits.memory_bytes,
+            memory_denied: false,
+            table_cap: self.limits.table_elements,
+            table_denied: false,
+            fault: None,
+            wasi_called: None,
+            view: None,
+            view_error: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        store.set_epoch_deadline(deadline_ticks(self.limits));
+        store
+    }
+}
+
+impl HostState {
+    /// Forget what the previous call left behind.
+    pub(super) fn reset(&mut self) {
+        self.fault = None;
+        self.memory_denied = false;
+        self.table_denied = false;
+        self.wasi_called = None;
+        self.view_error = None;
+    }
 }
 
 /// The call timeout in epoch ticks (+1: the current tick may be nearly over).
-fn deadline_ticks(limits: SandboxLimits) -> u64 {
+pub(super) fn deadline_ticks(limits: SandboxLimits) -> u64 {
     (limits.call_timeout.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1) + 1
 }
 
@@ -189,7 +219,7 @@ fn spawn_epoch_ticker(runtime: Weak<Runtime>) {
 }
 
 /// Explain a failed call in words a caller can act on.
-fn fault_reason(err: &wasmtime::Error, state: &HostState, limits: SandboxLimits) -> String {
+pub(super) fn fault_reason(err: &wasmtime::Error, state: &HostState, limits: SandboxLimits) -> String {
     if state.memory_denied {
         let detail = state.fault.as_deref().map(|m| format!(" (guest reported: {m})")).unwrap_or_default();
         return format!("memory limit of {} MiB exceeded{detail}", limits.memory_bytes >> 20);
@@ -239,11 +269,7 @@ enum Guest<'a> {
 impl Sandbox {
     fn call<R>(&mut self, f: impl FnOnce(Guest, &mut Store<HostState>) -> wasmtime::Result<R>) -> Result<R, Fault> {
         self.store.set_epoch_deadline(deadline_ticks(self.limits));
-        let data = self.store.data_mut();
-        data.fault = None;
-        data.memory_denied = false;
-        data.table_denied = false;
-        data.wasi_called = None;
+        self.store.data_mut().reset();
         let guest = match &self.entity {
             Instance::V0_1(e) => Guest::V0_1(e.mneme_entity_handler()),
             Instance::V0_2(e) => Guest::V0_2(e.mneme_entity_handler()),

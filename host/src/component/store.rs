@@ -4,6 +4,7 @@
 //! DATA/components/{type}/{version:08}.wasm   every deployed version, as uploaded
 //! DATA/components/{type}/{version:08}.meta   its SHA-256 and deploy time (text, `key=value` lines)
 //! DATA/components/{type}/ACTIVE              the active version number (text)
+//! DATA/projections/{name}/...                the same for projections
 //! DATA/cache/{sha256}-{engine}.cwasm         precompiled code (Component::serialize)
 //! ```
 //! Files are written to a temporary name, synced, then renamed, so a crash never
@@ -94,7 +95,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 impl ComponentStore {
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
-        let root = data_dir.join("components");
+        Self::open_named(data_dir, "components")
+    }
+
+    /// The store under `DATA/{dir}` (entities: `components`, projections: `projections`).
+    pub fn open_named(data_dir: &Path, dir: &str) -> std::io::Result<Self> {
+        let root = data_dir.join(dir);
         let cache = data_dir.join("cache");
         fs::create_dir_all(&root)?;
         fs::create_dir_all(&cache)?;
@@ -119,7 +125,7 @@ impl ComponentStore {
         write_atomically(&self.root.join(entity_type).join("ACTIVE"), version.to_string().as_bytes())
     }
 
-    /// The active version of every entity type.
+    /// The active version of every entity type (or projection).
     pub fn active(&self) -> std::io::Result<Vec<StoredVersion>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.root)? {

@@ -1,23 +1,25 @@
-//! Deploy-time check that a component fits the `entity` world of
-//! `wit/entity.wit`, so a component mneme cannot run is refused with the reason
-//! instead of failing every command later.
+//! Deploy-time check that a component fits the world mneme runs it in — the
+//! `entity` world of `wit/entity.wit`, or the `projection` world of
+//! `wit/projection.wit` ([`WorldSpec`]) — so a component mneme cannot run is
+//! refused with the reason instead of failing every call later.
 //!
 //! Versions: mneme implements `mneme:entity@0.2.0` ([`WIT_VERSION`], the Rust
-//! SDK's) and still runs components built against `0.1.x` (`wit/v0.1`, e.g. the
+//! SDK's) and still runs entities built against `0.1.x` (`wit/v0.1`, e.g. the
 //! Python, JavaScript and C examples): [`WitVersion`] names the world a
 //! component's `handler` export belongs to, and the sandbox binds that world.
-//! Within a world the component model's semver rule applies (for 0.x, the same
-//! minor: `0.2.7` is `0.2.x`).
+//! Projections: `mneme:projection@0.1.x`. Within a world the component model's
+//! semver rule applies (for 0.x, the same minor: `0.2.7` is `0.2.x`).
 //!
-//! Imports: mneme provides `mneme:entity/host` (and the type-only
-//! `mneme:entity/types`) at those versions, nothing else. Refused, each named in
-//! the error:
+//! Imports: mneme provides the world's host interfaces (`mneme:entity/host`;
+//! `mneme:projection/view` and `mneme:projection/host`) and its type-only
+//! `types` interface at those versions, nothing else. Refused, each named in the
+//! error:
 //!
 //! * WASI capabilities (`wasi:filesystem`, `wasi:clocks`, `wasi:random`,
 //!   `wasi:sockets`, `wasi:http`, ...): mneme gives guests no WASI;
-//! * `mneme:entity` interfaces of a version mneme does not implement (`@0.3.0`,
-//!   `@0.0.9`), or functions this host does not provide;
-//! * anything else (another world's imports).
+//! * interfaces of the world's package of a version mneme does not implement
+//!   (`@0.3.0`, `@0.0.9`), or functions this host does not provide;
+//! * anything else (another world's imports, e.g. an entity deployed as a projection).
 //!
 //! One exception, [`INERT_WASI`]: the stdio, environment, exit and stream
 //! interfaces that Rust's `wasm32-wasip2` standard library links into every
@@ -28,7 +30,8 @@
 //! JavaScript (ComponentizeJS with its WASI features disabled) and C without I/O
 //! import no WASI at all.
 //!
-//! Exports: `mneme:entity/handler@0.1.x` or `@0.2.x` with all five functions.
+//! Exports: the world's `handler` interface (`mneme:entity/handler@0.1.x` or
+//! `@0.2.x` with all five functions, `mneme:projection/handler@0.1.x` with both).
 //! Their types are checked by wasmtime when the component is linked.
 
 use anyhow::bail;
@@ -36,12 +39,10 @@ use wasmtime::component::types::{self, ComponentItem};
 use wasmtime::component::{Component, Linker, ResourceType};
 use wasmtime::Engine;
 
-use super::sandbox::HostState;
-
 /// The version of `wit/entity.wit` this host implements.
 pub const WIT_VERSION: (u64, u64, u64) = (0, 2, 0);
 
-/// The worlds mneme runs: a component's `handler` export names its world.
+/// The entity worlds mneme runs: a component's `handler` export names its world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WitVersion {
     /// `mneme:entity@0.1.x` (`wit/v0.1/entity.wit`): no `command-metadata.origin`.
@@ -51,10 +52,61 @@ pub enum WitVersion {
 }
 
 impl WitVersion {
-    /// Every world, oldest first, with its (major, minor).
-    const ALL: [(WitVersion, (u64, u64)); 2] = [(WitVersion::V0_1, (0, 1)), (WitVersion::V0_2, (0, 2))];
+    /// The entity world of a (major, minor) that [`ENTITY`] accepts.
+    fn of(version: (u64, u64)) -> WitVersion {
+        if version == (0, 1) {
+            WitVersion::V0_1
+        } else {
+            WitVersion::V0_2
+        }
+    }
 }
-const PACKAGE: &str = "mneme:entity";
+
+/// What one world of mneme's WIT asks of a component.
+#[derive(Debug)]
+pub struct WorldSpec {
+    /// The world's name, e.g. `entity`.
+    pub world: &'static str,
+    /// An article and a noun for messages: "an entity", "a projection".
+    pub what: &'static str,
+    /// The WIT package, e.g. `mneme:entity`.
+    pub package: &'static str,
+    /// The package version this host implements (the newest).
+    pub version: (u64, u64, u64),
+    /// Every (major, minor) this host runs, oldest first.
+    pub accepted: &'static [(u64, u64)],
+    /// The WIT file, for messages.
+    pub wit_file: &'static str,
+    /// Interfaces the host provides, with their functions.
+    pub imports: &'static [(&'static str, &'static [&'static str])],
+    /// Functions of the `handler` interface a component must export.
+    pub handler_funcs: &'static [&'static str],
+}
+
+/// The `entity` world of `wit/entity.wit` (and of `wit/v0.1/entity.wit`).
+pub const ENTITY: WorldSpec = WorldSpec {
+    world: "entity",
+    what: "an entity",
+    package: "mneme:entity",
+    version: WIT_VERSION,
+    accepted: &[(0, 1), (0, 2)],
+    wit_file: "wit/entity.wit",
+    imports: &[("host", HOST_FUNCS)],
+    handler_funcs: HANDLER_FUNCS,
+};
+
+/// The `projection` world of `wit/projection.wit`.
+pub const PROJECTION: WorldSpec = WorldSpec {
+    world: "projection",
+    what: "a projection",
+    package: "mneme:projection",
+    version: (0, 1, 0),
+    accepted: &[(0, 1)],
+    wit_file: "wit/projection.wit",
+    imports: &[("view", &["get"]), ("host", &["report-fault"])],
+    handler_funcs: &["describe", "handle-events"],
+};
+
 /// Functions of `mneme:entity/host` this host provides.
 const HOST_FUNCS: &[&str] = &["report-fault"];
 /// Functions of `mneme:entity/handler` a component must export.
@@ -85,15 +137,15 @@ const WASI_FIX: &str = "mneme gives guests no WASI; build without it, e.g. compo
 /// How mneme treats one import of a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ImportKind {
-    /// `mneme:entity/host`, compatible version.
-    Host,
-    /// `mneme:entity/types`, compatible version (types only).
+    /// One of the world's host interfaces (`mneme:entity/host`), compatible version.
+    Host(&'static [&'static str]),
+    /// The world's `types` interface, compatible version (types only).
     Types,
     /// One of [`INERT_WASI`]: linked as traps.
     InertWasi,
     /// Any other WASI interface: refused.
     Wasi,
-    /// A `mneme:entity` interface of an incompatible (or no) version: refused.
+    /// An interface of the world's package of an incompatible (or no) version: refused.
     WrongVersion,
     /// Anything else: refused.
     Unknown,
@@ -107,50 +159,50 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// The world a version belongs to, if mneme implements it: semver-compatible with
-/// one of [`WitVersion::ALL`] the way wasmtime matches names (for 0.x, the same
-/// minor; no pre-release; build metadata ignored).
-fn compatible(version: Option<&str>) -> Option<WitVersion> {
+/// The (major, minor) of the world's versions that `version` belongs to, if
+/// mneme implements it: semver-compatible with one of [`WorldSpec::accepted`]
+/// the way wasmtime matches names (for 0.x, the same minor; no pre-release;
+/// build metadata ignored).
+fn compatible(spec: &WorldSpec, version: Option<&str>) -> Option<(u64, u64)> {
     let v = version?;
     let v = v.split_once('+').map_or(v, |(v, _build)| v);
     let parts: Vec<Option<u64>> = v.split('.').map(|p| p.parse().ok()).collect();
     let [Some(major), Some(minor), Some(_patch)] = parts[..] else { return None };
-    WitVersion::ALL.iter().find_map(|&(world, (want_major, want_minor))| {
-        let fits = if want_major == 0 { major == 0 && minor == want_minor } else { major == want_major };
-        fits.then_some(world)
+    spec.accepted.iter().copied().find(|&(want_major, want_minor)| {
+        if want_major == 0 {
+            major == 0 && minor == want_minor
+        } else {
+            major == want_major
+        }
     })
 }
 
-fn classify(name: &str) -> ImportKind {
+fn classify(spec: &WorldSpec, name: &str) -> ImportKind {
     let (base, version) = split_version(name);
     if base.starts_with("wasi:") {
         return if INERT_WASI.contains(&base) { ImportKind::InertWasi } else { ImportKind::Wasi };
     }
-    let interface = base.strip_prefix(PACKAGE).and_then(|rest| rest.strip_prefix('/'));
+    let interface = base.strip_prefix(spec.package).and_then(|rest| rest.strip_prefix('/'));
     match interface {
-        Some(iface @ ("host" | "types")) if compatible(version).is_some() => {
-            if iface == "host" {
-                ImportKind::Host
-            } else {
-                ImportKind::Types
-            }
-        }
-        Some(_) if compatible(version).is_none() => ImportKind::WrongVersion,
-        _ => ImportKind::Unknown,
+        Some("types") if compatible(spec, version).is_some() => ImportKind::Types,
+        Some(iface) if compatible(spec, version).is_some() => match spec.imports.iter().find(|(i, _)| *i == iface) {
+            Some((_, funcs)) => ImportKind::Host(funcs),
+            None => ImportKind::Unknown,
+        },
+        Some(_) => ImportKind::WrongVersion,
+        None => ImportKind::Unknown,
     }
 }
 
-fn wit_version() -> String {
-    let (a, b, c) = WIT_VERSION;
+fn wit_version(spec: &WorldSpec) -> String {
+    let (a, b, c) = spec.version;
     format!("{a}.{b}.{c}")
 }
 
 /// The versions accepted, for messages: `0.1.x or 0.2.x`.
-fn compatible_range() -> String {
-    let ranges: Vec<String> = WitVersion::ALL
-        .iter()
-        .map(|(_, (a, b))| if *a == 0 { format!("{a}.{b}.x") } else { format!("{a}.x") })
-        .collect();
+fn compatible_range(spec: &WorldSpec) -> String {
+    let ranges: Vec<String> =
+        spec.accepted.iter().map(|(a, b)| if *a == 0 { format!("{a}.{b}.x") } else { format!("{a}.x") }).collect();
     ranges.join(" or ")
 }
 
@@ -167,50 +219,59 @@ fn quoted(names: &[String]) -> String {
     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
-/// Every reason `component` does not fit the `entity` world (empty when it fits),
-/// and the world its `handler` export belongs to.
-pub fn problems(engine: &Engine, component: &Component) -> (Vec<String>, Option<WitVersion>) {
+/// Every reason `component` does not fit the world of `spec` (empty when it
+/// fits), and the (major, minor) of the world its `handler` export belongs to.
+pub fn problems(spec: &WorldSpec, engine: &Engine, component: &Component) -> (Vec<String>, Option<(u64, u64)>) {
+    let package = spec.package;
     let ty = component.component_type();
     let mut problems = Vec::new();
     let mut wasi = Vec::new();
     let mut wrong_version = Vec::new();
     for (name, import) in ty.imports(engine) {
-        match classify(name) {
-            ImportKind::Host => {
+        match classify(spec, name) {
+            ImportKind::Host(funcs) => {
                 let unknown: Vec<String> = func_names(engine, &import.ty)
                     .into_iter()
-                    .filter(|f| !HOST_FUNCS.contains(f))
+                    .filter(|f| !funcs.contains(f))
                     .map(|f| format!("{name}#{f}"))
                     .collect();
                 if !unknown.is_empty() {
+                    let (base, _) = split_version(name);
                     problems.push(format!(
-                        "imports {}, which this mneme does not provide (its `{PACKAGE}/host` has {}): build against \
-                         the wit/entity.wit of this mneme ({PACKAGE}@{})",
+                        "imports {}, which this mneme does not provide (its `{base}` has {}): build against the {} \
+                         of this mneme ({package}@{})",
                         quoted(&unknown),
-                        quoted(&HOST_FUNCS.iter().map(|f| f.to_string()).collect::<Vec<_>>()),
-                        wit_version()
+                        quoted(&funcs.iter().map(|f| f.to_string()).collect::<Vec<_>>()),
+                        spec.wit_file,
+                        wit_version(spec)
                     ));
                 }
             }
             ImportKind::Types | ImportKind::InertWasi => {}
             ImportKind::Wasi => wasi.push(name.to_string()),
             ImportKind::WrongVersion => wrong_version.push(name.to_string()),
-            ImportKind::Unknown => problems.push(format!(
-                "imports `{name}`, which mneme does not provide: an entity (world `entity` of {PACKAGE}@{}) may \
-                 import only `{PACKAGE}/host`",
-                wit_version()
-            )),
+            ImportKind::Unknown => {
+                let allowed: Vec<String> = spec.imports.iter().map(|(i, _)| format!("{package}/{i}")).collect();
+                problems.push(format!(
+                    "imports `{name}`, which mneme does not provide: {} (world `{}` of {package}@{}) may import only {}",
+                    spec.what,
+                    spec.world,
+                    wit_version(spec),
+                    quoted(&allowed)
+                ))
+            }
         }
     }
     if !wrong_version.is_empty() {
         problems.insert(
             0,
             format!(
-                "imports {}, but this mneme implements {PACKAGE}@{} (it accepts {}): build against the \
-                 wit/entity.wit of this mneme",
+                "imports {}, but this mneme implements {package}@{} (it accepts {}): build against the {} of this \
+                 mneme",
                 quoted(&wrong_version),
-                wit_version(),
-                compatible_range()
+                wit_version(spec),
+                compatible_range(spec),
+                spec.wit_file
             ),
         );
     }
@@ -221,7 +282,7 @@ pub fn problems(engine: &Engine, component: &Component) -> (Vec<String>, Option<
     let exports: Vec<(&str, ComponentItem)> = ty.exports(engine).map(|(n, e)| (n, e.ty)).collect();
     let handler = exports.iter().find_map(|(name, item)| {
         let (base, version) = split_version(name);
-        let world = compatible(version).filter(|_| base == format!("{PACKAGE}/handler"))?;
+        let world = compatible(spec, version).filter(|_| base == format!("{package}/handler"))?;
         Some((name, item, world))
     });
     let world = handler.map(|(_, _, world)| world);
@@ -229,15 +290,16 @@ pub fn problems(engine: &Engine, component: &Component) -> (Vec<String>, Option<
         None => {
             let found: Vec<String> = exports.iter().map(|(n, _)| n.to_string()).collect();
             problems.push(format!(
-                "does not export `{PACKAGE}/handler@{}` (the `entity` world's export); it exports {}",
-                compatible_range(),
+                "does not export `{package}/handler@{}` (the `{}` world's export); it exports {}",
+                compatible_range(spec),
+                spec.world,
                 if found.is_empty() { "nothing".to_string() } else { quoted(&found) }
             ));
         }
         Some((name, item, _)) => {
             let have = func_names(engine, item);
             let missing: Vec<String> =
-                HANDLER_FUNCS.iter().filter(|f| !have.contains(f)).map(|f| f.to_string()).collect();
+                spec.handler_funcs.iter().filter(|f| !have.contains(f)).map(|f| f.to_string()).collect();
             if !missing.is_empty() {
                 problems.push(format!("`{name}` lacks {}", quoted(&missing)));
             }
@@ -246,26 +308,38 @@ pub fn problems(engine: &Engine, component: &Component) -> (Vec<String>, Option<
     (problems, world)
 }
 
-/// Refuse a component that does not fit the `entity` world, naming every reason;
-/// else the world it was built against.
-pub fn check(engine: &Engine, component: &Component) -> anyhow::Result<WitVersion> {
-    match problems(engine, component) {
+/// Refuse a component that does not fit the world of `spec`, naming every
+/// reason; else the (major, minor) of the world it was built against.
+pub fn check(spec: &WorldSpec, engine: &Engine, component: &Component) -> anyhow::Result<(u64, u64)> {
+    match problems(spec, engine, component) {
         (problems, Some(world)) if problems.is_empty() => Ok(world),
-        (problems, _) => bail!("the component does not fit mneme's `entity` world: {}", problems.join("; ")),
+        (problems, _) => bail!("the component does not fit mneme's `{}` world: {}", spec.world, problems.join("; ")),
     }
 }
 
+/// [`check`] against the `entity` world: the entity world it was built against.
+pub fn check_entity(engine: &Engine, component: &Component) -> anyhow::Result<WitVersion> {
+    check(&ENTITY, engine, component).map(WitVersion::of)
+}
+
+/// Host data that remembers which WASI function a guest called, for the fault's
+/// message (the sandbox's `HostState`).
+pub trait NotesWasiCalls: 'static {
+    fn wasi_called(&mut self, function: String);
+}
+
 /// Define the component's [`INERT_WASI`] imports as functions that trap, naming
-/// themselves, and its `mneme:entity/types` import (types only) if it asks for
-/// another patch version than the linker's.
-pub fn link_inert_imports(
+/// themselves, and its `types` import (types only) if it asks for another patch
+/// version than the linker's.
+pub fn link_inert_imports<T: NotesWasiCalls>(
+    spec: &WorldSpec,
     engine: &Engine,
     component: &Component,
-    linker: &mut Linker<HostState>,
+    linker: &mut Linker<T>,
 ) -> anyhow::Result<()> {
     let ty = component.component_type();
     for (name, import) in ty.imports(engine) {
-        match classify(name) {
+        match classify(spec, name) {
             ImportKind::InertWasi => {
                 let ComponentItem::ComponentInstance(instance) = &import.ty else { continue };
                 link_as_traps(engine, name, instance, linker)?;
@@ -279,11 +353,11 @@ pub fn link_inert_imports(
     Ok(())
 }
 
-fn link_as_traps(
+fn link_as_traps<T: NotesWasiCalls>(
     engine: &Engine,
     name: &str,
     instance: &types::ComponentInstance,
-    linker: &mut Linker<HostState>,
+    linker: &mut Linker<T>,
 ) -> anyhow::Result<()> {
     let mut linked = linker.instance(name)?;
     for (item, export) in instance.exports(engine) {
@@ -291,7 +365,7 @@ fn link_as_traps(
             ComponentItem::ComponentFunc(_) => {
                 let function = format!("{name}#{item}");
                 linked.func_new(item, move |mut store, _, _, _| {
-                    store.data_mut().wasi_called = Some(function.clone());
+                    store.data_mut().wasi_called(function.clone());
                     wasmtime::bail!("the guest called `{function}`, which mneme does not provide")
                 })?;
             }
@@ -310,9 +384,38 @@ mod tests {
     fn wit_version_is_the_one_in_wit_entity_wit() {
         let wit = include_str!("../../../wit/entity.wit");
         assert!(
-            wit.contains(&format!("package {PACKAGE}@{};", wit_version())),
+            wit.contains(&format!("package {}@{};", ENTITY.package, wit_version(&ENTITY))),
             "wit/entity.wit declares another version"
         );
+        let wit = include_str!("../../../wit/projection.wit");
+        assert!(
+            wit.contains(&format!("package {}@{};", PROJECTION.package, wit_version(&PROJECTION))),
+            "wit/projection.wit declares another version"
+        );
+        for (iface, funcs) in PROJECTION.imports.iter().chain(ENTITY.imports) {
+            for f in *funcs {
+                let wit = if PROJECTION.imports.iter().any(|(i, _)| i == iface) {
+                    include_str!("../../../wit/projection.wit")
+                } else {
+                    include_str!("../../../wit/entity.wit")
+                };
+                assert!(wit.contains(&format!("interface {iface} {{")) && wit.contains(&format!("{f}: func(")));
+            }
+        }
+    }
+
+    #[test]
+    fn each_world_provides_its_own_interfaces_only() {
+        let p = |name| classify(&PROJECTION, name);
+        assert_eq!(p("mneme:projection/view@0.1.0"), ImportKind::Host(&["get"]));
+        assert_eq!(p("mneme:projection/host@0.1.3"), ImportKind::Host(&["report-fault"]));
+        assert_eq!(p("mneme:projection/types@0.1.0"), ImportKind::Types);
+        assert_eq!(p("mneme:projection/view@0.2.0"), ImportKind::WrongVersion);
+        assert_eq!(p("mneme:entity/host@0.2.0"), ImportKind::Unknown, "an entity is not a projection");
+        assert_eq!(classify(&ENTITY, "mneme:projection/view@0.1.0"), ImportKind::Unknown);
+        assert_eq!(p("wasi:random/random@0.2.6"), ImportKind::Wasi);
+        assert_eq!(p("wasi:cli/stderr@0.2.6"), ImportKind::InertWasi);
+        assert_eq!(compatible_range(&PROJECTION), "0.1.x");
     }
 
     #[test]
@@ -324,28 +427,31 @@ mod tests {
 
     #[test]
     fn mneme_interfaces_of_a_compatible_version_are_provided() {
-        assert_eq!(classify("mneme:entity/host@0.1.0"), ImportKind::Host);
-        assert_eq!(classify("mneme:entity/host@0.1.7"), ImportKind::Host);
-        assert_eq!(classify("mneme:entity/host@0.1.2+build.5"), ImportKind::Host);
+        let classify = |name| classify(&ENTITY, name);
+        assert_eq!(classify("mneme:entity/host@0.1.0"), ImportKind::Host(HOST_FUNCS));
+        assert_eq!(classify("mneme:entity/host@0.1.7"), ImportKind::Host(HOST_FUNCS));
+        assert_eq!(classify("mneme:entity/host@0.1.2+build.5"), ImportKind::Host(HOST_FUNCS));
         assert_eq!(classify("mneme:entity/types@0.1.0"), ImportKind::Types);
-        assert_eq!(classify("mneme:entity/host@0.2.0"), ImportKind::Host);
+        assert_eq!(classify("mneme:entity/host@0.2.0"), ImportKind::Host(HOST_FUNCS));
         assert_eq!(classify("mneme:entity/types@0.2.3"), ImportKind::Types);
     }
 
     #[test]
     fn each_version_belongs_to_its_world() {
-        assert_eq!(compatible(Some("0.1.0")), Some(WitVersion::V0_1));
-        assert_eq!(compatible(Some("0.1.9+b")), Some(WitVersion::V0_1));
-        assert_eq!(compatible(Some("0.2.0")), Some(WitVersion::V0_2));
-        assert_eq!(compatible(Some("0.2.4")), Some(WitVersion::V0_2));
+        let world = |v| compatible(&ENTITY, v).map(WitVersion::of);
+        assert_eq!(world(Some("0.1.0")), Some(WitVersion::V0_1));
+        assert_eq!(world(Some("0.1.9+b")), Some(WitVersion::V0_1));
+        assert_eq!(world(Some("0.2.0")), Some(WitVersion::V0_2));
+        assert_eq!(world(Some("0.2.4")), Some(WitVersion::V0_2));
         for v in [None, Some("0.3.0"), Some("0.0.9"), Some("1.2.0"), Some("0.2"), Some("0.2.0-rc1")] {
-            assert_eq!(compatible(v), None, "{v:?}");
+            assert_eq!(world(v), None, "{v:?}");
         }
-        assert_eq!(compatible_range(), "0.1.x or 0.2.x");
+        assert_eq!(compatible_range(&ENTITY), "0.1.x or 0.2.x");
     }
 
     #[test]
     fn mneme_interfaces_of_another_version_are_refused() {
+        let classify = |name| classify(&ENTITY, name);
         for name in [
             "mneme:entity/host@0.3.0",
             "mneme:entity/host@0.0.9",
@@ -363,6 +469,7 @@ mod tests {
 
     #[test]
     fn wasi_is_refused_except_what_rust_std_always_links() {
+        let classify = |name| classify(&ENTITY, name);
         for name in [
             "wasi:filesystem/types@0.2.6",
             "wasi:clocks/wall-clock@0.2.0",
@@ -382,6 +489,7 @@ mod tests {
 
     #[test]
     fn other_imports_are_refused() {
+        let classify = |name| classify(&ENTITY, name);
         for name in ["foo:bar/baz@1.0.0", "report-fault", "mneme:entityx/host@0.1.0", "mneme:other/host@0.1.0"] {
             assert_eq!(classify(name), ImportKind::Unknown, "{name}");
         }

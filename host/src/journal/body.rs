@@ -4,23 +4,59 @@
 //! body   := record *
 //! record := kind u8 | len u32 LE | bytes[len]
 //! kind   := 1 event | 2 snapshot | 3 timer stored | 4 timer removed
+//!           | 5 view put | 6 view delete | 7 projection offset
 //!           | 8 outbox entry | 9 outbox entry done | 10 applied idempotency key
 //!           | 11 topic message
 //! ```
 //! `bytes` of kinds 1-3 are the version-2 records of `codec.rs` (each with its own
 //! CRC, so a read through the index, which goes straight to `bytes`, is checked
-//! too); kind 4 is the timer id, u64 LE; kinds 8-11 are the version-2 records of
-//! `outbox.rs`. The whole body is also covered by the frame's CRC.
+//! too); kind 4 is the timer id, u64 LE; kinds 5-7 are a projection's records
+//! (`views.rs`), written together as one frame per projection batch; kinds 8-11
+//! are the version-2 records of `outbox.rs`. The whole body is also covered by
+//! the frame's CRC.
 
 use super::codec;
-use super::outbox::Kind as OutboxKind;
+use super::views::{self, ProjectionOffset, ViewUpdate};
 use super::{JournalError, JournalResult, NewEvent, Snapshot, Timer};
 
 const EVENT: u8 = 1;
 const SNAPSHOT: u8 = 2;
 const TIMER_STORED: u8 = 3;
 const TIMER_REMOVED: u8 = 4;
+const VIEW_PUT: u8 = 5;
+const VIEW_DELETE: u8 = 6;
+const PROJECTION_OFFSET: u8 = 7;
 const RECORD_HEADER: usize = 5;
+
+/// The kinds of the outbox's records in a frame body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    Entry,
+    Done,
+    Applied,
+    TopicMessage,
+}
+
+impl OutboxKind {
+    pub fn from_u8(kind: u8) -> Option<OutboxKind> {
+        match kind {
+            8 => Some(OutboxKind::Entry),
+            9 => Some(OutboxKind::Done),
+            10 => Some(OutboxKind::Applied),
+            11 => Some(OutboxKind::TopicMessage),
+            _ => None,
+        }
+    }
+
+    pub(super) fn code(self) -> u8 {
+        match self {
+            OutboxKind::Entry => 8,
+            OutboxKind::Done => 9,
+            OutboxKind::Applied => 10,
+            OutboxKind::TopicMessage => 11,
+        }
+    }
+}
 
 /// A record of a body: where its bytes are, relative to the body's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +75,19 @@ pub enum Record {
     },
     TimerRemoved {
         id: u64,
+    },
+    /// Kinds 5-7: a projection's records (`views.rs`).
+    ViewPut {
+        at: usize,
+        len: usize,
+    },
+    ViewDelete {
+        at: usize,
+        len: usize,
+    },
+    ProjectionOffset {
+        at: usize,
+        len: usize,
     },
     /// Kinds 8-11: the outbox's records (`outbox.rs`).
     Outbox {
@@ -85,6 +134,21 @@ impl BodyBuilder {
         });
     }
 
+    pub fn view_update(&mut self, projection: &str, generation: u32, update: &ViewUpdate) {
+        match update {
+            ViewUpdate::Put { key, value } => {
+                self.push(VIEW_PUT, |buf| views::encode_put(buf, projection, generation, key, value))
+            }
+            ViewUpdate::Delete { key } => {
+                self.push(VIEW_DELETE, |buf| views::encode_delete(buf, projection, generation, key))
+            }
+        }
+    }
+
+    pub fn projection_offset(&mut self, o: &ProjectionOffset) {
+        self.push(PROJECTION_OFFSET, |buf| views::encode_offset(buf, o));
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.buf
     }
@@ -105,6 +169,9 @@ pub fn records(body: &[u8]) -> JournalResult<Vec<Record>> {
             SNAPSHOT => Record::Snapshot { at: start, len },
             TIMER_STORED => Record::TimerStored { at: start, len },
             TIMER_REMOVED if len == 8 => Record::TimerRemoved { id: u64::from_le_bytes(bytes.try_into().unwrap()) },
+            VIEW_PUT => Record::ViewPut { at: start, len },
+            VIEW_DELETE => Record::ViewDelete { at: start, len },
+            PROJECTION_OFFSET => Record::ProjectionOffset { at: start, len },
             kind if OutboxKind::from_u8(kind).is_some() => {
                 Record::Outbox { kind: OutboxKind::from_u8(kind).unwrap(), at: start, len }
             }
@@ -142,7 +209,7 @@ mod tests {
         assert_eq!(codec::decode_snapshot_record(&body[at..at + len]).unwrap().state, vec![1]);
         assert!(records(&body[..body.len() - 1]).is_err(), "a cut body is refused");
         let mut unknown = body.clone();
-        unknown[0] = 12;
+        unknown[0] = 99;
         assert!(records(&unknown).is_err());
     }
 }

@@ -26,24 +26,31 @@
 //!             | state bytes32
 //! timer    := crc32 | 2u8 | id u64 | due_ms u64 | entity_type str16 | entity_id str16 | payload bytes32
 //! ```
+//!
+//! The projection records (view put, view delete, projection offset) use the same
+//! encoder; their layouts are in `views.rs`.
 
 use super::{JournalError, JournalResult, NewEvent, Snapshot, StoredEvent, Timer};
 
 const VERSION: u8 = 1;
 /// The self-describing records of the commit log.
-const LOG_VERSION: u8 = 2;
+pub(super) const LOG_VERSION: u8 = 2;
 
 /// Encodes one record at the end of a buffer (which may hold other records before it).
+/// Also used by `views.rs` (projection records) and `outbox.rs`.
 pub(super) struct Enc<'a> {
     buf: &'a mut Vec<u8>,
     start: usize,
 }
 
 impl<'a> Enc<'a> {
-    fn into(buf: &'a mut Vec<u8>, version: u8) -> Self {
+    pub(super) fn into(buf: &'a mut Vec<u8>, version: u8) -> Self {
         let start = buf.len();
         buf.extend_from_slice(&[0, 0, 0, 0, version]);
         Enc { buf, start }
+    }
+    pub(super) fn u8(&mut self, v: u8) {
+        self.buf.push(v);
     }
     pub(super) fn u16(&mut self, v: u16) {
         self.buf.extend_from_slice(&v.to_le_bytes());
@@ -63,7 +70,7 @@ impl<'a> Enc<'a> {
         self.buf.extend_from_slice(b);
     }
     /// Write the CRC; returns the record's length.
-    fn finish(self) -> usize {
+    pub(super) fn finish(self) -> usize {
         let crc = crc32fast::hash(&self.buf[self.start + 4..]);
         self.buf[self.start..self.start + 4].copy_from_slice(&crc.to_le_bytes());
         self.buf.len() - self.start
@@ -89,7 +96,7 @@ impl<'a> Dec<'a> {
         Self::version(bytes, what, VERSION)
     }
 
-    fn version(bytes: &'a [u8], what: &'static str, version: u8) -> JournalResult<Self> {
+    pub(super) fn version(bytes: &'a [u8], what: &'static str, version: u8) -> JournalResult<Self> {
         if bytes.len() < 5 {
             return Err(JournalError::Corrupt(format!("{what} record too short")));
         }
@@ -102,7 +109,7 @@ impl<'a> Dec<'a> {
         }
         Ok(Dec { rest: &bytes[5..], what })
     }
-    fn unchecked(bytes: &'a [u8], what: &'static str, version: u8) -> JournalResult<Self> {
+    pub(super) fn unchecked(bytes: &'a [u8], what: &'static str, version: u8) -> JournalResult<Self> {
         if bytes.len() < 5 || bytes[4] != version {
             return Err(JournalError::Corrupt(format!("{what} record too short or of another version")));
         }

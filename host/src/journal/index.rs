@@ -10,6 +10,8 @@
 //! b't' tag 0x00 offset(u64 BE)   -> Loc of the event record       tag index
 //! b's' pid                       -> Loc of the latest snapshot record
 //! b'm' id(u64 BE)                -> Loc of a stored timer record (removed when delivered)
+//! b'v' projection 0x00 generation(u32 BE) key  -> Loc of a view's put record   (`views.rs`)
+//! b'p' projection 0x00 generation(u32 BE)      -> Loc of a projection's offset record
 //! b'f' first_offset(u64 BE)      -> Loc of the body of a frame holding events   (all events by offset)
 //! b'x', b'k', b'q' ...            -> the outbox's pending entries, applied idempotency
 //!                                    keys and topic messages (`outbox.rs`)
@@ -34,36 +36,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use super::body::{self, Record};
 use super::codec;
 use super::keys::{event_key, event_prefix, snapshot_key, tag_key};
+pub use super::location::{IndexBatch, Loc};
 use super::log::Position;
 use super::outbox;
+use super::views;
 use super::{JournalError, JournalResult};
-
-/// Where a record's bytes are in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Loc {
-    pub segment: u64,
-    pub pos: u64,
-    pub len: u32,
-}
-
-impl Loc {
-    fn encode(self) -> [u8; 20] {
-        let mut v = [0u8; 20];
-        v[..8].copy_from_slice(&self.segment.to_le_bytes());
-        v[8..16].copy_from_slice(&self.pos.to_le_bytes());
-        v[16..].copy_from_slice(&self.len.to_le_bytes());
-        v
-    }
-
-    fn decode(v: &[u8]) -> JournalResult<Loc> {
-        let v: &[u8; 20] = v.try_into().map_err(|_| JournalError::Corrupt("index entry of the wrong size".into()))?;
-        Ok(Loc {
-            segment: u64::from_le_bytes(v[..8].try_into().unwrap()),
-            pos: u64::from_le_bytes(v[8..16].try_into().unwrap()),
-            len: u32::from_le_bytes(v[16..].try_into().unwrap()),
-        })
-    }
-}
 
 /// How far the index has taken in the log, and what the writer continues with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,23 +105,6 @@ fn storage(e: fjall::Error) -> JournalError {
     }
 }
 
-/// What indexing one frame changes.
-#[derive(Default)]
-pub struct IndexBatch {
-    puts: Vec<(Vec<u8>, [u8; 20])>,
-    removes: Vec<Vec<u8>>,
-}
-
-impl IndexBatch {
-    pub(super) fn put(&mut self, key: Vec<u8>, loc: Loc) {
-        self.puts.push((key, loc.encode()));
-    }
-
-    pub(super) fn remove(&mut self, key: Vec<u8>) {
-        self.removes.push(key);
-    }
-}
-
 /// The index entries of a frame whose body starts at `body_pos` of `segment`,
 /// and the [`Through`] after it.
 pub fn index_frame(
@@ -180,6 +140,15 @@ pub fn index_frame(
                 through.next_timer_id = through.next_timer_id.max(id + 1);
             }
             Record::TimerRemoved { id } => batch.removes.push(timer_key(id).to_vec()),
+            // A projection frame updates each key at most once (`views::check_batch`),
+            // so the order of puts and removes within the frame does not matter.
+            Record::ViewPut { at, len } => {
+                batch.puts.push((views::view_index_key(&body[at..at + len])?, loc(at, len).encode()))
+            }
+            Record::ViewDelete { at, len } => batch.removes.push(views::view_index_key(&body[at..at + len])?),
+            Record::ProjectionOffset { at, len } => {
+                batch.puts.push((views::offset_index_key(&body[at..at + len])?, loc(at, len).encode()))
+            }
             Record::Outbox { kind, at, len } => {
                 outbox::index_record(kind, &body[at..at + len], loc(at, len), &mut batch)?
             }
@@ -330,6 +299,23 @@ impl Index {
     /// The location stored under a key.
     pub fn get(&self, key: &[u8]) -> JournalResult<Option<Loc>> {
         self.entries.get(key).map_err(storage)?.map(|v| Loc::decode(&v)).transpose()
+    }
+
+    /// Entries from `start` on that start with `prefix`, in key order, at most `limit`
+    /// (a view's keys, a projection's offsets).
+    pub fn scan(&self, start: &[u8], prefix: &[u8], limit: usize) -> JournalResult<Vec<(Vec<u8>, Loc)>> {
+        let mut out = Vec::new();
+        for g in self.entries.range(start.to_vec()..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = g.into_inner().map_err(storage)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), Loc::decode(&v)?));
+        }
+        Ok(out)
     }
 
     /// Keys and locations of the entries starting with `prefix`, in key order, at most `limit`.

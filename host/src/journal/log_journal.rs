@@ -42,7 +42,14 @@ use super::keys::WriterState;
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, StdIo};
 use super::outbox::{self, OutboxEntry, StoredTopicMessage};
+use super::outbox_index;
+use super::views::{self, ProjectionBatch, ProjectionOffset, ViewUpdate};
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
+
+/// Records at most this far apart are read together (see `read_many`).
+const SPAN_GAP: u64 = 64 << 10;
+/// The longest span read at once.
+const SPAN_MAX: u64 = 4 << 20;
 
 /// How often a broken index is retried while it keeps failing.
 const INDEX_RETRY: Duration = Duration::from_secs(1);
@@ -258,8 +265,67 @@ impl LogJournal {
         self.reader.read(loc.segment, loc.pos, loc.len).map_err(log_error)
     }
 
-    fn read_event(&self, loc: Loc) -> JournalResult<StoredEvent> {
-        codec::decode_event_record(&self.read(loc)?).map_err(|e| at(loc, e))
+    /// The bytes of many records, in the order given: records close together in
+    /// one segment are read with one positioned read of the span that holds them
+    /// (an entity's events written in a burst lie in consecutive frames), so a
+    /// replay costs a read per span, not per event.
+    fn read_many(&self, locs: &[Loc], mut each: impl FnMut(usize, &[u8]) -> JournalResult<()>) -> JournalResult<()> {
+        let mut i = 0;
+        while i < locs.len() {
+            let first = locs[i];
+            let (mut end, mut j) = (first.pos + first.len as u64, i + 1);
+            while j < locs.len() {
+                let l = locs[j];
+                let next_end = l.pos + l.len as u64;
+                let close = l.segment == first.segment && l.pos >= end && l.pos - end <= SPAN_GAP;
+                if !close || next_end - first.pos > SPAN_MAX {
+                    break;
+                }
+                end = next_end;
+                j += 1;
+            }
+            let span = Loc { segment: first.segment, pos: first.pos, len: (end - first.pos) as u32 };
+            let bytes = self.read(span)?;
+            for (k, l) in locs.iter().enumerate().take(j).skip(i) {
+                let at = (l.pos - first.pos) as usize;
+                each(k, &bytes[at..at + l.len as usize])?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// The offset record an index entry points at, checked against the entry's key.
+    fn read_offset(&self, projection: &str, generation: u32, loc: Loc) -> JournalResult<ProjectionOffset> {
+        let o = views::decode_offset(&self.read(loc)?).map_err(|e| at(loc, e))?;
+        if o.projection != projection || o.generation != generation {
+            let msg = format!(
+                "index entry of the offset of projection `{projection}` generation {generation} points at one of \
+                 `{}` generation {}",
+                o.projection, o.generation
+            );
+            return Err(at(loc, JournalError::Corrupt(msg)));
+        }
+        Ok(o)
+    }
+
+    /// The value of a view put record an index entry points at, checked against the entry's key.
+    fn read_view_value(&self, projection: &str, generation: u32, key: &str, loc: Loc) -> JournalResult<Vec<u8>> {
+        let r = views::decode_put(&self.read(loc)?).map_err(|e| at(loc, e))?;
+        match r.update {
+            ViewUpdate::Put { key: k, value }
+                if r.projection == projection && r.generation == generation && k == key =>
+            {
+                Ok(value)
+            }
+            _ => Err(at(
+                loc,
+                JournalError::Corrupt(format!(
+                    "index entry of key `{key}` of projection `{projection}` generation {generation} points at \
+                     another record"
+                )),
+            )),
+        }
     }
 }
 
@@ -345,7 +411,7 @@ impl Journal for LogJournal {
             let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
             w.state.check_sequence(batch, |k| index.contains(k))?;
             outbox::assign_positions(&batch.outbox.published, &w.topic_heads, |t| {
-                outbox::topic_head_in_index(index, t)
+                outbox_index::topic_head_in_index(index, t)
             })?
         };
         let first_offset = w.state.next_offset;
@@ -383,40 +449,39 @@ impl Journal for LogJournal {
     }
 
     fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
-        let locs = self.index()?.as_ref().unwrap().events(pid, from, limit)?;
+        let entries = self.index()?.as_ref().unwrap().events(pid, from, limit)?;
+        let locs: Vec<Loc> = entries.iter().map(|(_, loc)| *loc).collect();
         let mut out = Vec::with_capacity(locs.len());
-        for (seq_nr, loc) in locs {
-            let e = self.read_event(loc)?;
+        self.read_many(&locs, |k, bytes| {
+            let (seq_nr, loc) = entries[k];
+            let e = codec::decode_event_record(bytes).map_err(|e| at(loc, e))?;
             if e.persistence_id != pid || e.seq_nr != seq_nr {
-                return Err(at(
-                    loc,
-                    JournalError::Corrupt(format!(
-                        "index entry of {pid}#{seq_nr} points at event {}#{}",
-                        e.persistence_id, e.seq_nr
-                    )),
-                ));
+                let msg = format!("index entry of {pid}#{seq_nr} points at event {}#{}", e.persistence_id, e.seq_nr);
+                return Err(at(loc, JournalError::Corrupt(msg)));
             }
             out.push(e);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
     fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
-        let locs = self.index()?.as_ref().unwrap().tagged(tag, from, limit)?;
+        let entries = self.index()?.as_ref().unwrap().tagged(tag, from, limit)?;
+        let locs: Vec<Loc> = entries.iter().map(|(_, loc)| *loc).collect();
         let mut out = Vec::with_capacity(locs.len());
-        for (offset, loc) in locs {
-            let e = self.read_event(loc)?;
+        self.read_many(&locs, |k, bytes| {
+            let (offset, loc) = entries[k];
+            let e = codec::decode_event_record(bytes).map_err(|e| at(loc, e))?;
             if e.offset != offset || !e.tags.iter().any(|t| t == tag) {
-                return Err(at(
-                    loc,
-                    JournalError::Corrupt(format!(
-                        "index entry of tag `{tag}` offset {offset} points at an event at offset {} without it",
-                        e.offset
-                    )),
-                ));
+                let msg = format!(
+                    "index entry of tag `{tag}` offset {offset} points at an event at offset {} without it",
+                    e.offset
+                );
+                return Err(at(loc, JournalError::Corrupt(msg)));
             }
             out.push(e);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -509,22 +574,99 @@ impl Journal for LogJournal {
         self.writer.lock().unwrap().state.next_offset - 1
     }
 
+    /// One frame: the batch's view records and its offset record.
+    fn write_projection(&self, batch: &ProjectionBatch) -> JournalResult<()> {
+        views::check_batch(batch)?;
+        let o = &batch.offset;
+        let mut w = self.writer.lock().unwrap();
+        self.catch_up(&mut w)?;
+        let stored = {
+            let guard = self.index.read().unwrap();
+            let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
+            index.get(&views::offset_key(&o.projection, o.generation))?
+        };
+        let stored = match stored {
+            Some(loc) => self.read_offset(&o.projection, o.generation, loc)?.offset,
+            None => 0,
+        };
+        if stored != batch.previous_offset {
+            return Err(JournalError::Invalid(format!(
+                "projection `{}` generation {} is at offset {stored}, the batch continues from {}: not stored twice",
+                o.projection, o.generation, batch.previous_offset
+            )));
+        }
+        let bytes: usize = batch
+            .updates
+            .iter()
+            .map(|u| match u {
+                ViewUpdate::Put { key, value } => key.len() + value.len() + 32,
+                ViewUpdate::Delete { key } => key.len() + 32,
+            })
+            .sum();
+        let mut body = BodyBuilder::with_capacity(bytes + 64);
+        for u in &batch.updates {
+            body.view_update(&o.projection, o.generation, u);
+        }
+        body.projection_offset(o);
+        let first_offset = w.state.next_offset;
+        self.append(&mut w, first_offset, &body.finish())
+    }
+
+    fn projection_offsets(&self, projection: &str) -> JournalResult<Vec<ProjectionOffset>> {
+        let prefix = views::offset_prefix(projection);
+        let entries = self.index()?.as_ref().unwrap().scan(&prefix, &prefix, usize::MAX)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, loc) in entries {
+            let generation =
+                key.get(prefix.len()..).and_then(|g| g.try_into().ok()).map(u32::from_be_bytes).ok_or_else(|| {
+                    JournalError::Corrupt(format!("index: bad offset key of projection `{projection}`"))
+                })?;
+            out.push(self.read_offset(projection, generation, loc)?);
+        }
+        Ok(out)
+    }
+
+    fn view_get(&self, projection: &str, generation: u32, key: &str) -> JournalResult<Option<Vec<u8>>> {
+        let loc = self.index()?.as_ref().unwrap().get(&views::view_key(projection, generation, key))?;
+        loc.map(|loc| self.read_view_value(projection, generation, key, loc)).transpose()
+    }
+
+    fn view_scan(
+        &self,
+        projection: &str,
+        generation: u32,
+        prefix: &str,
+        from_key: &str,
+        limit: usize,
+    ) -> JournalResult<Vec<(String, Vec<u8>)>> {
+        let scan_prefix = views::view_prefix(projection, generation, prefix);
+        let start = views::view_key(projection, generation, from_key).max(scan_prefix.clone());
+        let entries = self.index()?.as_ref().unwrap().scan(&start, &scan_prefix, limit)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (index_key, loc) in entries {
+            let key = views::key_of_view_key(&index_key, projection, generation)?.to_string();
+            let value = self.read_view_value(projection, generation, &key, loc)?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
     fn outbox_pending(&self) -> JournalResult<Vec<OutboxEntry>> {
         let guard = self.index()?;
-        outbox::pending_in_index(guard.as_ref().unwrap(), |loc| self.read(loc))
+        outbox_index::pending_in_index(guard.as_ref().unwrap(), |loc| self.read(loc))
     }
 
     fn is_applied(&self, pid: &str, key: &str) -> JournalResult<bool> {
-        outbox::applied_in_index(self.index()?.as_ref().unwrap(), pid, key)
+        outbox_index::applied_in_index(self.index()?.as_ref().unwrap(), pid, key)
     }
 
     fn topic_messages(&self, topic: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredTopicMessage>> {
         let guard = self.index()?;
-        outbox::messages_in_index(guard.as_ref().unwrap(), topic, from, limit, |loc| self.read(loc))
+        outbox_index::messages_in_index(guard.as_ref().unwrap(), topic, from, limit, |loc| self.read(loc))
     }
 
     fn topic_head(&self, topic: &str) -> JournalResult<u64> {
-        outbox::topic_head_in_index(self.index()?.as_ref().unwrap(), topic)
+        outbox_index::topic_head_in_index(self.index()?.as_ref().unwrap(), topic)
     }
 
     /// While the last write failed, each call (at most once a second) probes

@@ -26,13 +26,16 @@
 mod body;
 pub mod codec;
 mod index;
+mod location;
 mod keys;
 pub mod lock;
 pub mod log;
 pub mod log_journal;
 pub mod outbox;
+mod outbox_index;
 pub mod sled_store;
 pub mod verify;
+pub mod views;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -45,6 +48,7 @@ pub use lock::DataLock;
 pub use log_journal::LogJournal;
 pub use outbox::{AppliedKey, OutboxBatch, OutboxEntry, StoredTopicMessage, TopicMessage};
 pub use sled_store::SledJournal;
+pub use views::{ProjectionBatch, ProjectionOffset, ViewUpdate};
 
 /// An event the engine wants stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +173,36 @@ pub trait Journal: Send + Sync + 'static {
     /// has succeeded since), for `GET /health`.
     fn health(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    // Projections (`views.rs`). Only the commit-log journal stores them; the
+    // defaults refuse with [`views::NEED_LOG`].
+
+    /// Store a projection batch atomically and durably: its view updates and its new
+    /// offset, or nothing. Refused (`Invalid`) unless the generation's stored offset
+    /// is the batch's `previous_offset`.
+    fn write_projection(&self, _batch: &ProjectionBatch) -> JournalResult<()> {
+        Err(JournalError::Invalid(views::NEED_LOG.into()))
+    }
+    /// The offset record of every generation of `projection`, oldest generation first.
+    fn projection_offsets(&self, _projection: &str) -> JournalResult<Vec<ProjectionOffset>> {
+        Err(JournalError::Invalid(views::NEED_LOG.into()))
+    }
+    /// The value of `key` in a generation of `projection`'s view.
+    fn view_get(&self, _projection: &str, _generation: u32, _key: &str) -> JournalResult<Option<Vec<u8>>> {
+        Err(JournalError::Invalid(views::NEED_LOG.into()))
+    }
+    /// Keys starting with `prefix`, from `from_key` on (inclusive), in key order (bytewise),
+    /// at most `limit`, with their values.
+    fn view_scan(
+        &self,
+        _projection: &str,
+        _generation: u32,
+        _prefix: &str,
+        _from_key: &str,
+        _limit: usize,
+    ) -> JournalResult<Vec<(String, Vec<u8>)>> {
+        Err(JournalError::Invalid(views::NEED_LOG.into()))
     }
 }
 

@@ -7,12 +7,16 @@
 //! frames, each frame's `first_offset` matching its first event; and both ways
 //! between log and index: every event, tag, latest snapshot and live timer of the
 //! log has the index entry pointing at it, and the index has no other entries.
+//! Projections (`views.rs`): every view and offset record's CRC; every frame with
+//! view records carries the offset record of their projection; offsets never go
+//! back; every key with a value and every generation's offset has its index entry,
+//! and the index has no other view or offset entries.
 //! The outbox (`outbox.rs`): every record's CRC; a done record follows a pending
 //! entry of its key; each entity applied each idempotency key at most once; each
 //! topic's positions are gapless from 1; pending entries, applied keys and topic
 //! messages have their index entries and the index no others.
-//! Memory use grows with the number of persistence ids, pending outbox entries and
-//! applied idempotency keys, not of events.
+//! Memory use grows with the number of persistence ids, view keys, pending outbox
+//! entries and applied idempotency keys, not of events.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,7 +29,8 @@ use super::keys::{event_key, snapshot_key, tag_key};
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogOptions, StdIo};
 use super::log_journal::{index_dir, log_dir};
-use super::outbox::{self, VerifyOutbox};
+use super::outbox_index::{self, VerifyOutbox};
+use super::views::{FrameRecord, ViewsCheck};
 use super::JournalResult;
 
 /// What `verify` found.
@@ -36,6 +41,10 @@ pub struct VerifyReport {
     pub events: u64,
     pub snapshots: u64,
     pub timers: u64,
+    /// Projection records (view puts and deletes, offsets) read.
+    pub projection_records: u64,
+    /// Views' keys that hold a value, over all projections and generations.
+    pub view_keys: u64,
     /// Outbox entries written, and those not delivered yet.
     pub outbox_entries: u64,
     pub outbox_pending: u64,
@@ -103,6 +112,7 @@ pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
         timers: HashMap::new(),
         indexed_events: 0,
         indexed_tags: 0,
+        views: ViewsCheck::default(),
         indexed_frames: 0,
         outbox: VerifyOutbox::default(),
     };
@@ -150,11 +160,12 @@ struct Check<'a> {
     /// Counts of what the index must hold, for the other direction.
     indexed_events: u64,
     indexed_tags: u64,
+    views: ViewsCheck,
     indexed_frames: u64,
     outbox: VerifyOutbox,
 }
 
-impl outbox::Report for Check<'_> {
+impl outbox_index::Report for Check<'_> {
     fn problem(&mut self, p: String) {
         self.report.problem(p);
     }
@@ -186,6 +197,7 @@ impl Check<'_> {
             ));
         }
         let indexed = f.end <= self.through.end;
+        let mut projection_records = Vec::new();
         let has_events = records.iter().any(|r| matches!(r, Record::Event { .. }));
         if let (Some(index), true, true) = (self.index, indexed, has_events) {
             self.indexed_frames += 1;
@@ -211,12 +223,30 @@ impl Check<'_> {
                 Record::TimerRemoved { id } => {
                     self.timers.remove(&id);
                 }
+                Record::ViewPut { at: o, len } => projection_records.push(FrameRecord::View {
+                    loc: at(o, len),
+                    bytes: &f.body[o..o + len],
+                    put: true,
+                }),
+                Record::ViewDelete { at: o, len } => projection_records.push(FrameRecord::View {
+                    loc: at(o, len),
+                    bytes: &f.body[o..o + len],
+                    put: false,
+                }),
+                Record::ProjectionOffset { at: o, len } => {
+                    projection_records.push(FrameRecord::Offset { loc: at(o, len), bytes: &f.body[o..o + len] })
+                }
                 Record::Outbox { kind, at: o, len } => {
                     let mut outbox = std::mem::take(&mut self.outbox);
                     let index = self.index.filter(|_| indexed);
                     outbox.record(kind, &f.body[o..o + len], at(o, len), index, self);
                     self.outbox = outbox;
                 }
+            }
+        }
+        if !projection_records.is_empty() {
+            for p in self.views.frame(&projection_records) {
+                self.report.problem(format!("frame at {}: {p}", f.start));
             }
         }
     }
@@ -287,8 +317,29 @@ impl Check<'_> {
                 Err(e) => self.report.problem(format!("index {what} entries cannot be read: {e}")),
             }
         }
+        self.report.projection_records = self.views.records;
+        self.report.view_keys = self.views.live_keys.len() as u64;
         if !complete {
             return;
+        }
+        let views = std::mem::take(&mut self.views);
+        for (prefix, what, n) in
+            [(b'v', "view key", views.live_keys.len() as u64), (b'p', "projection offset", views.offsets.len() as u64)]
+        {
+            match index.count(prefix) {
+                Ok(found) if found != n => {
+                    self.report.problem(format!("index holds {found} {what} entries, the log {n}"))
+                }
+                Ok(_) => {}
+                Err(e) => self.report.problem(format!("index {what} entries cannot be read: {e}")),
+            }
+        }
+        for (key, loc) in &views.live_keys {
+            self.expect(index, key, *loc, &format!("view key {}", String::from_utf8_lossy(&key[1..]).escape_default()));
+        }
+        for (key, (loc, _)) in &views.offsets {
+            let what = format!("projection offset {}", String::from_utf8_lossy(&key[1..]).escape_default());
+            self.expect(index, key, *loc, &what);
         }
         for (pid, loc) in &snapshots {
             self.expect(index, &snapshot_key(pid), *loc, &format!("the latest snapshot of {pid}"));

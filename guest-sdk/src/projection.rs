@@ -1,0 +1,383 @@
+//! Projections: read models built from the journal's events (`wit/projection.wit`).
+//!
+//! A projection reads the events carrying its tags, in global offset order, and
+//! keeps a *view*: string keys to values (JSON here). mneme stores each batch's
+//! view changes together with the projection's offset in one atomic write, so
+//! the view is the fold of every event exactly once, whatever crashes.
+//!
+//! ```
+//! use mneme_sdk::projection::{EventEnvelope, Projection, StoredEvent, TestView, View};
+//! use serde::{Deserialize, Serialize};
+//!
+//! pub struct Deposits;
+//!
+//! #[derive(Deserialize)]
+//! #[serde(tag = "type")]
+//! pub enum Event {
+//!     Deposited { amount: u64 },
+//!     #[serde(other)]
+//!     Other,
+//! }
+//!
+//! impl Projection for Deposits {
+//!     type Event = Event;
+//!     const NAME: &'static str = "deposits";
+//!     const TAGS: &'static [&'static str] = &["account"];
+//!
+//!     fn handle(view: &mut View, e: &EventEnvelope<Event>) -> Result<(), String> {
+//!         if let Event::Deposited { amount } = e.event {
+//!             // Read-modify-write: `update` reads the current value (with this
+//!             // batch's earlier changes), changes it, and puts it back.
+//!             view.update(e.entity_id(), |total: &mut u64| *total += amount)?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! mneme_sdk::export_projection!(Deposits);
+//!
+//! // Natively, feed events to an in-memory view:
+//! let mut view = TestView::default();
+//! let deposit = serde_json::json!({"type": "Deposited", "amount": 5});
+//! view.apply::<Deposits>(&[
+//!     StoredEvent::json("bank-account|alice", 1, 1, &deposit),
+//!     StoredEvent::json("bank-account|alice", 2, 2, &deposit),
+//! ]).unwrap();
+//! assert_eq!(view.json("alice"), Some(serde_json::json!(10)));
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A projection: folds events into a view.
+///
+/// `handle` must be pure and deterministic, like an entity's `apply`: a view
+/// rebuilt from offset 0 must come out the same.
+pub trait Projection {
+    /// The events this projection reads, decoded from their JSON payload by
+    /// [`Projection::decode`].
+    type Event: DeserializeOwned;
+
+    /// The projection's name, e.g. `account-balances` (informational: mneme names
+    /// a projection after the name it is deployed under).
+    const NAME: &'static str;
+    /// The tags whose events it receives (at least one).
+    const TAGS: &'static [&'static str];
+    /// Version of the view's format. A new component version with another
+    /// `VIEW_VERSION` gets a new view rebuilt from offset 0 (the old one serves
+    /// queries until the new one has caught up); the same version continues the
+    /// existing view from its offset.
+    const VIEW_VERSION: u32 = 1;
+
+    /// Fold one event into the view. `Err` pauses the projection with the message;
+    /// nothing of the event is stored.
+    fn handle(view: &mut View, event: &EventEnvelope<Self::Event>) -> Result<(), String>;
+
+    /// Decode an event. The default decodes the payload as JSON. Override it to
+    /// upcast old schemas by `manifest`, or to skip events (`Ok(None)`).
+    fn decode(manifest: &str, payload: &[u8]) -> Result<Option<Self::Event>, String> {
+        serde_json::from_slice(payload)
+            .map(Some)
+            .map_err(|e| format!("event with manifest `{manifest}` could not be decoded: {e}"))
+    }
+}
+
+/// An event as stored in the journal: the raw form handed to a projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// `{entity-type}|{entity-id}`.
+    pub persistence_id: String,
+    pub seq_nr: u64,
+    /// The global offset: events arrive in this order.
+    pub offset: u64,
+    pub timestamp_ms: u64,
+    pub manifest: String,
+    pub tags: Vec<String>,
+    pub payload: Vec<u8>,
+}
+
+impl StoredEvent {
+    /// An event with a JSON payload and the manifest an entity would give it
+    /// (the `"type"` field), for native tests.
+    pub fn json(persistence_id: &str, seq_nr: u64, offset: u64, event: &impl Serialize) -> StoredEvent {
+        StoredEvent {
+            persistence_id: persistence_id.to_string(),
+            seq_nr,
+            offset,
+            timestamp_ms: 0,
+            manifest: crate::codec::default_manifest(event),
+            tags: Vec::new(),
+            payload: crate::codec::to_json(event, "event"),
+        }
+    }
+}
+
+/// A decoded event with where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventEnvelope<E> {
+    pub persistence_id: String,
+    pub seq_nr: u64,
+    pub offset: u64,
+    pub timestamp_ms: u64,
+    pub manifest: String,
+    pub tags: Vec<String>,
+    pub event: E,
+}
+
+impl<E> EventEnvelope<E> {
+    /// The entity type: the part of the persistence id before `|`.
+    pub fn entity_type(&self) -> &str {
+        self.persistence_id.split_once('|').map_or("", |(t, _)| t)
+    }
+
+    /// The entity id: the part of the persistence id after `|`.
+    pub fn entity_id(&self) -> &str {
+        self.persistence_id.split_once('|').map_or(&self.persistence_id, |(_, id)| id)
+    }
+}
+
+/// One change to the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewUpdate {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+/// The view during a batch: reads go to the changes made so far, then to the
+/// host; writes are collected and returned to the host at the end of the batch.
+pub struct View<'a> {
+    read: &'a mut dyn FnMut(&str) -> Option<Vec<u8>>,
+    /// Every key read or written: its current value and whether it was changed.
+    entries: BTreeMap<String, (Option<Vec<u8>>, bool)>,
+}
+
+impl<'a> View<'a> {
+    /// A view that reads what it has not seen yet through `read`.
+    pub fn new(read: &'a mut dyn FnMut(&str) -> Option<Vec<u8>>) -> View<'a> {
+        View { read, entries: BTreeMap::new() }
+    }
+
+    /// The current value of `key`, with this batch's changes.
+    pub fn get_bytes(&mut self, key: &str) -> Option<Vec<u8>> {
+        if let Some((value, _)) = self.entries.get(key) {
+            return value.clone();
+        }
+        let value = (self.read)(key);
+        self.entries.insert(key.to_string(), (value.clone(), false));
+        value
+    }
+
+    /// The current value of `key`, decoded from JSON.
+    pub fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, String> {
+        match self.get_bytes(key) {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("the view's value of key `{key}` could not be decoded: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_bytes(&mut self, key: impl Into<String>, value: Vec<u8>) {
+        self.entries.insert(key.into(), (Some(value), true));
+    }
+
+    /// Store `value` (as JSON) under `key`.
+    pub fn put<T: Serialize>(&mut self, key: impl Into<String>, value: &T) {
+        self.put_bytes(key, crate::codec::to_json(value, "view value"));
+    }
+
+    pub fn delete(&mut self, key: impl Into<String>) {
+        self.entries.insert(key.into(), (None, true));
+    }
+
+    /// Read-modify-write: the current value of `key` (or `T::default()`), changed
+    /// by `f`, stored back as JSON.
+    pub fn update<T: DeserializeOwned + Serialize + Default>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(&mut T),
+    ) -> Result<(), String> {
+        let mut value = self.get::<T>(key)?.unwrap_or_default();
+        f(&mut value);
+        self.put(key, &value);
+        Ok(())
+    }
+
+    /// The changes, one per key.
+    pub fn into_updates(self) -> Vec<ViewUpdate> {
+        self.entries
+            .into_iter()
+            .filter(|(_, (_, changed))| *changed)
+            .map(|(key, (value, _))| match value {
+                Some(value) => ViewUpdate::Put { key, value },
+                None => ViewUpdate::Delete { key },
+            })
+            .collect()
+    }
+}
+
+/// The `handle-events` protocol in plain Rust: decode each event, fold it into
+/// the view, return the changes. `read` is the host's `get`.
+pub fn handle_events<P: Projection>(
+    events: impl IntoIterator<Item = StoredEvent>,
+    read: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> Result<Vec<ViewUpdate>, String> {
+    let mut view = View::new(read);
+    for e in events {
+        let Some(event) = P::decode(&e.manifest, &e.payload)
+            .map_err(|err| format!("event at offset {} ({}#{}): {err}", e.offset, e.persistence_id, e.seq_nr))?
+        else {
+            continue;
+        };
+        let envelope = EventEnvelope {
+            persistence_id: e.persistence_id,
+            seq_nr: e.seq_nr,
+            offset: e.offset,
+            timestamp_ms: e.timestamp_ms,
+            manifest: e.manifest,
+            tags: e.tags,
+            event,
+        };
+        P::handle(&mut view, &envelope).map_err(|err| {
+            format!("event at offset {} ({}#{}): {err}", envelope.offset, envelope.persistence_id, envelope.seq_nr)
+        })?;
+    }
+    Ok(view.into_updates())
+}
+
+/// An in-memory view for native tests: what the host would store.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TestView {
+    pub entries: BTreeMap<String, Vec<u8>>,
+}
+
+impl TestView {
+    /// Feed `events` to `P` as one batch and store its changes.
+    pub fn apply<P: Projection>(&mut self, events: &[StoredEvent]) -> Result<(), String> {
+        let entries = &self.entries;
+        let mut read = |key: &str| entries.get(key).cloned();
+        let updates = handle_events::<P>(events.iter().cloned(), &mut read)?;
+        for u in updates {
+            match u {
+                ViewUpdate::Put { key, value } => self.entries.insert(key, value),
+                ViewUpdate::Delete { key } => self.entries.remove(&key),
+            };
+        }
+        Ok(())
+    }
+
+    /// The value of `key` as JSON.
+    pub fn json(&self, key: &str) -> Option<serde_json::Value> {
+        self.entries.get(key).and_then(|v| serde_json::from_slice(v).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    struct Counter;
+
+    #[derive(Deserialize)]
+    #[serde(tag = "type")]
+    enum Ev {
+        Add { n: i64 },
+        Forget,
+        Fail,
+    }
+
+    impl Projection for Counter {
+        type Event = Ev;
+        const NAME: &'static str = "counter";
+        const TAGS: &'static [&'static str] = &["t"];
+
+        fn handle(view: &mut View, e: &EventEnvelope<Ev>) -> Result<(), String> {
+            match e.event {
+                Ev::Add { n } => {
+                    view.update(e.entity_id(), |v: &mut i64| *v += n)?;
+                    view.update("_sum", |v: &mut i64| *v += n)
+                }
+                Ev::Forget => {
+                    view.delete(e.entity_id());
+                    Ok(())
+                }
+                Ev::Fail => Err("refused".into()),
+            }
+        }
+
+        fn decode(manifest: &str, payload: &[u8]) -> Result<Option<Ev>, String> {
+            if manifest == "Ignored" {
+                return Ok(None);
+            }
+            serde_json::from_slice(payload).map(Some).map_err(|e| e.to_string())
+        }
+    }
+
+    fn ev(pid: &str, offset: u64, v: serde_json::Value) -> StoredEvent {
+        StoredEvent::json(pid, offset, offset, &v)
+    }
+
+    #[test]
+    fn a_batch_reads_its_own_changes_and_returns_one_update_per_key() {
+        let mut stored: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        stored.insert("_sum".into(), b"100".to_vec());
+        let mut reads = Vec::new();
+        let mut read = |key: &str| {
+            reads.push(key.to_string());
+            stored.get(key).cloned()
+        };
+        let updates = handle_events::<Counter>(
+            [
+                ev("c|a", 1, json!({"type": "Add", "n": 2})),
+                ev("c|b", 2, json!({"type": "Add", "n": 3})),
+                ev("c|a", 3, json!({"type": "Add", "n": 4})),
+                ev("c|b", 4, json!({"type": "Forget"})),
+            ],
+            &mut read,
+        )
+        .unwrap();
+        assert_eq!(
+            updates,
+            vec![
+                ViewUpdate::Put { key: "_sum".into(), value: b"109".to_vec() },
+                ViewUpdate::Put { key: "a".into(), value: b"6".to_vec() },
+                ViewUpdate::Delete { key: "b".into() },
+            ]
+        );
+        assert_eq!(reads, vec!["a", "_sum", "b"], "each key is read from the host once");
+    }
+
+    #[test]
+    fn skipped_and_failing_events() {
+        let mut view = TestView::default();
+        let mut ignored = ev("c|a", 1, json!({"type": "Add", "n": 1}));
+        ignored.manifest = "Ignored".into();
+        view.apply::<Counter>(&[ignored, ev("c|a", 2, json!({"type": "Add", "n": 5}))]).unwrap();
+        assert_eq!((view.json("a"), view.json("_sum")), (Some(json!(5)), Some(json!(5))));
+        let before = view.clone();
+        let err = view
+            .apply::<Counter>(&[ev("c|a", 3, json!({"type": "Add", "n": 1})), ev("c|a", 4, json!({"type": "Fail"}))])
+            .unwrap_err();
+        assert!(err.contains("offset 4") && err.contains("c|a#4") && err.contains("refused"), "{err}");
+        assert_eq!(view, before, "a failed batch changes nothing");
+        let err = view.apply::<Counter>(&[ev("c|a", 5, json!({"type": "Nope"}))]).unwrap_err();
+        assert!(err.contains("offset 5"), "{err}");
+    }
+
+    #[test]
+    fn envelopes_split_the_persistence_id() {
+        let e = EventEnvelope {
+            persistence_id: "bank-account|a|b".into(),
+            seq_nr: 1,
+            offset: 1,
+            timestamp_ms: 0,
+            manifest: String::new(),
+            tags: vec![],
+            event: (),
+        };
+        assert_eq!((e.entity_type(), e.entity_id()), ("bank-account", "a|b"));
+    }
+}

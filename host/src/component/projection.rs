@@ -1,0 +1,152 @@
+//! Projection components (`wit/projection.wit`): one live instance, its calls,
+//! and the host side of its imports.
+//!
+//! The same sandbox as an entity's: no WASI (checked at deploy against the
+//! `projection` world, `world::PROJECTION`; the stdio interfaces Rust's standard
+//! library links become named traps), an epoch deadline per call, memory and
+//! table caps, a bounded Wasm stack. A faulted instance is discarded.
+//!
+//! The `get` import reads the projection's view through a [`ViewReader`] the
+//! caller hands in with each `handle-events` call; a reader that fails (storage
+//! trouble) traps the call, and the failure is reported as the host's
+//! ([`ProjectionFault::Host`]), not the guest's.
+
+use std::sync::Arc;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::Store;
+
+use super::limits::SandboxLimits;
+use super::sandbox::{deadline_ticks, fault_reason, HostState, Runtime};
+use super::view::ViewReader;
+use super::world;
+
+/// Host-side bindings generated from `wit/projection.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/projection.wit",
+        world: "projection",
+        imports: { "mneme:projection/view.get": trappable },
+    });
+}
+
+use bindings::mneme::projection::{host, types as wit, view};
+use bindings::{Projection, ProjectionPre};
+
+/// An event as a projection receives it.
+pub type StoredEventRef = wit::StoredEvent;
+/// One change to the view, as a projection returned it.
+pub type ViewUpdate = wit::ViewUpdate;
+
+/// What a projection says about itself (`describe()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionInfo {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub view_version: u32,
+}
+
+/// A call into a projection failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProjectionFault {
+    /// Trap, panic, deadline, memory cap: the guest's. The instance must be dropped.
+    Guest(String),
+    /// The host could not answer the guest's `get`: the call may work later.
+    Host(String),
+}
+
+impl std::fmt::Display for ProjectionFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProjectionFault::Guest(m) => f.write_str(m),
+            ProjectionFault::Host(m) => write!(f, "reading the view failed: {m}"),
+        }
+    }
+}
+
+impl view::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        let Some(reader) = &self.view else {
+            wasmtime::bail!("`get` called outside `handle-events`");
+        };
+        match reader.get(&key) {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                self.view_error = Some(e.clone());
+                wasmtime::bail!("reading key `{key}` of the view failed: {e}")
+            }
+        }
+    }
+}
+
+impl host::Host for HostState {
+    fn report_fault(&mut self, message: String) {
+        let mut m = message;
+        m.truncate(2000);
+        self.fault = Some(m);
+    }
+}
+
+impl wit::Host for HostState {}
+
+impl Runtime {
+    /// Check that a compiled component fits the `projection` world (refusing it
+    /// with every reason if not), then link it. The linker is built here, once
+    /// per deploy or start, so the entity sandbox needs to know nothing of projections.
+    pub fn prepare_projection(&self, component: &Component) -> anyhow::Result<ProjectionPre<HostState>> {
+        world::check(&world::PROJECTION, self.engine(), component)?;
+        let mut linker = Linker::new(self.engine());
+        Projection::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        world::link_inert_imports(&world::PROJECTION, self.engine(), component, &mut linker)?;
+        let pre = linker.instantiate_pre(component)?;
+        ProjectionPre::new(pre).map_err(|e| anyhow::anyhow!("its exports do not match the `projection` world: {e:#}"))
+    }
+
+    /// A fresh, empty projection instance.
+    pub fn instantiate_projection(&self, pre: &ProjectionPre<HostState>) -> Result<ProjectionSandbox, String> {
+        let mut store = self.store();
+        let instance = pre.instantiate(&mut store).map_err(|e| fault_reason(&e, store.data(), self.limits()))?;
+        Ok(ProjectionSandbox { store, instance, limits: self.limits() })
+    }
+}
+
+/// One live instance of a projection component.
+pub struct ProjectionSandbox {
+    store: Store<HostState>,
+    instance: Projection,
+    limits: SandboxLimits,
+}
+
+impl ProjectionSandbox {
+    fn call<R>(
+        &mut self,
+        view: Option<Arc<dyn ViewReader>>,
+        f: impl FnOnce(&bindings::exports::mneme::projection::handler::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, ProjectionFault> {
+        self.store.set_epoch_deadline(deadline_ticks(self.limits));
+        let data = self.store.data_mut();
+        data.reset();
+        data.view = view;
+        let guest = self.instance.mneme_projection_handler();
+        let result = f(guest, &mut self.store);
+        self.store.data_mut().view = None;
+        result.map_err(|e| match self.store.data_mut().view_error.take() {
+            Some(why) => ProjectionFault::Host(why),
+            None => ProjectionFault::Guest(fault_reason(&e, self.store.data(), self.limits)),
+        })
+    }
+
+    pub fn describe(&mut self) -> Result<ProjectionInfo, ProjectionFault> {
+        let info = self.call(None, |g, s| g.call_describe(s))?;
+        Ok(ProjectionInfo { name: info.name, tags: info.tags, view_version: info.view_version })
+    }
+
+    /// Fold `events` into the view: the guest's updates, or its `err`.
+    pub fn handle_events(
+        &mut self,
+        events: &[StoredEventRef],
+        view: Arc<dyn ViewReader>,
+    ) -> Result<Result<Vec<ViewUpdate>, String>, ProjectionFault> {
+        self.call(Some(view), |g, s| g.call_handle_events(s, events))
+    }
+}
