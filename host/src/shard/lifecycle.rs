@@ -24,6 +24,8 @@ pub(super) struct Recovered {
     state: Vec<u8>,
     seq_nr: u64,
     snapshot_seq_nr: u64,
+    /// When the recovery started (for `mneme_recovery_seconds`).
+    started: std::time::Instant,
 }
 
 impl Shard {
@@ -44,6 +46,7 @@ impl Shard {
     fn recover_state(&mut self, comp: &LoadedComponent, pid: &str) -> CommandResult<Recovered> {
         let shared = self.shared.clone();
         let _permit = shared.recoveries.acquire();
+        let started = std::time::Instant::now();
         let (state, snapshot_seq_nr) = self.recovery_start(comp, pid)?;
         let (state, seq_nr) = self.replay(comp, pid, state, snapshot_seq_nr)?;
         let metrics = &self.shared.metrics;
@@ -51,7 +54,7 @@ impl Shard {
             metrics.recoveries_from_snapshot_total.fetch_add(1, Relaxed);
         }
         metrics.recovery_events_replayed_total.fetch_add(seq_nr - snapshot_seq_nr, Relaxed);
-        Ok(Recovered { state, seq_nr, snapshot_seq_nr })
+        Ok(Recovered { state, seq_nr, snapshot_seq_nr, started })
     }
 
     /// `on-recovery-completed`, then the live entity.
@@ -63,9 +66,11 @@ impl Shard {
         pid: &str,
         recovered: Recovered,
     ) -> CommandResult<Entity> {
-        let Recovered { state, seq_nr, snapshot_seq_nr } = recovered;
+        let Recovered { state, seq_nr, snapshot_seq_nr, started } = recovered;
         let side_effects = self.handler(comp)?.on_recovery_completed(&state).map_err(|f| self.fault(comp, f.0))?;
         self.shared.metrics.recoveries_total.fetch_add(1, Relaxed);
+        let took = started.elapsed();
+        self.shared.metrics.recovery_seconds.observe(took);
         tracing::debug!(
             %pid,
             seq_nr,
@@ -73,6 +78,7 @@ impl Shard {
             snapshot_seq_nr,
             events_replayed = seq_nr - snapshot_seq_nr,
             component_version = comp.version,
+            took_ms = took.as_millis() as u64,
             "recovered"
         );
         let (version, state_version) = (comp.version, comp.info.state_version);
