@@ -27,7 +27,7 @@ pub(crate) fn decode_command<C: DeserializeOwned>(bytes: &[u8]) -> Result<C, Str
 ///
 /// Runs for every persisted event, so it reads the encoded JSON with a probe that
 /// skips values instead of building a `serde_json::Value` tree.
-pub(crate) fn default_manifest(event: &impl Serialize) -> String {
+pub fn default_manifest(event: &impl Serialize) -> String {
     match serde_json::to_vec(event) {
         Ok(bytes) => serde_json::from_slice::<ManifestProbe>(&bytes).map_or_else(|_| EVENT.to_owned(), |p| p.0),
         Err(_) => EVENT.to_owned(),
