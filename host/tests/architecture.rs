@@ -156,6 +156,15 @@ fn the_import_reader_sees_grouped_and_nested_imports() {
     assert_eq!(found, ["a", "b", "d", "e"].into_iter().map(String::from).collect());
 }
 
+#[test]
+fn the_sibling_reader_sees_use_statements_and_paths_in_the_code() {
+    let siblings: BTreeSet<String> = ["a", "b", "c", "d"].into_iter().map(String::from).collect();
+    let text =
+        "use super::{a::X,\n    b};\nstruct S { loc: super::c::Loc } // super::d::Y\n#[cfg(test)]\nuse super::d::Z;\n";
+    let found = sibling_imports(text, &siblings);
+    assert_eq!(found, ["a", "b", "c"].into_iter().map(String::from).collect());
+}
+
 /// The sibling files a file imports with `use super::...` at its top level (not
 /// `mod.rs`, whose items every file may use, and not inside test modules).
 fn sibling_imports(text: &str, siblings: &BTreeSet<String>) -> BTreeSet<String> {
@@ -166,6 +175,14 @@ fn sibling_imports(text: &str, siblings: &BTreeSet<String>) -> BTreeSet<String> 
             break;
         }
         if statement.is_empty() && !line.starts_with("use super::") && !line.starts_with("pub use super::") {
+            // A path through a sibling in the code itself (`super::index::Loc`).
+            let code = line.split("//").next().unwrap();
+            for after in code.split("super::").skip(1) {
+                let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if after[name.len()..].starts_with("::") && siblings.contains(&name) {
+                    out.insert(name);
+                }
+            }
             continue;
         }
         statement.push_str(line);

@@ -244,17 +244,17 @@ pub fn check_batch(batch: &ProjectionBatch) -> JournalResult<()> {
 #[derive(Default)]
 pub struct ViewsCheck {
     /// Index key → location of the latest put, for every key that has a value.
-    pub live_keys: HashMap<Vec<u8>, super::index::Loc>,
+    pub live_keys: HashMap<Vec<u8>, super::location::Loc>,
     /// Index key of each generation's offset → (location of its latest record, offset).
-    pub offsets: HashMap<Vec<u8>, (super::index::Loc, u64)>,
+    pub offsets: HashMap<Vec<u8>, (super::location::Loc, u64)>,
     /// View records and offset records read.
     pub records: u64,
 }
 
 /// One frame's projection records, for [`ViewsCheck::frame`].
 pub enum FrameRecord<'a> {
-    View { loc: super::index::Loc, bytes: &'a [u8], put: bool },
-    Offset { loc: super::index::Loc, bytes: &'a [u8] },
+    View { loc: super::location::Loc, bytes: &'a [u8], put: bool },
+    Offset { loc: super::location::Loc, bytes: &'a [u8] },
 }
 
 impl ViewsCheck {
@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn the_check_of_frames_finds_views_without_offsets_and_offsets_going_back() {
-        let loc = |pos| super::super::index::Loc { segment: 1, pos, len: 1 };
+        let loc = |pos| super::super::location::Loc { segment: 1, pos, len: 1 };
         let offset = |n: u64| {
             let mut b = Vec::new();
             encode_offset(&mut b, &ProjectionOffset { offset: n, ..batch(vec![]).offset });
