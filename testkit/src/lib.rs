@@ -24,10 +24,12 @@
 //! check) the state must survive a round trip through `apply-events` unchanged,
 //! so a snapshot of it recovers to the same state.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use mneme::component::bindings::mneme::entity::types::{Action, Command, CommandMetadata, Event, Reply, SideEffect};
+use mneme::component::store::sha256_hex;
 use mneme::component::{sandbox::Runtime, EntityHandler, LoadedComponent, Registry, SandboxLimits};
 use serde_json::Value;
 
@@ -155,7 +157,7 @@ impl CommandResult {
 
 /// How handlers are made: a component's version in a registry, or native code.
 enum Maker {
-    Wasm { component: Arc<LoadedComponent>, registry: Arc<Registry>, _dir: tempfile::TempDir },
+    Wasm { component: Arc<LoadedComponent>, registry: Arc<Registry>, _dir: Arc<tempfile::TempDir> },
     Native(Box<dyn Fn() -> Box<dyn EntityHandler>>),
 }
 
@@ -197,10 +199,27 @@ impl TestKit {
     }
 
     /// A component's bytes deployed as `entity_type`, with the given limits.
+    ///
+    /// Compiling a Python or JavaScript component takes seconds, so the compiled
+    /// component is kept for the rest of the process: the tests of one file
+    /// compile it once, whichever runs first (the others wait for it).
     pub fn wasm_bytes(entity_type: &str, wasm: &[u8], limits: SandboxLimits) -> anyhow::Result<TestKit> {
-        let dir = tempfile::tempdir()?;
-        let registry = Arc::new(Registry::open(Runtime::new(limits)?, dir.path())?);
-        let component = registry.deploy(entity_type, wasm).map_err(anyhow::Error::msg)?;
+        type Compiled = (Arc<LoadedComponent>, Arc<Registry>, Arc<tempfile::TempDir>);
+        static COMPILED: Mutex<BTreeMap<String, Compiled>> = Mutex::new(BTreeMap::new());
+        let key = format!("{entity_type} {} {limits:?}", sha256_hex(wasm));
+        let mut compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+        let (component, registry, dir) = match compiled.get(&key) {
+            Some(c) => c.clone(),
+            None => {
+                let dir = Arc::new(tempfile::tempdir()?);
+                let registry = Arc::new(Registry::open(Runtime::new(limits)?, dir.path())?);
+                let component = registry.deploy(entity_type, wasm).map_err(anyhow::Error::msg)?;
+                let c = (component, registry, dir);
+                compiled.insert(key, c.clone());
+                c
+            }
+        };
+        drop(compiled);
         let maker = Maker::Wasm { component, registry, _dir: dir };
         Ok(TestKit::with_maker(entity_type, maker))
     }
