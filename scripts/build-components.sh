@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Wasm components from source:
-#   target/components/{bank-account,blog-post,task-manager}.wasm   (example entities)
+#   target/components/{bank-account,bank-account-v2,blog-post,task-manager}.wasm   (example entities)
 #   target/components/account-balances.wasm                         (example projection)
 #   target/test-components/{faulty,hostile,faulty-projection}.wasm  (test-only)
 #   target/test-components/faulty-projection-v2.wasm                 (the same, view-version 2)
@@ -21,7 +21,7 @@ if ! rustup target list --installed | grep -qx "$TARGET"; then
 fi
 
 cargo build --profile "$PROFILE" --target "$TARGET" \
-    -p bank-account -p blog-post -p task-manager -p account-balances \
+    -p bank-account -p bank-account-v2 -p blog-post -p task-manager -p account-balances \
     -p faulty -p hostile -p uses-wasi -p wrong-world -p faulty-projection -p entity-v01
 
 # Cargo's target dir may be moved with CARGO_TARGET_DIR.
@@ -53,7 +53,7 @@ install_component() {
 }
 
 echo "Built components:"
-for crate in bank-account blog-post task-manager account-balances; do
+for crate in bank-account bank-account-v2 blog-post task-manager account-balances; do
     install_component "$crate" "$target_dir/components/$crate.wasm"
 done
 for crate in faulty hostile uses-wasi wrong-world faulty-projection entity-v01; do

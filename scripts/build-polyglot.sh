@@ -33,7 +33,7 @@ fi
 command -v wasm-tools >/dev/null || { echo "build-polyglot: wasm-tools missing (scripts/install-guest-toolchains.sh)" >&2; exit 1; }
 status=0
 for example in "${examples[@]}"; do
-  wasm="$root/target/components-polyglot/$example.wasm"
+  wasm="${CARGO_TARGET_DIR:-$root/target}/components-polyglot/$example.wasm"
   imports="$(wasm-tools component wit "$wasm" | sed -n 's/^ *import \([^;]*\);.*/\1/p' | tr '\n' ' ')"
   echo "$example: $(du -h "$wasm" | cut -f1), imports: $imports"
   # mneme links no WASI: a component importing WASI would fail to instantiate.

@@ -2,9 +2,9 @@
 # Run every test. Installs what is missing (the wasm32-wasip2 target; the Python,
 # JavaScript and C guest toolchains; PostgreSQL), builds every Wasm component from
 # source, starts a private PostgreSQL (scripts/start-postgres.sh), then runs the
-# whole workspace's tests, including the cross-language conformance suite, and the
+# whole workspace's tests, including the cross-language conformance suite; the
 # semantics, conformance, crash and projection suites once more on the PostgreSQL
-# journal.
+# journal; and builds and tests a project of `mneme new` in every language.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +16,5 @@ MNEME_TEST_POSTGRES_URL=$(scripts/start-postgres.sh)
 export MNEME_TEST_POSTGRES_URL
 cargo test --workspace "$@"
 MNEME_TEST_JOURNAL=postgres MNEME_CRASH_KILLS=5 cargo test -p mneme-tests --test semantics --test conformance --test crash --test projections "$@"
+# What `mneme new` writes, in every language: built, tested, deployed.
+scripts/test-scaffolds.sh

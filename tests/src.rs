@@ -46,6 +46,32 @@ pub fn components_dir(components: &[PathBuf]) -> tempfile::TempDir {
     dir
 }
 
+/// The same component with other bytes: a custom section appended (a new build of
+/// the same code, as far as mneme can tell).
+pub fn rebuilt(wasm: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"mneme-test-build";
+    let mut content = Vec::new();
+    leb(name.len(), &mut content);
+    content.extend_from_slice(name);
+    content.extend_from_slice(tag.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section
+    leb(content.len(), &mut out);
+    out.extend_from_slice(&content);
+    out
+}
+
 /// The `mneme` binary of this build.
 pub fn mneme_bin() -> PathBuf {
     // target/<profile>/deps/<test-binary> -> target/<profile>/mneme
@@ -91,19 +117,27 @@ impl Server {
     /// With `--tls-cert`/`--tls-key` among `extra`: `ca_pem` is the certificate the
     /// client trusts, and the server is reached as `https://localhost:port`.
     pub fn start_with(data: &Path, components: &Path, extra: &[&str], ca_pem: Option<&str>) -> Server {
-        Server::try_start_with(data, components, extra, ca_pem, None, None).unwrap_or_else(|why| panic!("{why}"))
+        Server::try_start_with(data, components, extra, ca_pem, None, None, "/ready")
+            .unwrap_or_else(|why| panic!("{why}"))
     }
 
     /// Like [`Server::start`], with the process's working directory set to `cwd`.
     pub fn start_in(data: &Path, components: &Path, extra: &[&str], cwd: Option<&Path>) -> Server {
-        Server::try_start_with(data, components, extra, None, None, cwd).unwrap_or_else(|why| panic!("{why}"))
+        Server::try_start_with(data, components, extra, None, None, cwd, "/ready").unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Start the process and return as soon as it listens (`/health`), without
+    /// waiting for `/ready`.
+    pub fn start_live(data: &Path, components: &Path, extra: &[&str]) -> Server {
+        Server::try_start_with(data, components, extra, None, None, None, "/health")
+            .unwrap_or_else(|why| panic!("{why}"))
     }
 
     /// Like [`Server::start`], but a server that exits during start is an `Err`
     /// with its exit status and what it wrote (when `stderr` names a file to send
     /// its stdout and stderr to; else they are inherited).
     pub fn try_start(data: &Path, components: &Path, extra: &[&str], stderr: Option<&Path>) -> Result<Server, String> {
-        Server::try_start_with(data, components, extra, None, stderr, None)
+        Server::try_start_with(data, components, extra, None, stderr, None, "/ready")
     }
 
     fn try_start_with(
@@ -113,6 +147,7 @@ impl Server {
         ca_pem: Option<&str>,
         stderr: Option<&Path>,
         cwd: Option<&Path>,
+        ready_path: &str,
     ) -> Result<Server, String> {
         let port = free_port();
         // Logs (stdout) and errors (stderr) into one file, both appending.
@@ -149,7 +184,7 @@ impl Server {
             None => format!("http://127.0.0.1:{port}"),
         };
         let mut server = Server { child, url, addr: format!("127.0.0.1:{port}"), agent: agent(ca_pem) };
-        server.wait_ready().map_err(|status| {
+        server.wait_for(ready_path).map_err(|status| {
             let text = stderr.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
             format!("mneme exited during start: {status}\n{text}")
         })?;
@@ -161,20 +196,21 @@ impl Server {
         self.child.id()
     }
 
-    fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
+    /// Wait until `path` answers 200 (`/health`: the server listens).
+    pub fn wait_for(&mut self, path: &str) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Err(status);
             }
-            if let Ok(r) = self.agent.get(format!("{}/health", self.url)).call() {
+            if let Ok(r) = self.agent.get(format!("{}{path}", self.url)).call() {
                 if r.status() == 200 {
                     return Ok(());
                 }
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("mneme did not become ready");
+        panic!("mneme did not answer 200 on {path}");
     }
 
     /// The address the server listens on.

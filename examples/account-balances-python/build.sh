@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build the Python account-balances projection into a WebAssembly component:
-#   target/components-polyglot/account-balances-python.wasm
+#   target/components-polyglot/ (under $CARGO_TARGET_DIR if set): account-balances-python.wasm
 # Needs componentize-py (scripts/install-guest-toolchains.sh installs it).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-out="$root/target/components-polyglot/account-balances-python.wasm"
+out="${CARGO_TARGET_DIR:-$root/target}/components-polyglot/account-balances-python.wasm"
 
 if ! command -v componentize-py >/dev/null 2>&1; then
   echo "error: componentize-py not found on PATH; run scripts/install-guest-toolchains.sh (or: pip install componentize-py)" >&2

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Build the C bank-account entity into a WebAssembly component:
-#   target/components-polyglot/bank-account-c.wasm
+#   target/components-polyglot/ (under $CARGO_TARGET_DIR if set): bank-account-c.wasm
 # Needs clang-19 + wasm-ld-19 + the wasm32 compiler-rt builtins + the wasi-libc
 # sysroot (Debian packages), wit-bindgen and wasm-tools; all installed by
 # scripts/install-guest-toolchains.sh.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-out="$root/target/components-polyglot/bank-account-c.wasm"
-work="$root/target/polyglot-build/c"
+out="${CARGO_TARGET_DIR:-$root/target}/components-polyglot/bank-account-c.wasm"
+work="${CARGO_TARGET_DIR:-$root/target}/polyglot-build/c"
 export PATH="$HOME/.cargo/bin:$PATH"
 CC="${CC:-clang-19}"
 

@@ -22,17 +22,12 @@ pub(crate) fn decode_command<C: DeserializeOwned>(bytes: &[u8]) -> Result<C, Str
     serde_json::from_slice(bytes).map_err(|err| format!("malformed command: {err}"))
 }
 
-pub(crate) fn decode_event<E: DeserializeOwned>(index: usize, manifest: &str, bytes: &[u8]) -> Result<E, String> {
-    serde_json::from_slice(bytes)
-        .map_err(|err| format!("event {index} of the batch (manifest `{manifest}`) could not be decoded: {err}"))
-}
-
 /// The default event manifest: the name a JSON reader would use for the event's
 /// variant. See [`crate::Entity::manifest`].
 ///
 /// Runs for every persisted event, so it reads the encoded JSON with a probe that
 /// skips values instead of building a `serde_json::Value` tree.
-pub(crate) fn default_manifest(event: &impl Serialize) -> String {
+pub fn default_manifest(event: &impl Serialize) -> String {
     match serde_json::to_vec(event) {
         Ok(bytes) => serde_json::from_slice::<ManifestProbe>(&bytes).map_or_else(|_| EVENT.to_owned(), |p| p.0),
         Err(_) => EVENT.to_owned(),

@@ -53,6 +53,16 @@ pub trait Entity {
         crate::codec::default_manifest(event)
     }
 
+    /// Reads a stored event into the current `Event` type: the upcaster. The
+    /// manifest names the schema the event was written with, so an older shape
+    /// (say `Deposited` before `Deposited.v2` added a currency) is translated here,
+    /// before `apply` sees it. The default decodes the payload as the current
+    /// `Event` (JSON), whatever the manifest.
+    fn upcast(manifest: &str, payload: &[u8]) -> Result<Self::Event, String> {
+        let _ = manifest;
+        serde_json::from_slice(payload).map_err(|err| err.to_string())
+    }
+
     /// Called once after recovery with the recovered state (Akka's
     /// `RecoveryCompleted` signal); the side effects run right away.
     fn on_recovery_completed(_state: &Self::State) -> Vec<SideEffect> {

@@ -95,6 +95,7 @@ pub mod projection;
 /// it can be exercised in native tests, e.g. to check that a JSON command decodes.
 pub mod runtime;
 
+pub use codec::default_manifest;
 pub use context::{Context, Origin};
 pub use effect::Effect;
 pub use entity::Entity;

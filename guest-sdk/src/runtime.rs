@@ -3,7 +3,7 @@
 //! Kept free of the WIT bindings so it is unit-tested natively; `glue` only
 //! converts these results to and from the generated WIT types.
 
-use crate::codec::{decode_command, decode_event, decode_state, to_json};
+use crate::codec::{decode_command, decode_state, to_json};
 use crate::effect::Action;
 use crate::{Context, Effect, Entity};
 
@@ -62,7 +62,8 @@ pub fn apply_events<'a, E: Entity>(
 ) -> Result<Vec<u8>, String> {
     let mut state: E::State = decode_state(state)?;
     for (index, (manifest, payload)) in events.into_iter().enumerate() {
-        let event: E::Event = decode_event(index, manifest, payload)?;
+        let event: E::Event = E::upcast(manifest, payload)
+            .map_err(|err| format!("event {index} of the batch (manifest `{manifest}`) could not be decoded: {err}"))?;
         state = E::apply(state, &event);
     }
     Ok(to_json(&state, "state"))

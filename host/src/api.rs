@@ -125,6 +125,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 struct AppState {
     engine: Engine,
     config: Arc<ApiConfig>,
+    startup: Startup,
     /// Event pages shared by the streams.
     pages: Arc<Pages>,
 }
@@ -157,6 +158,7 @@ impl From<CommandError> for ApiError {
             | CommandError::WriteFailed(_)
             | CommandError::Dropped(_)
             | CommandError::ShuttingDown
+            | CommandError::NotReady { .. }
             | CommandError::JournalUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
@@ -205,11 +207,108 @@ fn component_json(c: &LoadedComponent, versions: Vec<u64>) -> Value {
         "state_version": c.info.state_version,
         "snapshot_every": c.info.snapshot_every,
         "deployed_at_ms": c.deployed_at_ms,
+        "loaded_at_ms": c.loaded_at_ms,
+    })
+}
+
+/// What a server that is still starting knows: the stage it is at, and the full
+/// API once the journal is open and the engine runs.
+///
+/// The listener answers from the first moment: [`starting_router`] serves
+/// `/health` (live), `/ready` (`503` with what is pending) and `503` for
+/// everything else until [`Startup::started`] hands it the engine's router; from
+/// then on every request goes to that router, whose `/ready` also waits for the
+/// components still compiling ([`Startup::loaded`]).
+#[derive(Clone, Default)]
+pub struct Startup {
+    inner: Arc<StartupInner>,
+}
+
+#[derive(Default)]
+struct StartupInner {
+    app: std::sync::OnceLock<Router>,
+    stage: std::sync::Mutex<String>,
+    /// Every component of the data directory and the components directory has
+    /// been loaded (or has failed to).
+    loaded: std::sync::atomic::AtomicBool,
+}
+
+impl Startup {
+    pub fn new(stage: &str) -> Startup {
+        let s = Startup::default();
+        s.stage(stage);
+        s
+    }
+
+    /// What the server is doing now (shown by `/health` and `/ready`).
+    pub fn stage(&self, stage: &str) {
+        *self.inner.stage.lock().unwrap() = stage.to_string();
+    }
+
+    /// The engine runs: serve the full API from now on.
+    pub fn started(&self, app: Router) {
+        let _ = self.inner.app.set(app);
+    }
+
+    /// Every component found at start is loaded (or failed to load).
+    pub fn loaded(&self) {
+        self.inner.loaded.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stage("serving");
+    }
+
+    fn is_loaded(&self) -> bool {
+        self.inner.loaded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn current_stage(&self) -> String {
+        self.inner.stage.lock().unwrap().clone()
+    }
+}
+
+/// The router of a server that is starting: see [`Startup`].
+pub fn starting_router(startup: Startup) -> Router {
+    Router::new().fallback(move |request: Request| {
+        let startup = startup.clone();
+        async move {
+            if let Some(app) = startup.inner.app.get() {
+                return match tower::ServiceExt::oneshot(app.clone(), request).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+            }
+            let stage = startup.current_stage();
+            match request.uri().path() {
+                "/health" => Json(json!({ "status": "starting", "stage": stage })).into_response(),
+                "/ready" => {
+                    let body = json!({ "status": "starting", "pending": [{ "what": stage }] });
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+                }
+                _ => {
+                    let mut r = ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("mneme is starting ({stage}); retry shortly (GET /ready tells when)"),
+                    )
+                    .into_response();
+                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    r
+                }
+            }
+        }
     })
 }
 
 pub fn router(engine: Engine, config: ApiConfig) -> Router {
-    let state = AppState { engine, config: Arc::new(config.clone()), pages: Arc::default() };
+    router_with(engine, config, None)
+}
+
+/// [`router`], with `/ready` also waiting for what `startup` is loading.
+pub fn router_with(engine: Engine, config: ApiConfig, startup: Option<Startup>) -> Router {
+    let startup = startup.unwrap_or_else(|| {
+        let s = Startup::new("serving");
+        s.loaded();
+        s
+    });
+    let state = AppState { engine, config: Arc::new(config.clone()), startup, pages: Arc::default() };
     // Code and configuration: every route here needs the admin token.
     let admin = Router::new()
         .route(
@@ -239,7 +338,7 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
         .route("/v1/projections", get(list_projections))
         .route("/v1/views/{projection}", get(view_scan))
         .route("/v1/views/{projection}/{key}", get(view_get));
-    let open = Router::new().route("/health", get(health)).route("/metrics", get(metrics));
+    let open = Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics));
     // `route_layer`s run in the reverse order of their adding: the gate first, then
     // the check of the path segments, then the handler.
     let segments = || middleware::from_fn(check_segments);
@@ -753,6 +852,29 @@ async fn health(State(app): State<AppState>) -> Response {
                                "components": components, "writer_id": writer_id });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
+    }
+}
+
+/// `200` once the journal is open and every component found at start is
+/// compiled; `503` with what is pending before.
+async fn ready(State(app): State<AppState>) -> Response {
+    let startup = &app.startup;
+    let mut pending: Vec<Value> = app
+        .engine
+        .registry()
+        .pending_all()
+        .into_iter()
+        .map(|(entity_type, what)| json!({ "entity_type": entity_type, "what": what }))
+        .collect();
+    if !startup.is_loaded() && pending.is_empty() {
+        pending.push(json!({ "what": startup.current_stage() }));
+    }
+    let components = app.engine.registry().list().len();
+    if pending.is_empty() {
+        Json(json!({ "status": "ready", "components": components })).into_response()
+    } else {
+        let body = json!({ "status": "starting", "components": components, "pending": pending });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 

@@ -121,6 +121,22 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Write a new entity project: the entity, `build.sh` (making NAME.wasm for
+    /// `mneme deploy`), a test through mneme-testkit, a README.
+    New {
+        /// The language: rust, python, js or c.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::scaffold::LANGUAGES))]
+        lang: String,
+        /// The entity type (`[a-z][a-z0-9_-]*`); also the project directory's name.
+        name: String,
+        /// Where to write the project (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// mneme's source tree, for the SDK and the testkit (default: $MNEME_SRC, else
+        /// the checkout this binary was built from).
+        #[arg(long, value_name = "PATH")]
+        mneme_src: Option<PathBuf>,
+    },
     /// Check or rebuild a data directory's journal (not while a server uses it).
     Journal {
         #[command(subcommand)]
@@ -504,6 +520,15 @@ pub fn run_client(command: Command) -> anyhow::Result<i32> {
     let (server, method, path, body) = match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Journal { action } => return run_journal(action),
+        Command::New { lang, name, dir, mneme_src } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let src = crate::scaffold::mneme_src(mneme_src.as_deref())?;
+            let written = crate::scaffold::create(&lang, &name, &dir, &src)?;
+            println!("created {} ({} files, {lang}); next:", dir.display(), written.len());
+            let test = if lang == "rust" { "cargo test" } else { "(cd test && cargo test)" };
+            println!("  cd {} && ./build.sh && {test} && mneme deploy {name} {name}.wasm", dir.display());
+            return Ok(0);
+        }
         Command::Tail { entity_type, entity_id, tag, from, server } => {
             let mut q = Vec::new();
             if let Some(f) = from {

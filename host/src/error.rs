@@ -10,6 +10,10 @@ pub enum CommandError {
     /// No component is deployed under this entity type.
     #[error("unknown entity type `{0}`")]
     UnknownType(String),
+    /// The entity type's component is still being compiled or loaded (at start);
+    /// the message says what is pending. Try again shortly.
+    #[error("entity type `{entity_type}` is not ready yet: {what}; retry shortly (GET /ready tells when)")]
+    NotReady { entity_type: String, what: String },
     /// The entity type or id does not satisfy the naming rules.
     #[error("{0}")]
     InvalidId(String),

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod server;
+pub mod scaffold;
 pub mod net;
 pub mod api;
 pub mod subscribe;

@@ -1,4 +1,4 @@
-//! Counters and gauges for `GET /metrics` (Prometheus text format).
+//! Counters, gauges and histograms for `GET /metrics` (Prometheus text format).
 //!
 //! Plain atomics bumped by the shards and the writer: cheap enough for the command
 //! path, and enough to answer "how many commands, how many were unhandled, how many
@@ -12,12 +12,23 @@ use crate::error::CommandError;
 macro_rules! metrics {
     (counters { $($name:ident: $help:literal,)* } gauges { $($gauge:ident: $ghelp:literal,)* }) => {
         #[derive(Default)]
-        pub struct Metrics { $(pub $name: AtomicU64,)* $(pub $gauge: AtomicU64,)* }
+        pub struct Metrics {
+            $(pub $name: AtomicU64,)*
+            $(pub $gauge: AtomicU64,)*
+            /// How long entity recoveries took (snapshot load, replay and
+            /// `on-recovery-completed`).
+            pub recovery_seconds: Histogram,
+        }
 
         impl Metrics {
-            /// Prometheus exposition of every counter and gauge.
+            /// Prometheus exposition of every counter, gauge and histogram.
             pub fn render(&self) -> String {
                 let mut out = String::new();
+                self.recovery_seconds.render(
+                    &mut out,
+                    "recovery_seconds",
+                    "Time an entity recovery took (snapshot load, event replay, on-recovery-completed).",
+                );
                 $(
                     let _ = writeln!(out, "# HELP mneme_{} {}", stringify!($name), $help);
                     let _ = writeln!(out, "# TYPE mneme_{} counter", stringify!($name));
@@ -48,6 +59,9 @@ counters {
     journal_write_failures_total: "Journal writes that failed (nothing of them was stored).",
     snapshots_total: "Snapshots written.",
     recoveries_total: "Entity recoveries.",
+    recoveries_from_snapshot_total: "Entity recoveries that started from a snapshot (the rest replayed every event).",
+    recovery_snapshots_ignored_total: "Snapshots not used by a recovery because their state version differs from the component's (rebuilt from events).",
+    recovery_events_replayed_total: "Events replayed by recoveries (after the snapshot, if one was used).",
     passivations_total: "Entities passivated (stop, idle, restart, memory bound).",
     projection_events_total: "Events handed to projections.",
     projection_batches_total: "Projection batches stored (view updates and offset, one atomic write each).",
@@ -64,6 +78,44 @@ gauges {
     active_entities: "Entities in memory now, over all shards (bounded by --max-active-entities).",
     outbox_pending: "Outbox entries of this process not delivered yet (waiting, in flight or retrying).",
 }
+}
+
+/// Upper bounds of the histogram buckets, in seconds (from 1 ms to 10 s).
+const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0];
+
+/// A Prometheus histogram of durations: a count per bucket, the sum and the count,
+/// all atomics (no lock on the recording path).
+#[derive(Default)]
+pub struct Histogram {
+    /// Observations at most `BUCKETS[i]` (not cumulative; summed when rendered).
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP mneme_{name} {help}");
+        let _ = writeln!(out, "# TYPE mneme_{name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            let _ = writeln!(out, "mneme_{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "mneme_{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "mneme_{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "mneme_{name}_count {count}");
+    }
 }
 
 impl Metrics {

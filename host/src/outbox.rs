@@ -357,6 +357,7 @@ fn settles(e: &CommandError) -> bool {
         | CommandError::InvalidId(_) => true,
         CommandError::GuestFault { .. }
         | CommandError::UnknownType(_)
+        | CommandError::NotReady { .. }
         | CommandError::StashFull(..)
         | CommandError::WriteFailed(_)
         | CommandError::JournalUnavailable(_)

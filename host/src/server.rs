@@ -1,14 +1,16 @@
-//! `mneme serve`: open the journal, load components, start the engine, serve HTTP.
+//! `mneme serve`: listen at once, then open the journal, start the engine and load
+//! the components while `/health` answers (`/ready` says when all is loaded).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 
 use crate::api::{self, ApiConfig};
+use crate::component::registry::DirOutcome;
 use crate::component::{sandbox::Runtime, Registry, SandboxLimits};
 use crate::config::EngineConfig;
 use crate::engine::Engine;
@@ -91,50 +93,123 @@ pub fn start_engine(
     engine: EngineConfig,
     sandbox: SandboxLimits,
 ) -> anyhow::Result<Engine> {
+    let engine = open_engine(data, journal_options, components, engine, sandbox)?;
+    load_components(&engine, components)?;
+    Ok(engine)
+}
+
+/// Open the journal and the component store and start the engine, without
+/// loading any component: every stored active version, and every file of the
+/// components directory, is pending until [`load_components`].
+pub fn open_engine(
+    data: &Path,
+    journal_options: &JournalOptions,
+    components: Option<&Path>,
+    engine: EngineConfig,
+    sandbox: SandboxLimits,
+) -> anyhow::Result<Engine> {
     std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
     let backend = journal_options.backend;
     let journal = journal::open_with(data, journal_options)
         .with_context(|| format!("opening the {} journal of {}", backend.name(), data.display()))?;
+    tracing::info!(journal = backend.name(), "journal open");
     let runtime = Runtime::new(sandbox)?;
-    let registry = Arc::new(Registry::open(runtime, data)?);
+    let registry = Arc::new(Registry::open_deferred(runtime, data)?);
     if let Some(dir) = components {
-        for (name, err) in registry.deploy_dir(dir)? {
-            tracing::error!("component `{name}` not loaded: {err}");
+        for path in Registry::dir_files(dir)? {
+            let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            registry.mark_pending(&name, format!("deploying {} from the components directory", path.display()));
         }
     }
-    tracing::info!(journal = backend.name(), "journal open");
     Ok(Engine::start(engine, journal, registry))
+}
+
+/// Load the stored active versions, then deploy the files of the components
+/// directory whose bytes are new (see `Registry::deploy_dir`): slow for Python
+/// and JavaScript components that are not in the compiled-code cache yet.
+pub fn load_components(engine: &Engine, components: Option<&Path>) -> anyhow::Result<()> {
+    let registry = engine.registry();
+    registry.load_stored()?;
+    if let Some(dir) = components {
+        for path in Registry::dir_files(dir)? {
+            let (name, outcome) = registry.deploy_file(&path);
+            if let DirOutcome::Failed(err) = outcome {
+                tracing::error!("component `{name}` not loaded: {err}");
+            }
+            registry.done(&name);
+        }
+    }
+    for (name, _) in registry.pending_all() {
+        registry.done(&name);
+    }
+    Ok(())
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     check_exposure(&config)?;
     let tls = config.tls.as_ref().map(net::tls_acceptor).transpose()?;
-    let (data, components) = (config.data.clone(), config.components.clone());
-    let (engine_config, sandbox, journal) = (config.engine.clone(), config.sandbox, config.journal.clone());
-    let engine = tokio::task::spawn_blocking(move || {
-        start_engine(&data, &journal, components.as_deref(), engine_config, sandbox)
-    })
-    .await??;
-    for c in engine.registry().list() {
-        tracing::info!(entity_type = %c.entity_type, version = c.version, "serving component");
-    }
-    if let (Some(dir), Some(every)) = (config.components.clone(), config.watch) {
-        tokio::spawn(watch_components(engine.clone(), dir, every));
-    }
+    // Listen at once: /health answers while the journal opens and components
+    // compile; /ready says when everything is loaded.
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("mneme listening on {scheme}://{}", listener.local_addr()?);
     // Every connection, the journal's files and some to spare.
     raise_open_files_limit((config.net.max_connections + net::OVERFLOW_SLOTS) as u64 + 1024);
-    let app = api::router(engine.clone(), config.api);
+    let startup = api::Startup::new("opening the journal");
+    let started: Arc<OnceLock<Engine>> = Arc::default();
     // Topic streams never end on their own: end them when the shutdown starts.
-    let topics = engine.topics().clone();
-    let shutdown = async move {
-        shutdown_signal().await;
-        topics.close();
+    let shutdown = {
+        let started = started.clone();
+        async move {
+            shutdown_signal().await;
+            if let Some(engine) = started.get() {
+                engine.topics().close();
+            }
+        }
     };
-    net::serve(listener, app, config.net, tls, shutdown).await?;
+    let serving = net::serve(listener, api::starting_router(startup.clone()), config.net, tls, shutdown);
+    let mut serving = std::pin::pin!(serving);
+
+    let (data, components) = (config.data.clone(), config.components.clone());
+    let (engine_config, sandbox, journal) = (config.engine.clone(), config.sandbox, config.journal.clone());
+    let mut opening = tokio::task::spawn_blocking(move || {
+        open_engine(&data, &journal, components.as_deref(), engine_config, sandbox)
+    });
+    let engine = tokio::select! {
+        served = &mut serving => {
+            // Shut down before the engine was up: let it finish starting, then stop it.
+            if let Ok(Ok(engine)) = opening.await {
+                tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+            }
+            return served.map_err(Into::into);
+        }
+        opened = &mut opening => opened??,
+    };
+    let _ = started.set(engine.clone());
+    startup.stage("loading components");
+    startup.started(api::router_with(engine.clone(), config.api, Some(startup.clone())));
+    {
+        let (engine, components, startup) = (engine.clone(), config.components.clone(), startup.clone());
+        let loader = engine.clone();
+        let loading = tokio::task::spawn_blocking(move || load_components(&loader, components.as_deref()));
+        tokio::spawn(async move {
+            match loading.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("loading components: {e:#}"),
+                Err(e) => tracing::error!("loading components: {e}"),
+            }
+            for c in engine.registry().list() {
+                tracing::info!(entity_type = %c.entity_type, version = c.version, "serving component");
+            }
+            startup.loaded();
+            tracing::info!("ready");
+            if let (Some(dir), Some(every)) = (config.components, config.watch) {
+                watch_components(engine, dir, every).await;
+            }
+        });
+    }
+    serving.await?;
     tracing::info!("shutting down: finishing in-flight writes");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
@@ -155,7 +230,9 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Hot-load: deploy `*.wasm` files of the components directory when they change.
+/// Hot-load: deploy `*.wasm` files of the components directory when they change,
+/// by the directory's rule (bytes of a stored version are not deployed again, so
+/// a file left as it was never undoes an HTTP deploy or rollback).
 async fn watch_components(engine: Engine, dir: PathBuf, every: Duration) {
     let mut seen: HashMap<PathBuf, (SystemTime, u64)> = HashMap::new();
     let mut first = true;
@@ -177,16 +254,12 @@ async fn watch_components(engine: Engine, dir: PathBuf, every: Duration) {
         first = false;
         for p in changed {
             let registry = engine.registry().clone();
-            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-            let result = tokio::task::spawn_blocking(move || {
-                std::fs::read(&p).map_err(|e| e.to_string()).and_then(|w| registry.deploy(&name, &w))
-            })
-            .await;
-            match result {
-                Ok(Ok(c)) => {
+            match tokio::task::spawn_blocking(move || registry.deploy_file(&p)).await {
+                Ok((_, DirOutcome::Deployed(c))) => {
                     tracing::info!(entity_type = %c.entity_type, version = c.version, "hot-loaded from components directory")
                 }
-                Ok(Err(e)) => tracing::error!("hot-load failed: {e}"),
+                Ok((_, DirOutcome::Known { .. })) => {}
+                Ok((name, DirOutcome::Failed(e))) => tracing::error!("hot-load of `{name}` failed: {e}"),
                 Err(e) => tracing::error!("hot-load failed: {e}"),
             }
         }

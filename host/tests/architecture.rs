@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["main"],
     &["cli"],
-    &["server"],
+    &["server", "scaffold"],
     &["net", "api"],
     &["subscribe"],
     &["engine"],

@@ -49,7 +49,14 @@ fn transcript(component: &Path) -> Vec<Value> {
     send(&mut lines, &t, "a", r#"{"type":"Withdraw","amount":30}"#);
     send(&mut lines, &t, "a", r#"{"type":"CreateAccount"}"#);
     send(&mut lines, &t, "a", "{not json"); // malformed
-    send(&mut lines, &t, "a", r#"{"type":"Transfer","amount":1}"#); // unknown command
+    send(&mut lines, &t, "a", r#"{"type":"Transfer","amount":1}"#); // a field missing
+                                                                    // The convention every language follows: a command type the entity does not
+                                                                    // know is malformed (400), in any state; a known command its state does not
+                                                                    // accept is unhandled (409).
+    send(&mut lines, &t, "a", r#"{"type":"Frobnicate"}"#);
+    send(&mut lines, &t, "c", r#"{"type":"Frobnicate"}"#);
+    send(&mut lines, &t, "c", r#"{"type":"Deposit","amount":1}"#);
+    send(&mut lines, &t, "c", r#"{"type":"Withdraw","amount":1}"#);
     send(&mut lines, &t, "a", r#"{"type":"Deposit","amount":-5}"#); // invalid amount
     send(&mut lines, &t, "a", r#"{"type":"CloseAccount"}"#); // non-zero balance
     for _ in 0..105 {
@@ -91,7 +98,11 @@ fn every_language_behaves_like_the_rust_bank_account() {
     assert!(has("Insufficient balance 150 to be able to withdraw 500"));
     assert!(has(r#"["snapshot",100,{"status":"open","balance":216}]"#));
     assert!(has(r#"["recovered","a",109,{"status":"open","balance":225}]"#), "{text:#?}");
-    assert_eq!(text.iter().filter(|l| l.contains("\"malformed\"")).count(), 3);
+    assert_eq!(text.iter().filter(|l| l.contains("\"malformed\"")).count(), 5);
+    assert!(has(r#"["a","{\"type\":\"Frobnicate\"}","malformed"]"#), "{text:#?}");
+    assert!(has(r#"["c","{\"type\":\"Frobnicate\"}","malformed"]"#), "{text:#?}");
+    assert!(has(r#"["c","{\"type\":\"Deposit\",\"amount\":1}",{"unhandled":null}]"#), "{text:#?}");
+    assert!(has(r#"["c","{\"type\":\"Withdraw\",\"amount\":1}",{"unhandled":null}]"#), "{text:#?}");
 
     for lang in ["python", "js", "c"] {
         let got = transcript(&polyglot(&format!("bank-account-{lang}")));

@@ -6,8 +6,19 @@
 //! refused with the reason and the old version keeps serving. Shards look up the active version
 //! on every command: commands already running finish on the version they started
 //! with, the next ones run on the new one.
+//!
+//! At start the stored active versions are *pending* until compiled (or loaded
+//! from the precompiled cache): [`Registry::open_deferred`] lists them, and
+//! [`Registry::load_stored`] loads them, so a server can listen meanwhile and
+//! tell callers what it is still compiling ([`Registry::pending`]).
+//!
+//! Who decides the active version: HTTP deploys and rollbacks (`activate`) are
+//! recorded in `ACTIVE` and win. The components directory only *adds* versions:
+//! [`Registry::deploy_dir`] deploys a file only when its bytes differ from every
+//! stored version of its type, so a restart or an untouched file never undoes a
+//! deploy or a rollback made over HTTP.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,7 +49,10 @@ pub struct LoadedComponent {
     pub hash: String,
     pub size: usize,
     pub info: EntityInfo,
+    /// When this version was deployed (kept in the store: the same across restarts).
     pub deployed_at_ms: u64,
+    /// When this process loaded it (compiled, or read the precompiled code).
+    pub loaded_at_ms: u64,
     pub code: Code,
 }
 
@@ -87,16 +101,44 @@ pub struct Registry {
     /// Serialises deploys so version numbers are assigned in order.
     deploying: Mutex<()>,
     engine_fingerprint: String,
+    /// Entity types not loaded yet, with what is being done for each.
+    pending: RwLock<BTreeMap<String, String>>,
+}
+
+/// What [`Registry::deploy_dir`] did with one file.
+pub enum DirOutcome {
+    /// Deployed as a new version and made active.
+    Deployed(Arc<LoadedComponent>),
+    /// Its bytes are those of a stored version: nothing changed.
+    Known {
+        version: u64,
+    },
+    Failed(String),
 }
 
 impl Registry {
+    /// Open the store and load every stored active version (compiling what the
+    /// cache does not hold).
     pub fn open(runtime: Arc<Runtime>, data_dir: &Path) -> anyhow::Result<Registry> {
+        let registry = Registry::open_deferred(runtime, data_dir)?;
+        registry.load_stored()?;
+        Ok(registry)
+    }
+
+    /// Open the store without loading anything: every stored active version is
+    /// pending until [`Registry::load_stored`] loads it.
+    pub fn open_deferred(runtime: Arc<Runtime>, data_dir: &Path) -> anyhow::Result<Registry> {
         let store = ComponentStore::open(data_dir).context("opening the component store")?;
         let projection_store =
             ComponentStore::open_named(data_dir, "projections").context("opening the projection store")?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         runtime.engine().precompile_compatibility_hash().hash(&mut h);
         let engine_fingerprint = format!("{:016x}", h.finish());
+        let pending = store
+            .active()?
+            .into_iter()
+            .map(|v| (v.entity_type, format!("compiling stored version {}", v.version)))
+            .collect();
         let registry = Registry {
             runtime,
             store,
@@ -105,19 +147,9 @@ impl Registry {
             projections: RwLock::default(),
             deploying: Mutex::new(()),
             engine_fingerprint,
+            pending: RwLock::new(pending),
         };
-        for v in registry.store.active()? {
-            let wasm = std::fs::read(&v.path)?;
-            match registry.load(&v.entity_type, v.version, &wasm) {
-                Ok(c) => {
-                    tracing::info!(entity_type = %v.entity_type, version = v.version, "loaded component");
-                    registry.active.write().unwrap().insert(v.entity_type.clone(), Arc::new(c));
-                }
-                Err(e) => {
-                    tracing::error!(entity_type = %v.entity_type, version = v.version, "cannot load stored component: {e}")
-                }
-            }
-        }
+        // Projections load here, before the engine starts their workers.
         for v in registry.projection_store.active()? {
             match registry.projection_version(&v.entity_type, v.version) {
                 Ok(p) => {
@@ -130,6 +162,48 @@ impl Registry {
             }
         }
         Ok(registry)
+    }
+
+    /// Load every stored active version (each leaves the pending list when done,
+    /// loaded or not).
+    pub fn load_stored(&self) -> anyhow::Result<()> {
+        for v in self.store.active()? {
+            let loaded = std::fs::read(&v.path)
+                .map_err(anyhow::Error::from)
+                .and_then(|wasm| self.load(&v.entity_type, v.version, &wasm, v.meta()?.deployed_at_ms));
+            match loaded {
+                Ok(c) => {
+                    tracing::info!(entity_type = %v.entity_type, version = v.version, "loaded component");
+                    // A deploy or rollback made while this one compiled wins.
+                    self.active.write().unwrap().entry(v.entity_type.clone()).or_insert(Arc::new(c));
+                }
+                Err(e) => {
+                    tracing::error!(entity_type = %v.entity_type, version = v.version, "cannot load stored component: {e}")
+                }
+            }
+            self.pending.write().unwrap().remove(&v.entity_type);
+        }
+        Ok(())
+    }
+
+    /// Mark `entity_type` as pending (`what` says why), until [`Registry::done`].
+    pub fn mark_pending(&self, entity_type: &str, what: String) {
+        self.pending.write().unwrap().entry(entity_type.to_string()).or_insert(what);
+    }
+
+    /// `entity_type` is no longer pending.
+    pub fn done(&self, entity_type: &str) {
+        self.pending.write().unwrap().remove(entity_type);
+    }
+
+    /// What is still being loaded for `entity_type`, if anything.
+    pub fn pending(&self, entity_type: &str) -> Option<String> {
+        self.pending.read().unwrap().get(entity_type).cloned()
+    }
+
+    /// Every entity type still being loaded, with what is being done for it.
+    pub fn pending_all(&self) -> Vec<(String, String)> {
+        self.pending.read().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -162,10 +236,35 @@ impl Registry {
                 return Ok(current);
             }
         }
+        self.deploy_locked(entity_type, wasm, &hash)
+    }
+
+    /// Deploy `wasm` only if its bytes differ from every stored version of
+    /// `entity_type` (the components directory's rule). `Ok(Err(v))`: the bytes
+    /// are those of stored version `v`; nothing is deployed and the active version
+    /// stays what it is.
+    pub fn deploy_new(&self, entity_type: &str, wasm: &[u8]) -> Result<Result<Arc<LoadedComponent>, u64>, String> {
+        validate_entity_type(entity_type)?;
+        let _guard = self.deploying.lock().unwrap();
+        let hash = sha256_hex(wasm);
+        for v in self.store.versions(entity_type).map_err(|e| e.to_string())? {
+            if v.meta().map_err(|e| e.to_string())?.sha256 == hash {
+                return Ok(Err(v.version));
+            }
+        }
+        self.deploy_locked(entity_type, wasm, &hash).map(Ok)
+    }
+
+    fn deploy_locked(&self, entity_type: &str, wasm: &[u8], hash: &str) -> Result<Arc<LoadedComponent>, String> {
         let next = self.versions(entity_type).last().map_or(1, |v| v + 1);
-        let loaded =
-            self.load(entity_type, next, wasm).map_err(|e| format!("invalid component for `{entity_type}`: {e}"))?;
-        let version = self.store.add_version(entity_type, wasm).map_err(|e| format!("cannot store component: {e}"))?;
+        let deployed_at_ms = now_ms();
+        let loaded = self
+            .load(entity_type, next, wasm, deployed_at_ms)
+            .map_err(|e| format!("invalid component for `{entity_type}`: {e}"))?;
+        let version = self
+            .store
+            .add_version(entity_type, wasm, deployed_at_ms)
+            .map_err(|e| format!("cannot store component: {e}"))?;
         debug_assert_eq!(version, next);
         let loaded = Arc::new(loaded);
         self.active.write().unwrap().insert(entity_type.to_string(), loaded.clone());
@@ -191,6 +290,7 @@ impl Registry {
                 snapshot_every: info.snapshot_every,
             },
             deployed_at_ms: now_ms(),
+            loaded_at_ms: now_ms(),
             code: Code::Native(factory),
         });
         self.active.write().unwrap().insert(entity_type.to_string(), loaded.clone());
@@ -209,28 +309,53 @@ impl Registry {
             .find(|v| v.version == version)
             .ok_or_else(|| format!("`{entity_type}` has no version {version}"))?;
         let wasm = std::fs::read(&stored.path).map_err(|e| e.to_string())?;
-        let loaded = Arc::new(self.load(entity_type, version, &wasm).map_err(|e| e.to_string())?);
+        let deployed_at_ms = stored.meta().map_err(|e| e.to_string())?.deployed_at_ms;
+        let loaded = Arc::new(self.load(entity_type, version, &wasm, deployed_at_ms).map_err(|e| e.to_string())?);
         self.store.set_active(entity_type, version).map_err(|e| e.to_string())?;
         self.active.write().unwrap().insert(entity_type.to_string(), loaded.clone());
         tracing::info!(entity_type, version, "activated component version");
         Ok(loaded)
     }
 
-    /// Deploy every `*.wasm` of `dir` whose bytes differ from the active version of
-    /// the type named by its file stem. Returns the failures.
-    pub fn deploy_dir(&self, dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
-        let mut failures = Vec::new();
+    /// The `*.wasm` files of a components directory, in name order.
+    pub fn dir_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
         let mut paths: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("reading components directory {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
             .collect();
         paths.sort();
-        for path in paths {
-            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-            let result = std::fs::read(&path).map_err(|e| e.to_string()).and_then(|wasm| self.deploy(&name, &wasm));
-            if let Err(e) = result {
+        Ok(paths)
+    }
+
+    /// Deploy one file of a components directory (its stem names the entity type)
+    /// if its bytes differ from every stored version of that type.
+    pub fn deploy_file(&self, path: &Path) -> (String, DirOutcome) {
+        let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let outcome = match std::fs::read(path).map_err(|e| e.to_string()).and_then(|w| self.deploy_new(&name, &w)) {
+            Ok(Ok(c)) => {
+                tracing::info!(entity_type = %name, version = c.version, file = %path.display(), "deployed from the components directory");
+                DirOutcome::Deployed(c)
+            }
+            Ok(Err(version)) => {
+                tracing::debug!(entity_type = %name, version, file = %path.display(), "components directory: bytes of a stored version, nothing to deploy");
+                DirOutcome::Known { version }
+            }
+            Err(e) => {
                 tracing::error!(file = %path.display(), "{e}");
+                DirOutcome::Failed(e)
+            }
+        };
+        (name, outcome)
+    }
+
+    /// Deploy every `*.wasm` of `dir` whose bytes differ from every stored version
+    /// of the type named by its file stem ([`Registry::deploy_file`]). Returns the
+    /// failures.
+    pub fn deploy_dir(&self, dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+        let mut failures = Vec::new();
+        for path in Self::dir_files(dir)? {
+            if let (name, DirOutcome::Failed(e)) = self.deploy_file(&path) {
                 failures.push((name, e));
             }
         }
@@ -267,7 +392,8 @@ impl Registry {
             .find(|v| v.version == version)
             .ok_or_else(|| format!("projection `{name}` has no version {version}"))?;
         let wasm = std::fs::read(&stored.path).map_err(|e| e.to_string())?;
-        self.load_projection(name, version, &wasm).map(Arc::new).map_err(|e| format!("{e:#}"))
+        let deployed_at_ms = stored.meta().map_err(|e| e.to_string())?.deployed_at_ms;
+        self.load_projection(name, version, &wasm, deployed_at_ms).map(Arc::new).map_err(|e| format!("{e:#}"))
     }
 
     /// Validate `wasm` as a projection component (compile, check it against the
@@ -284,10 +410,14 @@ impl Registry {
             }
         }
         let next = self.projection_versions(name).last().map_or(1, |v| v + 1);
-        let loaded =
-            self.load_projection(name, next, wasm).map_err(|e| format!("invalid projection `{name}`: {e:#}"))?;
-        let version =
-            self.projection_store.add_version(name, wasm).map_err(|e| format!("cannot store projection: {e}"))?;
+        let deployed_at_ms = now_ms();
+        let loaded = self
+            .load_projection(name, next, wasm, deployed_at_ms)
+            .map_err(|e| format!("invalid projection `{name}`: {e:#}"))?;
+        let version = self
+            .projection_store
+            .add_version(name, wasm, deployed_at_ms)
+            .map_err(|e| format!("cannot store projection: {e}"))?;
         debug_assert_eq!(version, next);
         let loaded = Arc::new(loaded);
         self.projections.write().unwrap().insert(name.to_string(), loaded.clone());
@@ -306,7 +436,13 @@ impl Registry {
         Ok(loaded)
     }
 
-    fn load_projection(&self, name: &str, version: u64, wasm: &[u8]) -> anyhow::Result<LoadedProjection> {
+    fn load_projection(
+        &self,
+        name: &str,
+        version: u64,
+        wasm: &[u8],
+        deployed_at_ms: u64,
+    ) -> anyhow::Result<LoadedProjection> {
         let hash = sha256_hex(wasm);
         let component = self.compile(wasm, &hash)?;
         let pre = self.runtime.prepare_projection(&component)?;
@@ -317,19 +453,17 @@ impl Registry {
         for tag in &info.tags {
             validate_label("tag", tag, false).map_err(|e| anyhow::anyhow!("describe(): {e}"))?;
         }
-        Ok(LoadedProjection {
-            name: name.to_string(),
-            version,
-            hash,
-            size: wasm.len(),
-            info,
-            deployed_at_ms: now_ms(),
-            pre,
-        })
+        Ok(LoadedProjection { name: name.to_string(), version, hash, size: wasm.len(), info, deployed_at_ms, pre })
     }
 
     /// Compile (or load precompiled), link, instantiate and describe.
-    fn load(&self, entity_type: &str, version: u64, wasm: &[u8]) -> anyhow::Result<LoadedComponent> {
+    fn load(
+        &self,
+        entity_type: &str,
+        version: u64,
+        wasm: &[u8],
+        deployed_at_ms: u64,
+    ) -> anyhow::Result<LoadedComponent> {
         let hash = sha256_hex(wasm);
         let component = self.compile(wasm, &hash)?;
         let pre = self.runtime.prepare(&component)?;
@@ -346,7 +480,8 @@ impl Registry {
                 state_version: info.state_version,
                 snapshot_every: info.snapshot_every,
             },
-            deployed_at_ms: now_ms(),
+            deployed_at_ms,
+            loaded_at_ms: now_ms(),
             code: Code::Wasm(pre),
         })
     }

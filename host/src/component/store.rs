@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! DATA/components/{type}/{version:08}.wasm   every deployed version, as uploaded
+//! DATA/components/{type}/{version:08}.meta   its SHA-256 and deploy time (text, `key=value` lines)
 //! DATA/components/{type}/ACTIVE              the active version number (text)
 //! DATA/projections/{name}/...                the same for projections
 //! DATA/cache/{sha256}-{engine}.cwasm         precompiled code (Component::serialize)
@@ -27,6 +28,50 @@ pub struct StoredVersion {
     pub entity_type: String,
     pub version: u64,
     pub path: PathBuf,
+}
+
+/// What is recorded about a stored version beside its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionMeta {
+    /// SHA-256 of the `.wasm`, hex.
+    pub sha256: String,
+    /// When the version was deployed (ms since the Unix epoch): stays the same across restarts.
+    pub deployed_at_ms: u64,
+}
+
+impl StoredVersion {
+    fn meta_path(&self) -> PathBuf {
+        self.path.with_extension("meta")
+    }
+
+    /// The version's hash and deploy time. Versions stored before `.meta` files
+    /// existed are hashed, and their file's modification time stands for the deploy
+    /// time (the meta file is then written, so this happens once).
+    pub fn meta(&self) -> std::io::Result<VersionMeta> {
+        if let Ok(text) = fs::read_to_string(self.meta_path()) {
+            let field = |key: &str| {
+                text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('='))).map(str::trim)
+            };
+            if let (Some(sha256), Some(Ok(deployed_at_ms))) =
+                (field("sha256"), field("deployed_at_ms").map(str::parse::<u64>))
+            {
+                if sha256.len() == 64 {
+                    return Ok(VersionMeta { sha256: sha256.to_string(), deployed_at_ms });
+                }
+            }
+        }
+        let sha256 = sha256_hex(&fs::read(&self.path)?);
+        let modified = fs::metadata(&self.path)?.modified()?;
+        let deployed_at_ms = modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let meta = VersionMeta { sha256, deployed_at_ms };
+        // Best effort: without it, the next call hashes again.
+        let _ = write_meta(&self.meta_path(), &meta);
+        Ok(meta)
+    }
+}
+
+fn write_meta(path: &Path, meta: &VersionMeta) -> std::io::Result<()> {
+    write_atomically(path, format!("sha256={}\ndeployed_at_ms={}\n", meta.sha256, meta.deployed_at_ms).as_bytes())
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -63,10 +108,14 @@ impl ComponentStore {
     }
 
     /// Store `wasm` as the next version of `entity_type` and make it active.
-    pub fn add_version(&self, entity_type: &str, wasm: &[u8]) -> std::io::Result<u64> {
+    pub fn add_version(&self, entity_type: &str, wasm: &[u8], deployed_at_ms: u64) -> std::io::Result<u64> {
         let dir = self.root.join(entity_type);
         fs::create_dir_all(&dir)?;
         let version = self.versions(entity_type)?.last().map_or(1, |v| v.version + 1);
+        // The meta first: a version whose meta is missing is hashed again, but a
+        // meta whose version is missing is never read.
+        let meta = VersionMeta { sha256: sha256_hex(wasm), deployed_at_ms };
+        write_meta(&dir.join(format!("{version:08}.meta")), &meta)?;
         write_atomically(&dir.join(format!("{version:08}.wasm")), wasm)?;
         self.set_active(entity_type, version)?;
         Ok(version)

@@ -24,6 +24,8 @@ pub(super) struct Recovered {
     state: Vec<u8>,
     seq_nr: u64,
     snapshot_seq_nr: u64,
+    /// When the recovery started (for `mneme_recovery_seconds`).
+    started: std::time::Instant,
 }
 
 impl Shard {
@@ -44,9 +46,15 @@ impl Shard {
     fn recover_state(&mut self, comp: &LoadedComponent, pid: &str) -> CommandResult<Recovered> {
         let shared = self.shared.clone();
         let _permit = shared.recoveries.acquire();
+        let started = std::time::Instant::now();
         let (state, snapshot_seq_nr) = self.recovery_start(comp, pid)?;
         let (state, seq_nr) = self.replay(comp, pid, state, snapshot_seq_nr)?;
-        Ok(Recovered { state, seq_nr, snapshot_seq_nr })
+        let metrics = &self.shared.metrics;
+        if snapshot_seq_nr > 0 {
+            metrics.recoveries_from_snapshot_total.fetch_add(1, Relaxed);
+        }
+        metrics.recovery_events_replayed_total.fetch_add(seq_nr - snapshot_seq_nr, Relaxed);
+        Ok(Recovered { state, seq_nr, snapshot_seq_nr, started })
     }
 
     /// `on-recovery-completed`, then the live entity.
@@ -58,10 +66,21 @@ impl Shard {
         pid: &str,
         recovered: Recovered,
     ) -> CommandResult<Entity> {
-        let Recovered { state, seq_nr, snapshot_seq_nr } = recovered;
+        let Recovered { state, seq_nr, snapshot_seq_nr, started } = recovered;
         let side_effects = self.handler(comp)?.on_recovery_completed(&state).map_err(|f| self.fault(comp, f.0))?;
         self.shared.metrics.recoveries_total.fetch_add(1, Relaxed);
-        tracing::debug!(%pid, seq_nr, from_snapshot = snapshot_seq_nr, "recovered");
+        let took = started.elapsed();
+        self.shared.metrics.recovery_seconds.observe(took);
+        tracing::debug!(
+            %pid,
+            seq_nr,
+            snapshot = if snapshot_seq_nr > 0 { "used" } else { "none" },
+            snapshot_seq_nr,
+            events_replayed = seq_nr - snapshot_seq_nr,
+            component_version = comp.version,
+            took_ms = took.as_millis() as u64,
+            "recovered"
+        );
         let (version, state_version) = (comp.version, comp.info.state_version);
         let mut entity =
             Entity::recovered(entity_type, entity_id, version, state_version, state.into(), seq_nr, snapshot_seq_nr);
@@ -87,6 +106,16 @@ impl Shard {
     /// state version, else the component's empty state.
     fn recovery_start(&mut self, comp: &LoadedComponent, pid: &str) -> CommandResult<(Vec<u8>, u64)> {
         let snapshot = self.shared.journal.load_snapshot(pid).map_err(|e| journal_failed(pid, e))?;
+        if let Some(s) = snapshot.as_ref().filter(|s| s.state_version != comp.info.state_version) {
+            self.shared.metrics.recovery_snapshots_ignored_total.fetch_add(1, Relaxed);
+            tracing::debug!(
+                %pid,
+                snapshot_seq_nr = s.seq_nr,
+                snapshot_state_version = s.state_version,
+                state_version = comp.info.state_version,
+                "snapshot ignored: taken with another state version; rebuilding from the events"
+            );
+        }
         match snapshot.filter(|s| s.state_version == comp.info.state_version) {
             Some(s) => Ok((s.state, s.seq_nr)),
             None => {
