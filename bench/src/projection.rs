@@ -217,6 +217,8 @@ pub fn live_lag(report: &mut Report, quick: bool) {
     create_accounts(&engine, entities);
     let (base_rate, _) = closed_loop(&engine, entities, clients, duration);
     engine.shutdown();
+    // The engine before its directory: the journal closes (flushes its index) on drop.
+    drop(engine);
     drop(dir);
     let (_dir, engine) = engine_following(entities);
     let mut rate = 0.0;
