@@ -14,7 +14,7 @@ use crate::component::registry::DirOutcome;
 use crate::component::{sandbox::Runtime, Registry, SandboxLimits};
 use crate::config::EngineConfig;
 use crate::engine::Engine;
-use crate::journal::{self, JournalOptions};
+use crate::journal::{self, DataLock, JournalOptions};
 use crate::net::{self, NetConfig, TlsFiles};
 
 pub struct ServeConfig {
@@ -93,7 +93,8 @@ pub fn start_engine(
     engine: EngineConfig,
     sandbox: SandboxLimits,
 ) -> anyhow::Result<Engine> {
-    let engine = open_engine(data, journal_options, components, engine, sandbox)?;
+    let lock = DataLock::acquire(data).with_context(|| format!("locking data directory {}", data.display()))?;
+    let engine = open_engine(data, lock, journal_options, components, engine, sandbox)?;
     load_components(&engine, components)?;
     Ok(engine)
 }
@@ -103,14 +104,14 @@ pub fn start_engine(
 /// components directory, is pending until [`load_components`].
 pub fn open_engine(
     data: &Path,
+    lock: DataLock,
     journal_options: &JournalOptions,
     components: Option<&Path>,
     engine: EngineConfig,
     sandbox: SandboxLimits,
 ) -> anyhow::Result<Engine> {
-    std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
     let backend = journal_options.backend;
-    let journal = journal::open_with(data, journal_options)
+    let journal = journal::open_locked(data, lock, journal_options)
         .with_context(|| format!("opening the {} journal of {}", backend.name(), data.display()))?;
     tracing::info!(journal = backend.name(), "journal open");
     let runtime = Runtime::new(sandbox)?;
@@ -148,7 +149,11 @@ pub fn load_components(engine: &Engine, components: Option<&Path>) -> anyhow::Re
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     check_exposure(&config)?;
     let tls = config.tls.as_ref().map(net::tls_acceptor).transpose()?;
-    // Listen at once: /health answers while the journal opens and components
+    // The data directory's lock first (it also creates the directory): a second
+    // process on the same directory exits before it ever answers.
+    let lock =
+        DataLock::acquire(&config.data).with_context(|| format!("locking data directory {}", config.data.display()))?;
+    // Then listen at once: /health answers while the journal opens and components
     // compile; /ready says when everything is loaded.
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -174,7 +179,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (data, components) = (config.data.clone(), config.components.clone());
     let (engine_config, sandbox, journal) = (config.engine.clone(), config.sandbox, config.journal.clone());
     let mut opening = tokio::task::spawn_blocking(move || {
-        open_engine(&data, &journal, components.as_deref(), engine_config, sandbox)
+        open_engine(&data, lock, &journal, components.as_deref(), engine_config, sandbox)
     });
     let engine = tokio::select! {
         served = &mut serving => {

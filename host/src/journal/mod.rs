@@ -286,8 +286,13 @@ pub fn open(data: &Path, backend: Backend) -> JournalResult<Arc<dyn Journal>> {
 /// the one that wrote the directory, so switching `--journal` never shows an empty
 /// journal.
 pub fn open_with(data: &Path, options: &JournalOptions) -> JournalResult<Arc<dyn Journal>> {
+    open_locked(data, DataLock::acquire(data)?, options)
+}
+
+/// [`open_with`] for a caller that took the data directory's lock itself (the
+/// server takes it before it listens, so a second process never answers at all).
+pub fn open_locked(data: &Path, lock: DataLock, options: &JournalOptions) -> JournalResult<Arc<dyn Journal>> {
     let backend = options.backend;
-    let lock = DataLock::acquire(data)?;
     if data.join("journal-fjall").exists() {
         return Err(JournalError::Invalid(format!(
             "{} holds a journal written by the fjall backend of an earlier mneme (journal-fjall/), which this \
