@@ -13,8 +13,8 @@ use mneme::component::{EntityHandler, Registry, SandboxLimits};
 use mneme::journal::{self, Backend, Journal, NewEvent, Snapshot, WriteBatch};
 use mneme::{Engine, EngineConfig, Outcome};
 
-use crate::native::Native;
 use crate::report::Report;
+use mneme_testkit::Native;
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -30,7 +30,7 @@ pub(crate) fn component(name: &str) -> Vec<u8> {
 pub fn registry(data: &Path, native: bool) -> Arc<Registry> {
     let registry = Arc::new(Registry::open(Runtime::new(SandboxLimits::default()).unwrap(), data).unwrap());
     if native {
-        registry.register_native("bank-account", Arc::new(|| Box::new(Native::<AccountEntity>::new()))).unwrap();
+        registry.register_native("bank-account", Arc::new(|| Box::new(Native::<AccountEntity>::default()))).unwrap();
     } else {
         registry.deploy("bank-account", &component("bank-account")).unwrap();
     }
@@ -68,7 +68,7 @@ pub fn handler_cost(report: &mut Report, quick: bool) {
     let dir = tempfile::tempdir().unwrap();
     let registry = registry(dir.path(), false);
     let mut handlers: Vec<(String, Box<dyn EntityHandler>, usize)> = vec![
-        ("native Rust".into(), Box::new(Native::<AccountEntity>::new()), n),
+        ("native Rust".into(), Box::new(Native::<AccountEntity>::default()), n),
         ("Rust component".into(), registry.get("bank-account").unwrap().instantiate(registry.runtime()).unwrap(), n),
     ];
     for lang in ["c", "js", "python"] {

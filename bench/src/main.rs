@@ -5,7 +5,6 @@
 //!   scripts/bench.sh --quick    (smaller runs, for a smoke check)
 
 mod engine;
-mod native;
 mod projection;
 mod outbox;
 mod postgres;

@@ -17,8 +17,8 @@ use mneme::{Engine, EngineConfig, Outcome};
 use mneme_sdk::{Context, Effect, Entity, Reply, SideEffect};
 use serde::{Deserialize, Serialize};
 
-use crate::native::Native;
 use crate::report::Report;
+use mneme_testkit::Native;
 
 /// The bench's entity: counts bumps; a bump may send a no-op to another entity.
 struct Pinger;
@@ -61,7 +61,7 @@ impl Entity for Pinger {
 fn engine(dir: &std::path::Path) -> Engine {
     let journal = crate::engine::open_journal(dir);
     let registry = Arc::new(Registry::open(Runtime::new(SandboxLimits::default()).unwrap(), dir).unwrap());
-    registry.register_native("pinger", Arc::new(|| Box::new(Native::<Pinger>::new()))).unwrap();
+    registry.register_native("pinger", Arc::new(|| Box::new(Native::<Pinger>::default()))).unwrap();
     Engine::start(EngineConfig::default(), journal, registry)
 }
 
