@@ -296,6 +296,44 @@ impl Server {
         let (s, t) = self.request("GET", path, b"");
         (s, json(&t))
     }
+
+    /// Every event carrying `tag`, in offset order, paging `GET /v1/events`.
+    pub fn tagged_events(&self, tag: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let (s, page) = self.get(&format!("/v1/events?tag={tag}&from={from}&limit=10000"));
+            assert_eq!(s, 200, "{page}");
+            let events = page["events"].as_array().unwrap();
+            if events.is_empty() {
+                return out;
+            }
+            out.extend(events.iter().cloned());
+            from = page["next_from"].as_u64().unwrap();
+        }
+    }
+
+    /// The value of the metric named `name` (in full, e.g. `mneme_commands_total`).
+    pub fn metric<T: std::str::FromStr>(&self, name: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        let (status, text) = self.request("GET", "/metrics", b"");
+        assert_eq!(status, 200, "{text}");
+        metric(&text, name)
+    }
+}
+
+/// The value of the metric named `name` in a `/metrics` text.
+pub fn metric<T: std::str::FromStr>(text: &str, name: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"));
+    value.trim().parse().unwrap()
 }
 
 impl Drop for Server {

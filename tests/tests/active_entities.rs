@@ -6,17 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mneme_tests::{agent, components_dir, example, Server};
-
-/// A value of `/metrics`.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
+use mneme_tests::{agent, components_dir, example, metric, Server};
 
 #[test]
 fn live_entities_stay_within_the_bound_and_all_still_answer() {
@@ -27,7 +17,7 @@ fn live_entities_stay_within_the_bound_and_all_still_answer() {
     let comps = components_dir(&[example("bank-account")]);
     let server = Server::start(data.path(), comps.path(), &["--max-active-entities", "100", "--shards", "2"]);
     let metrics = |server: &Server| server.request("GET", "/metrics", b"").1;
-    assert_eq!(metric(&metrics(&server), "mneme_active_entities"), 0);
+    assert_eq!(metric::<u64>(&metrics(&server), "mneme_active_entities"), 0);
 
     // Sample the gauge while 10,000 distinct entities are created.
     let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
@@ -64,12 +54,12 @@ fn live_entities_stay_within_the_bound_and_all_still_answer() {
         c.join().unwrap();
     }
     // State queries of entities that were never created keep nothing in memory.
-    let live = metric(&metrics(&server), "mneme_active_entities");
+    let live = metric::<u64>(&metrics(&server), "mneme_active_entities");
     for i in 0..1000 {
         let (s, state) = server.get(&format!("/v1/entities/bank-account/never-{i}/state"));
         assert_eq!((s, state["seq_nr"].as_u64()), (200, Some(0)), "never-{i}");
     }
-    assert_eq!(metric(&metrics(&server), "mneme_active_entities"), live, "queries of unknown ids kept entities");
+    assert_eq!(metric::<u64>(&metrics(&server), "mneme_active_entities"), live, "queries of unknown ids kept entities");
     stop.store(true, Ordering::SeqCst);
     let samples = sampler.join().unwrap();
     let peak = peak.load(Ordering::SeqCst);
@@ -77,7 +67,7 @@ fn live_entities_stay_within_the_bound_and_all_still_answer() {
     assert!(peak <= BOUND, "{peak} entities were live at once, the bound is {BOUND}");
     assert!((BOUND / 2..=BOUND).contains(&live), "{live} live after the run");
     let text = metrics(&server);
-    let passivated = metric(&text, "mneme_passivations_total");
+    let passivated = metric::<u64>(&text, "mneme_passivations_total");
     assert!(passivated >= IDS as u64 - BOUND, "only {passivated} passivations");
 
     // Every entity recovers and answers correctly, the first ones (passivated
@@ -89,7 +79,7 @@ fn live_entities_stay_within_the_bound_and_all_still_answer() {
         let (s, state) = server.get(&format!("/v1/entities/bank-account/e{i}/state"));
         assert_eq!((s, state["seq_nr"].as_u64()), (200, Some(2)), "e{i}");
     }
-    assert!(metric(&metrics(&server), "mneme_active_entities") <= BOUND);
+    assert!(metric::<u64>(&metrics(&server), "mneme_active_entities") <= BOUND);
     // A never-created entity can still be created after being queried.
     assert_eq!(server.send("bank-account", "never-1", r#"{"type":"CreateAccount"}"#).0, 200);
 }

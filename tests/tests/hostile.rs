@@ -28,14 +28,6 @@ fn events(server: &Server, entity_type: &str, id: &str) -> Vec<Value> {
     body["events"].as_array().unwrap().clone()
 }
 
-fn metric(server: &Server, name: &str) -> u64 {
-    let (s, text) = server.request("GET", "/metrics", b"");
-    assert_eq!(s, 200);
-    let line =
-        text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name} in\n{text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 fn assert_error(status: u16, body: &Value, want_status: u16, want: &[&str], what: &str) {
     assert_eq!(status, want_status, "{what}: {body}");
     let err = body["error"].as_str().unwrap_or_else(|| panic!("{what}: no error message in {body}"));
@@ -51,7 +43,7 @@ fn hostile_commands_fail_cleanly_and_leave_the_journal_and_the_host_intact() {
     assert_eq!(server.send("bank-account", "b", r#"{"type":"CreateAccount"}"#).0, 200);
     let before = events(&server, "hostile", "h");
     assert_eq!(before.len(), 1);
-    let faults_before = metric(&server, "mneme_guest_faults_total");
+    let faults_before = server.metric::<u64>("mneme_guest_faults_total");
 
     let two_mib = 2 * MIB;
     let cases: Vec<(String, u16, Vec<String>)> = vec![
@@ -109,7 +101,7 @@ fn hostile_commands_fail_cleanly_and_leave_the_journal_and_the_host_intact() {
     let (s, state) = server.get("/v1/entities/hostile/h/state");
     assert_eq!((s, &state["seq_nr"], &state["state"]["values"]), (200, &json!(1), &json!(["kept"])));
     assert_eq!(
-        metric(&server, "mneme_guest_faults_total") - faults_before,
+        server.metric::<u64>("mneme_guest_faults_total") - faults_before,
         faults,
         "every sandbox limit counts as a guest fault"
     );

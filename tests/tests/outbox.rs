@@ -41,9 +41,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 /// The value of a counter of `/metrics`.
 fn metric(t: &TestEngine, name: &str) -> u64 {
-    let text = t.engine.metrics().render();
-    let line = text.lines().find(|l| l.starts_with(&format!("mneme_{name} "))).unwrap_or_else(|| panic!("{text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    mneme_tests::metric(&t.engine.metrics().render(), &format!("mneme_{name}"))
 }
 
 fn values(t: &TestEngine, id: &str) -> Vec<String> {

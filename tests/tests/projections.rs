@@ -48,20 +48,8 @@ fn fold<'a>(events: impl IntoIterator<Item = (&'a str, &'a Value)>) -> View {
 
 /// Every `account` event over HTTP: (persistence id, payload) in offset order.
 fn journal_events(server: &Server) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    loop {
-        let (s, page) = server.get(&format!("/v1/events?tag=account&from={from}&limit=10000"));
-        assert_eq!(s, 200, "{page}");
-        let events = page["events"].as_array().unwrap();
-        if events.is_empty() {
-            return out;
-        }
-        for e in events {
-            out.push((e["persistence_id"].as_str().unwrap().to_string(), e["payload"].clone()));
-        }
-        from = page["next_from"].as_u64().unwrap();
-    }
+    let events = server.tagged_events("account");
+    events.into_iter().map(|e| (e["persistence_id"].as_str().unwrap().to_string(), e["payload"].clone())).collect()
 }
 
 fn http_fold(server: &Server) -> View {

@@ -8,18 +8,6 @@
 use mneme_tests::{components_dir, example, Server};
 use serde_json::{json, Value};
 
-/// The value of an unlabelled metric.
-fn metric(server: &Server, name: &str) -> f64 {
-    let (status, text) = server.request("GET", "/metrics", b"");
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn state(server: &Server, id: &str) -> Value {
     let (s, body) = server.get(&format!("/v1/entities/bank-account/{id}/state"));
     assert_eq!(s, 200, "{body}");
@@ -43,12 +31,12 @@ fn version_2_reads_the_journal_of_version_1_and_ignores_its_snapshots() {
     // A restart with version 1: the recovery starts from the snapshot and replays 6 events.
     let server = Server::start(data.path(), comps.path(), &[]);
     assert_eq!(server.send("bank-account", "a", r#"{"type":"GetBalance"}"#).1, json!({"balance":105}));
-    assert_eq!(metric(&server, "mneme_recoveries_total"), 1.0);
-    assert_eq!(metric(&server, "mneme_recoveries_from_snapshot_total"), 1.0);
-    assert_eq!(metric(&server, "mneme_recovery_events_replayed_total"), 6.0);
-    assert_eq!(metric(&server, "mneme_recovery_snapshots_ignored_total"), 0.0);
-    assert_eq!(metric(&server, "mneme_recovery_seconds_count"), 1.0);
-    assert!(metric(&server, "mneme_recovery_seconds_sum") > 0.0);
+    assert_eq!(server.metric::<f64>("mneme_recoveries_total"), 1.0);
+    assert_eq!(server.metric::<f64>("mneme_recoveries_from_snapshot_total"), 1.0);
+    assert_eq!(server.metric::<f64>("mneme_recovery_events_replayed_total"), 6.0);
+    assert_eq!(server.metric::<f64>("mneme_recovery_snapshots_ignored_total"), 0.0);
+    assert_eq!(server.metric::<f64>("mneme_recovery_seconds_count"), 1.0);
+    assert!(server.metric::<f64>("mneme_recovery_seconds_sum") > 0.0);
 
     // Version 2, deployed over HTTP while the entity is in memory with v1's state:
     // its state version differs, so the entity recovers again with version 2.
@@ -57,9 +45,9 @@ fn version_2_reads_the_journal_of_version_1_and_ignores_its_snapshots() {
     assert_eq!(s, 200, "{body}");
     let (s, reply) = server.send("bank-account", "a", r#"{"type":"Deposit","amount":10,"currency":"USD"}"#);
     assert_eq!((s, reply), (200, json!({"balance":115})));
-    assert_eq!(metric(&server, "mneme_recovery_snapshots_ignored_total"), 1.0, "v1's snapshot is not v2's state");
-    assert_eq!(metric(&server, "mneme_recoveries_from_snapshot_total"), 1.0, "the second recovery used none");
-    assert_eq!(metric(&server, "mneme_recovery_events_replayed_total"), 6.0 + 106.0, "every event replayed");
+    assert_eq!(server.metric::<f64>("mneme_recovery_snapshots_ignored_total"), 1.0, "v1's snapshot is not v2's state");
+    assert_eq!(server.metric::<f64>("mneme_recoveries_from_snapshot_total"), 1.0, "the second recovery used none");
+    assert_eq!(server.metric::<f64>("mneme_recovery_events_replayed_total"), 6.0 + 106.0, "every event replayed");
     // Rebuilt from the events: v1's deposits were upcast to the default currency.
     assert_eq!(state(&server, "a"), json!({"status":"open","balance":115,"deposited":{"EUR":105,"USD":10}}));
 

@@ -46,29 +46,6 @@ fn seed() -> u64 {
     s | 1
 }
 
-/// A counter of the server's `/metrics`.
-fn metric(server: &Server, name: &str) -> u64 {
-    let (_, text) = server.request("GET", "/metrics", b"");
-    let line = text.lines().find(|l| l.starts_with(&format!("mneme_{name} "))).unwrap_or_else(|| panic!("{text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-/// Every account event in the journal, in commit order.
-fn all_events(server: &Server) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    loop {
-        let (s, page) = server.get(&format!("/v1/events?tag=account&from={from}&limit=10000"));
-        assert_eq!(s, 200, "{page}");
-        let events = page["events"].as_array().unwrap();
-        if events.is_empty() {
-            return out;
-        }
-        out.extend(events.iter().cloned());
-        from = page["next_from"].as_u64().unwrap();
-    }
-}
-
 /// One round: clients transfer until the server is killed. Returns the ids of
 /// the acknowledged transfers and the outbox counters of that server's life.
 fn round(server: Server, seed: u64, duration: Duration) -> (Vec<String>, u64, u64) {
@@ -106,7 +83,8 @@ fn round(server: Server, seed: u64, duration: Duration) -> (Vec<String>, u64, u6
         })
         .collect();
     std::thread::sleep(duration);
-    let counters = (metric(&server, "outbox_recovered_total"), metric(&server, "outbox_duplicates_total"));
+    let counters =
+        (server.metric::<u64>("mneme_outbox_recovered_total"), server.metric::<u64>("mneme_outbox_duplicates_total"));
     server.kill();
     stop.store(true, Ordering::SeqCst);
     for c in clients {
@@ -160,15 +138,15 @@ fn transfers_keep_money_and_apply_each_command_once_through_repeated_kill_9() {
         assert!(Instant::now() < deadline, "transfers still pending after 120 s");
         std::thread::sleep(Duration::from_millis(200));
     };
-    recovered += metric(&server, "outbox_recovered_total");
+    recovered += server.metric::<u64>("mneme_outbox_recovered_total");
     std::thread::sleep(Duration::from_millis(500));
-    duplicates += metric(&server, "outbox_duplicates_total");
+    duplicates += server.metric::<u64>("mneme_outbox_duplicates_total");
 
     // Money neither created nor lost.
     assert_eq!(balances.iter().sum::<u64>(), ACCOUNTS as u64 * DEPOSIT, "balances: {balances:?}");
 
     // Every transfer in the journal ended exactly once, and was received at most once.
-    let events = all_events(&server);
+    let events = server.tagged_events("account");
     let mut sent: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut received: HashMap<String, Vec<String>> = HashMap::new();
     let mut ended: HashMap<String, Vec<&str>> = HashMap::new();
