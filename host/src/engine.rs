@@ -155,12 +155,7 @@ impl Engine {
     /// A valid entity of a deployed type: its persistence id.
     fn check(&self, entity_type: &str, entity_id: &str) -> CommandResult<String> {
         validate_entity(entity_type, entity_id).map_err(CommandError::InvalidId)?;
-        if self.registry().get(entity_type).is_none() {
-            return Err(match self.registry().pending(entity_type) {
-                Some(what) => CommandError::NotReady { entity_type: entity_type.to_string(), what },
-                None => CommandError::UnknownType(entity_type.to_string()),
-            });
-        }
+        self.registry().require(entity_type)?;
         Ok(persistence_id(entity_type, entity_id))
     }
 

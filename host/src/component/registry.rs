@@ -32,6 +32,7 @@ use super::projection::{ProjectionInfo, ProjectionSandbox};
 use super::sandbox::{HostState, Runtime, WasmPre};
 use super::store::{sha256_hex, write_atomically, ComponentStore};
 use crate::clock::now_ms;
+use crate::error::{CommandError, CommandResult};
 use crate::names::{validate_entity_type, validate_label, validate_projection_name};
 
 /// What a component says about itself (`describe()`).
@@ -212,6 +213,15 @@ impl Registry {
 
     pub fn get(&self, entity_type: &str) -> Option<Arc<LoadedComponent>> {
         self.active.read().unwrap().get(entity_type).cloned()
+    }
+
+    /// The active component of `entity_type`, or why a command for it cannot run:
+    /// still loading (`NotReady`, the start-up or deploy says what), or unknown.
+    pub fn require(&self, entity_type: &str) -> CommandResult<Arc<LoadedComponent>> {
+        self.get(entity_type).ok_or_else(|| match self.pending(entity_type) {
+            Some(what) => CommandError::NotReady { entity_type: entity_type.to_string(), what },
+            None => CommandError::UnknownType(entity_type.to_string()),
+        })
     }
 
     pub fn list(&self) -> Vec<Arc<LoadedComponent>> {

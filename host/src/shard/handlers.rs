@@ -11,11 +11,7 @@ use super::Shard;
 impl Shard {
     /// The active component of an entity type.
     pub(super) fn component(&self, entity_type: &str) -> CommandResult<Arc<LoadedComponent>> {
-        let registry = &self.shared.registry;
-        registry.get(entity_type).ok_or_else(|| match registry.pending(entity_type) {
-            Some(what) => CommandError::NotReady { entity_type: entity_type.to_string(), what },
-            None => CommandError::UnknownType(entity_type.to_string()),
-        })
+        self.shared.registry.require(entity_type)
     }
 
     /// This shard's live handler of the component's version.

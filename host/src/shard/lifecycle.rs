@@ -106,23 +106,22 @@ impl Shard {
     /// state version, else the component's empty state.
     fn recovery_start(&mut self, comp: &LoadedComponent, pid: &str) -> CommandResult<(Vec<u8>, u64)> {
         let snapshot = self.shared.journal.load_snapshot(pid).map_err(|e| journal_failed(pid, e))?;
-        if let Some(s) = snapshot.as_ref().filter(|s| s.state_version != comp.info.state_version) {
-            self.shared.metrics.recovery_snapshots_ignored_total.fetch_add(1, Relaxed);
-            tracing::debug!(
-                %pid,
-                snapshot_seq_nr = s.seq_nr,
-                snapshot_state_version = s.state_version,
-                state_version = comp.info.state_version,
-                "snapshot ignored: taken with another state version; rebuilding from the events"
-            );
-        }
-        match snapshot.filter(|s| s.state_version == comp.info.state_version) {
-            Some(s) => Ok((s.state, s.seq_nr)),
-            None => {
-                let empty = self.handler(comp)?.empty_state();
-                Ok((empty.map_err(|f| self.fault(comp, f.0))?, 0))
+        match snapshot {
+            Some(s) if s.state_version == comp.info.state_version => return Ok((s.state, s.seq_nr)),
+            Some(s) => {
+                self.shared.metrics.recovery_snapshots_ignored_total.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    %pid,
+                    snapshot_seq_nr = s.seq_nr,
+                    snapshot_state_version = s.state_version,
+                    state_version = comp.info.state_version,
+                    "snapshot ignored: taken with another state version; rebuilding from the events"
+                );
             }
+            None => {}
         }
+        let empty = self.handler(comp)?.empty_state();
+        Ok((empty.map_err(|f| self.fault(comp, f.0))?, 0))
     }
 
     /// Apply every event after `seq_nr` to `state`, `recovery_batch` events per call.
