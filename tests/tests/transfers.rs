@@ -122,31 +122,57 @@ fn transfers_keep_money_and_apply_each_command_once_through_repeated_kill_9() {
     }
 
     // The last start: everything pending is delivered; wait for every transfer to end.
+    // The accounts are read one after another while deliveries go on, so one pass
+    // is not a consistent cut: a receiver read before its deposit and its sender
+    // read after the transfer completed would show money missing. But no transfer
+    // starts now (only clients start them), and a receiver deposits before its
+    // sender's transfer ends: once a whole pass has shown no pending transfer,
+    // every transfer had ended when that pass finished, and the next pass reads
+    // settled accounts.
     let server = Server::start(data.path(), comps.path(), &[]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let balances = loop {
-        let states: Vec<Value> = (0..ACCOUNTS)
+    let read_states = || -> Vec<Value> {
+        (0..ACCOUNTS)
             .map(|i| {
                 let (s, body) = server.get(&format!("/v1/entities/bank-account/acc{i}/state"));
                 assert_eq!(s, 200, "{body}");
                 body["state"].clone()
             })
-            .collect();
-        if states.iter().all(|s| s.get("pending").is_none()) {
-            break states.iter().map(|s| s["balance"].as_u64().unwrap()).collect::<Vec<_>>();
-        }
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while read_states().iter().any(|s| s.get("pending").is_some()) {
         assert!(Instant::now() < deadline, "transfers still pending after 120 s");
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
+    let states = read_states();
+    assert!(states.iter().all(|s| s.get("pending").is_none()), "a transfer started after all had ended: {states:?}");
+    let balances: Vec<u64> = states.iter().map(|s| s["balance"].as_u64().unwrap()).collect();
     recovered += server.metric::<u64>("mneme_outbox_recovered_total");
     std::thread::sleep(Duration::from_millis(500));
     duplicates += server.metric::<u64>("mneme_outbox_duplicates_total");
+
+    // Each account's state is the fold of its events in the journal.
+    let events = server.tagged_events("account");
+    let mut folded: HashMap<String, i64> = HashMap::new();
+    for e in &events {
+        let pid = e["persistence_id"].as_str().unwrap().to_string();
+        let amount = e["payload"]["amount"].as_i64().unwrap_or(0);
+        let change = match e["manifest"].as_str().unwrap() {
+            "Deposited" | "TransferReceived" | "TransferRefunded" => amount,
+            "Withdrawn" | "TransferSent" => -amount,
+            _ => 0,
+        };
+        *folded.entry(pid).or_default() += change;
+    }
+    for (i, balance) in balances.iter().enumerate() {
+        let pid = format!("bank-account|acc{i}");
+        assert_eq!(*balance as i64, folded[&pid], "{pid}: the state's balance is not the sum of its events");
+    }
 
     // Money neither created nor lost.
     assert_eq!(balances.iter().sum::<u64>(), ACCOUNTS as u64 * DEPOSIT, "balances: {balances:?}");
 
     // Every transfer in the journal ended exactly once, and was received at most once.
-    let events = server.tagged_events("account");
     let mut sent: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut received: HashMap<String, Vec<String>> = HashMap::new();
     let mut ended: HashMap<String, Vec<&str>> = HashMap::new();
