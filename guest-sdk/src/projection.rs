@@ -70,7 +70,7 @@ pub trait Projection {
     /// existing view from its offset.
     const VIEW_VERSION: u32 = 1;
 
-    /// Fold one event into the view. `Err` pauses the projection with the message;
+    /// Fold one event into the view. `Err` fails the projection with the message;
     /// nothing of the event is stored.
     fn handle(view: &mut View, event: &EventEnvelope<Self::Event>) -> Result<(), String>;
 

@@ -47,6 +47,7 @@ use crate::component::LoadedComponent;
 use crate::engine::{Engine, TopicPage};
 use crate::error::CommandError;
 use crate::journal::{StoredEvent, StoredTopicMessage};
+use crate::metrics;
 use crate::names::{
     persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_label,
     validate_projection_name, validate_topic, validate_view_key,
@@ -879,7 +880,11 @@ async fn ready(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    let text = app.engine.metrics().render() + &app.engine.projections().render_metrics();
+    let mut text = app.engine.metrics().render() + &app.engine.projections().render_metrics();
+    if let Some(bytes) = app.engine.journal().disk_bytes() {
+        let help = "Bytes the journal takes on disk (commit log and index; sled: its files).";
+        metrics::render_gauge(&mut text, "journal_disk_bytes", help, bytes);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

@@ -258,7 +258,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1 << 20)]
     pub max_event_bytes: usize,
     /// Largest value a projection may store under one key of its view, in bytes
-    /// (a larger one pauses the projection).
+    /// (a larger one fails the projection).
     #[arg(long, default_value_t = crate::config::ProjectionConfig::default().max_value_bytes)]
     pub max_view_value_bytes: usize,
     /// Most events handed to a projection per batch (one call, one atomic write).

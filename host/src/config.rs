@@ -36,7 +36,7 @@ pub struct ProjectionConfig {
     pub batch_events: usize,
     /// Most event payload bytes per batch (at least one event is taken).
     pub batch_bytes: usize,
-    /// Largest value one view update may store; a larger one pauses the projection.
+    /// Largest value one view update may store; a larger one fails the projection.
     pub max_value_bytes: usize,
     /// Wait before trying again after the journal could not be read or written.
     pub retry: Duration,

@@ -189,6 +189,7 @@ impl Engine {
             manifest,
             payload,
             accepted_ms: now_ms(),
+            accepted: std::time::Instant::now(),
             reply_to: ReplyTo::Caller(tx),
             origin: None,
         };

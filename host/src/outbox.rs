@@ -232,6 +232,7 @@ impl Outbox {
                 manifest: String::new(),
                 payload: e.payload.clone(),
                 accepted_ms: now,
+                accepted: std::time::Instant::now(),
                 reply_to: ReplyTo::Callback(Box::new(move |result| answer.send(result))),
                 origin: Some(Origin { source: e.source.clone(), key: key.clone() }),
             };
@@ -311,6 +312,7 @@ impl Outbox {
                 manifest: String::new(),
                 payload: t.payload,
                 accepted_ms: now,
+                accepted: std::time::Instant::now(),
                 reply_to: ReplyTo::None,
                 origin: None,
             };

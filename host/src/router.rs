@@ -10,6 +10,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
@@ -77,6 +78,8 @@ pub struct Envelope {
     pub payload: Vec<u8>,
     /// When the engine accepted it (the command's timestamp in `command-metadata`).
     pub accepted_ms: u64,
+    /// The same moment on the monotonic clock, for `mneme_command_seconds`.
+    pub accepted: Instant,
     pub reply_to: ReplyTo,
     /// Set for a command another entity sent (`command-metadata.origin`).
     pub origin: Option<Origin>,

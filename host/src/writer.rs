@@ -67,7 +67,9 @@ fn run(journal: &dyn Journal, rx: &Receiver<WriterMsg>, metrics: &Metrics, head:
             merged.append(r.batch);
             callbacks.push(r.on_written);
         }
+        let started = std::time::Instant::now();
         let result = journal.write(&merged).map_err(|e| e.to_string());
+        metrics.journal_write_seconds.observe(started.elapsed());
         match &result {
             Ok(()) => {
                 if !merged.events.is_empty() {
@@ -75,6 +77,9 @@ fn run(journal: &dyn Journal, rx: &Receiver<WriterMsg>, metrics: &Metrics, head:
                 }
                 metrics.journal_writes_total.fetch_add(1, Relaxed);
                 metrics.events_persisted_total.fetch_add(merged.events.len() as u64, Relaxed);
+                if !merged.events.is_empty() {
+                    metrics.journal_write_events.observe(merged.events.len() as u64);
+                }
                 metrics.snapshots_total.fetch_add(merged.snapshots.len() as u64, Relaxed);
             }
             Err(e) => {

@@ -33,6 +33,8 @@ fn every_metric_of_the_dashboard_exists() {
     let data = tempfile::tempdir().unwrap();
     let comps = components_dir(&[example("bank-account")]);
     let server = Server::start(data.path(), comps.path(), &[]);
+    // Metrics labelled by entity type appear with the type's first command.
+    assert_eq!(server.send("bank-account", "a", r#"{"type":"CreateAccount"}"#).0, 200);
     let (status, text) = server.request("GET", "/metrics", b"");
     assert_eq!(status, 200);
     let exposed: BTreeSet<&str> =

@@ -280,11 +280,11 @@ fn account_balances_stay_exact_through_kill_9_during_catch_up_and_live_load() {
     assert!(report.projection_records > 0 && report.view_keys as usize == expected.len());
 }
 
-/// A projection that traps on one event pauses alone, at that event; a fixed
+/// A projection that traps on one event fails alone, at that event; a fixed
 /// version resumes from the stored offset (the same view, not rebuilt); a view
-/// value over the limit pauses it too, with nothing of that event stored.
+/// value over the limit fails it too, with nothing of that event stored.
 #[test]
-fn a_faulty_projection_pauses_alone_and_a_fixed_version_resumes_from_its_offset() {
+fn a_faulty_projection_fails_alone_and_a_fixed_version_resumes_from_its_offset() {
     let data = tempfile::tempdir().unwrap();
     let comps = components_dir(&[example("bank-account")]);
     let server = bank_server(data.path(), comps.path(), &[]);
@@ -301,12 +301,12 @@ fn a_faulty_projection_pauses_alone_and_a_fixed_version_resumes_from_its_offset(
     let unlucky = events["events"][1]["offset"].as_u64().unwrap();
     populate(&server, "b", 4, 5);
 
-    let paused = wait_for(&server, "balances", "pauses", |p| p["status"] == "paused");
-    let error = paused["error"].as_str().unwrap();
+    let failed = wait_for(&server, "balances", "fails", |p| p["status"] == "failed");
+    let error = failed["error"].as_str().unwrap();
     assert!(error.contains("unlucky deposit of 13"), "{error}");
     assert!(error.contains(&format!("offset {unlucky} (bank-account|u#2, Deposited)")), "{error}");
-    assert_eq!(paused["offset"], unlucky - 1, "paused right before the event: {paused}");
-    assert!(paused["lag"].as_u64().unwrap() > 0, "{paused}");
+    assert_eq!(failed["offset"], unlucky - 1, "failed right before the event: {failed}");
+    assert!(failed["lag"].as_u64().unwrap() > 0, "{failed}");
     // The view is the fold up to there, exactly.
     let all = journal_events(&server);
     let unlucky_event = |(p, v): &&(String, Value)| p == "bank-account|u" && v["amount"] == 13;
@@ -318,8 +318,8 @@ fn a_faulty_projection_pauses_alone_and_a_fixed_version_resumes_from_its_offset(
     wait_caught_up(&server, "account-balances", 1);
     assert_eq!(view(&server, "account-balances"), http_fold(&server));
     let metrics = server.request("GET", "/metrics", b"").1;
-    assert!(metrics.contains("mneme_projection_paused{projection=\"balances\"} 1"), "{metrics}");
-    assert!(metrics.contains("mneme_projection_paused{projection=\"account-balances\"} 0"), "{metrics}");
+    assert!(metrics.contains("mneme_projection_failed{projection=\"balances\"} 1"), "{metrics}");
+    assert!(metrics.contains("mneme_projection_failed{projection=\"account-balances\"} 0"), "{metrics}");
 
     // Bad input: nothing changes.
     let (s, body) = server.request("PUT", "/v1/projections/account-balances", b"not wasm");
@@ -361,14 +361,14 @@ fn a_faulty_projection_pauses_alone_and_a_fixed_version_resumes_from_its_offset(
     assert_eq!(view(&server, "balances"), expected);
     assert_eq!(view(&server, "account-balances"), expected);
 
-    // A value over the limit: paused with the reason, nothing of that event stored.
+    // A value over the limit: failed with the reason, nothing of that event stored.
     deploy(&server, "balances", &test_component("faulty-projection"));
     wait_caught_up(&server, "balances", 1);
     let u_before = server.get("/v1/views/balances/u").1["value"].clone();
     ok(&server, "u", r#"{"type":"Deposit","amount":14}"#);
     ok(&server, "u", r#"{"type":"Deposit","amount":1}"#);
-    let paused = wait_for(&server, "balances", "pauses on the big value", |p| p["status"] == "paused");
-    let error = paused["error"].as_str().unwrap();
+    let failed = wait_for(&server, "balances", "fails on the big value", |p| p["status"] == "failed");
+    let error = failed["error"].as_str().unwrap();
     assert!(error.contains("2097152 bytes") && error.contains("--max-view-value-bytes"), "{error}");
     assert_eq!(server.get("/v1/views/balances/u").1["value"], u_before);
     let all = journal_events(&server);
@@ -405,7 +405,7 @@ fn a_new_view_version_is_rebuilt_beside_the_old_view_and_swapped_in_when_caught_
         (&json!(2), &json!(1), &json!(2)),
         "{v2}"
     );
-    let p = wait_for(&server, "balances", "the rebuild pauses", |p| p["rebuild"]["status"] == "paused");
+    let p = wait_for(&server, "balances", "the rebuild fails", |p| p["rebuild"]["status"] == "failed");
     assert_eq!(
         (&p["status"], &p["generation"], &p["serving"]["version"]),
         (&json!("running"), &json!(1), &json!(1)),

@@ -58,6 +58,7 @@ const INDEX_RETRY: Duration = Duration::from_secs(1);
 const TOPIC_HEADS_CAPACITY: usize = 100_000;
 
 pub struct LogJournal {
+    log_dir: PathBuf,
     index_dir: PathBuf,
     reader: LogReader,
     /// `None` after indexing failed, until it is reopened.
@@ -147,6 +148,7 @@ impl LogJournal {
             last_probe: None,
         };
         let journal = LogJournal {
+            log_dir: log_dir(data),
             index_dir,
             reader: writer.log.reader(),
             index: RwLock::new(Some(index)),
@@ -667,6 +669,10 @@ impl Journal for LogJournal {
 
     fn topic_head(&self, topic: &str) -> JournalResult<u64> {
         outbox_index::topic_head_in_index(self.index()?.as_ref().unwrap(), topic)
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        Some(super::dir_bytes(&self.log_dir) + super::dir_bytes(&self.index_dir))
     }
 
     /// While the last write failed, each call (at most once a second) probes

@@ -178,6 +178,10 @@ pub trait Journal: Send + Sync + 'static {
     fn health(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Bytes the journal takes on disk, when it can tell (`mneme_journal_disk_bytes`).
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
 
     // Projections (`views.rs`). The commit-log and PostgreSQL journals store them;
     // the defaults refuse with [`views::NEED_LOG`].
@@ -330,4 +334,17 @@ pub fn open_locked(data: &Path, lock: DataLock, options: &JournalOptions) -> Jou
             Arc::new(journal)
         }
     })
+}
+
+/// Bytes of the files under `dir` (0 for what cannot be read: a gauge, not a check).
+pub(crate) fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

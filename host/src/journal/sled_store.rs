@@ -121,6 +121,10 @@ impl SledJournal {
 }
 
 impl Journal for SledJournal {
+    fn disk_bytes(&self) -> Option<u64> {
+        self.db.size_on_disk().ok()
+    }
+
     fn write(&self, batch: &WriteBatch) -> JournalResult<()> {
         if batch.is_empty() {
             return Ok(());

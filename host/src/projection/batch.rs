@@ -209,7 +209,7 @@ impl ViewReader for Overlay {
 }
 
 /// The guest's updates as the journal's, if every key is valid and every value
-/// within `max_value_bytes`; else why not (the projection pauses with it).
+/// within `max_value_bytes`; else why not (the projection fails with it).
 pub fn check_updates(
     updates: Vec<crate::component::projection::ViewUpdate>,
     max_value_bytes: usize,

@@ -17,7 +17,7 @@
 //!
 //! Versions and generations: a projection's view lives in a *generation*. A new
 //! version with the same `view-version` continues the serving generation from its
-//! stored offset (that is how a fixed version resumes a paused projection). A new
+//! stored offset (that is how a fixed version resumes a failed projection). A new
 //! version with another `view-version` gets a new generation, built from offset 0
 //! by a second worker while the serving one keeps running with the old version;
 //! queries read the serving generation until the new one has caught up and
@@ -25,7 +25,7 @@
 //! Which generation serves is stored in the journal, so a restart picks up where
 //! the swap stood.
 //!
-//! A fault pauses only that projection (its status names the reason and the
+//! A fault stops only that projection (its status names the reason and the
 //! event); the engine and the other projections keep running.
 //!
 //! Architecture: below the engine (which starts it and hands it the durable
@@ -82,7 +82,7 @@ pub struct GenerationStatus {
     pub view_version: u32,
     pub offset: u64,
     pub lag: u64,
-    /// `running` or `paused` (also `retrying` while the journal fails, `stopped`).
+    /// `running` or `failed` (also `retrying` while the journal fails, `stopped`).
     pub status: &'static str,
     pub error: Option<String>,
     pub events: u64,
@@ -110,12 +110,12 @@ pub struct ProjectionStatus {
 }
 
 impl ProjectionStatus {
-    /// `running` or `paused`: what the serving generation's worker does (a
-    /// projection without a worker is paused).
+    /// `running` or `failed`: what the serving generation's worker does (a
+    /// projection without a worker has failed).
     pub fn status(&self) -> &'static str {
         match &self.serving {
             Some(s) if self.error.is_none() => s.status,
-            _ => "paused",
+            _ => "failed",
         }
     }
 
@@ -342,7 +342,7 @@ impl Projections {
         let gauges = [
             ("projection_offset", "Offset through which a projection's serving view has taken in events."),
             ("projection_lag", "Journal head minus a projection's offset (events and other records' offsets)."),
-            ("projection_paused", "1 when a projection is paused (a fault; see GET /v1/projections)."),
+            ("projection_failed", "1 when a projection has failed and stopped (a fault; see GET /v1/projections)."),
         ];
         for (i, (name, help)) in gauges.iter().enumerate() {
             let _ = writeln!(out, "# HELP mneme_{name} {help}");
@@ -351,7 +351,7 @@ impl Projections {
                 let value = match i {
                     0 => p.serving.as_ref().map_or(0, |s| s.offset),
                     1 => p.serving.as_ref().map_or(p.head, |s| s.lag),
-                    _ => u64::from(p.status() == "paused"),
+                    _ => u64::from(p.status() == "failed"),
                 };
                 let _ = writeln!(out, "mneme_{name}{{projection=\"{}\"}} {value}", p.name);
             }
@@ -399,7 +399,7 @@ fn swapped(shared: &Shared, name: &str, generation: u32) {
 fn generation_status(p: &Progress, head: u64) -> GenerationStatus {
     let (status, error) = match &p.state {
         State::Running => ("running", None),
-        State::Paused(why) => ("paused", Some(why.clone())),
+        State::Failed(why) => ("failed", Some(why.clone())),
         State::Retrying(why) => ("retrying", Some(why.clone())),
         State::Stopped => ("stopped", None),
     };

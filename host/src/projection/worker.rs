@@ -10,12 +10,12 @@
 //!   returns an update over the limits: the batch is handed in again one event per
 //!   call (the `get` import sees the updates of the earlier calls), to find the
 //!   event it fails on; the updates of the events before it are stored with their
-//!   offset, and the worker pauses with the reason, naming the event. Nothing of
+//!   offset, and the worker stops, failed, with the reason naming the event. Nothing of
 //!   the failing event is stored. A fixed version resumes from there.
 //! * the journal cannot be read or written (storage trouble): the worker says so
 //!   in its status and tries again after [`ProjectionConfig::retry`]; nothing was
 //!   stored, so the batch is simply computed again.
-//! * the journal refuses the batch or finds damage: the worker pauses.
+//! * the journal refuses the batch or finds damage: the worker fails.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,7 @@ pub enum State {
     /// Starting, catching up or following the journal.
     Running,
     /// Stopped by a fault or a refused write; a new deployment resumes it.
-    Paused(String),
+    Failed(String),
     /// The journal could not be read or written; trying again.
     Retrying(String),
     /// Told to stop (a new version took over, or the server is shutting down).
@@ -143,9 +143,9 @@ pub fn spawn(env: Env, spec: Spec, on_live: Option<OnLive>) -> Worker {
             let end = run.run();
             let mut p = run.progress.lock().unwrap();
             if let Some(why) = &end {
-                tracing::error!(projection = %run.spec.name, generation = run.spec.generation, "paused: {why}");
+                tracing::error!(projection = %run.spec.name, generation = run.spec.generation, "failed: {why}");
             }
-            p.state = end.map_or(State::Stopped, State::Paused);
+            p.state = end.map_or(State::Stopped, State::Failed);
         })
         .expect("spawn projection thread");
     Worker { generation, progress, stop, thread: Some(thread) }
@@ -173,8 +173,8 @@ struct Run {
 
 /// How a step ended when it did not succeed.
 enum Halt {
-    /// Pause with this reason.
-    Pause(String),
+    /// Fail with this reason: the worker stops until another version is deployed.
+    Fail(String),
     /// Storage trouble: try again later.
     Retry(String),
 }
@@ -182,7 +182,7 @@ enum Halt {
 fn journal_halt(what: &str, e: JournalError) -> Halt {
     match e {
         JournalError::Storage(_) | JournalError::Locked(_) => Halt::Retry(format!("{what}: {e}")),
-        JournalError::Corrupt(_) | JournalError::Invalid(_) => Halt::Pause(format!("{what}: {e}")),
+        JournalError::Corrupt(_) | JournalError::Invalid(_) => Halt::Fail(format!("{what}: {e}")),
     }
 }
 
@@ -193,7 +193,7 @@ enum Step {
         through: u64,
         batch: Option<ProjectionBatch>,
     },
-    /// The guest failed on an event: `partial` stores the events before it; then pause.
+    /// The guest failed on an event: `partial` stores the events before it; then fail.
     Failed {
         partial: Option<ProjectionBatch>,
         why: String,
@@ -247,7 +247,7 @@ impl Run {
         self.progress.lock().unwrap().state = state;
     }
 
-    /// Returns why it paused, or `None` when told to stop.
+    /// Returns why it failed, or `None` when told to stop.
     ///
     /// A two-stage pipeline: while batch N is being stored (its own thread), batch
     /// N+1 is read and computed on top of N's updates (kept in the cache as
@@ -262,7 +262,7 @@ impl Run {
             }
             match self.load_offset() {
                 Ok(()) => break,
-                Err(Halt::Pause(why)) => return Some(why),
+                Err(Halt::Fail(why)) => return Some(why),
                 Err(Halt::Retry(why)) => {
                     self.set_state(State::Retrying(why));
                     self.wait(&rt, &mut head_rx, Some(self.env.config.retry));
@@ -334,10 +334,10 @@ impl Run {
         }
     }
 
-    /// A pause ends the worker (its reason); storage trouble is waited out.
+    /// A failure ends the worker (its reason); storage trouble is waited out.
     fn halted(&self, halt: Halt, rt: &tokio::runtime::Runtime, head: &mut Head) -> Option<String> {
         match halt {
-            Halt::Pause(why) => Some(why),
+            Halt::Fail(why) => Some(why),
             Halt::Retry(why) => {
                 tracing::warn!(projection = %self.spec.name, "{why}; trying again");
                 self.set_state(State::Retrying(why));
@@ -359,7 +359,7 @@ impl Run {
     /// Wait for the batch in flight (if any) to be stored.
     fn land(&mut self, in_flight: &mut Option<InFlight>) -> Result<(), Halt> {
         let Some(f) = in_flight.take() else { return Ok(()) };
-        let result = self.store.results.recv().unwrap_or_else(|_| Err(Halt::Pause("storing a batch panicked".into())));
+        let result = self.store.results.recv().unwrap_or_else(|_| Err(Halt::Fail("storing a batch panicked".into())));
         result?;
         self.cache.lock().unwrap().landed();
         self.landed(f.offset, f.live);
@@ -459,22 +459,20 @@ impl Run {
                 Step::Ready { through: feed.through, batch: Some(self.batch(feed.through, updates, live)) }
             }
             Err(Halt::Retry(why)) => Step::Halt(Halt::Retry(why)),
-            Err(Halt::Pause(why)) if events.len() == 1 => {
-                Step::Failed { partial: None, why: self.at(&events[0], &why) }
-            }
-            Err(Halt::Pause(_)) => self.find_failing_event(&events, feed.through, live),
+            Err(Halt::Fail(why)) if events.len() == 1 => Step::Failed { partial: None, why: self.at(&events[0], &why) },
+            Err(Halt::Fail(_)) => self.find_failing_event(&events, feed.through, live),
         }
     }
 
     /// A batch failed: hand it in again one event per call, to store the updates
-    /// of the events before the one that fails and pause naming it.
+    /// of the events before the one that fails and fail naming it.
     fn find_failing_event(&mut self, events: &[StoredEventRef], through: u64, live: bool) -> Step {
         let overlay = Overlay::new(self.env.journal.clone(), self.name(), self.spec.generation, self.cache.clone());
         for (i, event) in events.iter().enumerate() {
             match self.call(std::slice::from_ref(event), &overlay) {
                 Ok(()) => {}
                 Err(Halt::Retry(why)) => return Step::Halt(Halt::Retry(why)),
-                Err(Halt::Pause(why)) => {
+                Err(Halt::Fail(why)) => {
                     self.count(i);
                     let partial =
                         (i > 0).then(|| self.batch(events[i - 1].offset, overlay.into_updates(), self.live_chain));
@@ -507,7 +505,7 @@ impl Run {
                 .spec
                 .code
                 .instantiate(self.env.registry.runtime())
-                .map_err(|e| Halt::Pause(format!("cannot instantiate version {}: {e}", self.spec.code.version)))?;
+                .map_err(|e| Halt::Fail(format!("cannot instantiate version {}: {e}", self.spec.code.version)))?;
             self.sandbox = Some(sandbox);
         }
         let sandbox = self.sandbox.as_mut().unwrap();
@@ -516,7 +514,7 @@ impl Run {
             // A trapped instance cannot be called again.
             *sandbox = None;
             metrics.projection_faults_total.fetch_add(1, Relaxed);
-            Halt::Pause(why)
+            Halt::Fail(why)
         };
         match result {
             Ok(Ok(updates)) => match check_updates(updates, self.env.config.max_value_bytes) {

@@ -222,6 +222,7 @@ mod tests {
             manifest: String::new(),
             payload: vec![],
             accepted_ms: 0,
+            accepted: std::time::Instant::now(),
             reply_to: ReplyTo::None,
             origin: None,
         };

@@ -70,6 +70,16 @@ impl Shard {
     /// Count the outcome and hand it to whoever waits for it.
     pub(super) fn respond(&self, env: Envelope, result: CommandResult<Outcome>) {
         self.shared.metrics.count_outcome(&result);
+        // An unknown type gets no metrics of its own (see `TypeMetrics`).
+        if !matches!(result, Err(CommandError::UnknownType(_))) {
+            self.with_type(&env.entity_type, |m| {
+                m.commands_total.fetch_add(1, Relaxed);
+                if result.is_err() {
+                    m.commands_failed_total.fetch_add(1, Relaxed);
+                }
+                m.command_seconds.observe(env.accepted.elapsed());
+            });
+        }
         env.reply_to.send(result);
     }
 
@@ -210,7 +220,9 @@ impl Shard {
                     .map(|o| wit::Origin { source: o.source.clone(), idempotency_key: o.key.clone() }),
             },
         };
+        let started = Instant::now();
         let decided = self.handler(comp).map(|h| h.handle_command(&entity.state, &command));
+        self.with_type(&comp.entity_type, |m| m.guest_call_seconds.observe(started.elapsed()));
         // The envelope may be stashed and handed in again: give the command back.
         env.manifest = command.manifest;
         env.payload = command.payload;
@@ -304,7 +316,10 @@ impl Shard {
 
     /// The state after `events`, by the entity's own event handler.
     fn apply(&mut self, comp: &LoadedComponent, state: &[u8], events: &[handler::Event]) -> CommandResult<Vec<u8>> {
-        match self.handler(comp)?.apply_events(state, events) {
+        let started = Instant::now();
+        let applied = self.handler(comp)?.apply_events(state, events);
+        self.with_type(&comp.entity_type, |m| m.guest_call_seconds.observe(started.elapsed()));
+        match applied {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(msg)) => Err(CommandError::GuestFault {
                 entity_type: comp.entity_type.clone(),

@@ -43,6 +43,7 @@ mod handlers;
 mod lifecycle;
 mod permits;
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -55,7 +56,7 @@ use crate::component::{EntityHandler, Registry};
 use crate::config::EngineConfig;
 use crate::error::CommandError;
 use crate::journal::Journal;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TypeMetrics};
 use crate::router::ShardMsg;
 use crate::side_effects::SideEffectRunner;
 use crate::writer::{WriteRequest, Writer, WriterMsg};
@@ -94,6 +95,11 @@ struct Shard {
     reported_entities: usize,
     /// The live handler of each entity type, with its component version.
     handlers: HashMap<String, (u64, Box<dyn EntityHandler>)>,
+    /// The metrics of each entity type this shard has run (looked up here, not in
+    /// the shared map, on the command path).
+    types: RefCell<HashMap<String, Arc<TypeMetrics>>>,
+    /// What this shard last counted in the per-type gauges: entities, stashed commands.
+    reported_types: HashMap<String, (usize, usize)>,
     batches: Batches,
     last_tick: Instant,
 }
@@ -111,6 +117,8 @@ pub fn spawn(index: usize, shared: Arc<Shared>, me: Sender<ShardMsg>, rx: Receiv
                 max_entities,
                 reported_entities: 0,
                 handlers: HashMap::new(),
+                types: RefCell::default(),
+                reported_types: HashMap::new(),
                 batches: Batches::new(),
                 last_tick: Instant::now(),
             };
@@ -134,6 +142,7 @@ impl Shard {
             self.flush();
             if self.last_tick.elapsed() >= TICK {
                 self.passivate_idle();
+                self.report_types(false);
                 self.last_tick = Instant::now();
             }
             if self.entities.len() > self.max_entities {
@@ -142,6 +151,7 @@ impl Shard {
             self.report_entities(self.entities.len());
             if stopping && self.batches.is_idle() {
                 self.report_entities(0);
+                self.report_types(true);
                 tracing::debug!(shard = self.index, "shard stopped");
                 return;
             }
@@ -153,6 +163,49 @@ impl Shard {
         if now != self.reported_entities {
             Metrics::adjust(&self.shared.metrics.active_entities, self.reported_entities, now);
             self.reported_entities = now;
+        }
+    }
+
+    /// Run `f` on the metrics of `entity_type` (a type with a component).
+    fn with_type<R>(&self, entity_type: &str, f: impl FnOnce(&TypeMetrics) -> R) -> R {
+        if let Some(m) = self.types.borrow().get(entity_type) {
+            return f(m);
+        }
+        let m = self.shared.metrics.of_type(entity_type);
+        let r = f(&m);
+        self.types.borrow_mut().insert(entity_type.to_string(), m);
+        r
+    }
+
+    /// Keep this shard's share of the per-type gauges (entities in memory, stashed
+    /// commands) current; at the end (`stopped`) take it back.
+    fn report_types(&mut self, stopped: bool) {
+        let mut now: HashMap<&str, (usize, usize)> = HashMap::new();
+        if !stopped {
+            for e in self.entities.values() {
+                let n = now.entry(e.entity_type.as_str()).or_default();
+                n.0 += 1;
+                n.1 += e.stash.len();
+            }
+        }
+        let mut changed = Vec::new();
+        for (t, before) in &self.reported_types {
+            let after = now.get(t.as_str()).copied().unwrap_or_default();
+            if after != *before {
+                changed.push((t.clone(), *before, after));
+            }
+        }
+        for (t, after) in &now {
+            if !self.reported_types.contains_key(*t) {
+                changed.push((t.to_string(), (0, 0), *after));
+            }
+        }
+        for (t, before, after) in changed {
+            self.with_type(&t, |m| {
+                Metrics::adjust(&m.active_entities, before.0, after.0);
+                Metrics::adjust(&m.stashed_commands, before.1, after.1);
+            });
+            self.reported_types.insert(t, after);
         }
     }
 
