@@ -90,7 +90,7 @@ fn admin_routes_need_the_admin_token() {
     let faulty = faulty.to_str().unwrap();
     let (ok, _, err) = cli(&server, &["deploy", "faulty", faulty], &[]);
     assert!(!ok && err.contains("401"), "{err}");
-    let (ok, out, err) = cli(&server, &["deploy", "faulty", faulty], &[("MNEME_ADMIN_TOKEN", ADMIN)]);
+    let (ok, out, err) = cli(&server, &["deploy", "faulty", faulty, "--json"], &[("MNEME_ADMIN_TOKEN", ADMIN)]);
     assert!(ok, "{err}");
     assert_eq!(json(&out)["version"], 1);
     let (ok, _, err) =
@@ -110,12 +110,17 @@ fn admin_routes_need_the_admin_token() {
     let (ok, out, err) =
         cli(&server, &["deploy-projection", "cli-balances", balances], &[("MNEME_ADMIN_TOKEN", ADMIN)]);
     assert!(ok, "{err}");
-    assert_eq!(json(&out)["version"], 1);
+    assert!(out.starts_with("projection cli-balances version 1 is active"), "{out}");
     let (ok, out, err) = cli(&server, &["projections"], &[]);
-    assert!(ok && out.contains("\"cli-balances\""), "{out} {err}");
+    assert!(ok && out.starts_with("NAME") && out.lines().any(|l| l.starts_with("cli-balances ")), "{out} {err}");
+    let (ok, out, err) = cli(&server, &["projections", "--json"], &[]);
+    assert!(
+        ok && json(&out)["projections"].as_array().unwrap().iter().any(|p| p["name"] == "cli-balances"),
+        "{out} {err}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let value = loop {
-        let (ok, out, err) = cli(&server, &["view", "cli-balances", "a"], &[]);
+        let (ok, out, err) = cli(&server, &["view", "cli-balances", "a", "--json"], &[]);
         if ok {
             break json(&out)["value"].clone();
         }
@@ -123,9 +128,12 @@ fn admin_routes_need_the_admin_token() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(value, serde_json::json!({"balance": 0, "events": 1}));
-    let (ok, out, err) = cli(&server, &["view", "cli-balances", "--prefix", "_"], &[]);
+    let (ok, out, err) = cli(&server, &["view", "cli-balances", "--prefix", "_", "--json"], &[]);
     assert!(ok, "{err}");
     assert_eq!(json(&out)["entries"][0]["key"], "_total", "{out}");
+    let (ok, out, err) = cli(&server, &["view", "cli-balances", "--prefix", "_"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>()[..2], ["KEY     VALUE", r#"_total  {"balance":0,"events":1}"#], "{out}");
     let (ok, _, err) = cli(&server, &["activate-projection", "cli-balances", "1"], &[]);
     assert!(!ok && err.contains("401"), "{err}");
     let token_file = ["--admin-token-file", file.to_str().unwrap()];

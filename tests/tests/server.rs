@@ -316,24 +316,46 @@ fn cli_client_subcommands() {
     let server = Server::start(data.path(), comps.path(), &[]);
     let (ok, out, err) = cli(&server, &["send", "bank-account", "cli", r#"{"type":"CreateAccount"}"#]);
     assert!(ok, "{err}");
-    let (ok, out2, _) = cli(&server, &["send", "bank-account", "cli", r#"{"type":"Deposit","amount":9}"#]);
-    assert!(ok && !out.is_empty() && !out2.is_empty());
-    let (ok, out, _) = cli(&server, &["state", "bank-account", "cli"]);
+    // For people: indented JSON; with --json the server's answer as it is.
+    assert_eq!(out, "{\n  \"balance\": 0\n}\n");
+    let (ok, out, _) = cli(&server, &["send", "bank-account", "cli", r#"{"type":"Deposit","amount":9}"#, "--json"]);
+    assert!(ok);
+    assert_eq!(out, "{\"balance\":9}\n");
+    let (ok, out, _) = cli(&server, &["state", "bank-account", "cli", "--json"]);
     assert!(ok);
     assert_eq!(json(&out)["seq_nr"], 2);
-    let (ok, out, _) = cli(&server, &["events", "bank-account", "cli", "--from", "2"]);
+    let (ok, out, _) = cli(&server, &["events", "bank-account", "cli", "--from", "2", "--json"]);
     assert!(ok);
     assert_eq!(json(&out)["events"][0]["payload"]["amount"], 9);
-    let (ok, out, _) = cli(&server, &["events", "--tag", "account"]);
+    let (ok, out, _) = cli(&server, &["events", "--tag", "account", "--json"]);
     assert!(ok);
     assert_eq!(json(&out)["events"].as_array().unwrap().len(), 2);
+    // Lists are tables: a header, then a row per event.
+    let (ok, out, _) = cli(&server, &["events", "--tag", "account"]);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("OFFSET") && lines[0].contains("MANIFEST"), "{out}");
+    assert!(lines[1].contains("bank-account|cli") && lines[1].contains("AccountCreated"), "{out}");
+    assert!(lines[2].contains("Deposited") && lines[2].ends_with(r#""amount":9}"#), "{out}");
+    // A deploy says what it waits for, then which version is active.
     let faulty = test_component("faulty");
     let (ok, out, err) = cli(&server, &["deploy", "faulty", faulty.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert_eq!(json(&out)["version"], 1);
+    assert!(out.starts_with("faulty version 1 is active"), "{out}");
+    assert!(err.contains("the server compiles it") && err.contains("answered after"), "{err}");
     let (ok, out, _) = cli(&server, &["components"]);
-    assert!(ok && out.contains("faulty"));
+    assert!(ok);
+    assert!(out.lines().next().unwrap().starts_with("TYPE"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("faulty ")), "{out}");
+    let (ok, out, _) = cli(&server, &["components", "--json"]);
+    assert!(ok);
+    assert!(json(&out)["components"].as_array().unwrap().iter().any(|c| c["entity_type"] == "faulty"), "{out}");
     // Errors exit non-zero with the server's message.
     let (ok, _, err) = cli(&server, &["send", "bank-account", "cli", r#"{"type":"Withdraw","amount":100}"#]);
     assert!(!ok && err.contains("422") && err.contains("Insufficient balance"), "{err}");
+    // Completion scripts for the shells.
+    let out = Command::new(mneme_bin()).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete") && script.contains("deploy-projection"), "{script}");
 }

@@ -10,6 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+mod show;
+
+use show::{show, Answer};
+
 use crate::api::{ApiConfig, Token};
 use crate::component::{limits, SandboxLimits};
 use crate::config::EngineConfig;
@@ -142,6 +146,9 @@ pub enum Command {
         #[command(subcommand)]
         action: JournalAction,
     },
+    /// Print a shell completion script: `mneme completions bash > /etc/bash_completion.d/mneme`
+    /// (or zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -174,6 +181,10 @@ pub struct ServerArg {
     /// the built-in web roots (e.g. the server's self-signed certificate).
     #[arg(long, env = "MNEME_CA_CERT", value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
+    /// Print the server's JSON answer as it is (for scripts); without it, lists are
+    /// tables and documents indented JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A token from a file (first line, trimmed) or a flag / environment variable.
@@ -517,9 +528,15 @@ pub fn run_client(command: Command) -> anyhow::Result<i32> {
             | Command::DeployProjection { .. }
             | Command::ActivateProjection { .. }
     );
-    let (server, method, path, body) = match command {
+    let mut deploying = None;
+    let (server, method, path, body, answer) = match command {
         Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Journal { action } => return run_journal(action),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "mneme", &mut std::io::stdout());
+            return Ok(0);
+        }
         Command::New { lang, name, dir, mneme_src } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             let src = crate::scaffold::mneme_src(mneme_src.as_deref())?;
@@ -558,7 +575,8 @@ pub fn run_client(command: Command) -> anyhow::Result<i32> {
                 }
                 Some(c) => c.as_bytes().to_vec(),
             };
-            (server, "POST", format!("/v1/entities/{}/{}", encode(&entity_type), encode(&entity_id)), Some(body))
+            let path = format!("/v1/entities/{}/{}", encode(&entity_type), encode(&entity_id));
+            (server, "POST", path, Some(body), Answer::Document)
         }
         Command::Events { entity_type, entity_id, tag, from, limit, server } => {
             let mut q = Vec::new();
@@ -576,30 +594,35 @@ pub fn run_client(command: Command) -> anyhow::Result<i32> {
                 (None, Some(t), Some(i)) => format!("/v1/entities/{}/{}/events", encode(&t), encode(&i)),
                 _ => anyhow::bail!("give either ENTITY_TYPE ENTITY_ID or --tag TAG"),
             };
-            (server, "GET", format!("{path}?{}", q.join("&")), None)
+            (server, "GET", format!("{path}?{}", q.join("&")), None, Answer::Events)
         }
         Command::State { entity_type, entity_id, server } => {
-            (server, "GET", format!("/v1/entities/{}/{}/state", encode(&entity_type), encode(&entity_id)), None)
+            let path = format!("/v1/entities/{}/{}/state", encode(&entity_type), encode(&entity_id));
+            (server, "GET", path, None, Answer::Document)
         }
         Command::Deploy { entity_type, file, server } => {
             let wasm = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            (server, "PUT", format!("/v1/components/{}", encode(&entity_type)), Some(wasm))
+            deploying = Some((file, wasm.len()));
+            (server, "PUT", format!("/v1/components/{}", encode(&entity_type)), Some(wasm), Answer::ComponentVersion)
         }
         Command::Rollback { entity_type, version, server } => {
-            (server, "POST", format!("/v1/components/{}/versions/{version}/activate", encode(&entity_type)), None)
+            let path = format!("/v1/components/{}/versions/{version}/activate", encode(&entity_type));
+            (server, "POST", path, None, Answer::ComponentVersion)
         }
-        Command::Components { server } => (server, "GET", "/v1/components".to_string(), None),
+        Command::Components { server } => (server, "GET", "/v1/components".to_string(), None, Answer::Components),
         Command::DeployProjection { name, file, server } => {
             let wasm = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            (server, "PUT", format!("/v1/projections/{}", encode(&name)), Some(wasm))
+            deploying = Some((file, wasm.len()));
+            (server, "PUT", format!("/v1/projections/{}", encode(&name)), Some(wasm), Answer::ProjectionVersion)
         }
         Command::ActivateProjection { name, version, server } => {
-            (server, "POST", format!("/v1/projections/{}/versions/{version}/activate", encode(&name)), None)
+            let path = format!("/v1/projections/{}/versions/{version}/activate", encode(&name));
+            (server, "POST", path, None, Answer::ProjectionVersion)
         }
-        Command::Projections { server } => (server, "GET", "/v1/projections".to_string(), None),
+        Command::Projections { server } => (server, "GET", "/v1/projections".to_string(), None, Answer::Projections),
         Command::View { name, key, prefix, from_key, limit, server } => {
-            let path = match key {
-                Some(k) => format!("/v1/views/{}/{}", encode(&name), encode(&k)),
+            let (path, answer) = match key {
+                Some(k) => (format!("/v1/views/{}/{}", encode(&name), encode(&k)), Answer::Document),
                 None => {
                     let mut q = Vec::new();
                     if let Some(p) = prefix {
@@ -611,25 +634,77 @@ pub fn run_client(command: Command) -> anyhow::Result<i32> {
                     if let Some(l) = limit {
                         q.push(format!("limit={l}"));
                     }
-                    format!("/v1/views/{}?{}", encode(&name), q.join("&"))
+                    (format!("/v1/views/{}?{}", encode(&name), q.join("&")), Answer::ViewEntries)
                 }
             };
-            (server, "GET", path, None)
+            (server, "GET", path, None, answer)
         }
     };
     let admin_token = token("admin", server.admin_token, server.admin_token_file.as_deref())?;
     let client_token = token("client", server.client_token, server.client_token_file.as_deref())?;
     let token = if admin { admin_token } else { client_token.or(admin_token) };
     let client = Client::new(&server.server, server.ca_cert.as_deref(), token)?;
-    let (status, text) = client.request(method, &path, body)?;
+    let progress = deploying.map(|(file, bytes)| Progress::start(&file, bytes));
+    let result = client.request(method, &path, body);
+    if let Some(p) = progress {
+        p.finish();
+    }
+    let (status, text) = result?;
     if (200..300).contains(&status) {
-        if !text.is_empty() {
-            println!("{text}");
+        if server.json {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+        } else if !text.is_empty() {
+            println!("{}", show(answer, &text));
         }
         Ok(0)
     } else {
         eprintln!("error {status}: {text}");
         Ok(1)
+    }
+}
+
+/// A deploy's progress on standard error while the server compiles the component
+/// (it answers when the version is active): a line that counts the seconds on a
+/// terminal, one line before and one after otherwise.
+struct Progress {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn start(file: &Path, bytes: usize) -> Progress {
+        use std::io::{IsTerminal, Write};
+        let what = format!("deploying {} ({} KiB): the server compiles it", file.display(), bytes.div_ceil(1024));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = std::time::Instant::now();
+        let ticker = if std::io::stderr().is_terminal() {
+            let done = done.clone();
+            Some(std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    eprint!("\r{what}... {} s", started.elapsed().as_secs());
+                    let _ = std::io::stderr().flush();
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }))
+        } else {
+            eprintln!("{what}...");
+            None
+        };
+        Progress { done, ticker, started }
+    }
+
+    fn finish(self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let newline = if let Some(t) = self.ticker {
+            let _ = t.join();
+            "\n"
+        } else {
+            ""
+        };
+        eprintln!("{newline}answered after {:.1} s", self.started.elapsed().as_secs_f64());
     }
 }
 
