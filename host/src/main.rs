@@ -1,5 +1,5 @@
 use clap::Parser;
-use mneme::cli::{run_client, Cli, Command};
+use mneme::cli::{run_client, with_config_file, Cli, Command};
 
 /// mimalloc instead of the system allocator: the engine allocates many small,
 /// short-lived buffers per command (event records, journal keys, reply bodies), and
@@ -8,7 +8,7 @@ use mneme::cli::{run_client, Cli, Command};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(with_config_file(std::env::args_os().collect())?);
     match cli.command {
         Command::Serve(args) => {
             tracing_subscriber::fmt()

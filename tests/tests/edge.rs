@@ -494,3 +494,33 @@ fn sigterm_still_shuts_down_cleanly_with_connections_open() {
     assert!(status.success(), "{status}");
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
 }
+
+/// `serve --config FILE`: the file's settings apply, a flag wins over the file, and
+/// a key that names no flag stops the start with its name.
+#[test]
+fn a_config_file_sets_what_the_flags_leave_open() {
+    let data = tempfile::tempdir().unwrap();
+    let comps = bank();
+    let config = data.path().join("mneme.toml");
+    std::fs::write(&config, format!("admin-token = \"{ADMIN}\"\nmax-command-bytes = 64\n")).unwrap();
+    let config = config.to_str().unwrap();
+    let server = Server::start(data.path(), comps.path(), &["--config", config, "--max-command-bytes", "4096"]);
+    let wasm = std::fs::read(test_component("faulty")).unwrap();
+    assert_eq!(server.request("PUT", "/v1/components/faulty", &wasm).0, 401, "the file's admin token gates deploys");
+    assert_eq!(server.request_with("PUT", "/v1/components/faulty", &wasm, Some(ADMIN)).0, 200);
+    let deposit = format!(r#"{{"type":"CreateAccount","padding":"{}"}}"#, "x".repeat(200));
+    assert_eq!(server.send("bank-account", "a", &deposit).0, 200, "the flag's 4096 bytes win over the file's 64");
+    assert!(server.terminate().success());
+
+    let bad = data.path().join("bad.toml");
+    std::fs::write(&bad, "lisen = \"0.0.0.0:1\"\n").unwrap();
+    let out = Command::new(mneme_bin())
+        .args(["serve", "--data"])
+        .arg(data.path())
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`lisen` is not a setting of `mneme serve`"), "{err}");
+}

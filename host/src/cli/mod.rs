@@ -10,7 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+mod config_file;
 mod show;
+
+pub use config_file::with_config_file;
 
 use show::{show, Answer};
 
@@ -211,6 +214,10 @@ pub const MIN_TOKEN_LEN: usize = 16;
 
 #[derive(Args)]
 pub struct ServeArgs {
+    /// A TOML file of settings, one key per flag (`listen = "0.0.0.0:8443"`); a flag
+    /// or its environment variable wins over the file.
+    #[arg(long, env = "MNEME_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Data directory (journal, deployed components, compiled-code cache).
     #[arg(long, default_value = "mneme-data")]
     pub data: PathBuf,
