@@ -38,3 +38,7 @@ done
 [ $ready = yes ] || { echo "bench-wrk: the server did not become ready within 60 s" >&2; exit 1; }
 wrk -t1 -c64 -d4s -s bench/wrk/create.lua http://127.0.0.1:$port >/dev/null
 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" http://127.0.0.1:$port
+# Where the time went, from the server's own histograms (the create phase included):
+# command latency inside the server, time in the guest, the journal's sync, events
+# per write. Quantiles are bucket upper bounds.
+curl -sf http://127.0.0.1:$port/metrics | python3 scripts/metrics-summary.py

@@ -192,6 +192,12 @@ impl WriterState {
         Ok(())
     }
 
+    /// Whether every persistence id of `batch` is remembered (its check needs no
+    /// store lookup).
+    pub fn remembers(&self, batch: &WriteBatch) -> bool {
+        batch.events.iter().all(|e| self.last_seq.contains_key(e.persistence_id.as_str()))
+    }
+
     /// A write of `batch` failed: it may or may not have reached the store, so the
     /// next write of each of its persistence ids checks the store again.
     pub fn failed(&mut self, batch: &WriteBatch) {

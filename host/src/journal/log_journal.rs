@@ -13,6 +13,16 @@
 //! frame is durable; the index may lag it after a crash and is brought up to
 //! date from the log when the journal opens.
 //!
+//! Indexing is pipelined: `write` returns once its frame is durable and hands the
+//! frame to the indexer thread, which indexes frames in log order while the next
+//! frame is appended and synced (the sync's wait and the index's work overlap).
+//! Nothing reads a lagging index: every read first waits until each frame
+//! appended before it began is indexed (so a reply's events are readable as soon
+//! as the reply is out), and a write that needs the index (a persistence id or
+//! topic it does not remember, a projection's offset) waits for all of them. The
+//! index is applied only after its frame's sync, so after a crash it never runs
+//! ahead of the log.
+//!
 //! Failures while serving, and how they heal without a restart:
 //!
 //! * The log's append fails (a full disk, an I/O error, a failed sync): that
@@ -32,7 +42,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use super::body::{self, BodyBuilder, Record};
@@ -40,7 +50,7 @@ use super::codec;
 use super::index::{index_frame, Index, Loc, Through};
 use super::keys::WriterState;
 use super::lock::DataLock;
-use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, StdIo};
+use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, Position, StdIo};
 use super::outbox::{self, OutboxEntry, StoredTopicMessage};
 use super::outbox_index;
 use super::views::{self, ProjectionBatch, ProjectionOffset, ViewUpdate};
@@ -51,6 +61,8 @@ const SPAN_GAP: u64 = 64 << 10;
 /// The longest span read at once.
 const SPAN_MAX: u64 = 4 << 20;
 
+/// Frames queued for the indexer at most (see `append`).
+const INDEX_QUEUE: usize = 4;
 /// How often a broken index is retried while it keeps failing.
 const INDEX_RETRY: Duration = Duration::from_secs(1);
 /// Forget the remembered topic heads beyond this many topics (the next write of
@@ -59,16 +71,38 @@ const TOPIC_HEADS_CAPACITY: usize = 100_000;
 
 pub struct LogJournal {
     log_dir: PathBuf,
-    index_dir: PathBuf,
     reader: LogReader,
+    side: Arc<IndexSide>,
+    writer: Mutex<Writer>,
+    /// Frames for the indexer thread; `None` once closing.
+    frames: Mutex<Option<crossbeam_channel::Sender<Frame>>>,
+    indexer: Option<std::thread::JoinHandle<()>>,
+    _lock: DataLock,
+}
+
+/// The index and what the indexer thread shares with the journal.
+struct IndexSide {
+    dir: PathBuf,
     /// `None` after indexing failed, until it is reopened.
     index: RwLock<Option<Index>>,
-    /// The index lags the log: reads and writes catch it up first.
-    index_behind: AtomicBool,
-    writer: Mutex<Writer>,
+    /// The index lags the log beyond the frames queued for the indexer: the next
+    /// read or write catches it up from the log (the indexer skips frames then).
+    behind: AtomicBool,
     /// Why the journal cannot write right now, for `/health`.
     trouble: Mutex<Option<String>>,
-    _lock: DataLock,
+    /// What the index holds.
+    through: Mutex<Through>,
+    /// Frames handed to the indexer and frames it is done with, counted since open.
+    progress: Mutex<(u64, u64)>,
+    indexed: Condvar,
+}
+
+/// A durable frame for the indexer.
+struct Frame {
+    segment: u64,
+    body_pos: u64,
+    end: Position,
+    body: Vec<u8>,
 }
 
 /// What only the writing side touches.
@@ -76,8 +110,6 @@ struct Writer {
     log: CommitLog,
     /// Next global offset and recent sequence numbers.
     state: WriterState,
-    /// What the index holds.
-    through: Through,
     next_timer_id: u64,
     /// The newest position of the topics written recently (`outbox.rs`).
     topic_heads: HashMap<String, u64>,
@@ -141,20 +173,37 @@ impl LogJournal {
         let writer = Writer {
             state: WriterState::new(through.next_offset),
             next_timer_id: through.next_timer_id,
-            through,
             log,
             topic_heads: HashMap::new(),
             last_index_attempt: None,
             last_probe: None,
         };
+        let side = Arc::new(IndexSide {
+            dir: index_dir,
+            index: RwLock::new(Some(index)),
+            behind: AtomicBool::new(true),
+            trouble: Mutex::new(None),
+            through: Mutex::new(through),
+            progress: Mutex::new((0, 0)),
+            indexed: Condvar::new(),
+        });
+        // A few frames in the queue at most: a writer faster than the indexer waits
+        // for it instead of queueing without bound.
+        let (tx, rx) = crossbeam_channel::bounded(INDEX_QUEUE);
+        let indexer = {
+            let side = side.clone();
+            std::thread::Builder::new()
+                .name("mneme-indexer".into())
+                .spawn(move || side.run(rx))
+                .map_err(|e| JournalError::Storage(format!("starting the indexer thread: {e}")))?
+        };
         let journal = LogJournal {
             log_dir: log_dir(data),
-            index_dir,
             reader: writer.log.reader(),
-            index: RwLock::new(Some(index)),
-            index_behind: AtomicBool::new(true),
+            side,
             writer: Mutex::new(writer),
-            trouble: Mutex::new(None),
+            frames: Mutex::new(Some(tx)),
+            indexer: Some(indexer),
             _lock: lock,
         };
         let started = Instant::now();
@@ -171,19 +220,22 @@ impl LogJournal {
 
     /// Bring the index up to the log's end if it lags; returns the frames indexed.
     fn catch_up(&self, w: &mut Writer) -> JournalResult<u64> {
-        if !self.index_behind.load(Ordering::Acquire) {
+        if !self.side.behind.load(Ordering::Acquire) {
             return Ok(0);
         }
         if let Some(t) = w.last_index_attempt {
             if t.elapsed() < INDEX_RETRY {
-                let why = self.trouble.lock().unwrap().clone().unwrap_or_else(|| "index unavailable".into());
+                let why = self.side.trouble.lock().unwrap().clone().unwrap_or_else(|| "index unavailable".into());
                 return Err(JournalError::Storage(why));
             }
         }
         w.last_index_attempt = Some(Instant::now());
-        let mut slot = self.index.write().unwrap();
+        // The writer's lock is held: no frame is queued while the indexer finishes
+        // (it skips the frames queued before, as the index is behind).
+        self.side.wait_all();
+        let mut slot = self.side.index.write().unwrap();
         if slot.is_none() {
-            *slot = Some(open_index(&self.index_dir).inspect_err(|e| self.set_trouble(e))?);
+            *slot = Some(open_index(&self.side.dir).inspect_err(|e| self.side.set_trouble(e))?);
         }
         let index = slot.as_ref().unwrap();
         let (through, frames) = match index_log(index, &self.reader) {
@@ -191,73 +243,54 @@ impl LogJournal {
             Err(e) => {
                 // fjall refuses every write after a failed one: start from a fresh open.
                 *slot = None;
-                self.set_trouble(&e);
+                self.side.set_trouble(&e);
                 return Err(e);
             }
         };
-        w.through = through;
+        *self.side.through.lock().unwrap() = through;
         w.next_timer_id = w.next_timer_id.max(through.next_timer_id);
         w.state.next_offset = w.state.next_offset.max(through.next_offset);
-        self.index_behind.store(false, Ordering::Release);
+        self.side.behind.store(false, Ordering::Release);
         w.last_index_attempt = None;
-        *self.trouble.lock().unwrap() = None;
+        *self.side.trouble.lock().unwrap() = None;
         Ok(frames)
     }
 
-    /// Remember why the journal cannot write (the message without the error kind's
-    /// prefix: it is wrapped again when reported).
-    fn set_trouble(&self, e: &JournalError) {
-        let why = match e {
-            JournalError::Storage(m)
-            | JournalError::Corrupt(m)
-            | JournalError::Invalid(m)
-            | JournalError::Locked(m) => m,
-        };
-        *self.trouble.lock().unwrap() = Some(why.clone());
-    }
-
-    /// The index, caught up with the log.
+    /// The index, with every frame appended before this call indexed.
     fn index(&self) -> JournalResult<RwLockReadGuard<'_, Option<Index>>> {
-        if self.index_behind.load(Ordering::Acquire) {
+        let appended = self.side.progress.lock().unwrap().0;
+        self.side.wait_for(appended);
+        if self.side.behind.load(Ordering::Acquire) {
             self.catch_up(&mut self.writer.lock().unwrap())?;
         }
-        let guard = self.index.read().unwrap();
+        let guard = self.side.index.read().unwrap();
         if guard.is_none() {
             return Err(JournalError::Storage("index unavailable".into()));
         }
         Ok(guard)
     }
 
-    /// Append one frame and index it. `Ok` once the frame is durable.
-    fn append(&self, w: &mut Writer, first_offset: u64, body: &[u8]) -> JournalResult<()> {
-        let appended = match w.log.append(first_offset, body) {
+    /// Append one frame and hand it to the indexer. `Ok` once the frame is durable.
+    fn append(&self, w: &mut Writer, first_offset: u64, body: Vec<u8>) -> JournalResult<()> {
+        let appended = match w.log.append(first_offset, &body) {
             Ok(a) => a,
             Err(e) => {
                 let e = log_error(e);
                 tracing::error!("commit log: append failed, nothing of the batch is stored: {e}");
-                self.set_trouble(&e);
+                self.side.set_trouble(&e);
                 return Err(e);
             }
         };
-        if !self.index_behind.load(Ordering::Acquire) {
-            *self.trouble.lock().unwrap() = None;
+        if !self.side.behind.load(Ordering::Acquire) {
+            *self.side.trouble.lock().unwrap() = None;
         }
-        let guard = self.index.read().unwrap();
-        let indexed = match guard.as_ref() {
-            Some(index) => index_frame(appended.segment, appended.body_pos, appended.end, body, w.through)
-                .and_then(|(batch, through)| index.apply(batch, through).map(|()| through)),
-            None => Err(JournalError::Storage("index unavailable".into())),
-        };
-        drop(guard);
-        match indexed {
-            Ok(through) => w.through = through,
-            Err(e) => {
-                // The frame is durable: the batch succeeded. The index is rebuilt from the log.
-                tracing::error!("index: could not index a durable frame; reopening it and re-indexing: {e}");
-                self.set_trouble(&e);
-                self.index_behind.store(true, Ordering::Release);
-                *self.index.write().unwrap() = None;
-            }
+        let frame = Frame { segment: appended.segment, body_pos: appended.body_pos, end: appended.end, body };
+        self.side.progress.lock().unwrap().0 += 1;
+        let queued = self.frames.lock().unwrap().as_ref().is_some_and(|tx| tx.send(frame).is_ok());
+        if !queued {
+            // No indexer (closing): the next start indexes the frame from the log.
+            self.side.behind.store(true, Ordering::Release);
+            self.side.done_with_frame();
         }
         Ok(())
     }
@@ -331,11 +364,80 @@ impl LogJournal {
     }
 }
 
+impl IndexSide {
+    /// The indexer thread: index each durable frame, in log order.
+    fn run(&self, frames: crossbeam_channel::Receiver<Frame>) {
+        for frame in frames {
+            if !self.behind.load(Ordering::Acquire) {
+                self.index_frame(&frame);
+            }
+            self.done_with_frame();
+        }
+    }
+
+    fn index_frame(&self, f: &Frame) {
+        let guard = self.index.read().unwrap();
+        let before = *self.through.lock().unwrap();
+        let indexed = match guard.as_ref() {
+            Some(index) => index_frame(f.segment, f.body_pos, f.end, &f.body, before)
+                .and_then(|(batch, through)| index.apply(batch, through).map(|()| through)),
+            None => Err(JournalError::Storage("index unavailable".into())),
+        };
+        drop(guard);
+        match indexed {
+            Ok(through) => *self.through.lock().unwrap() = through,
+            Err(e) => {
+                // The frame is durable: its batch succeeded. The index is rebuilt from the log.
+                tracing::error!("index: could not index a durable frame; reopening it and re-indexing: {e}");
+                self.set_trouble(&e);
+                self.behind.store(true, Ordering::Release);
+                *self.index.write().unwrap() = None;
+            }
+        }
+    }
+
+    fn done_with_frame(&self) {
+        self.progress.lock().unwrap().1 += 1;
+        self.indexed.notify_all();
+    }
+
+    /// Wait until the indexer is done with the first `appended` frames.
+    fn wait_for(&self, appended: u64) {
+        let mut p = self.progress.lock().unwrap();
+        while p.1 < appended {
+            p = self.indexed.wait(p).unwrap();
+        }
+    }
+
+    /// Wait until the indexer is done with every frame queued so far.
+    fn wait_all(&self) {
+        let appended = self.progress.lock().unwrap().0;
+        self.wait_for(appended);
+    }
+
+    /// Remember why the journal cannot write (the message without the error kind's
+    /// prefix: it is wrapped again when reported).
+    fn set_trouble(&self, e: &JournalError) {
+        let why = match e {
+            JournalError::Storage(m)
+            | JournalError::Corrupt(m)
+            | JournalError::Invalid(m)
+            | JournalError::Locked(m) => m,
+        };
+        *self.trouble.lock().unwrap() = Some(why.clone());
+    }
+}
+
 impl Drop for LogJournal {
-    /// A clean close: flush the index so the next start opens it at once.
+    /// A clean close: let the indexer finish, then flush the index so the next
+    /// start opens it at once.
     fn drop(&mut self) {
-        let behind = self.index_behind.load(Ordering::Acquire);
-        if let Some(index) = self.index.get_mut().ok().and_then(Option::take).filter(|_| !behind) {
+        drop(self.frames.lock().unwrap().take());
+        if let Some(indexer) = self.indexer.take() {
+            let _ = indexer.join();
+        }
+        let behind = self.side.behind.load(Ordering::Acquire);
+        if let Some(index) = self.side.index.write().ok().and_then(|mut i| i.take()).filter(|_| !behind) {
             if let Err(e) = index.close() {
                 tracing::warn!("index: closing cleanly failed (it is caught up at the next start): {e}");
             }
@@ -408,8 +510,15 @@ impl Journal for LogJournal {
         }
         let mut w = self.writer.lock().unwrap();
         self.catch_up(&mut w)?;
+        // The index answers what the writer does not remember: only then must the
+        // frames still being indexed be in it.
+        let remembered =
+            w.state.remembers(batch) && batch.outbox.published.iter().all(|m| w.topic_heads.contains_key(&m.topic));
+        if !remembered {
+            self.side.wait_all();
+        }
         let (positions, topic_heads) = {
-            let guard = self.index.read().unwrap();
+            let guard = self.side.index.read().unwrap();
             let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
             w.state.check_sequence(batch, |k| index.contains(k))?;
             outbox::assign_positions(&batch.outbox.published, &w.topic_heads, |t| {
@@ -428,8 +537,7 @@ impl Journal for LogJournal {
             body.snapshot(s);
         }
         outbox::write_body(&mut body, &batch.outbox, &positions);
-        let body = body.finish();
-        match self.append(&mut w, first_offset, &body) {
+        match self.append(&mut w, first_offset, body.finish()) {
             Ok(()) => {
                 let next = first_offset + batch.events.len() as u64;
                 w.state.written(batch, next);
@@ -534,7 +642,7 @@ impl Journal for LogJournal {
         let mut body = BodyBuilder::default();
         body.timer_stored(timer);
         let first_offset = w.state.next_offset;
-        self.append(&mut w, first_offset, &body.finish())
+        self.append(&mut w, first_offset, body.finish())
     }
 
     fn remove_timer(&self, id: u64) -> JournalResult<()> {
@@ -543,7 +651,7 @@ impl Journal for LogJournal {
         let mut body = BodyBuilder::default();
         body.timer_removed(id);
         let first_offset = w.state.next_offset;
-        self.append(&mut w, first_offset, &body.finish())
+        self.append(&mut w, first_offset, body.finish())
     }
 
     fn timers(&self) -> JournalResult<Vec<Timer>> {
@@ -582,8 +690,10 @@ impl Journal for LogJournal {
         let o = &batch.offset;
         let mut w = self.writer.lock().unwrap();
         self.catch_up(&mut w)?;
+        // The generation's offset record may be in a frame still being indexed.
+        self.side.wait_all();
         let stored = {
-            let guard = self.index.read().unwrap();
+            let guard = self.side.index.read().unwrap();
             let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
             index.get(&views::offset_key(&o.projection, o.generation))?
         };
@@ -611,7 +721,7 @@ impl Journal for LogJournal {
         }
         body.projection_offset(o);
         let first_offset = w.state.next_offset;
-        self.append(&mut w, first_offset, &body.finish())
+        self.append(&mut w, first_offset, body.finish())
     }
 
     fn projection_offsets(&self, projection: &str) -> JournalResult<Vec<ProjectionOffset>> {
@@ -672,7 +782,7 @@ impl Journal for LogJournal {
     }
 
     fn disk_bytes(&self) -> Option<u64> {
-        Some(super::dir_bytes(&self.log_dir) + super::dir_bytes(&self.index_dir))
+        Some(super::dir_bytes(&self.log_dir) + super::dir_bytes(&self.side.dir))
     }
 
     /// While the last write failed, each call (at most once a second) probes
@@ -680,7 +790,7 @@ impl Journal for LogJournal {
     /// empty frame (which stores nothing), so the answer follows the disk even
     /// when no command arrives.
     fn health(&self) -> Result<(), String> {
-        if self.trouble.lock().unwrap().is_none() {
+        if self.side.trouble.lock().unwrap().is_none() {
             return Ok(());
         }
         if let Ok(mut w) = self.writer.try_lock() {
@@ -688,14 +798,14 @@ impl Journal for LogJournal {
                 w.last_probe = Some(Instant::now());
                 let probe = self.catch_up(&mut w).and_then(|_| {
                     let first_offset = w.state.next_offset;
-                    self.append(&mut w, first_offset, &[])
+                    self.append(&mut w, first_offset, Vec::new())
                 });
                 if probe.is_ok() {
                     tracing::info!("journal writes again");
                 }
             }
         }
-        match self.trouble.lock().unwrap().clone() {
+        match self.side.trouble.lock().unwrap().clone() {
             Some(why) => Err(why),
             None => Ok(()),
         }

@@ -62,6 +62,7 @@ backend_tests!(
     head_is_the_newest_durable_offset,
     all_events_are_read_by_offset,
     outbox_parts_are_stored_atomically_with_their_batch,
+    a_read_sees_every_write_that_returned_before_it,
 );
 
 pub(crate) fn ev(pid: &str, seq: u64, tags: &[&str]) -> NewEvent {
@@ -74,6 +75,43 @@ pub(crate) fn ev(pid: &str, seq: u64, tags: &[&str]) -> NewEvent {
         tags: tags.iter().map(|t| t.to_string()).collect(),
         payload: format!("{pid}-{seq}").into_bytes(),
     }
+}
+
+/// Read-your-writes while another thread keeps writing: whatever a `write` that
+/// returned before a read began stored is in that read (the log journal indexes
+/// beside the writes, so its reads wait for the frames written before them).
+fn a_read_sees_every_write_that_returned_before_it(open: Opener) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let j: std::sync::Arc<dyn Journal> = open(dir.path()).unwrap().into();
+    let written = AtomicU64::new(0);
+    const BATCHES: u64 = 60;
+    const PER_BATCH: u64 = 40;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for b in 1..=BATCHES {
+                let events = (0..PER_BATCH).map(|i| ev(&format!("p|{i}"), b, &["all"])).collect();
+                j.write(&WriteBatch { events, ..WriteBatch::default() }).unwrap();
+                written.store(b, Ordering::Release);
+            }
+        });
+        let mut reads = 0;
+        loop {
+            let b = written.load(Ordering::Acquire);
+            let pid = format!("p|{}", reads % PER_BATCH);
+            assert_eq!(j.highest_seq_nr(&pid).unwrap().min(b), b, "{pid} after {b} batches");
+            let events = j.events(&pid, 1, usize::MAX).unwrap();
+            assert!(events.len() as u64 >= b, "{pid}: {} events after {b} batches", events.len());
+            let tagged = j.events_by_tag("all", 1, usize::MAX).unwrap();
+            assert!(tagged.len() as u64 >= b * PER_BATCH, "{} tagged after {b} batches", tagged.len());
+            assert!(tagged.windows(2).all(|w| w[0].offset < w[1].offset), "in offset order");
+            reads += 1;
+            if b == BATCHES {
+                break;
+            }
+        }
+        assert!(reads > 1);
+    });
 }
 
 fn snap(pid: &str, seq_nr: u64, state: &[u8]) -> Snapshot {
