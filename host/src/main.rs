@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
                 )
                 .init();
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(mneme::server::serve(args.into_config()?))
+            runtime.block_on(mneme::server::serve((*args).into_config()?))
         }
         other => std::process::exit(run_client(other)?),
     }

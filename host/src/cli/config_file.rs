@@ -114,7 +114,7 @@ mod tests {
         args.extend(flags.iter().map(OsString::from));
         let cli = Cli::try_parse_from(with_config_file(args)?)?;
         match cli.command {
-            super::super::Command::Serve(s) => Ok(s),
+            super::super::Command::Serve(s) => Ok(*s),
             _ => unreachable!(),
         }
     }
