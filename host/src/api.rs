@@ -560,7 +560,7 @@ impl Page {
 fn journal_error(e: crate::journal::JournalError) -> ApiError {
     use crate::journal::JournalError;
     let status = match &e {
-        JournalError::Storage(_) | JournalError::Locked(_) => StatusCode::SERVICE_UNAVAILABLE,
+        JournalError::Storage(_) | JournalError::Locked(_) | JournalError::Fenced(_) => StatusCode::SERVICE_UNAVAILABLE,
         JournalError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
         JournalError::Invalid(_) => StatusCode::BAD_REQUEST,
     };

@@ -22,6 +22,7 @@ mod writer;
 pub mod topics;
 mod router;
 pub mod component;
+pub mod cluster;
 pub mod journal;
 pub mod config;
 pub mod metrics;

@@ -9,6 +9,17 @@ pub fn persistence_id(entity_type: &str, entity_id: &str) -> String {
     format!("{entity_type}|{entity_id}")
 }
 
+/// How many partitions the entities of a cluster are spread over. Fixed: every host
+/// and every version must put a persistence id in the same partition, because a
+/// partition is the unit a host owns (a lease) and fences its writes by.
+pub const PARTITIONS: u32 = 64;
+
+/// The partition of a persistence id: CRC-32C of its bytes modulo [`PARTITIONS`]
+/// (a stable function, unlike std's hasher, which may change between releases).
+pub fn partition_of(pid: &str) -> u32 {
+    crc32c::crc32c(pid.as_bytes()) % PARTITIONS
+}
+
 /// Entity type names: what a component is deployed under (a directory name in the
 /// data directory, so no `/`, `.` or `..`).
 pub fn validate_entity_type(name: &str) -> Result<(), String> {

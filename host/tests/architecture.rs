@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["outbox"],
     &["writer", "topics"],
     &["router"],
+    &["cluster"],
     &["component", "journal"],
     &["config", "metrics"],
     &["error"],
@@ -42,6 +43,7 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ),
     ("writer", &["wasmtime", "axum"], "the writer knows nothing of Wasm or HTTP"),
     ("router", &["wasmtime", "axum", "fjall", "sled"], "the router only carries messages"),
+    ("cluster", &["wasmtime", "axum", "fjall", "sled"], "the cluster knows leases, not entities, Wasm or HTTP"),
     ("outbox", &["wasmtime", "axum", "fjall", "sled"], "the outbox delivers through the router and writer only"),
 ];
 

@@ -422,7 +422,8 @@ impl IndexSide {
             JournalError::Storage(m)
             | JournalError::Corrupt(m)
             | JournalError::Invalid(m)
-            | JournalError::Locked(m) => m,
+            | JournalError::Locked(m)
+            | JournalError::Fenced(m) => m,
         };
         *self.trouble.lock().unwrap() = Some(why.clone());
     }

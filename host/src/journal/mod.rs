@@ -97,6 +97,39 @@ pub struct WriteBatch {
     pub events: Vec<NewEvent>,
     pub snapshots: Vec<Snapshot>,
     pub outbox: OutboxBatch,
+    /// With several hosts on one database: the leases the batch was made under.
+    /// `None` for a host alone on its journal.
+    pub fence: Option<Fence>,
+}
+
+/// The leases a write was made under: the node that writes and, for each partition
+/// (`names::partition_of`) the batch writes into, the epoch of that node's lease.
+/// A journal shared by several hosts stores the batch only if every lease is still
+/// that node's at that epoch, checked in the write's own transaction; otherwise
+/// nothing is stored and the write fails with `JournalError::Fenced`. Every event
+/// is stored with the epoch of its partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fence {
+    pub node: String,
+    /// `(partition, epoch)`, at most one per partition.
+    pub leases: Vec<(u32, u64)>,
+}
+
+impl Fence {
+    /// The epoch this fence holds for `partition`.
+    pub fn epoch_of(&self, partition: u32) -> Option<u64> {
+        self.leases.iter().find(|(p, _)| *p == partition).map(|(_, e)| *e)
+    }
+
+    /// Add the leases of `other` (the same node's). Two epochs of one partition are
+    /// both kept: one of them is stale, so the journal refuses the write.
+    pub fn merge(&mut self, other: &Fence) {
+        for lease in &other.leases {
+            if !self.leases.contains(lease) {
+                self.leases.push(*lease);
+            }
+        }
+    }
 }
 
 impl WriteBatch {
@@ -107,6 +140,11 @@ impl WriteBatch {
         self.events.extend(other.events);
         self.snapshots.extend(other.snapshots);
         self.outbox.append(other.outbox);
+        match (&mut self.fence, other.fence) {
+            (Some(mine), Some(theirs)) => mine.merge(&theirs),
+            (slot @ None, theirs) => *slot = theirs,
+            (Some(_), None) => {}
+        }
     }
 }
 
@@ -134,6 +172,10 @@ pub enum JournalError {
     /// Another process holds the data directory (or a part of it).
     #[error("{0}")]
     Locked(String),
+    /// The write was made under a lease this host no longer holds (another host
+    /// owns the partition now): nothing of it was stored.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 pub type JournalResult<T> = Result<T, JournalError>;

@@ -181,7 +181,9 @@ enum Halt {
 
 fn journal_halt(what: &str, e: JournalError) -> Halt {
     match e {
-        JournalError::Storage(_) | JournalError::Locked(_) => Halt::Retry(format!("{what}: {e}")),
+        JournalError::Storage(_) | JournalError::Locked(_) | JournalError::Fenced(_) => {
+            Halt::Retry(format!("{what}: {e}"))
+        }
         JournalError::Corrupt(_) | JournalError::Invalid(_) => Halt::Fail(format!("{what}: {e}")),
     }
 }

@@ -237,7 +237,7 @@ impl Shard {
 /// damage is reported as such.
 fn journal_failed(pid: &str, e: JournalError) -> CommandError {
     match e {
-        JournalError::Storage(m) | JournalError::Locked(m) => {
+        JournalError::Storage(m) | JournalError::Locked(m) | JournalError::Fenced(m) => {
             CommandError::JournalUnavailable(format!("recovery of `{pid}`: {m}"))
         }
         JournalError::Corrupt(m) => CommandError::JournalCorrupt(format!("recovery of `{pid}`: journal corrupt: {m}")),

@@ -43,6 +43,7 @@
 //! Not supported yet: `mneme journal verify`/`reindex` (they read a data
 //! directory's commit log).
 
+pub mod leases;
 mod schema;
 
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ use ::postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::outbox::{OutboxEntry, StoredTopicMessage};
 use super::views::{self, ProjectionBatch, ProjectionOffset, ViewUpdate};
+use crate::names::partition_of;
+
 use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
 pub use schema::LATEST as SCHEMA_VERSION;
@@ -115,6 +118,9 @@ pub struct PostgresJournal {
     last_probe: Mutex<Option<Instant>>,
     /// The data directory's lock, when opened through `journal::open`.
     lock: Option<super::DataLock>,
+    /// Opened for one of several hosts (`open_shared`): no writer lock; the writes
+    /// are fenced by partition leases instead.
+    shared: bool,
 }
 
 /// `url` with its password replaced by `***`.
@@ -177,6 +183,17 @@ impl PostgresJournal {
     /// Like `open`, waiting up to `wait` for the writer lock: the session of a
     /// mneme that was just killed may hold it until the server notices it is gone.
     pub fn open_waiting(url: &str, wait: Duration) -> JournalResult<PostgresJournal> {
+        Self::open_with(url, wait, false)
+    }
+
+    /// Open as one of several hosts on the database: no writer lock is taken, and
+    /// every write must carry a `Fence` (the leases of the partitions it writes,
+    /// see `leases`), which the database checks in the write's transaction.
+    pub fn open_shared(url: &str) -> JournalResult<PostgresJournal> {
+        Self::open_with(url, Duration::ZERO, true)
+    }
+
+    fn open_with(url: &str, wait: Duration, shared: bool) -> JournalResult<PostgresJournal> {
         let shown = without_password(url);
         let mut config: Config =
             url.parse().map_err(|e| JournalError::Invalid(format!("invalid PostgreSQL URL `{shown}`: {e}")))?;
@@ -198,6 +215,7 @@ impl PostgresJournal {
             trouble: Mutex::new(None),
             last_probe: Mutex::new(None),
             lock: None,
+            shared,
         };
         let mut conn = journal.connect()?;
         let started = Instant::now();
@@ -251,6 +269,9 @@ impl PostgresJournal {
             if db.code().code() == "MNSEQ" {
                 return JournalError::Invalid(db.message().to_string());
             }
+            if db.code().code() == "MNFEN" {
+                return JournalError::Fenced(db.message().to_string());
+            }
             if *db.code() == SqlState::UNIQUE_VIOLATION && db.table() == Some("events") {
                 return JournalError::Invalid(format!(
                     "an event would be overwritten (another writer?): {}",
@@ -263,6 +284,9 @@ impl PostgresJournal {
 
     /// Take the one-writer lock on `conn`'s session.
     fn lock_writer(&self, conn: &mut Conn) -> JournalResult<()> {
+        if self.shared {
+            return Ok(());
+        }
         let row =
             conn.client.query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK]).map_err(|e| self.error(e))?;
         if !row.get::<_, bool>(0) {
@@ -405,6 +429,10 @@ fn i64_of(n: u64) -> i64 {
 /// A `WriteBatch` as the arrays `mneme.write_batch` takes.
 #[derive(Default)]
 struct Arrays<'a> {
+    f_node: Option<&'a str>,
+    f_partition: Vec<i32>,
+    f_epoch: Vec<i64>,
+    e_epoch: Vec<Option<i64>>,
     e_pid: Vec<&'a str>,
     e_seq: Vec<i64>,
     e_ts: Vec<i64>,
@@ -438,9 +466,30 @@ struct Arrays<'a> {
 }
 
 impl<'a> Arrays<'a> {
-    fn of(batch: &'a WriteBatch) -> Arrays<'a> {
+    fn of(batch: &'a WriteBatch) -> JournalResult<Arrays<'a>> {
         let mut a = Arrays::default();
+        if let Some(fence) = &batch.fence {
+            a.f_node = Some(&fence.node);
+            for &(p, e) in &fence.leases {
+                a.f_partition.push(p as i32);
+                a.f_epoch.push(i64_of(e));
+            }
+            // Everything the batch writes for an entity lies in a partition it holds.
+            let pids = batch.events.iter().map(|e| &e.persistence_id);
+            let pids = pids.chain(batch.snapshots.iter().map(|s| &s.persistence_id));
+            if let Some(pid) = pids
+                .chain(batch.outbox.applied.iter().map(|k| &k.persistence_id))
+                .find(|pid| fence.epoch_of(partition_of(pid)).is_none())
+            {
+                return Err(JournalError::Invalid(format!(
+                    "`{pid}` is in partition {}, which the batch's fence does not hold",
+                    partition_of(pid)
+                )));
+            }
+        }
         for (i, e) in batch.events.iter().enumerate() {
+            let fence = batch.fence.as_ref();
+            a.e_epoch.push(fence.and_then(|f| f.epoch_of(partition_of(&e.persistence_id))).map(i64_of));
             a.e_pid.push(&e.persistence_id);
             a.e_seq.push(i64_of(e.seq_nr));
             a.e_ts.push(i64_of(e.timestamp_ms));
@@ -488,11 +537,15 @@ impl<'a> Arrays<'a> {
             a.m_ts.push(i64_of(m.timestamp_ms));
             a.m_payload.push(&m.payload);
         }
-        a
+        Ok(a)
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 30] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 34] {
         [
+            &self.f_node,
+            &self.f_partition,
+            &self.f_epoch,
+            &self.e_epoch,
             &self.e_pid,
             &self.e_seq,
             &self.e_ts,
@@ -528,7 +581,7 @@ impl<'a> Arrays<'a> {
 }
 
 const WRITE: &str = "SELECT mneme.write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)";
+                     $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)";
 const EVENTS: &str = "SELECT persistence_id, seq_nr, global_offset, timestamp_ms, writer_id, manifest, tags, payload \
                       FROM mneme.events WHERE persistence_id = $1 AND seq_nr >= $2 ORDER BY seq_nr LIMIT $3";
 const EVENTS_BY_TAG: &str = "SELECT e.persistence_id, e.seq_nr, e.global_offset, e.timestamp_ms, e.writer_id, \
@@ -593,7 +646,12 @@ impl Journal for PostgresJournal {
             return Ok(());
         }
         check_batch(batch)?;
-        let arrays = Arrays::of(batch);
+        if self.shared && batch.fence.is_none() {
+            return Err(JournalError::Invalid(
+                "a write to a PostgreSQL journal shared by several hosts needs the leases it is made under".into(),
+            ));
+        }
+        let arrays = Arrays::of(batch)?;
         let params = arrays.params();
         match self.on_writer(|c| c.query_one(WRITE, &params)) {
             Ok(row) => {
