@@ -131,6 +131,16 @@ mod tests {
         assert!(!s.insecure);
     }
 
+    /// The example the README shows.
+    #[test]
+    fn the_example_file_parses_to_the_settings_it_names() {
+        let s = parse(include_str!("../../../examples/config/mneme.toml"), &[]).unwrap();
+        assert_eq!(s.data, PathBuf::from("/var/lib/mneme"));
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(s.admin_token_file, Some(PathBuf::from("/etc/mneme/admin.token")));
+        assert_eq!(s.max_active_entities, 50000);
+    }
+
     fn refused(file: &str) -> String {
         match parse(file, &[]) {
             Err(e) => format!("{e:#}"),
