@@ -81,7 +81,7 @@ pub fn mneme_bin() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -117,19 +117,20 @@ impl Server {
     /// With `--tls-cert`/`--tls-key` among `extra`: `ca_pem` is the certificate the
     /// client trusts, and the server is reached as `https://localhost:port`.
     pub fn start_with(data: &Path, components: &Path, extra: &[&str], ca_pem: Option<&str>) -> Server {
-        Server::try_start_with(data, components, extra, ca_pem, None, None, "/ready")
+        Server::try_start_with(free_port(), data, components, extra, ca_pem, None, None, "/ready")
             .unwrap_or_else(|why| panic!("{why}"))
     }
 
     /// Like [`Server::start`], with the process's working directory set to `cwd`.
     pub fn start_in(data: &Path, components: &Path, extra: &[&str], cwd: Option<&Path>) -> Server {
-        Server::try_start_with(data, components, extra, None, None, cwd, "/ready").unwrap_or_else(|why| panic!("{why}"))
+        Server::try_start_with(free_port(), data, components, extra, None, None, cwd, "/ready")
+            .unwrap_or_else(|why| panic!("{why}"))
     }
 
     /// Start the process and return as soon as it listens (`/health`), without
     /// waiting for `/ready`.
     pub fn start_live(data: &Path, components: &Path, extra: &[&str]) -> Server {
-        Server::try_start_with(data, components, extra, None, None, None, "/health")
+        Server::try_start_with(free_port(), data, components, extra, None, None, None, "/health")
             .unwrap_or_else(|why| panic!("{why}"))
     }
 
@@ -137,10 +138,24 @@ impl Server {
     /// with its exit status and what it wrote (when `stderr` names a file to send
     /// its stdout and stderr to; else they are inherited).
     pub fn try_start(data: &Path, components: &Path, extra: &[&str], stderr: Option<&Path>) -> Result<Server, String> {
-        Server::try_start_with(data, components, extra, None, stderr, None, "/ready")
+        Server::try_start_with(free_port(), data, components, extra, None, stderr, None, "/ready")
     }
 
+    /// Like [`Server::try_start`], listening on `port` (known before the start, e.g.
+    /// for `--advertise`).
+    pub fn try_start_on(
+        port: u16,
+        data: &Path,
+        components: &Path,
+        extra: &[&str],
+        stderr: Option<&Path>,
+    ) -> Result<Server, String> {
+        Server::try_start_with(port, data, components, extra, None, stderr, None, "/ready")
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn try_start_with(
+        port: u16,
         data: &Path,
         components: &Path,
         extra: &[&str],
@@ -149,7 +164,6 @@ impl Server {
         cwd: Option<&Path>,
         ready_path: &str,
     ) -> Result<Server, String> {
-        let port = free_port();
         // Logs (stdout) and errors (stderr) into one file, both appending.
         let (out, err) = match stderr {
             Some(p) => {

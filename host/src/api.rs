@@ -19,7 +19,7 @@
 //! the topic live (`id:` the position, resumed with `Last-Event-ID`, keep-alive
 //! comments while nothing is published).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -46,6 +46,7 @@ use crate::component::LoadedComponent;
 
 use crate::engine::{Engine, TopicPage};
 use crate::error::CommandError;
+use crate::forward::{self, Forwarder};
 use crate::journal::{StoredEvent, StoredTopicMessage};
 use crate::metrics;
 use crate::names::{
@@ -74,6 +75,9 @@ pub struct ApiConfig {
     pub client_token: Option<Token>,
     /// An event or topic stream sends a keep-alive comment after this long without news.
     pub stream_keep_alive: Duration,
+    /// With several hosts: answer `307` to the owner of an entity instead of
+    /// forwarding the request to it.
+    pub redirect: bool,
 }
 
 impl Default for ApiConfig {
@@ -86,6 +90,7 @@ impl Default for ApiConfig {
             admin_token: None,
             client_token: None,
             stream_keep_alive: crate::subscribe::KEEP_ALIVE,
+            redirect: false,
         }
     }
 }
@@ -129,6 +134,8 @@ struct AppState {
     startup: Startup,
     /// Event pages shared by the streams.
     pages: Arc<Pages>,
+    /// With several hosts: passes requests on to the owner of their entity.
+    forwarder: Forwarder,
 }
 
 pub struct ApiError(StatusCode, String);
@@ -159,6 +166,7 @@ impl From<CommandError> for ApiError {
             | CommandError::WriteFailed(_)
             | CommandError::Dropped(_)
             | CommandError::ShuttingDown
+            | CommandError::NotOwner { .. }
             | CommandError::NotReady { .. }
             | CommandError::JournalUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -309,7 +317,13 @@ pub fn router_with(engine: Engine, config: ApiConfig, startup: Option<Startup>) 
         s.loaded();
         s
     });
-    let state = AppState { engine, config: Arc::new(config.clone()), startup, pages: Arc::default() };
+    let state = AppState {
+        engine,
+        config: Arc::new(config.clone()),
+        startup,
+        pages: Arc::default(),
+        forwarder: Forwarder::default(),
+    };
     // Code and configuration: every route here needs the admin token.
     let admin = Router::new()
         .route(
@@ -322,20 +336,26 @@ pub fn router_with(engine: Engine, config: ApiConfig, startup: Option<Startup>) 
             put(deploy_projection).layer(DefaultBodyLimit::max(config.max_component_bytes)),
         )
         .route("/v1/projections/{projection}/versions/{version}/activate", post(activate_projection));
-    // Commands and queries.
-    let client = Router::new()
+    // What only the owner of an entity answers: with several hosts, another host
+    // forwards it there (`owner_gate`, after the path check).
+    let owned = Router::new()
         .route(
             "/v1/entities/{entity_type}/{entity_id}",
             post(send_command).layer(DefaultBodyLimit::max(config.max_command_bytes)),
         )
-        .route("/v1/entities/{entity_type}/{entity_id}/events", get(entity_events))
         .route("/v1/entities/{entity_type}/{entity_id}/state", get(entity_state))
+        .route_layer(middleware::from_fn_with_state(state.clone(), owner_gate));
+    // Commands and queries.
+    let client = Router::new()
+        .merge(owned)
+        .route("/v1/entities/{entity_type}/{entity_id}/events", get(entity_events))
         .route("/v1/entities/{entity_type}/{entity_id}/events/stream", get(stream_entity_events))
         .route("/v1/events", get(events_by_tag))
         .route("/v1/events/stream", get(stream_events))
         .route("/v1/topics/{topic}", get(topic_messages))
         .route("/v1/topics/{topic}/stream", get(topic_stream))
         .route("/v1/components", get(list_components))
+        .route("/v1/cluster", get(cluster_status))
         .route("/v1/projections", get(list_projections))
         .route("/v1/views/{projection}", get(view_scan))
         .route("/v1/views/{projection}/{key}", get(view_get));
@@ -432,6 +452,39 @@ fn refusal(headers: &HeaderMap, which: &str, accepted: &[&Token]) -> Option<Resp
 fn has_body(headers: &HeaderMap) -> bool {
     let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     length.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// With several hosts: a request for an entity another host owns goes there.
+async fn owner_gate(
+    State(app): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(ownership) = app.engine.ownership() else { return next.run(request).await };
+    if request.headers().contains_key(forward::FORWARDED_BY) {
+        return next.run(request).await;
+    }
+    let (Some(entity_type), Some(entity_id)) = (params.get("entity_type"), params.get("entity_id")) else {
+        return next.run(request).await;
+    };
+    let pid = persistence_id(entity_type, entity_id);
+    match forward::route(ownership, &pid) {
+        forward::Route::Here => next.run(request).await,
+        forward::Route::Nobody(partition) => forward::unavailable(format!(
+            "no host owns `{pid}` right now (partition {partition} is between hosts, after one stopped); retry"
+        )),
+        forward::Route::Elsewhere(holder) => {
+            let (parts, body) = request.into_parts();
+            if app.config.redirect {
+                return forward::redirect(&holder, &parts);
+            }
+            match axum::body::to_bytes(body, app.config.max_command_bytes).await {
+                Ok(bytes) => app.forwarder.forward(ownership.node(), holder, parts, bytes).await,
+                Err(e) => ApiError(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")).into_response(),
+            }
+        }
+    }
 }
 
 async fn admin_gate(State(app): State<AppState>, request: Request, next: Next) -> Response {
@@ -800,6 +853,27 @@ async fn topic_stream(
     });
     let keep_alive = KeepAlive::new().interval(app.config.stream_keep_alive).text("keep-alive");
     Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+}
+
+/// With several hosts: this host, and who holds which partition (by the last
+/// renewal). Alone: `{"hosts": null}`.
+async fn cluster_status(State(app): State<AppState>) -> Json<Value> {
+    let Some(ownership) = app.engine.ownership() else { return Json(json!({ "node": null, "hosts": null })) };
+    let mut hosts: std::collections::BTreeMap<String, (String, Vec<u32>)> = Default::default();
+    for partition in 0..crate::cluster::PARTITIONS {
+        if let Some(h) = ownership.holder(partition) {
+            hosts.entry(h.node).or_insert_with(|| (h.url, Vec::new())).1.push(partition);
+        }
+    }
+    let held: Vec<u32> = ownership.held().iter().map(|l| l.partition).collect();
+    Json(json!({
+        "node": ownership.node(),
+        "partitions": crate::cluster::PARTITIONS,
+        "held": held,
+        "hosts": hosts.into_iter().map(|(node, (url, partitions))| json!({
+            "node": node, "url": url, "partitions": partitions,
+        })).collect::<Vec<_>>(),
+    }))
 }
 
 async fn list_components(State(app): State<AppState>) -> Json<Value> {

@@ -22,6 +22,7 @@ use std::time::SystemTime;
 use tokio::sync::oneshot;
 
 use crate::clock::now_ms;
+use crate::cluster::{Cluster, Ownership};
 use crate::component::Registry;
 use crate::config::EngineConfig;
 use crate::error::{CommandError, CommandResult};
@@ -35,6 +36,9 @@ use crate::shard::{self, RecoveryPermits, Shared};
 use crate::side_effects::SideEffectRunner;
 use crate::topics::{self, Topics};
 use crate::writer::{self, Head, WriterMsg};
+
+/// With several hosts: how often an idle writer reads the journal's head.
+const HEAD_FOLLOW: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The running engine. Cheap to clone; shut it down with [`Engine::shutdown`].
 #[derive(Clone)]
@@ -51,6 +55,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     head: Head,
     projections: Projections,
+    /// With several hosts: the lease keeper, left after the last write.
+    cluster: Mutex<Option<Cluster>>,
 }
 
 /// A page of a topic: its messages from a position, and what is there to read.
@@ -65,21 +71,46 @@ pub struct TopicPage {
 
 impl Engine {
     pub fn start(config: EngineConfig, journal: Arc<dyn Journal>, registry: Arc<Registry>) -> Engine {
+        Self::start_with(config, journal, registry, None)
+    }
+
+    /// Start as one of several hosts on a shared journal: commands run only for
+    /// the entities of the partitions `cluster` holds, and every write is fenced
+    /// by their leases (`cluster/`).
+    pub fn start_in_cluster(
+        config: EngineConfig,
+        journal: Arc<dyn Journal>,
+        registry: Arc<Registry>,
+        cluster: Cluster,
+    ) -> Engine {
+        Self::start_with(config, journal, registry, Some(cluster))
+    }
+
+    fn start_with(
+        config: EngineConfig,
+        journal: Arc<dyn Journal>,
+        registry: Arc<Registry>,
+        cluster: Option<Cluster>,
+    ) -> Engine {
+        let ownership = cluster.as_ref().map(|c| c.ownership().clone());
         let n = config.shards.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| crossbeam_channel::unbounded()).unzip();
         let router = Router::new(senders);
         let metrics = Arc::new(Metrics::default());
-        let (writer, head, writer_thread) = writer::spawn(journal.clone(), metrics.clone());
+        // With several hosts the others' writes move the head too: follow it.
+        let follow = ownership.as_ref().map(|_| HEAD_FOLLOW);
+        let (writer, head, writer_thread) = writer::spawn(journal.clone(), metrics.clone(), follow);
         let projections = Projections::start(
             journal.clone(),
             registry.clone(),
             head.clone(),
             metrics.clone(),
             config.projections.clone(),
+            ownership.clone(),
         );
         // Loads the pending entries before any shard can add one.
         let (outbox_tx, outbox_thread) =
-            outbox::spawn(journal.clone(), router.clone(), writer.clone(), metrics.clone());
+            outbox::spawn(journal.clone(), router.clone(), writer.clone(), metrics.clone(), ownership.clone());
         let writer_id = new_writer_id();
         let side_effects =
             SideEffectRunner::new(outbox_tx.clone(), Arc::new(Topics::default()), metrics.clone(), writer_id.clone());
@@ -92,6 +123,7 @@ impl Engine {
             side_effects,
             writer,
             writer_id,
+            ownership,
         });
         let shards = (receivers.into_iter().enumerate())
             .map(|(i, rx)| shard::spawn(i, shared.clone(), router.shards()[i].clone(), rx))
@@ -104,6 +136,7 @@ impl Engine {
             writer: Mutex::new(Some(writer_thread)),
             head,
             projections,
+            cluster: Mutex::new(cluster),
         };
         Engine { inner: Arc::new(inner) }
     }
@@ -145,6 +178,11 @@ impl Engine {
     /// The projections fed from this engine's journal.
     pub fn projections(&self) -> &Projections {
         &self.inner.projections
+    }
+
+    /// With several hosts: what this host owns, and who owns the rest.
+    pub fn ownership(&self) -> Option<&Arc<Ownership>> {
+        self.inner.shared.ownership.as_ref()
     }
 
     /// The id stored with every event this process writes (Akka's writer uuid).
@@ -242,6 +280,10 @@ impl Engine {
         let _ = self.inner.shared.writer.send(WriterMsg::Stop);
         if let Some(t) = self.inner.writer.lock().unwrap().take() {
             let _ = t.join();
+        }
+        // Nothing more is written: hand the partitions to the other hosts at once.
+        if let Some(cluster) = self.inner.cluster.lock().unwrap().take() {
+            cluster.leave();
         }
     }
 }

@@ -52,6 +52,10 @@ pub enum CommandError {
     /// The entity stopped (or restarted) while the command was stashed.
     #[error("{0}")]
     Dropped(String),
+    /// With several hosts: this host does not hold the lease of the entity's
+    /// partition (another host does, or none right now, during a failover).
+    #[error("this host does not own `{pid}` now: partition {partition} is {}; retry (any host forwards to the owner)", holder.as_deref().map(|h| format!("held by host `{h}`")).unwrap_or_else(|| "between hosts".into()))]
+    NotOwner { pid: String, partition: u32, holder: Option<String> },
     /// The engine is shutting down (or has shut down) and will not reply.
     #[error("the engine is shutting down")]
     ShuttingDown,

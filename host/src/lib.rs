@@ -12,6 +12,7 @@ pub mod server;
 pub mod scaffold;
 pub mod net;
 pub mod api;
+pub mod forward;
 pub mod subscribe;
 pub mod engine;
 mod shard;

@@ -33,6 +33,18 @@ pub fn validate_entity_type(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Node ids (`--node-id`): 1-64 characters from a-z, A-Z, 0-9, '-', '_' and '.'.
+pub fn validate_node_id(id: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if id.is_empty() || id.len() > 64 || !id.chars().all(ok) {
+        return Err(format!(
+            "invalid node id `{}`: use 1-64 characters from a-z, A-Z, 0-9, '-', '_' and '.'",
+            id.escape_default()
+        ));
+    }
+    Ok(())
+}
+
 /// Entity ids: printable ASCII without `|` or `/`, so a persistence id is unambiguous
 /// and fits a URL path segment; not `.` or `..`, which URL clients resolve away.
 pub fn validate_entity_id(id: &str) -> Result<(), String> {

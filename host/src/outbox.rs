@@ -35,6 +35,13 @@
 //! command retried may arrive after a later one of the same sender). A command
 //! stuck in its target's stash is not retried until a restart.
 //!
+//! **Several hosts.** An entry is delivered by the host that owns its target's
+//! partition (`cluster/`): each host keeps only the entries whose target it owns,
+//! and reads the journal's pending entries every [`RELOAD`] for those another
+//! host wrote (or that it came to own by a failover). A delivery that finds its
+//! target owned elsewhere is forgotten here, not settled: the owner delivers it.
+//! The idempotency keys make a delivery by two hosts at once harmless.
+//!
 //! Timers stored by earlier versions (`Journal::timers`) are delivered when due
 //! and removed, as before (without an idempotency key).
 //!
@@ -49,9 +56,11 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::clock::now_ms;
+use crate::cluster::Ownership;
 use crate::error::{CommandError, CommandResult};
 use crate::journal::{Journal, OutboxBatch, OutboxEntry, Timer, WriteBatch};
 use crate::metrics::Metrics;
+use crate::names::persistence_id;
 use crate::router::{Envelope, Origin, Outcome, ReplyTo, Router};
 use crate::writer::{WriteRequest, Writer, WriterMsg};
 
@@ -60,6 +69,8 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// The first retry waits this long; each next one twice as long, up to [`MAX_BACKOFF_MS`].
 const FIRST_BACKOFF_MS: u64 = 100;
 const MAX_BACKOFF_MS: u64 = 30_000;
+/// With several hosts: how often the pending entries are read again.
+const RELOAD: Duration = Duration::from_millis(500);
 
 pub enum OutboxMsg {
     /// Entries whose frame is durable: deliver them (when due).
@@ -80,6 +91,7 @@ pub fn spawn(
     router: Router,
     writer: Writer,
     metrics: Arc<Metrics>,
+    ownership: Option<Arc<Ownership>>,
 ) -> (Sender<OutboxMsg>, std::thread::JoinHandle<()>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut outbox = Outbox {
@@ -87,6 +99,8 @@ pub fn spawn(
         router,
         writer,
         metrics,
+        ownership,
+        next_reload: 0,
         me: tx.clone(),
         entries: HashMap::new(),
         queue: BTreeMap::new(),
@@ -116,6 +130,10 @@ struct Outbox {
     router: Router,
     writer: Writer,
     metrics: Arc<Metrics>,
+    /// With several hosts: what this host owns.
+    ownership: Option<Arc<Ownership>>,
+    /// With several hosts: when to read the pending entries again.
+    next_reload: u64,
     me: Sender<OutboxMsg>,
     /// Entries not settled yet (waiting or in flight), by key.
     entries: HashMap<String, Pending>,
@@ -150,9 +168,30 @@ impl Outbox {
         }
     }
 
+    /// Whether this host delivers `entry`: alone, every entry; with several
+    /// hosts, those whose target's partition it owns.
+    fn delivers(&self, entry: &OutboxEntry) -> bool {
+        self.ownership
+            .as_ref()
+            .is_none_or(|o| o.epoch_of(&persistence_id(&entry.target_type, &entry.target_id)).is_some())
+    }
+
+    /// With several hosts: the pending entries another host wrote for targets this
+    /// host owns.
+    fn reload(&mut self, now: u64) {
+        if self.ownership.is_none() || now < self.next_reload {
+            return;
+        }
+        self.next_reload = now + RELOAD.as_millis() as u64;
+        match self.journal.outbox_pending() {
+            Ok(entries) => self.add(entries),
+            Err(e) => tracing::warn!("outbox: cannot read the pending entries: {e}"),
+        }
+    }
+
     fn add(&mut self, entries: Vec<OutboxEntry>) {
         for entry in entries {
-            if self.entries.contains_key(&entry.key) {
+            if self.entries.contains_key(&entry.key) || !self.delivers(&entry) {
                 continue;
             }
             self.enqueue(entry.key.clone(), entry.due_ms);
@@ -173,6 +212,7 @@ impl Outbox {
     fn run(mut self, rx: Receiver<OutboxMsg>) {
         loop {
             let now = now_ms();
+            self.reload(now);
             self.deliver_due(now);
             self.fire_timers(now);
             self.write_done(now);
@@ -180,6 +220,7 @@ impl Outbox {
                 self.queue.keys().next().map(|(at, _)| *at).filter(|_| self.in_flight < MAX_IN_FLIGHT),
                 self.timers.keys().next().map(|(due, _)| *due),
                 (!self.done.is_empty() && !self.writing_done).then_some(self.done_retry_at),
+                self.ownership.is_some().then_some(self.next_reload),
             ];
             let wait = next
                 .into_iter()
@@ -251,6 +292,11 @@ impl Outbox {
         let Some(pending) = self.entries.get(&key) else { return };
         match result {
             Ok(_) => self.settle(key),
+            Err(CommandError::NotOwner { .. }) => {
+                // Another host owns the target now: it delivers the entry.
+                self.entries.remove(&key);
+                self.report_pending();
+            }
             Err(e) if settles(&e) => {
                 tracing::error!(key, "outbox: delivered command failed for good, not retried: {e}");
                 self.metrics.outbox_failed_total.fetch_add(1, Relaxed);
@@ -293,7 +339,7 @@ impl Outbox {
             let _ = me.send(OutboxMsg::DoneWritten { keys, result });
         });
         self.writing_done = true;
-        if self.writer.send(WriterMsg::Write(WriteRequest { batch, on_written })).is_err() {
+        if self.writer.send(WriterMsg::Write(Box::new(WriteRequest { batch, on_written }))).is_err() {
             // The writer has stopped: these are delivered again after the restart.
             self.writing_done = false;
         }
@@ -366,6 +412,7 @@ fn settles(e: &CommandError) -> bool {
         | CommandError::JournalCorrupt(_)
         | CommandError::RecoveryFailed { .. }
         | CommandError::Dropped(_)
+        | CommandError::NotOwner { .. }
         | CommandError::ShuttingDown => false,
     }
 }

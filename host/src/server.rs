@@ -10,10 +10,12 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 
 use crate::api::{self, ApiConfig};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::component::registry::DirOutcome;
 use crate::component::{sandbox::Runtime, Registry, SandboxLimits};
 use crate::config::EngineConfig;
 use crate::engine::Engine;
+use crate::journal::postgres::leases::Leases;
 use crate::journal::{self, DataLock, JournalOptions};
 use crate::net::{self, NetConfig, TlsFiles};
 
@@ -33,6 +35,38 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     /// Allow a non-loopback listen address without an admin token.
     pub insecure: bool,
+    /// One of several hosts on a shared PostgreSQL journal (`--advertise`).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How this host joins the others (`--advertise`, `--node-id`, `--lease-secs`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `None`: the id kept in DATA/node-id (made at the first start).
+    pub node_id: Option<String>,
+    pub advertise: String,
+    pub lease: Duration,
+}
+
+/// This host's node id: the one given, else the one kept in the data directory,
+/// else a new one, kept there.
+fn node_id(data: &Path, given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(id) = given {
+        return Ok(id.to_string());
+    }
+    let path = data.join("node-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim().to_string();
+        crate::names::validate_node_id(&id).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok(id);
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&(std::process::id(), SystemTime::now(), data), &mut h);
+    let id = format!("node-{:012x}", std::hash::Hasher::finish(&h) & 0xffff_ffff_ffff);
+    let tmp = data.join("node-id.tmp");
+    std::fs::write(&tmp, format!("{id}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 /// Refuse to expose the admin routes without a token, unless told to: anyone who
@@ -94,7 +128,7 @@ pub fn start_engine(
     sandbox: SandboxLimits,
 ) -> anyhow::Result<Engine> {
     let lock = DataLock::acquire(data).with_context(|| format!("locking data directory {}", data.display()))?;
-    let engine = open_engine(data, lock, journal_options, components, engine, sandbox)?;
+    let engine = open_engine(data, lock, journal_options, components, engine, sandbox, None)?;
     load_components(&engine, components)?;
     Ok(engine)
 }
@@ -109,6 +143,7 @@ pub fn open_engine(
     components: Option<&Path>,
     engine: EngineConfig,
     sandbox: SandboxLimits,
+    cluster: Option<&ClusterSettings>,
 ) -> anyhow::Result<Engine> {
     let backend = journal_options.backend;
     let journal = journal::open_locked(data, lock, journal_options)
@@ -122,7 +157,18 @@ pub fn open_engine(
             registry.mark_pending(&name, format!("deploying {} from the components directory", path.display()));
         }
     }
-    Ok(Engine::start(engine, journal, registry))
+    let Some(settings) = cluster else { return Ok(Engine::start(engine, journal, registry)) };
+    let node = node_id(data, settings.node_id.as_deref())?;
+    let url = journal_options.postgres_url.as_deref().unwrap_or_default();
+    let config = ClusterConfig { node: node.clone(), advertise: settings.advertise.clone(), lease: settings.lease };
+    let cluster = Cluster::start(Leases::open(url)?, config).context("joining the hosts on the database")?;
+    tracing::info!(
+        node,
+        advertise = %settings.advertise,
+        partitions = cluster.ownership().held().len(),
+        "one of several hosts on the database"
+    );
+    Ok(Engine::start_in_cluster(engine, journal, registry, cluster))
 }
 
 /// Load the stored active versions, then deploy the files of the components
@@ -178,8 +224,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     let (data, components) = (config.data.clone(), config.components.clone());
     let (engine_config, sandbox, journal) = (config.engine.clone(), config.sandbox, config.journal.clone());
+    let cluster = config.cluster.clone();
     let mut opening = tokio::task::spawn_blocking(move || {
-        open_engine(&data, lock, &journal, components.as_deref(), engine_config, sandbox)
+        open_engine(&data, lock, &journal, components.as_deref(), engine_config, sandbox, cluster.as_ref())
     });
     let engine = tokio::select! {
         served = &mut serving => {

@@ -11,8 +11,9 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::watch;
 
 use crate::journal::{Journal, WriteBatch};
@@ -28,7 +29,8 @@ pub struct WriteRequest {
 }
 
 pub enum WriterMsg {
-    Write(WriteRequest),
+    /// Boxed: a batch is large, and one allocation per batch is nothing.
+    Write(Box<WriteRequest>),
     /// Write what is queued, then stop.
     Stop,
 }
@@ -40,20 +42,52 @@ pub type Writer = Sender<WriterMsg>;
 /// durable (readers that follow the journal live wait on it).
 pub type Head = watch::Receiver<u64>;
 
-pub fn spawn(journal: Arc<dyn Journal>, metrics: Arc<Metrics>) -> (Writer, Head, JoinHandle<()>) {
+/// `follow`: with several hosts on one journal, the others' writes move the head
+/// too; the writer then also reads the journal's head this often while idle.
+pub fn spawn(
+    journal: Arc<dyn Journal>,
+    metrics: Arc<Metrics>,
+    follow: Option<Duration>,
+) -> (Writer, Head, JoinHandle<()>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let (head_tx, head) = watch::channel(journal.head());
     let thread = std::thread::Builder::new()
         .name("mneme-writer".into())
-        .spawn(move || run(&*journal, &rx, &metrics, &head_tx))
+        .spawn(move || run(&*journal, &rx, &metrics, &head_tx, follow))
         .expect("spawn writer thread");
     (tx, head, thread)
 }
 
-fn run(journal: &dyn Journal, rx: &Receiver<WriterMsg>, metrics: &Metrics, head: &watch::Sender<u64>) {
+/// Publish `now` unless the head is already past it (it only moves forward).
+fn advance(head: &watch::Sender<u64>, now: u64) {
+    head.send_if_modified(|h| {
+        let moved = now > *h;
+        *h = (*h).max(now);
+        moved
+    });
+}
+
+fn run(
+    journal: &dyn Journal,
+    rx: &Receiver<WriterMsg>,
+    metrics: &Metrics,
+    head: &watch::Sender<u64>,
+    follow: Option<Duration>,
+) {
     let mut stop = false;
     while !stop {
-        let Ok(first) = rx.recv() else { return };
+        let first = match follow {
+            None => rx.recv().map_err(|_| ()),
+            Some(every) => match rx.recv_timeout(every) {
+                Ok(msg) => Ok(msg),
+                Err(RecvTimeoutError::Timeout) => {
+                    advance(head, journal.head());
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => Err(()),
+            },
+        };
+        let Ok(first) = first else { return };
         let mut requests = Vec::new();
         for msg in std::iter::once(first).chain(rx.try_iter()) {
             match msg {
@@ -73,7 +107,7 @@ fn run(journal: &dyn Journal, rx: &Receiver<WriterMsg>, metrics: &Metrics, head:
         match &result {
             Ok(()) => {
                 if !merged.events.is_empty() {
-                    head.send_replace(journal.head());
+                    advance(head, journal.head());
                 }
                 metrics.journal_writes_total.fetch_add(1, Relaxed);
                 metrics.events_persisted_total.fetch_add(merged.events.len() as u64, Relaxed);

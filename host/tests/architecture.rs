@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["server", "scaffold"],
     &["net", "api"],
+    &["forward"],
     &["subscribe"],
     &["engine"],
     &["shard", "projection"],

@@ -21,7 +21,7 @@ use crate::api::{ApiConfig, Token};
 use crate::component::{limits, SandboxLimits};
 use crate::config::EngineConfig;
 use crate::net::{NetConfig, TlsFiles};
-use crate::server::ServeConfig;
+use crate::server::{ClusterSettings, ServeConfig};
 
 #[derive(Parser)]
 #[command(name = "mneme", version, about = "Event-sourced entities as WebAssembly components")]
@@ -235,6 +235,24 @@ pub struct ServeArgs {
     /// (prefer the variable: a flag shows in `ps`).
     #[arg(long, env = "MNEME_POSTGRES_URL", hide_env_values = true)]
     pub postgres_url: Option<String>,
+    /// Run as one of several hosts on the `--journal postgres` database, reachable
+    /// by the others at this URL (e.g. `http://10.0.0.5:8080`): each host owns a
+    /// share of the entities, and any host answers any request by forwarding it to
+    /// the owner. Without it, one mneme uses the database alone.
+    #[arg(long, env = "MNEME_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+    /// This host's name among the hosts (default: one generated at the first start
+    /// and kept in DATA/node-id).
+    #[arg(long, env = "MNEME_NODE_ID", requires = "advertise")]
+    pub node_id: Option<String>,
+    /// With several hosts: seconds a host's partition leases last without renewal,
+    /// which is how long the entities of a host that died wait for another owner.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub lease_secs: u64,
+    /// With several hosts: answer a request for an entity owned by another host
+    /// with `307 Temporary Redirect` to it, instead of forwarding it.
+    #[arg(long, requires = "advertise")]
+    pub redirect: bool,
     /// Size of a new commit-log segment, in MiB (preallocated; a full disk shows
     /// when a segment is created).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -347,6 +365,19 @@ impl ServeArgs {
             "--journal postgres needs --postgres-url URL (or MNEME_POSTGRES_URL), e.g. \
              postgres://mneme@127.0.0.1:5432/mneme (scripts/start-postgres.sh starts one and prints its URL)"
         );
+        if let Some(url) = &self.advertise {
+            anyhow::ensure!(
+                self.journal == crate::journal::Backend::Postgres,
+                "--advertise (several hosts on one database) needs --journal postgres"
+            );
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "--advertise must be the URL other hosts reach this one at, e.g. http://10.0.0.5:8080 (got `{url}`)"
+            );
+        }
+        if let Some(id) = &self.node_id {
+            crate::names::validate_node_id(id).map_err(anyhow::Error::msg)?;
+        }
         let admin_token = token("admin", self.admin_token, self.admin_token_file.as_deref())?;
         let client_token = token("client", self.client_token, self.client_token_file.as_deref())?;
         let mut engine = EngineConfig {
@@ -375,7 +406,13 @@ impl ServeArgs {
                 backend: self.journal,
                 log_segment_bytes: self.log_segment_mb << 20,
                 postgres_url: self.postgres_url,
+                shared: self.advertise.is_some(),
             },
+            cluster: self.advertise.map(|advertise| ClusterSettings {
+                node_id: self.node_id,
+                advertise: advertise.trim_end_matches('/').to_string(),
+                lease: Duration::from_secs(self.lease_secs),
+            }),
             engine,
             sandbox: SandboxLimits {
                 memory_bytes: self.memory_limit_mb << 20,
@@ -392,6 +429,7 @@ impl ServeArgs {
                 admin_token: admin_token.as_deref().map(Token::new),
                 client_token: client_token.as_deref().map(Token::new),
                 stream_keep_alive: Duration::from_secs(self.stream_keep_alive_secs),
+                redirect: self.redirect,
                 ..ApiConfig::default()
             },
             watch: (self.watch_secs > 0).then(|| Duration::from_secs(self.watch_secs)),

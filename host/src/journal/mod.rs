@@ -133,6 +133,18 @@ impl Fence {
 }
 
 impl WriteBatch {
+    /// The entities this batch writes for: its events, snapshots and applied keys,
+    /// and the sources of its outbox entries and topic messages. A fence must hold
+    /// the partition of each.
+    pub fn entity_pids(&self) -> impl Iterator<Item = &str> {
+        let o = &self.outbox;
+        (self.events.iter().map(|e| e.persistence_id.as_str()))
+            .chain(self.snapshots.iter().map(|s| s.persistence_id.as_str()))
+            .chain(o.applied.iter().map(|k| k.persistence_id.as_str()))
+            .chain(o.entries.iter().map(|e| e.source.as_str()))
+            .chain(o.published.iter().map(|m| m.source.as_str()))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.snapshots.is_empty() && self.outbox.is_empty()
     }
@@ -310,6 +322,9 @@ pub struct JournalOptions {
     pub log_segment_bytes: u64,
     /// The database of the `postgres` backend (`postgres://user:password@host:port/db`).
     pub postgres_url: Option<String>,
+    /// Several hosts share the `postgres` database: no writer lock; every write
+    /// carries its leases (`Fence`).
+    pub shared: bool,
 }
 
 impl Default for JournalOptions {
@@ -318,6 +333,7 @@ impl Default for JournalOptions {
             backend: Backend::default(),
             log_segment_bytes: log::LogOptions::default().segment_bytes,
             postgres_url: None,
+            shared: false,
         }
     }
 }
@@ -339,6 +355,12 @@ pub fn open_with(data: &Path, options: &JournalOptions) -> JournalResult<Arc<dyn
 /// server takes it before it listens, so a second process never answers at all).
 pub fn open_locked(data: &Path, lock: DataLock, options: &JournalOptions) -> JournalResult<Arc<dyn Journal>> {
     let backend = options.backend;
+    if options.shared && backend != Backend::Postgres {
+        return Err(JournalError::Invalid(format!(
+            "several hosts share one journal only on PostgreSQL: start with `--journal postgres`, not `--journal {}`",
+            backend.name()
+        )));
+    }
     if data.join("journal-fjall").exists() {
         return Err(JournalError::Invalid(format!(
             "{} holds a journal written by the fjall backend of an earlier mneme (journal-fjall/), which this \
@@ -367,7 +389,11 @@ pub fn open_locked(data: &Path, lock: DataLock, options: &JournalOptions) -> Jou
             let url = options.postgres_url.as_deref().ok_or_else(|| {
                 JournalError::Invalid("`--journal postgres` needs `--postgres-url` (or MNEME_POSTGRES_URL)".into())
             })?;
-            let mut journal = PostgresJournal::open_waiting(url, postgres::LOCK_WAIT)?;
+            let mut journal = if options.shared {
+                PostgresJournal::open_shared(url)?
+            } else {
+                PostgresJournal::open_waiting(url, postgres::LOCK_WAIT)?
+            };
             let marker = backend.dir(data);
             std::fs::create_dir_all(&marker)
                 .map_err(|e| JournalError::Storage(format!("creating {}: {e}", marker.display())))?;

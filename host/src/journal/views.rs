@@ -91,6 +91,9 @@ pub struct ProjectionBatch {
     pub previous_offset: u64,
     /// At most one update per key.
     pub updates: Vec<ViewUpdate>,
+    /// With several hosts: the lease the batch was computed under (projections run
+    /// on the holder of partition 0); checked like a `WriteBatch`'s.
+    pub fence: Option<super::Fence>,
 }
 
 /// The first bytes of every index key of `projection`'s offsets.
@@ -345,6 +348,7 @@ mod tests {
             },
             previous_offset: 5,
             updates,
+            fence: None,
         }
     }
 

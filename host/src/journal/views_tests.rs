@@ -27,7 +27,7 @@ fn put(key: &str, value: &str) -> ViewUpdate {
 }
 
 fn batch(generation: u32, previous_offset: u64, to: u64, updates: Vec<ViewUpdate>) -> ProjectionBatch {
-    ProjectionBatch { offset: offset(generation, to, true), previous_offset, updates }
+    ProjectionBatch { offset: offset(generation, to, true), previous_offset, updates, fence: None }
 }
 
 fn scan(j: &dyn Journal, generation: u32, prefix: &str, from: &str, limit: usize) -> Vec<(String, String)> {

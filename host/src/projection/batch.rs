@@ -355,6 +355,7 @@ mod tests {
                 ViewUpdate::Put { key: "a".into(), value: b"stored".to_vec() },
                 ViewUpdate::Put { key: "b".into(), value: b"stored".to_vec() },
             ],
+            fence: None,
         })
         .unwrap();
         let cache = Arc::new(Mutex::new(ViewCache::new(1 << 20)));

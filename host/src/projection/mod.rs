@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+use crate::cluster::Ownership;
 use crate::component::{LoadedProjection, Registry};
 use crate::config::ProjectionConfig;
 use crate::journal::{Journal, JournalError, ProjectionOffset};
@@ -157,8 +158,9 @@ impl Projections {
         head: Head,
         metrics: Arc<Metrics>,
         config: ProjectionConfig,
+        ownership: Option<Arc<Ownership>>,
     ) -> Projections {
-        let env = Env { journal, registry, head, metrics, config };
+        let env = Env { journal, registry, head, metrics, config, ownership };
         let p = Projections { shared: Arc::new(Shared { env, slots: Mutex::default(), configuring: Mutex::new(()) }) };
         for code in p.shared.env.registry.projections() {
             if let Err(e) = p.configure(&code.name) {
@@ -402,6 +404,9 @@ fn generation_status(p: &Progress, head: u64) -> GenerationStatus {
         State::Failed(why) => ("failed", Some(why.clone())),
         State::Retrying(why) => ("retrying", Some(why.clone())),
         State::Stopped => ("stopped", None),
+        State::Standby => {
+            ("standby", Some(format!("another host runs the projections (the holder of partition {})", worker::LEADER)))
+        }
     };
     GenerationStatus {
         generation: p.generation,

@@ -24,9 +24,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::batch::{check_updates, next_batch, Overlay, ViewCache};
+use crate::cluster::Ownership;
 use crate::component::projection::StoredEventRef;
 use crate::component::{LoadedProjection, ProjectionFault, ProjectionSandbox, Registry};
 use crate::config::ProjectionConfig;
+use crate::journal::Fence;
 use crate::journal::{Journal, JournalError, ProjectionBatch, ProjectionOffset, StoredEvent};
 use crate::metrics::Metrics;
 use crate::writer::Head;
@@ -42,6 +44,9 @@ pub enum State {
     Retrying(String),
     /// Told to stop (a new version took over, or the server is shutting down).
     Stopped,
+    /// With several hosts: another host runs the projections (the holder of
+    /// partition 0); this one takes over if it comes to hold it.
+    Standby,
 }
 
 /// A worker's progress.
@@ -102,7 +107,13 @@ pub struct Env {
     pub head: Head,
     pub metrics: Arc<Metrics>,
     pub config: ProjectionConfig,
+    /// With several hosts: what this host owns. Projections run on the holder of
+    /// [`LEADER`], their batches fenced by its lease.
+    pub ownership: Option<Arc<Ownership>>,
 }
+
+/// With several hosts, the partition whose holder runs the projections.
+pub const LEADER: u32 = 0;
 
 /// Called once when a generation that was not live has caught up and written
 /// its first `live` record.
@@ -139,6 +150,7 @@ pub fn spawn(env: Env, spec: Spec, on_live: Option<OnLive>) -> Worker {
                 live_stored: false,
                 live_chain: false,
                 on_live,
+                lease: None,
             };
             let end = run.run();
             let mut p = run.progress.lock().unwrap();
@@ -169,6 +181,9 @@ struct Run {
     /// The last batch computed says `live`.
     live_chain: bool,
     on_live: Option<OnLive>,
+    /// With several hosts: the epoch of the lease of [`LEADER`] this worker runs
+    /// under (`None`: standing by).
+    lease: Option<u64>,
 }
 
 /// How a step ended when it did not succeed.
@@ -241,6 +256,10 @@ impl Run {
         &self.spec.name
     }
 
+    fn node(&self) -> String {
+        self.env.ownership.as_ref().map(|o| o.node().to_string()).unwrap_or_default()
+    }
+
     fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
@@ -278,6 +297,31 @@ impl Run {
             if self.stopping() {
                 let _ = self.land(&mut in_flight);
                 return None;
+            }
+            if let Some(ownership) = self.env.ownership.clone() {
+                let now = ownership.epoch(LEADER);
+                if now != self.lease {
+                    // Taking over or handing over: finish what is in flight (a batch
+                    // of a lost lease is fenced), then start from what is stored.
+                    let _ = self.land(&mut in_flight);
+                    self.lease = now;
+                    if now.is_some() {
+                        if let Err(halt) = self.load_offset() {
+                            self.lease = None;
+                            if let Some(why) = self.halted(halt, &rt, &mut head_rx) {
+                                return Some(why);
+                            }
+                            continue;
+                        }
+                        self.set_state(State::Running);
+                    }
+                    position = self.reset();
+                }
+                if self.lease.is_none() {
+                    self.set_state(State::Standby);
+                    self.wait(&rt, &mut head_rx, Some(Duration::from_millis(250)));
+                    continue;
+                }
             }
             let head = *head_rx.borrow_and_update();
             if position >= head && self.live_chain {
@@ -551,6 +595,7 @@ impl Run {
             },
             previous_offset: self.chain,
             updates,
+            fence: self.lease.map(|epoch| Fence { node: self.node(), leases: vec![(LEADER, epoch)] }),
         }
     }
 }

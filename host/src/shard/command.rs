@@ -37,10 +37,19 @@ impl Shard {
             Ok(c) => c,
             Err(e) => return self.respond(env, Err(e)),
         };
+        let lease = match self.lease(&pid) {
+            Ok(lease) => lease,
+            Err(e) => return self.respond(env, Err(e)),
+        };
         let mut entity = match self.entities.remove(&pid) {
-            Some(e) => e,
-            None => match self.recover(&comp, &env.entity_type, &env.entity_id) {
-                Ok(e) => e,
+            // One with work pending keeps it: if its lease is gone, its write is
+            // fenced and it recovers after that.
+            Some(e) if e.epoch == lease || !e.is_quiet() => e,
+            _ => match self.recover(&comp, &env.entity_type, &env.entity_id) {
+                Ok(mut e) => {
+                    e.epoch = lease;
+                    e
+                }
                 Err(e) => return self.respond(env, Err(e)),
             },
         };

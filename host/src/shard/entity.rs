@@ -34,6 +34,9 @@ pub struct Entity {
     pub waiting: VecDeque<Envelope>,
     pub draining: Option<Drain>,
     pub last_active: Instant,
+    /// With several hosts: the epoch of the partition's lease it was recovered
+    /// under (0 when the host is alone). Its writes are fenced by it.
+    pub epoch: u64,
 }
 
 impl Entity {
@@ -69,6 +72,7 @@ impl Entity {
             waiting: VecDeque::new(),
             draining: None,
             last_active: Instant::now(),
+            epoch: 0,
         }
     }
 }

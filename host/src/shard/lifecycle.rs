@@ -11,7 +11,7 @@ use crate::component::bindings::exports::mneme::entity::handler;
 use crate::component::LoadedComponent;
 use crate::error::{CommandError, CommandResult};
 use crate::journal::JournalError;
-use crate::names::persistence_id;
+use crate::names::{partition_of, persistence_id};
 use crate::router::{EntityState, Outcome};
 
 use super::batch::PendingReply;
@@ -168,18 +168,37 @@ impl Shard {
     /// asking about any number of ids keeps nothing in memory.
     pub(super) fn durable_state(&mut self, entity_type: &str, entity_id: &str) -> CommandResult<EntityState> {
         let pid = persistence_id(entity_type, entity_id);
+        let lease = self.lease(&pid)?;
         if let Some(e) = self.entities.get(&pid) {
-            return Ok(durable(e));
+            if e.epoch == lease || !e.is_quiet() {
+                return Ok(durable(e));
+            }
+            self.entities.remove(&pid);
         }
         let comp = self.component(entity_type)?;
         let recovered = self.recover_state(&comp, &pid)?;
         if recovered.seq_nr == 0 {
             return Ok(EntityState { seq_nr: 0, state: recovered.state.into(), component_version: comp.version });
         }
-        let entity = self.complete_recovery(&comp, entity_type, entity_id, &pid, recovered)?;
+        let mut entity = self.complete_recovery(&comp, entity_type, entity_id, &pid, recovered)?;
+        entity.epoch = lease;
         let state = durable(&entity);
         self.entities.insert(pid, entity);
         Ok(state)
+    }
+
+    /// With several hosts, the epoch of the lease under which this host owns the
+    /// partition of `pid` (0 when it is alone); `NotOwner` when it does not own it.
+    /// An entity in memory whose epoch differs was recovered under an earlier
+    /// lease: another host may have written since, so it is recovered again.
+    pub(super) fn lease(&self, pid: &str) -> CommandResult<u64> {
+        let Some(ownership) = &self.shared.ownership else { return Ok(0) };
+        let partition = partition_of(pid);
+        ownership.epoch(partition).ok_or_else(|| CommandError::NotOwner {
+            pid: pid.to_string(),
+            partition,
+            holder: ownership.holder(partition).map(|h| h.node).filter(|n| n != ownership.node()),
+        })
     }
 
     /// Drop entities idle longer than the idle timeout with nothing pending.

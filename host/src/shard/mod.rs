@@ -52,11 +52,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hashlink::LinkedHashMap;
 
+use crate::cluster::Ownership;
 use crate::component::{EntityHandler, Registry};
 use crate::config::EngineConfig;
 use crate::error::CommandError;
 use crate::journal::Journal;
 use crate::metrics::{Metrics, TypeMetrics};
+use crate::names::partition_of;
 use crate::router::ShardMsg;
 use crate::side_effects::SideEffectRunner;
 use crate::writer::{WriteRequest, Writer, WriterMsg};
@@ -80,6 +82,8 @@ pub struct Shared {
     pub writer_id: String,
     pub recoveries: RecoveryPermits,
     pub metrics: Arc<Metrics>,
+    /// With several hosts: the partitions this host owns (`None`: it is alone).
+    pub ownership: Option<Arc<Ownership>>,
 }
 
 struct Shard {
@@ -228,12 +232,21 @@ impl Shard {
             None => {}
             // Only held replies: everything they depend on is already durable.
             Some(Flush::Durable(batch)) => self.batch_durable(batch),
-            Some(Flush::Write { batch_id, batch }) => {
+            Some(Flush::Write { batch_id, mut batch }) => {
+                if let Some(ownership) = &self.shared.ownership {
+                    // Each entity's writes under the lease it was recovered under.
+                    let leases = batch.entity_pids().map(|pid| {
+                        let epoch = self.entities.get(pid).map_or(0, |e| e.epoch);
+                        (partition_of(pid), epoch)
+                    });
+                    let fence = ownership.fence(leases);
+                    batch.fence = Some(fence);
+                }
                 let me = self.me.clone();
                 let on_written = Box::new(move |result| {
                     let _ = me.send(ShardMsg::Written { batch_id, result });
                 });
-                let request = WriterMsg::Write(WriteRequest { batch, on_written });
+                let request = WriterMsg::Write(Box::new(WriteRequest { batch, on_written }));
                 if self.shared.writer.send(request).is_err() {
                     self.written(batch_id, Err("journal writer stopped".into()));
                 }

@@ -75,6 +75,13 @@ impl PostgresJournal {
 }
 
 impl Leases {
+    /// The lease rows of the database at `url` (a journal opened on it has created
+    /// them); connects on first use.
+    pub fn open(url: &str) -> JournalResult<Leases> {
+        let (journal_config, shown) = super::config_of(url)?;
+        Ok(Leases { journal_config, shown, conn: Mutex::new(None) })
+    }
+
     fn run<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> JournalResult<T> {
         let mut slot = self.conn.lock().unwrap();
         if slot.is_none() {

@@ -13,12 +13,15 @@
 //! * **reader connections**, a small pool opened on demand, serve the reads of
 //!   shards (recovery), the outbox and the HTTP API concurrently.
 //!
-//! **One mneme per database.** The writer connection holds a session advisory
-//! lock (`pg_try_advisory_lock`) for as long as it lives: a second mneme on the
-//! same database is refused at start, and a writer connection re-established
-//! after an outage writes only once it holds the lock again. Every event is
-//! written by the lock holder, so the offsets and the sequence check see no
-//! other writer.
+//! **One mneme per database, or several hosts.** The writer connection holds a
+//! session advisory lock (`pg_try_advisory_lock`) for as long as it lives: a
+//! second mneme on the same database is refused at start, and a writer connection
+//! re-established after an outage writes only once it holds the lock again.
+//! Several hosts (`open_shared`, `--advertise`) hold the same lock shared, so they
+//! exclude a lone mneme and it excludes them; among themselves, every write
+//! carries the leases of the partitions it writes (`Fence`) and
+//! `mneme.write_batch` refuses it unless they are still the writer's
+//! (`leases.rs`, `cluster/`).
 //!
 //! **Ordering.** Global offsets come from one counter row that a write locks from
 //! the moment it takes its offsets until it commits (see `mneme.write_batch`):
@@ -69,6 +72,8 @@ const WRITER_LOCK: i64 = 0x6d6e_656d_6500;
 const MAX_IDLE_READERS: usize = 16;
 /// How long `journal::open` waits for the writer lock.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How often a shared journal's `head` reads the database's.
+const HEAD_EVERY: Duration = Duration::from_millis(20);
 /// How often `health` probes a journal whose last write failed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -118,6 +123,8 @@ pub struct PostgresJournal {
     last_probe: Mutex<Option<Instant>>,
     /// The data directory's lock, when opened through `journal::open`.
     lock: Option<super::DataLock>,
+    /// When `head` last read the database's head (shared journals).
+    head_read: Mutex<Option<Instant>>,
     /// Opened for one of several hosts (`open_shared`): no writer lock; the writes
     /// are fenced by partition leases instead.
     shared: bool,
@@ -169,6 +176,24 @@ fn describe(e: &::postgres::Error) -> String {
     }
 }
 
+/// The connection settings of `url` (with mneme's timeouts) and the URL without
+/// its password, for messages.
+fn config_of(url: &str) -> JournalResult<(Config, String)> {
+    let shown = without_password(url);
+    let mut config: Config =
+        url.parse().map_err(|e| JournalError::Invalid(format!("invalid PostgreSQL URL `{shown}`: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    // A dead server or network shows as an error within seconds, not hours.
+    config.keepalives(true).keepalives_idle(Duration::from_secs(10)).keepalives_interval(Duration::from_secs(2));
+    config.keepalives_retries(3).tcp_user_timeout(Duration::from_secs(20));
+    if config.get_application_name().is_none() {
+        config.application_name("mneme");
+    }
+    Ok((config, shown))
+}
+
 /// Whether the error left the connection unusable.
 fn broken(conn: &Conn, e: &::postgres::Error) -> bool {
     e.is_closed() || conn.client.is_closed() || e.as_db_error().is_none()
@@ -194,18 +219,7 @@ impl PostgresJournal {
     }
 
     fn open_with(url: &str, wait: Duration, shared: bool) -> JournalResult<PostgresJournal> {
-        let shown = without_password(url);
-        let mut config: Config =
-            url.parse().map_err(|e| JournalError::Invalid(format!("invalid PostgreSQL URL `{shown}`: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        // A dead server or network shows as an error within seconds, not hours.
-        config.keepalives(true).keepalives_idle(Duration::from_secs(10)).keepalives_interval(Duration::from_secs(2));
-        config.keepalives_retries(3).tcp_user_timeout(Duration::from_secs(20));
-        if config.get_application_name().is_none() {
-            config.application_name("mneme");
-        }
+        let (config, shown) = config_of(url)?;
         let journal = PostgresJournal {
             config,
             shown,
@@ -215,6 +229,7 @@ impl PostgresJournal {
             trouble: Mutex::new(None),
             last_probe: Mutex::new(None),
             lock: None,
+            head_read: Mutex::new(None),
             shared,
         };
         let mut conn = journal.connect()?;
@@ -283,15 +298,20 @@ impl PostgresJournal {
     }
 
     /// Take the one-writer lock on `conn`'s session.
+    /// A mneme alone on the database holds the lock exclusively; several hosts
+    /// hold it shared. So a lone mneme and a group of hosts never write at once.
     fn lock_writer(&self, conn: &mut Conn) -> JournalResult<()> {
-        if self.shared {
-            return Ok(());
-        }
-        let row =
-            conn.client.query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK]).map_err(|e| self.error(e))?;
+        let sql =
+            if self.shared { "SELECT pg_try_advisory_lock_shared($1)" } else { "SELECT pg_try_advisory_lock($1)" };
+        let row = conn.client.query_one(sql, &[&WRITER_LOCK]).map_err(|e| self.error(e))?;
         if !row.get::<_, bool>(0) {
+            let holder = if self.shared {
+                "a mneme that uses it alone (started without --advertise)"
+            } else {
+                "another mneme, or by several hosts (started with --advertise)"
+            };
             return Err(JournalError::Locked(format!(
-                "the PostgreSQL database {} is in use by another mneme (it holds the journal's writer lock)",
+                "the PostgreSQL database {} is in use by {holder}: it holds the journal's writer lock",
                 self.shown
             )));
         }
@@ -475,12 +495,7 @@ impl<'a> Arrays<'a> {
                 a.f_epoch.push(i64_of(e));
             }
             // Everything the batch writes for an entity lies in a partition it holds.
-            let pids = batch.events.iter().map(|e| &e.persistence_id);
-            let pids = pids.chain(batch.snapshots.iter().map(|s| &s.persistence_id));
-            if let Some(pid) = pids
-                .chain(batch.outbox.applied.iter().map(|k| &k.persistence_id))
-                .find(|pid| fence.epoch_of(partition_of(pid)).is_none())
-            {
+            if let Some(pid) = batch.entity_pids().find(|pid| fence.epoch_of(partition_of(pid)).is_none()) {
                 return Err(JournalError::Invalid(format!(
                     "`{pid}` is in partition {}, which the batch's fence does not hold",
                     partition_of(pid)
@@ -582,6 +597,7 @@ impl<'a> Arrays<'a> {
 
 const WRITE: &str = "SELECT mneme.write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
                      $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)";
+const HEAD: &str = "SELECT next_offset - 1 FROM mneme.offsets";
 const EVENTS: &str = "SELECT persistence_id, seq_nr, global_offset, timestamp_ms, writer_id, manifest, tags, payload \
                       FROM mneme.events WHERE persistence_id = $1 AND seq_nr >= $2 ORDER BY seq_nr LIMIT $3";
 const EVENTS_BY_TAG: &str = "SELECT e.persistence_id, e.seq_nr, e.global_offset, e.timestamp_ms, e.writer_id, \
@@ -607,6 +623,10 @@ const MESSAGES: &str = "SELECT position, source, timestamp_ms, payload FROM mnem
                         WHERE topic = $1 AND position >= $2 ORDER BY position LIMIT $3";
 const TOPIC_HEAD: &str = "SELECT coalesce((SELECT head FROM mneme.topics WHERE topic = $1), 0)";
 const WRITE_PROJECTION: &str = "SELECT mneme.write_projection($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+// One statement, so one transaction: if the fence fails, nothing is stored,
+// whichever function runs first.
+const WRITE_PROJECTION_FENCED: &str = "SELECT mneme.check_fence($11, $12, $13), \
+                                       mneme.write_projection($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 const PROJECTION_OFFSETS: &str = "SELECT generation, \"offset\", view_version, component_version, live \
                                   FROM mneme.projection_offsets WHERE projection = $1 ORDER BY generation";
 const VIEW_GET: &str = "SELECT value FROM mneme.views WHERE projection = $1 AND generation = $2 AND key = $3";
@@ -646,7 +666,7 @@ impl Journal for PostgresJournal {
             return Ok(());
         }
         check_batch(batch)?;
-        if self.shared && batch.fence.is_none() {
+        if self.shared && batch.fence.is_none() && batch.entity_pids().next().is_some() {
             return Err(JournalError::Invalid(
                 "a write to a PostgreSQL journal shared by several hosts needs the leases it is made under".into(),
             ));
@@ -734,7 +754,25 @@ impl Journal for PostgresJournal {
         self.read(|c| c.query_one(NEXT_TIMER_ID, &[])).map(|r| r.get::<_, i64>(0) as u64)
     }
 
+    /// Alone on the database, the newest offset this journal wrote. Shared by
+    /// several hosts, the others write too: the database's head, read at most
+    /// every [`HEAD_EVERY`] (a failed read keeps the last one).
     fn head(&self) -> u64 {
+        if self.shared {
+            let due = {
+                let mut last = self.head_read.lock().unwrap();
+                let due = last.is_none_or(|t| t.elapsed() >= HEAD_EVERY);
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            };
+            if due {
+                if let Ok(row) = self.read(|c| c.query_one(HEAD, &[])) {
+                    self.head.fetch_max(row.get::<_, i64>(0) as u64, Ordering::AcqRel);
+                }
+            }
+        }
         self.head.load(Ordering::Acquire)
     }
 
@@ -807,7 +845,21 @@ impl Journal for PostgresJournal {
         ];
         // On a pooled connection, not the writer's: a projection's batch does not
         // hold up the group commits of commands.
-        self.pooled(1, |c| c.execute(WRITE_PROJECTION, &params)).map(drop)
+        match (&batch.fence, self.shared) {
+            (None, false) => self.pooled(1, |c| c.execute(WRITE_PROJECTION, &params)).map(drop),
+            (Some(fence), _) => {
+                let node = fence.node.as_str();
+                let partitions: Vec<i32> = fence.leases.iter().map(|l| l.0 as i32).collect();
+                let epochs: Vec<i64> = fence.leases.iter().map(|l| i64_of(l.1)).collect();
+                let mut fenced: Vec<&(dyn ToSql + Sync)> = params.to_vec();
+                fenced.extend([&node as &(dyn ToSql + Sync), &partitions, &epochs]);
+                self.pooled(1, |c| c.execute(WRITE_PROJECTION_FENCED, &fenced)).map(drop)
+            }
+            (None, true) => Err(JournalError::Invalid(
+                "a projection batch on a PostgreSQL journal shared by several hosts needs the lease it is made under"
+                    .into(),
+            )),
+        }
     }
 
     fn projection_offsets(&self, projection: &str) -> JournalResult<Vec<ProjectionOffset>> {

@@ -296,6 +296,29 @@ CREATE TABLE mneme.lease_history (
 -- database, no leases).
 ALTER TABLE mneme.events ADD COLUMN epoch bigint;
 
+-- The fence: every lease a write was made under is still the writer's, at the
+-- same epoch, or the write's transaction fails (MNFEN) and stores nothing. The
+-- lease rows stay share-locked until the write commits, so a host taking a
+-- partition over (an UPDATE of its row) waits for the write in flight, and every
+-- write after the takeover sees the new epoch.
+CREATE FUNCTION mneme.check_fence(f_node text, f_partition integer[], f_epoch bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
+BEGIN
+    PERFORM 1 FROM mneme.partitions WHERE partition = ANY (f_partition) ORDER BY partition FOR SHARE;
+    SELECT f.p, f.e, l.node_id, l.epoch INTO bad
+      FROM unnest(f_partition, f_epoch) AS f(p, e)
+      LEFT JOIN mneme.partitions l ON l.partition = f.p
+     WHERE l.node_id IS DISTINCT FROM f_node OR l.epoch IS DISTINCT FROM f.e
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'partition % is held by % at epoch %; this write was made by % under epoch %: nothing of it stored',
+            bad.p, coalesce(bad.node_id, 'no host'), coalesce(bad.epoch, 0), f_node, bad.e USING ERRCODE = 'MNFEN';
+    END IF;
+END
+$$;
+
 -- write_batch as in version 1, with the fence checked first: f_node NULL for a
 -- host alone on the database.
 DROP FUNCTION mneme.write_batch;
@@ -316,20 +339,7 @@ DECLARE
     bad      record;
 BEGIN
     IF f_node IS NOT NULL THEN
-        -- The fence: every lease the batch was made under is still the writer's,
-        -- at the same epoch. The lease rows stay share-locked until this commits,
-        -- so a host taking a partition over (an UPDATE of its row) waits for the
-        -- write in flight, and every write after the takeover sees the new epoch.
-        PERFORM 1 FROM mneme.partitions WHERE partition = ANY (f_partition) ORDER BY partition FOR SHARE;
-        SELECT f.p, f.e, l.node_id, l.epoch INTO bad
-          FROM unnest(f_partition, f_epoch) AS f(p, e)
-          LEFT JOIN mneme.partitions l ON l.partition = f.p
-         WHERE l.node_id IS DISTINCT FROM f_node OR l.epoch IS DISTINCT FROM f.e
-         LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'partition % is held by % at epoch %; this write was made by % under epoch %: nothing of it stored',
-                bad.p, coalesce(bad.node_id, 'no host'), coalesce(bad.epoch, 0), f_node, bad.e USING ERRCODE = 'MNFEN';
-        END IF;
+        PERFORM mneme.check_fence(f_node, f_partition, f_epoch);
     END IF;
     IF n_events > 0 THEN
         -- The first event of each persistence id follows its stored events (the
