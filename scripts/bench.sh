@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/build-components.sh >/dev/null
-cargo build --release -p mneme-bench
+cargo build --release -p mneme-bench -p mneme
 exec target/release/mneme-bench "$@"

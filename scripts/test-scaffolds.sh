@@ -51,7 +51,7 @@ for lang in "${langs[@]}"; do
     (cd "$dir/test" && cargo test --quiet)
   fi
   "$mneme" deploy "$name" "$dir/$name.wasm"
-  reply="$("$mneme" send "$name" c1 '{"type":"Increment","by":2}')"
+  reply="$("$mneme" send --json "$name" c1 '{"type":"Increment","by":2}')"
   case "$reply" in
     *'"value":2'*) ;;
     *) echo "test-scaffolds: $name answered $reply, not {\"value\":2}" >&2; cat "$work/server.log" >&2; exit 1 ;;

@@ -4,6 +4,7 @@
 //!   scripts/bench.sh            (builds components, runs this in release mode)
 //!   scripts/bench.sh --quick    (smaller runs, for a smoke check)
 
+mod cluster;
 mod engine;
 mod projection;
 mod outbox;
@@ -72,6 +73,9 @@ fn main() {
     }
     if want("postgres") {
         postgres::run(&mut report, args.quick);
+    }
+    if want("cluster") {
+        cluster::run(&mut report, args.quick);
     }
     if want("startup") {
         startup::run(&mut report, args.quick);

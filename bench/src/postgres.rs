@@ -17,7 +17,7 @@ use crate::report::Report;
 const ENTITIES: usize = 10_000;
 
 /// A database of its own, fresh.
-fn fresh_database(server: &str, name: &str) -> String {
+pub(crate) fn fresh_database(server: &str, name: &str) -> String {
     let mut client = ::postgres::Client::connect(server, ::postgres::NoTls).unwrap();
     client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
     postgres::create_database(server, name).unwrap()

@@ -469,7 +469,15 @@ async fn owner_gate(
         return next.run(request).await;
     };
     let pid = persistence_id(entity_type, entity_id);
-    match forward::route(ownership, &pid) {
+    let mut route = forward::route(ownership, &pid);
+    if matches!(route, forward::Route::Nobody(_)) {
+        // It may have moved since the last renewal: ask the database.
+        let fresh = ownership.clone();
+        if tokio::task::spawn_blocking(move || fresh.refresh()).await.is_ok() {
+            route = forward::route(ownership, &pid);
+        }
+    }
+    match route {
         forward::Route::Here => next.run(request).await,
         forward::Route::Nobody(partition) => forward::unavailable(format!(
             "no host owns `{pid}` right now (partition {partition} is between hosts, after one stopped); retry"

@@ -90,11 +90,18 @@ fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Every partition held by exactly one of the running hosts.
+/// Every partition held by exactly one of the running hosts, each at its fair
+/// share (so none is about to move).
 fn spread(hosts: &[Host]) -> bool {
-    let mut seen = vec![0; mneme::names::PARTITIONS as usize];
+    let partitions = mneme::names::PARTITIONS as usize;
+    let running = hosts.iter().filter(|h| h.server.is_some()).count();
+    let mut seen = vec![0; partitions];
     for h in hosts.iter().filter(|h| h.server.is_some()) {
-        for p in h.held() {
+        let held = h.held();
+        if held.len() > partitions.div_ceil(running) {
+            return false;
+        }
+        for p in held {
             seen[p as usize] += 1;
         }
     }

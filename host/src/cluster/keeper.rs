@@ -53,8 +53,8 @@ impl Cluster {
     /// Say this host is alive, take its first share (so a host alone starts owning
     /// every partition), and keep at it on a thread. Fails when the database does.
     pub fn start(leases: Leases, config: ClusterConfig) -> JournalResult<Cluster> {
-        let ownership = Arc::new(Ownership::new(&config.node));
         let leases = Arc::new(leases);
+        let ownership = Arc::new(Ownership::new(&config.node, Some(leases.clone())));
         let keeper = Keeper { ownership: ownership.clone(), leases: leases.clone(), config: config.clone() };
         keeper.tick()?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));

@@ -3,10 +3,10 @@
 //! read by every command (lock-free for the partitions held).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use crate::journal::postgres::leases::{Holder, Lease};
+use crate::journal::postgres::leases::{Holder, Lease, Leases};
 use crate::journal::Fence;
 use crate::names::{partition_of, PARTITIONS};
 
@@ -18,13 +18,23 @@ pub struct Ownership {
     /// Until when (ms since `base`, by this host's monotonic clock) the lease may
     /// be counted on without a renewal.
     valid_until: Vec<AtomicU64>,
-    /// The holders of every partition at the keeper's last look, by partition.
+    /// The holders of every partition at the keeper's (or `refresh`'s) last look,
+    /// by partition.
     holders: RwLock<Vec<Option<Holder>>>,
+    /// Reads the holders again between the keeper's ticks (`refresh`).
+    leases: Option<Arc<Leases>>,
+    /// When `refresh` last read them.
+    refreshed: Mutex<Option<Instant>>,
 }
 
+/// `refresh` reads the database at most this often.
+const REFRESH_EVERY: Duration = Duration::from_millis(50);
+
 impl Ownership {
-    pub fn new(node: &str) -> Ownership {
+    pub fn new(node: &str, leases: Option<Arc<Leases>>) -> Ownership {
         Ownership {
+            leases,
+            refreshed: Mutex::new(None),
             node: node.to_string(),
             base: Instant::now(),
             epochs: (0..PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
@@ -89,6 +99,24 @@ impl Ownership {
     /// The epoch recorded for `partition`, whether or not its lease is still valid.
     pub(super) fn recorded(&self, partition: u32) -> u64 {
         self.epochs[partition as usize].load(Ordering::Acquire)
+    }
+
+    /// Read who holds what from the database now (at most every 50 ms), for a
+    /// request whose partition has no known holder: partitions move between the
+    /// keeper's ticks. Blocking.
+    pub fn refresh(&self) {
+        let Some(leases) = &self.leases else { return };
+        // Held while reading: a caller that comes meanwhile waits for the answer.
+        let mut last = self.refreshed.lock().unwrap();
+        if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+            return;
+        }
+        let started = Instant::now();
+        match leases.holders() {
+            Ok(holders) => self.set_holders(holders),
+            Err(e) => tracing::debug!("reading the partitions' holders: {e}"),
+        }
+        *last = Some(started);
     }
 
     pub(super) fn set_holders(&self, holders: Vec<Holder>) {
