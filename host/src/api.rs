@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 
 use crate::component::LoadedComponent;
 
+use crate::deploys;
 use crate::engine::{Engine, TopicPage};
 use crate::error::CommandError;
 use crate::forward::{self, Forwarder};
@@ -898,9 +899,8 @@ async fn deploy_component(
 ) -> Result<Json<Value>, ApiError> {
     let entity_type = path(p)?;
     let wasm = body(b)?;
-    let registry = app.engine.registry().clone();
-    let t = entity_type.clone();
-    let loaded = blocking(move || registry.deploy(&t, &wasm)).await?.map_err(bad_request)?;
+    let (engine, t) = (app.engine.clone(), entity_type.clone());
+    let loaded = blocking(move || deploys::deploy_component(&engine, &t, &wasm)).await?.map_err(bad_request)?;
     Ok(Json(component_json(&loaded, app.engine.registry().versions(&entity_type))))
 }
 
@@ -909,10 +909,10 @@ async fn activate_component(
     p: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (entity_type, version) = path(p)?;
-    let registry = app.engine.registry().clone();
-    let t = entity_type.clone();
-    let loaded =
-        blocking(move || registry.activate(&t, version)).await?.map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
+    let (engine, t) = (app.engine.clone(), entity_type.clone());
+    let loaded = blocking(move || deploys::activate_component(&engine, &t, version))
+        .await?
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
     Ok(Json(component_json(&loaded, app.engine.registry().versions(&entity_type))))
 }
 
@@ -1023,8 +1023,8 @@ async fn deploy_projection(
 ) -> Result<Json<Value>, ApiError> {
     let name = path(p)?;
     let wasm = body(b)?;
-    let projections = app.engine.projections().clone();
-    let status = blocking(move || projections.deploy(&name, &wasm)).await??;
+    let engine = app.engine.clone();
+    let status = blocking(move || deploys::deploy_projection(&engine, &name, &wasm)).await??;
     Ok(Json(projection_json(&status)))
 }
 
@@ -1033,8 +1033,8 @@ async fn activate_projection(
     p: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (name, version) = path(p)?;
-    let projections = app.engine.projections().clone();
-    let status = blocking(move || projections.activate(&name, version)).await??;
+    let engine = app.engine.clone();
+    let status = blocking(move || deploys::activate_projection(&engine, &name, version)).await??;
     Ok(Json(projection_json(&status)))
 }
 

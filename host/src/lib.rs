@@ -14,6 +14,7 @@ pub mod net;
 pub mod api;
 pub mod forward;
 pub mod subscribe;
+pub mod deploys;
 pub mod engine;
 mod shard;
 pub mod projection;

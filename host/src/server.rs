@@ -14,6 +14,7 @@ use crate::cluster::{Cluster, ClusterConfig};
 use crate::component::registry::DirOutcome;
 use crate::component::{sandbox::Runtime, Registry, SandboxLimits};
 use crate::config::EngineConfig;
+use crate::deploys;
 use crate::engine::Engine;
 use crate::journal::postgres::leases::Leases;
 use crate::journal::{self, DataLock, JournalOptions};
@@ -254,6 +255,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             for c in engine.registry().list() {
                 tracing::info!(entity_type = %c.entity_type, version = c.version, "serving component");
             }
+            if engine.ownership().is_some() {
+                // Several hosts: seed what the others lack, then serve what they serve.
+                let follower = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    deploys::seed(&follower);
+                    deploys::follow(&follower);
+                })
+                .await;
+                tokio::spawn(follow_deploys(engine.clone()));
+            }
             startup.loaded();
             tracing::info!("ready");
             if let (Some(dir), Some(every)) = (config.components, config.watch) {
@@ -265,6 +276,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing in-flight writes");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     Ok(())
+}
+
+/// Several hosts: serve the hosts' active versions (`deploys::follow`), for good.
+async fn follow_deploys(engine: Engine) {
+    loop {
+        tokio::time::sleep(deploys::FOLLOW_EVERY).await;
+        let follower = engine.clone();
+        let _ = tokio::task::spawn_blocking(move || deploys::follow(&follower)).await;
+    }
 }
 
 async fn shutdown_signal() {
@@ -308,7 +328,13 @@ async fn watch_components(engine: Engine, dir: PathBuf, every: Duration) {
             let registry = engine.registry().clone();
             match tokio::task::spawn_blocking(move || registry.deploy_file(&p)).await {
                 Ok((_, DirOutcome::Deployed(c))) => {
-                    tracing::info!(entity_type = %c.entity_type, version = c.version, "hot-loaded from components directory")
+                    tracing::info!(entity_type = %c.entity_type, version = c.version, "hot-loaded from components directory");
+                    let (engine, c) = (engine.clone(), c.clone());
+                    match tokio::task::spawn_blocking(move || deploys::hot_loaded(&engine, &c)).await {
+                        Ok(Err(e)) => tracing::error!("{e}"),
+                        Err(e) => tracing::error!("sharing a hot-loaded component: {e}"),
+                        Ok(Ok(())) => {}
+                    }
                 }
                 Ok((_, DirOutcome::Known { .. })) => {}
                 Ok((name, DirOutcome::Failed(e))) => tracing::error!("hot-load of `{name}` failed: {e}"),

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["net", "api"],
     &["forward"],
     &["subscribe"],
+    &["deploys"],
     &["engine"],
     &["shard", "projection"],
     &["side_effects"],

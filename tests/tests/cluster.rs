@@ -418,3 +418,62 @@ fn a_paused_host_loses_its_partitions_and_answers_503_never_a_success_it_cannot_
         spread(&hosts) && hosts[0].held().len() == 32
     });
 }
+
+/// The hash of the version of `entity_type` a host serves.
+fn served_hash(host: &Host, entity_type: &str) -> Option<String> {
+    let (status, body) = host.server().get("/v1/components");
+    assert_eq!(status, 200, "{body}");
+    body["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["entity_type"] == entity_type)
+        .map(|c| c["hash"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn a_deploy_or_rollback_on_any_host_is_served_by_every_host() {
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = testing::database_for(db_dir.path());
+    let with = components_dir(&[example("bank-account")]);
+    let empty = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut hosts: Vec<Host> = ["d1", "d2"].iter().map(|n| Host::new(n, logs.path())).collect();
+    // d1's components directory seeds the hosts; d2 has none and serves it anyway.
+    hosts[0].start(&db, with.path());
+    hosts[1].start(&db, empty.path());
+    let v1 = served_hash(&hosts[0], "bank-account").expect("d1 serves its directory's component");
+    assert_eq!(served_hash(&hosts[1], "bank-account"), Some(v1.clone()), "d2 serves what d1 seeded, from its start");
+    let agent = mneme_tests::agent(None);
+    let (status, body) = command(&agent, &hosts[1].url(), "z1", r#"{"type":"CreateAccount"}"#);
+    assert_eq!(status, 200, "{body}");
+
+    // A new build deployed to d2 is served by d1 within seconds.
+    let wasm = std::fs::read(example("bank-account")).unwrap();
+    let (status, body) =
+        hosts[1].server().request("PUT", "/v1/components/bank-account", &mneme_tests::rebuilt(&wasm, "v2"));
+    assert_eq!(status, 200, "{body}");
+    let v2 = json(&body)["hash"].as_str().unwrap().to_string();
+    assert_ne!(v1, v2);
+    wait_until("d1 serves d2's deploy", Duration::from_secs(30), || {
+        served_hash(&hosts[0], "bank-account") == Some(v2.clone())
+    });
+
+    // A rollback on d1 (to its version 1) is served by d2 too.
+    let (status, body) = hosts[0].server().request("POST", "/v1/components/bank-account/versions/1/activate", b"");
+    assert_eq!(status, 200, "{body}");
+    wait_until("d2 serves d1's rollback", Duration::from_secs(30), || {
+        served_hash(&hosts[1], "bank-account") == Some(v1.clone())
+    });
+
+    // A restarted d1, whose directory still holds v1, keeps what the hosts serve.
+    let (status, body) =
+        hosts[1].server().request("PUT", "/v1/components/bank-account", &mneme_tests::rebuilt(&wasm, "v3"));
+    assert_eq!(status, 200, "{body}");
+    let v3 = json(&body)["hash"].as_str().unwrap().to_string();
+    hosts[0].server.take().unwrap().terminate();
+    hosts[0].start(&db, with.path());
+    assert_eq!(served_hash(&hosts[0], "bank-account"), Some(v3), "the restarted host serves the hosts' version");
+    let (status, body) = command(&agent, &hosts[0].url(), "z1", r#"{"type":"Deposit","amount":3}"#);
+    assert_eq!(status, 200, "{body}");
+}

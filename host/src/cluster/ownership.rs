@@ -43,6 +43,11 @@ impl Ownership {
         }
     }
 
+    /// The database's lease rows (and what the hosts share), when there is one.
+    pub fn leases(&self) -> Option<&Arc<Leases>> {
+        self.leases.as_ref()
+    }
+
     /// This host's node id.
     pub fn node(&self) -> &str {
         &self.node

@@ -327,6 +327,30 @@ impl Registry {
         Ok(loaded)
     }
 
+    /// The bytes and the version of the stored version of `entity_type` (or of the
+    /// projection `name`, `projection`) whose hash is `hash`, if one is stored.
+    pub fn stored_by_hash(&self, projection: bool, name: &str, hash: &str) -> Result<Option<u64>, String> {
+        let store = if projection { &self.projection_store } else { &self.store };
+        for v in store.versions(name).map_err(|e| e.to_string())? {
+            if v.meta().map_err(|e| e.to_string())?.sha256 == hash {
+                return Ok(Some(v.version));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The bytes of a stored version of `entity_type` (or of the projection `name`).
+    pub fn stored_wasm(&self, projection: bool, name: &str, version: u64) -> Result<Vec<u8>, String> {
+        let store = if projection { &self.projection_store } else { &self.store };
+        let stored = store
+            .versions(name)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| format!("`{name}` has no version {version}"))?;
+        std::fs::read(&stored.path).map_err(|e| e.to_string())
+    }
+
     /// The `*.wasm` files of a components directory, in name order.
     pub fn dir_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
         let mut paths: Vec<_> = std::fs::read_dir(dir)

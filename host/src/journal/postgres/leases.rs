@@ -157,6 +157,86 @@ impl Leases {
     }
 }
 
+/// An active component version of the hosts (`mneme.active_components`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedComponent {
+    pub projection: bool,
+    pub name: String,
+    pub hash: String,
+}
+
+fn kind(projection: bool) -> &'static str {
+    if projection {
+        "projection"
+    } else {
+        "entity"
+    }
+}
+
+impl Leases {
+    /// Store `wasm` (if new) and make it the hosts' active version of `name`;
+    /// with `only_if_none`, only when the hosts have none yet (a components
+    /// directory seeds, never overrides). Whether it is the active one now.
+    pub fn share_component(
+        &self,
+        component: &SharedComponent,
+        wasm: &[u8],
+        node: &str,
+        only_if_none: bool,
+    ) -> JournalResult<bool> {
+        let kind = kind(component.projection);
+        let (name, hash) = (&component.name, &component.hash);
+        self.run(|c| {
+            let mut tx = c.client.transaction()?;
+            tx.execute(
+                "INSERT INTO mneme.components (kind, name, hash, wasm) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&kind, name, hash, &wasm],
+            )?;
+            let sql = if only_if_none {
+                "INSERT INTO mneme.active_components (kind, name, hash, node_id) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (kind, name) DO NOTHING"
+            } else {
+                "INSERT INTO mneme.active_components (kind, name, hash, node_id) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (kind, name) DO UPDATE SET hash = excluded.hash, node_id = excluded.node_id, \
+                 changed_at = now()"
+            };
+            tx.execute(sql, &[&kind, name, hash, &node])?;
+            let active: String = tx
+                .query_one("SELECT hash FROM mneme.active_components WHERE kind = $1 AND name = $2", &[&kind, name])?
+                .get(0);
+            tx.commit()?;
+            Ok(active == *hash)
+        })
+    }
+
+    /// The hosts' active version of every entity type and projection.
+    pub fn active_components(&self) -> JournalResult<Vec<SharedComponent>> {
+        let rows =
+            self.run(|c| c.query("SELECT kind, name, hash FROM mneme.active_components ORDER BY kind, name", &[]))?;
+        Ok(rows
+            .iter()
+            .map(|r| SharedComponent {
+                projection: r.get::<_, String>(0) == "projection",
+                name: r.get(1),
+                hash: r.get(2),
+            })
+            .collect())
+    }
+
+    /// The bytes of a shared version.
+    pub fn component_wasm(&self, component: &SharedComponent) -> JournalResult<Vec<u8>> {
+        let kind = kind(component.projection);
+        let (name, hash) = (&component.name, &component.hash);
+        let row = self.run(|c| {
+            c.query_one(
+                "SELECT wasm FROM mneme.components WHERE kind = $1 AND name = $2 AND hash = $3",
+                &[&kind, name, hash],
+            )
+        })?;
+        Ok(row.get(0))
+    }
+}
+
 fn lease_of(r: &postgres::Row) -> Lease {
     Lease { partition: r.get::<_, i32>(0) as u32, epoch: r.get::<_, i64>(1) as u64 }
 }

@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "events, tags, snapshots, timers, outbox, topics", V1),
     (2, "projection offsets and views", V2),
     (3, "nodes, partition leases, fenced writes", V3),
+    (4, "components shared by several hosts", V4),
 ];
 
 /// The table every version starts from (created before anything else).
@@ -403,4 +404,26 @@ BEGIN
 END
 $$;
 
+"#;
+
+const V4: &str = r#"
+-- Several hosts: every component version deployed to any of them, and the active
+-- one of each entity type and projection, which every host loads.
+CREATE TABLE mneme.components (
+    kind         text NOT NULL CHECK (kind IN ('entity', 'projection')),
+    name         text COLLATE "C" NOT NULL,
+    hash         text NOT NULL,
+    wasm         bytea NOT NULL,
+    published_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, name, hash)
+);
+CREATE TABLE mneme.active_components (
+    kind       text NOT NULL,
+    name       text COLLATE "C" NOT NULL,
+    hash       text NOT NULL,
+    node_id    text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, name),
+    FOREIGN KEY (kind, name, hash) REFERENCES mneme.components
+);
 "#;
