@@ -49,9 +49,13 @@ impl Host {
     }
 
     fn start(&mut self, db: &str, components: &Path) {
+        self.start_with(db, components, &[]);
+    }
+
+    fn start_with(&mut self, db: &str, components: &Path, extra: &[&str]) {
         let advertise = self.url();
         let lease = LEASE_SECS.to_string();
-        let args = [
+        let mut args = vec![
             "--journal",
             "postgres",
             "--postgres-url",
@@ -65,6 +69,7 @@ impl Host {
             "--reply-timeout-secs",
             "10",
         ];
+        args.extend_from_slice(extra);
         let server = Server::try_start_on(self.port, self.data.path(), components, &args, Some(&self.log))
             .unwrap_or_else(|why| panic!("{} did not start: {why}", self.node));
         self.server = Some(server);
@@ -475,5 +480,35 @@ fn a_deploy_or_rollback_on_any_host_is_served_by_every_host() {
     hosts[0].start(&db, with.path());
     assert_eq!(served_hash(&hosts[0], "bank-account"), Some(v3), "the restarted host serves the hosts' version");
     let (status, body) = command(&agent, &hosts[0].url(), "z1", r#"{"type":"Deposit","amount":3}"#);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn with_redirect_a_host_answers_307_to_the_owner() {
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = testing::database_for(db_dir.path());
+    let components = components_dir(&[example("bank-account")]);
+    let logs = tempfile::tempdir().unwrap();
+    let mut hosts: Vec<Host> = ["r1", "r2"].iter().map(|n| Host::new(n, logs.path())).collect();
+    hosts[0].start_with(&db, components.path(), &["--redirect"]);
+    hosts[1].start(&db, components.path());
+    wait_until("the two hosts hold every partition once", Duration::from_secs(30), || spread(&hosts));
+    let held = hosts[1].held();
+    let id = (0..)
+        .map(|i| format!("y{i}"))
+        .find(|id| held.contains(&(partition_of(&format!("bank-account|{id}")) as u64)))
+        .unwrap();
+    let no_redirects: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let r = no_redirects
+        .post(format!("{}/v1/entities/bank-account/{id}?x=1", hosts[0].url()))
+        .header("content-type", "application/json")
+        .send(r#"{"type":"CreateAccount"}"#.as_bytes())
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    let location = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(location, format!("{}/v1/entities/bank-account/{id}?x=1", hosts[1].url()));
+    // Followed, it reaches the owner.
+    let (status, body) = command(&mneme_tests::agent(None), &hosts[1].url(), &id, r#"{"type":"CreateAccount"}"#);
     assert_eq!(status, 200, "{body}");
 }
