@@ -40,6 +40,9 @@ use crate::writer::{self, Head, WriterMsg};
 /// With several hosts: how often an idle writer reads the journal's head.
 const HEAD_FOLLOW: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// With several hosts: how often topic readers look for other hosts' messages.
+const TOPICS_FOLLOW: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The running engine. Cheap to clone; shut it down with [`Engine::shutdown`].
 #[derive(Clone)]
 pub struct Engine {
@@ -112,8 +115,23 @@ impl Engine {
         let (outbox_tx, outbox_thread) =
             outbox::spawn(journal.clone(), router.clone(), writer.clone(), metrics.clone(), ownership.clone());
         let writer_id = new_writer_id();
-        let side_effects =
-            SideEffectRunner::new(outbox_tx.clone(), Arc::new(Topics::default()), metrics.clone(), writer_id.clone());
+        let topics = Arc::new(Topics::default());
+        if ownership.is_some() {
+            // Other hosts publish too: topic readers here look again every
+            // TOPICS_FOLLOW (event readers follow the journal's head instead).
+            let topics = topics.clone();
+            let mut closing = topics.closing();
+            std::thread::Builder::new()
+                .name("mneme-topics".into())
+                .spawn(move || {
+                    while !*closing.borrow_and_update() {
+                        std::thread::sleep(TOPICS_FOLLOW);
+                        topics.nudge();
+                    }
+                })
+                .expect("spawn the topics thread");
+        }
+        let side_effects = SideEffectRunner::new(outbox_tx.clone(), topics, metrics.clone(), writer_id.clone());
         let shared = Arc::new(Shared {
             metrics,
             recoveries: RecoveryPermits::new(config.max_concurrent_recoveries),

@@ -35,6 +35,12 @@ impl Topics {
         }
     }
 
+    /// Wake the readers to look again: with several hosts, other hosts publish too,
+    /// and their messages are found by reading.
+    pub fn nudge(&self) {
+        self.durable.send_modify(|_| {});
+    }
+
     /// Changes when messages of any topic become durable (`changed().await`).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.durable.subscribe()

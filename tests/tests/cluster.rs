@@ -512,3 +512,82 @@ fn with_redirect_a_host_answers_307_to_the_owner() {
     let (status, body) = command(&mneme_tests::agent(None), &hosts[1].url(), &id, r#"{"type":"CreateAccount"}"#);
     assert_eq!(status, 200, "{body}");
 }
+
+/// Read a Server-Sent Events stream of `host` (raw HTTP) until `needle` shows.
+fn stream_shows(host: &Host, path: &str, needle: &str, within: Duration) -> bool {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(host.server().addr.as_str()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
+    tcp.write_all(request.as_bytes()).unwrap();
+    let (start, mut text, mut buf) = (Instant::now(), String::new(), [0u8; 4096]);
+    while start.elapsed() < within {
+        if let Ok(n) = tcp.read(&mut buf) {
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.contains(needle) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn streams_on_one_host_show_what_other_hosts_write_and_publish() {
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = testing::database_for(db_dir.path());
+    let components = components_dir(&[example("bank-account"), mneme_tests::test_component("faulty")]);
+    let logs = tempfile::tempdir().unwrap();
+    let mut hosts: Vec<Host> = ["s1", "s2"].iter().map(|n| Host::new(n, logs.path())).collect();
+    for h in &mut hosts {
+        h.start(&db, components.path());
+    }
+    wait_until("the two hosts hold every partition once", Duration::from_secs(30), || spread(&hosts));
+    let held = hosts[1].held();
+    let owned_by_s2 = |entity_type: &str| {
+        (0..)
+            .map(|i| format!("w{i}"))
+            .find(|id| held.contains(&(partition_of(&format!("{entity_type}|{id}")) as u64)))
+            .unwrap()
+    };
+    let (account, recorder) = (owned_by_s2("bank-account"), owned_by_s2("faulty"));
+    let agent = mneme_tests::agent(None);
+    let events = {
+        let (s1_url, account) = (hosts[0].url(), account.clone());
+        let agent = agent.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            let (status, body) = command(&agent, &s1_url, &account, r#"{"type":"CreateAccount"}"#);
+            assert_eq!(status, 200, "{body}");
+        })
+    };
+    // s1 streams what s2 writes (the account is s2's; s1 forwards the command),
+    // within a second or so, not at the stream's next keep-alive.
+    assert!(
+        stream_shows(
+            &hosts[0],
+            "/v1/events/stream?tag=account",
+            &format!("bank-account|{account}"),
+            Duration::from_secs(10)
+        ),
+        "s1's event stream did not show s2's event"
+    );
+    events.join().unwrap();
+    let publisher = {
+        let s2_url = hosts[1].url();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            let r = agent
+                .post(format!("{s2_url}/v1/entities/faulty/{recorder}"))
+                .header("content-type", "application/json")
+                .send(r#"{"type":"Record","value":"from-s2"}"#.as_bytes())
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        })
+    };
+    assert!(
+        stream_shows(&hosts[0], "/v1/topics/faulty-records/stream", "from-s2", Duration::from_secs(3)),
+        "s1's topic stream did not show what s2 published"
+    );
+    publisher.join().unwrap();
+}
