@@ -2,7 +2,7 @@
 //! release binary, `--advertise`): bank-account deposits over HTTP from 64 clients
 //! spread over the hosts, three hosts next to one host on the same database in
 //! the same run; then kill -9 of one of the three, and how long commands for its
-//! entities fail until another host owns them (next to the lease they wait for).
+//! entities wait (or fail) until another host owns them (next to the lease they wait for).
 //! The server is `MNEME_TEST_POSTGRES_URL`'s.
 
 use std::path::{Path, PathBuf};
@@ -169,7 +169,8 @@ fn create_accounts(url: &str) {
 }
 
 /// Kill -9 `victim`, then send to one of its entities through `through` until it
-/// succeeds: seconds it took, and how many commands failed meanwhile.
+/// succeeds (the first one waits for the new owner): seconds it took, and how many
+/// commands failed meanwhile.
 fn failover(victim: Host, through: &str, entity: usize) -> (f64, u64) {
     let agent = agent();
     drop(victim);
@@ -212,7 +213,9 @@ pub fn run(report: &mut Report, quick: bool) {
             let victim = hosts.pop().unwrap();
             let (took, failed) = failover(victim, &hosts[0].url, entity);
             report.figure(
-                &format!("  failover after kill -9 of a host ({failed} commands to its entity failed meanwhile)"),
+                &format!(
+                    "  failover after kill -9 of a host: a command to its entity answered after ({failed} failed)"
+                ),
                 took,
                 "s",
                 Some(("lease", LEASE_SECS as f64)),

@@ -51,7 +51,7 @@ use crate::forward::{self, Forwarder};
 use crate::journal::{StoredEvent, StoredTopicMessage};
 use crate::metrics;
 use crate::names::{
-    persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_label,
+    partition_of, persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_label,
     validate_projection_name, validate_topic, validate_view_key,
 };
 use crate::projection::{GenerationStatus, ProjectionError, ProjectionStatus};
@@ -79,6 +79,10 @@ pub struct ApiConfig {
     /// With several hosts: answer `307` to the owner of an entity instead of
     /// forwarding the request to it.
     pub redirect: bool,
+    /// With several hosts: how long a request for an entity whose partition is
+    /// moving between hosts (its owner died, or it is handed to a joining host)
+    /// waits for the new owner before `503`.
+    pub handoff_wait: Duration,
 }
 
 impl Default for ApiConfig {
@@ -92,6 +96,7 @@ impl Default for ApiConfig {
             client_token: None,
             stream_keep_alive: crate::subscribe::KEEP_ALIVE,
             redirect: false,
+            handoff_wait: Duration::from_secs(12),
         }
     }
 }
@@ -463,38 +468,66 @@ async fn owner_gate(
     next: Next,
 ) -> Response {
     let Some(ownership) = app.engine.ownership() else { return next.run(request).await };
-    if request.headers().contains_key(forward::FORWARDED_BY) {
-        return next.run(request).await;
-    }
     let (Some(entity_type), Some(entity_id)) = (params.get("entity_type"), params.get("entity_id")) else {
         return next.run(request).await;
     };
     let pid = persistence_id(entity_type, entity_id);
-    let mut route = forward::route(ownership, &pid);
-    if matches!(route, forward::Route::Nobody(_)) {
-        // It may have moved since the last renewal: ask the database.
-        let fresh = ownership.clone();
-        if tokio::task::spawn_blocking(move || fresh.refresh()).await.is_ok() {
-            route = forward::route(ownership, &pid);
-        }
+    let route = forward::route(ownership, &pid);
+    if request.headers().contains_key(forward::FORWARDED_BY) {
+        // Another host sent it here as the owner: run it, or say it was not run.
+        return match route {
+            forward::Route::Here => next.run(request).await,
+            forward::Route::Elsewhere(_) | forward::Route::Nobody(_) => forward::not_owner(&pid, partition_of(&pid)),
+        };
     }
-    match route {
-        forward::Route::Here => next.run(request).await,
-        forward::Route::Nobody(partition) => forward::unavailable(format!(
-            "no host owns `{pid}` right now (partition {partition} is between hosts, after one stopped); retry"
-        )),
-        forward::Route::Elsewhere(holder) => {
-            let (parts, body) = request.into_parts();
-            if app.config.redirect {
-                return forward::redirect(&holder, &parts);
+    if matches!(route, forward::Route::Here) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, app.config.max_command_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return ApiError(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")).into_response(),
+    };
+    let outgoing = forward::Outgoing::new(&parts, body.clone());
+    // While the partition moves, wait for its new owner: ask the database again
+    // every 100 ms (partitions move between renewals) until the handoff wait ends.
+    let deadline = tokio::time::Instant::now() + app.config.handoff_wait;
+    let mut route = route;
+    let mut refreshed = false;
+    loop {
+        let why = match route {
+            forward::Route::Here => return next.run(Request::from_parts(parts, axum::body::Body::from(body))).await,
+            forward::Route::Elsewhere(holder) if app.config.redirect => return forward::redirect(&holder, &parts),
+            forward::Route::Elsewhere(holder) => {
+                match app.forwarder.forward(ownership.node(), &holder, outgoing.clone()).await {
+                    forward::Sent::Answered(response) => return response,
+                    forward::Sent::Lost(why) => return forward::lost(&holder, &why),
+                    forward::Sent::NotOwner => format!("host `{}` no longer owns it", holder.node),
+                    forward::Sent::NotSent(why) => {
+                        format!("its owner, host `{}` at {}, could not be reached ({why})", holder.node, holder.url)
+                    }
+                }
             }
-            match axum::body::to_bytes(body, app.config.max_command_bytes).await {
-                Ok(bytes) => app.forwarder.forward(ownership.node(), holder, parts, bytes).await,
-                Err(e) => ApiError(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")).into_response(),
-            }
+            forward::Route::Nobody(partition) => format!("no host owns partition {partition} right now"),
+        };
+        if refreshed && tokio::time::Instant::now() >= deadline {
+            return forward::unavailable(format!(
+                "`{pid}` is between hosts: {why}; waited {:?} for a new owner; retry",
+                app.config.handoff_wait
+            ));
         }
+        if refreshed {
+            tokio::time::sleep(HANDOFF_POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+        }
+        let fresh = ownership.clone();
+        let _ = tokio::task::spawn_blocking(move || fresh.refresh()).await;
+        refreshed = true;
+        route = forward::route(ownership, &pid);
     }
 }
+
+/// How often a request waiting for a partition's new owner asks the database.
+const HANDOFF_POLL: Duration = Duration::from_millis(100);
 
 async fn admin_gate(State(app): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(admin) = &app.config.admin_token {

@@ -2,8 +2,15 @@
 //! entity whose partition another host owns is forwarded to that host's
 //! advertised URL and its answer passed back as it is (or, with `--redirect`,
 //! answered `307` to it). A forwarded request carries [`FORWARDED_BY`]: the
-//! receiving host never forwards it again, so ownership moving during a failover
-//! costs one `503` (retry), never a loop.
+//! receiving host never forwards it again; if it does not own the entity it
+//! answers [`not_owner`] without running it.
+//!
+//! While a partition moves (its owner died, or it is handed to a joining host),
+//! the request waits for the new owner (`api::owner_gate`, up to the handoff
+//! wait), as it would wait in Akka's shard region. It is sent again only when it
+//! surely was not run: no owner yet, the owner could not be connected to, or the
+//! owner answered [`NOT_OWNER`]. A request that was sent and got no answer is not
+//! sent again ([`lost`], `502`): the owner may have run it.
 //!
 //! Architecture invariant: this module knows HTTP and who owns what, nothing of
 //! the engine's insides, Wasm or storage.
@@ -61,6 +68,72 @@ pub fn redirect(holder: &Holder, parts: &Parts) -> Response {
     }
 }
 
+/// Set on a `503` that a host answers to a forwarded request for an entity it
+/// does not own (any more): the command was not run, so the forwarding host may
+/// send it on to the new owner.
+pub const NOT_OWNER: &str = "mneme-not-owner";
+
+/// `503` to a forwarded request whose entity this host does not own.
+pub fn not_owner(pid: &str, partition: u32) -> Response {
+    let mut r = unavailable(format!(
+        "this host does not own `{pid}` (partition {partition}); it was not run here: send it to the owner"
+    ));
+    r.headers_mut().insert(NOT_OWNER, HeaderValue::from_static("1"));
+    r
+}
+
+/// A request to pass on: what of it goes to the owner.
+#[derive(Clone)]
+pub struct Outgoing {
+    get: bool,
+    path_and_query: String,
+    headers: Vec<(&'static str, String)>,
+    body: Bytes,
+}
+
+impl Outgoing {
+    pub fn new(parts: &Parts, body: Bytes) -> Outgoing {
+        let headers = PASSED_ON
+            .iter()
+            .filter_map(|&name| Some((name, parts.headers.get(name)?.to_str().ok()?.to_string())))
+            .collect();
+        Outgoing {
+            get: parts.method == Method::GET,
+            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            headers,
+            body,
+        }
+    }
+}
+
+/// What became of a forwarded request.
+pub enum Sent {
+    /// The owner answered (whatever it answered).
+    Answered(Response),
+    /// The host did not own the entity and did not run the request.
+    NotOwner,
+    /// The request never reached the host (connection refused, no connection in
+    /// time): safe to send again.
+    NotSent(String),
+    /// The request was sent but no answer came back: the host may or may not have
+    /// run it.
+    Lost(String),
+}
+
+/// Whether `e` happened before any byte of the request left: only then is
+/// sending it elsewhere sure not to run it twice.
+fn before_sending(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        ureq::Error::Io(io) => {
+            matches!(io.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable)
+        }
+        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+        _ => false,
+    }
+}
+
 /// Passes requests on to other hosts over keep-alive connections.
 #[derive(Clone)]
 pub struct Forwarder {
@@ -80,46 +153,56 @@ impl Default for Forwarder {
 }
 
 impl Forwarder {
-    /// Send the request to `holder` and answer with what it answered.
-    pub async fn forward(&self, me: &str, holder: Holder, parts: Parts, body: Bytes) -> Response {
+    /// Send the request to `holder`.
+    pub async fn forward(&self, me: &str, holder: &Holder, request: Outgoing) -> Sent {
         let agent = self.agent.clone();
         let me = me.to_string();
-        let url = format!("{}{}", holder.url, parts.uri.path_and_query().map_or("/", |p| p.as_str()));
-        let sent = tokio::task::spawn_blocking(move || -> Result<(u16, Option<String>, Vec<u8>), ureq::Error> {
-            let headers = PASSED_ON.iter().filter_map(|&name| Some((name, parts.headers.get(name)?.to_str().ok()?)));
-            let mut response = if parts.method == Method::GET {
-                let mut request = agent.get(&url).header(FORWARDED_BY, &me);
-                for (name, value) in headers {
-                    request = request.header(name, value);
+        let url = format!("{}{}", holder.url, request.path_and_query);
+        let sent = tokio::task::spawn_blocking(move || -> Result<(u16, bool, Option<String>, Vec<u8>), ureq::Error> {
+            let mut response = if request.get {
+                let mut call = agent.get(&url).header(FORWARDED_BY, &me);
+                for (name, value) in &request.headers {
+                    call = call.header(*name, value);
                 }
-                request.call()?
+                call.call()?
             } else {
-                let mut request = agent.post(&url).header(FORWARDED_BY, &me);
-                for (name, value) in headers {
-                    request = request.header(name, value);
+                let mut call = agent.post(&url).header(FORWARDED_BY, &me);
+                for (name, value) in &request.headers {
+                    call = call.header(*name, value);
                 }
-                request.send(&body[..])?
+                call.send(&request.body[..])?
             };
             let status = response.status().as_u16();
+            let not_owner = response.headers().contains_key(NOT_OWNER);
             let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
             let bytes = response.body_mut().with_config().limit(64 << 20).read_to_vec()?;
-            Ok((status, content_type, bytes))
+            Ok((status, not_owner, content_type, bytes))
         })
         .await;
         match sent {
-            Ok(Ok((status, content_type, bytes))) => {
+            Ok(Ok((503, true, _, _))) => Sent::NotOwner,
+            Ok(Ok((status, _, content_type, bytes))) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 let mut r = (status, bytes).into_response();
                 if let Some(ct) = content_type.and_then(|ct| HeaderValue::from_str(&ct).ok()) {
                     r.headers_mut().insert(header::CONTENT_TYPE, ct);
                 }
-                r
+                Sent::Answered(r)
             }
-            Ok(Err(e)) => unavailable(format!(
-                "the entity is owned by host `{}` at {}, which could not be reached: {e}; retry",
-                holder.node, holder.url
-            )),
-            Err(e) => unavailable(format!("forwarding failed: {e}")),
+            Ok(Err(e)) if before_sending(&e) => Sent::NotSent(e.to_string()),
+            Ok(Err(e)) => Sent::Lost(e.to_string()),
+            Err(e) => Sent::Lost(format!("forwarding failed: {e}")),
         }
     }
+}
+
+/// `502`: the owner was sent the request and did not answer. Whether it ran is
+/// unknown, so it is not sent again; the client decides (a state query tells).
+pub fn lost(holder: &Holder, why: &str) -> Response {
+    let message = format!(
+        "the entity's owner, host `{}` at {}, was sent the request and did not answer ({why}): \
+         it may or may not have been carried out",
+        holder.node, holder.url
+    );
+    (StatusCode::BAD_GATEWAY, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }

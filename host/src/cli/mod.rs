@@ -253,6 +253,12 @@ pub struct ServeArgs {
     /// with `307 Temporary Redirect` to it, instead of forwarding it.
     #[arg(long, requires = "advertise")]
     pub redirect: bool,
+    /// With several hosts: seconds a request for an entity whose partition is
+    /// moving between hosts (its owner died, or it goes to a joining host) waits
+    /// for the new owner before `503` (default: the lease and 2 s more, so a
+    /// failover after a host died is waited out; 0: answer `503` at once).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub handoff_wait_secs: Option<u64>,
     /// Size of a new commit-log segment, in MiB (preallocated; a full disk shows
     /// when a segment is created).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -430,6 +436,7 @@ impl ServeArgs {
                 client_token: client_token.as_deref().map(Token::new),
                 stream_keep_alive: Duration::from_secs(self.stream_keep_alive_secs),
                 redirect: self.redirect,
+                handoff_wait: Duration::from_secs(self.handoff_wait_secs.unwrap_or(self.lease_secs + 2)),
                 ..ApiConfig::default()
             },
             watch: (self.watch_secs > 0).then(|| Duration::from_secs(self.watch_secs)),

@@ -107,12 +107,16 @@ impl Ownership {
     }
 
     /// Read who holds what from the database now (at most every 50 ms), for a
-    /// request whose partition has no known holder: partitions move between the
-    /// keeper's ticks. Blocking.
+    /// request waiting for its partition's owner: partitions move between the
+    /// keeper's ticks. Blocking. A caller that comes while another reads does not
+    /// wait for it: the waiting requests poll, and see the answer next time.
     pub fn refresh(&self) {
         let Some(leases) = &self.leases else { return };
-        // Held while reading: a caller that comes meanwhile waits for the answer.
-        let mut last = self.refreshed.lock().unwrap();
+        let mut last = match self.refreshed.try_lock() {
+            Ok(last) => last,
+            Err(std::sync::TryLockError::WouldBlock) => return,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
         if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
             return;
         }
