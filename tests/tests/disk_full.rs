@@ -98,7 +98,10 @@ fn a_full_disk_fails_writes_then_the_same_process_serves_again_and_loses_nothing
                 match h.join().unwrap() {
                     (a, 200) => acked.insert(a),
                     (a, 503) => failed.insert(a),
-                    (a, status) => panic!("deposit {a}: unexpected status {status}"),
+                    (a, status) => panic!(
+                        "deposit {a}: unexpected status {status}; the server's log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    ),
                 };
             }
         });

@@ -460,16 +460,32 @@ fn at(loc: Loc, e: JournalError) -> JournalError {
 /// is derived data: it is removed and rebuilt from the log. If the fresh one
 /// cannot be opened either (no space, no permission), that error stands.
 fn open_index(dir: &Path) -> JournalResult<Index> {
-    match Index::open(dir) {
+    match open_index_once(dir) {
         Err(JournalError::Locked(m)) => Err(JournalError::Locked(m)),
         Err(e) => {
             tracing::warn!("index {} cannot be opened ({e}); rebuilding it from the commit log", dir.display());
             std::fs::remove_dir_all(dir)
                 .map_err(|e| JournalError::Storage(format!("removing damaged index {}: {e}", dir.display())))?;
-            Index::open(dir)
+            open_index_once(dir)
         }
         ok => ok,
     }
+}
+
+/// `Index::open`, with a panic of the store's own recovery taken as damage. fjall
+/// 3.1 checks a torn entry of its write-ahead file (a write cut short by a full
+/// disk) with a debug assertion before its checksum: in a debug build that panics
+/// on the thread opening the index, which here is the writer's. The index is
+/// derived from the log, so it is rebuilt instead.
+fn open_index_once(dir: &Path) -> JournalResult<Index> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Index::open(dir))).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(JournalError::Corrupt(format!("opening the index panicked: {why}")))
+    })
 }
 
 /// Index every frame of the log after the index's `through`; returns the new
