@@ -7,7 +7,8 @@
 # `random` sends each deposit to a uniformly random account (the tail-latency case:
 # a command may wait behind its entity's write in flight).
 # MNEME_BIN names another `mneme` binary to measure (e.g. an earlier build), with
-# MNEME_COMPONENTS its components directory.
+# MNEME_COMPONENTS its components directory. MNEME_SERVE_ARGS adds flags to
+# `mneme serve`, e.g. "--journal postgres --postgres-url URL" (a fresh database).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-64}
@@ -27,7 +28,7 @@ if [ -z "${MNEME_BIN:-}" ]; then
 fi
 data=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
-"$bin" serve --data "$data" --components "$components" --listen 127.0.0.1:$port --watch-secs 0 &
+"$bin" serve --data "$data" --components "$components" --listen 127.0.0.1:$port --watch-secs 0 ${MNEME_SERVE_ARGS:-} &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$data"' EXIT
 ready=no
