@@ -51,7 +51,7 @@ use crate::forward::{self, Forwarder};
 use crate::journal::{StoredEvent, StoredTopicMessage};
 use crate::metrics;
 use crate::names::{
-    partition_of, persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_label,
+    persistence_id, validate_component_version, validate_entity_id, validate_entity_type, validate_label,
     validate_projection_name, validate_topic, validate_view_key,
 };
 use crate::projection::{GenerationStatus, ProjectionError, ProjectionStatus};
@@ -96,6 +96,7 @@ impl Default for ApiConfig {
             client_token: None,
             stream_keep_alive: crate::subscribe::KEEP_ALIVE,
             redirect: false,
+            // The default lease (10 s) and 2 s more, as `serve` sets it.
             handoff_wait: Duration::from_secs(12),
         }
     }
@@ -477,7 +478,7 @@ async fn owner_gate(
         // Another host sent it here as the owner: run it, or say it was not run.
         return match route {
             forward::Route::Here => next.run(request).await,
-            forward::Route::Elsewhere(_) | forward::Route::Nobody(_) => forward::not_owner(&pid, partition_of(&pid)),
+            forward::Route::Elsewhere(_) | forward::Route::Nobody(_) => forward::not_owner(&pid),
         };
     }
     if matches!(route, forward::Route::Here) {
@@ -488,15 +489,18 @@ async fn owner_gate(
         Ok(bytes) => bytes,
         Err(e) => return ApiError(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")).into_response(),
     };
-    let outgoing = forward::Outgoing::new(&parts, body.clone());
+    let outgoing = forward::Outgoing::new(&parts, body);
     // While the partition moves, wait for its new owner: ask the database again
-    // every 100 ms (partitions move between renewals) until the handoff wait ends.
+    // (at once, then every 100 ms: partitions move between renewals) until the
+    // handoff wait ends.
     let deadline = tokio::time::Instant::now() + app.config.handoff_wait;
     let mut route = route;
     let mut refreshed = false;
     loop {
         let why = match route {
-            forward::Route::Here => return next.run(Request::from_parts(parts, axum::body::Body::from(body))).await,
+            forward::Route::Here => {
+                return next.run(Request::from_parts(parts, axum::body::Body::from(outgoing.body))).await
+            }
             forward::Route::Elsewhere(holder) if app.config.redirect => return forward::redirect(&holder, &parts),
             forward::Route::Elsewhere(holder) => {
                 match app.forwarder.forward(ownership.node(), &holder, outgoing.clone()).await {
@@ -510,14 +514,15 @@ async fn owner_gate(
             }
             forward::Route::Nobody(partition) => format!("no host owns partition {partition} right now"),
         };
-        if refreshed && tokio::time::Instant::now() >= deadline {
-            return forward::unavailable(format!(
-                "`{pid}` is between hosts: {why}; waited {:?} for a new owner; retry",
-                app.config.handoff_wait
-            ));
-        }
         if refreshed {
-            tokio::time::sleep(HANDOFF_POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return forward::unavailable(format!(
+                    "`{pid}` is between hosts: {why}; waited {:?} for a new owner; retry",
+                    app.config.handoff_wait
+                ));
+            }
+            tokio::time::sleep(HANDOFF_POLL.min(left)).await;
         }
         let fresh = ownership.clone();
         let _ = tokio::task::spawn_blocking(move || fresh.refresh()).await;

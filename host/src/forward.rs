@@ -74,9 +74,10 @@ pub fn redirect(holder: &Holder, parts: &Parts) -> Response {
 pub const NOT_OWNER: &str = "mneme-not-owner";
 
 /// `503` to a forwarded request whose entity this host does not own.
-pub fn not_owner(pid: &str, partition: u32) -> Response {
+pub fn not_owner(pid: &str) -> Response {
     let mut r = unavailable(format!(
-        "this host does not own `{pid}` (partition {partition}); it was not run here: send it to the owner"
+        "this host does not own `{pid}` (partition {}); it was not run here: send it to the owner",
+        partition_of(pid)
     ));
     r.headers_mut().insert(NOT_OWNER, HeaderValue::from_static("1"));
     r
@@ -88,7 +89,7 @@ pub struct Outgoing {
     get: bool,
     path_and_query: String,
     headers: Vec<(&'static str, String)>,
-    body: Bytes,
+    pub body: Bytes,
 }
 
 impl Outgoing {
@@ -205,4 +206,79 @@ pub fn lost(holder: &Holder, why: &str) -> Response {
         holder.node, holder.url
     );
     (StatusCode::BAD_GATEWAY, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the forwarder makes of real sockets: only a request that surely did not
+    //! run may be sent again.
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    fn holder(url: String) -> Holder {
+        Holder { partition: 0, node: "other".into(), url, epoch: 1 }
+    }
+
+    fn deposit() -> Outgoing {
+        let request = axum::http::Request::post("/v1/entities/bank-account/a1").body(()).unwrap();
+        let (parts, ()) = request.into_parts();
+        Outgoing::new(&parts, Bytes::from_static(br#"{"type":"Deposit","amount":1}"#))
+    }
+
+    /// A host on a thread that reads one request and does `then` with the socket.
+    fn host(then: impl FnOnce(std::net::TcpStream) + Send + 'static) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.ends_with(br#"{"type":"Deposit","amount":1}"#) {
+                let n = socket.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ended early");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            then(socket);
+        });
+        url
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_connection_is_not_sent_and_may_go_elsewhere() {
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let sent = Forwarder::default().forward("me", &holder(url), deposit()).await;
+        assert!(matches!(sent, Sent::NotSent(_)), "a closed port: not sent");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_host_that_took_the_request_and_died_lost_it_and_answers_502() {
+        let url = host(drop);
+        let h = holder(url);
+        match Forwarder::default().forward("me", &h, deposit()).await {
+            Sent::Lost(why) => assert_eq!(lost(&h, &why).status(), StatusCode::BAD_GATEWAY),
+            _ => panic!("a request read by a host that then closed the connection must count as lost"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn not_the_owner_is_told_apart_from_any_other_503() {
+        let answer = |not_owner: bool| {
+            host(move |mut socket| {
+                let extra = if not_owner { "mneme-not-owner: 1\r\n" } else { "" };
+                let reply = format!("HTTP/1.1 503 Service Unavailable\r\n{extra}content-length: 2\r\n\r\n{{}}");
+                socket.write_all(reply.as_bytes()).unwrap();
+            })
+        };
+        let forwarder = Forwarder::default();
+        let sent = forwarder.forward("me", &holder(answer(true)), deposit()).await;
+        assert!(matches!(sent, Sent::NotOwner), "503 with mneme-not-owner: not run there");
+        match forwarder.forward("me", &holder(answer(false)), deposit()).await {
+            Sent::Answered(r) => assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE),
+            _ => panic!("any other 503 is the owner's answer, passed back"),
+        }
+    }
 }
