@@ -57,6 +57,7 @@ use crate::names::{
 use crate::projection::{GenerationStatus, ProjectionError, ProjectionStatus};
 use crate::router::Outcome;
 use crate::subscribe::{bytes_field, event_json, subscribe, Pages, Source};
+use crate::telemetry;
 /// Re-exported so an embedding program can serve [`router`] without naming axum's version.
 pub use axum;
 
@@ -615,7 +616,8 @@ async fn send_command(
     let (entity_type, entity_id) = path(p)?;
     let payload = body(b)?;
     let manifest = headers.get("mneme-manifest").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let rx = app.engine.submit(&entity_type, &entity_id, manifest, payload.to_vec())?;
+    let span = telemetry::request_span(&headers, "POST", "/v1/entities/{type}/{id}");
+    let rx = span.in_scope(|| app.engine.submit(&entity_type, &entity_id, manifest, payload.to_vec()))?;
     let outcome = match tokio::time::timeout(app.config.reply_timeout, rx).await {
         Ok(Ok(result)) => result?,
         Ok(Err(_)) => return Err(CommandError::ShuttingDown.into()),
@@ -1001,6 +1003,7 @@ async fn ready(State(app): State<AppState>) -> Response {
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let mut text = app.engine.metrics().render() + &app.engine.projections().render_metrics();
+    app.engine.registry().render_metrics(&mut text);
     if let Some(bytes) = app.engine.journal().disk_bytes() {
         let help = "Bytes the journal takes on disk (commit log and index; sled: its files).";
         metrics::render_gauge(&mut text, "journal_disk_bytes", help, bytes);

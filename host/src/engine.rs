@@ -34,6 +34,7 @@ use crate::projection::Projections;
 use crate::router::{EntityState, Envelope, Outcome, ReplyTo, Router, ShardMsg};
 use crate::shard::{self, RecoveryPermits, Shared};
 use crate::side_effects::SideEffectRunner;
+use crate::telemetry;
 use crate::topics::{self, Topics};
 use crate::writer::{self, Head, WriterMsg};
 
@@ -248,6 +249,7 @@ impl Engine {
             accepted: std::time::Instant::now(),
             reply_to: ReplyTo::Caller(tx),
             origin: None,
+            span: telemetry::command_span(&tracing::Span::current(), entity_type, entity_id, None),
         };
         let shard = self.inner.router.shard_of(&pid);
         shard.send(ShardMsg::Command(env)).map_err(|_| CommandError::ShuttingDown)?;

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod error;
 pub mod names;
 pub mod clock;
+pub mod telemetry;
 
 pub use config::EngineConfig;
 pub use engine::Engine;

@@ -11,11 +11,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(with_config_file(std::env::args_os().collect())?);
     match cli.command {
         Command::Serve(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "mneme=info".into()),
-                )
-                .init();
+            let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "mneme".into());
+            // Dropped last: the spans of the shutdown are exported too.
+            let _telemetry = mneme::telemetry::init(args.otlp_endpoint.as_deref(), &service)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(mneme::server::serve((*args).into_config()?))
         }

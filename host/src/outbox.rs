@@ -62,6 +62,7 @@ use crate::journal::{Journal, OutboxBatch, OutboxEntry, Timer, WriteBatch};
 use crate::metrics::Metrics;
 use crate::names::persistence_id;
 use crate::router::{Envelope, Origin, Outcome, ReplyTo, Router};
+use crate::telemetry;
 use crate::writer::{WriteRequest, Writer, WriterMsg};
 
 /// Deliveries waiting for their outcome at once, at most.
@@ -275,6 +276,7 @@ impl Outbox {
                 accepted_ms: now,
                 accepted: std::time::Instant::now(),
                 reply_to: ReplyTo::Callback(Box::new(move |result| answer.send(result))),
+                span: telemetry::command_span(&tracing::Span::none(), &e.target_type, &e.target_id, Some(key.as_str())),
                 origin: Some(Origin { source: e.source.clone(), key: key.clone() }),
             };
             self.metrics.outbox_deliveries_total.fetch_add(1, Relaxed);
@@ -353,6 +355,7 @@ impl Outbox {
             }
             let t = entry.remove();
             let env = Envelope {
+                span: telemetry::command_span(&tracing::Span::none(), &t.entity_type, &t.entity_id, None),
                 entity_type: t.entity_type,
                 entity_id: t.entity_id,
                 manifest: String::new(),

@@ -83,6 +83,8 @@ pub struct Envelope {
     pub reply_to: ReplyTo,
     /// Set for a command another entity sent (`command-metadata.origin`).
     pub origin: Option<Origin>,
+    /// The command's trace span (disabled unless spans are exported).
+    pub span: tracing::Span,
 }
 
 /// What a shard is asked to do.

@@ -27,7 +27,7 @@ const LAYERS: &[&[&str]] = &[
     &["component", "journal"],
     &["config", "metrics"],
     &["error"],
-    &["names", "clock"],
+    &["names", "clock", "telemetry"],
 ];
 
 /// Crates a module must never use (what it must not know).

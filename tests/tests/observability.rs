@@ -84,3 +84,41 @@ fn metrics_show_latency_guest_time_writes_and_stashes_per_entity_type() {
     eventually("no command stashed", &server, |t| t.contains("mneme_stashed_commands{entity_type=\"task-manager\"} 0"));
     assert!(server.terminate().success());
 }
+
+/// Which component version serves each type, how many are stored and their size:
+/// what an operator checks after a deploy or a rollback.
+#[test]
+fn metrics_show_each_components_active_version() {
+    let data = tempfile::tempdir().unwrap();
+    let comps = components_dir(&[example("bank-account"), example("task-manager")]);
+    let server = Server::start(data.path(), comps.path(), &[]);
+    let v1 = std::fs::read(example("bank-account")).unwrap();
+    let gauge = |text: &str, name: &str| -> u64 { metric(text, &format!("{name}{{entity_type=\"bank-account\"}}")) };
+
+    let text = server.request("GET", "/metrics", b"").1;
+    assert_eq!(gauge(&text, "mneme_component_active_version"), 1);
+    assert_eq!(gauge(&text, "mneme_component_versions"), 1);
+    assert_eq!(gauge(&text, "mneme_component_bytes"), v1.len() as u64);
+    assert_eq!(metric::<u64>(&text, "mneme_component_active_version{entity_type=\"task-manager\"}"), 1);
+    let hash = server.get("/v1/components").1["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["entity_type"] == "bank-account")
+        .map(|c| c["hash"].as_str().unwrap().to_string())
+        .unwrap();
+    let info = format!("mneme_component_info{{entity_type=\"bank-account\",version=\"1\",hash=\"{}\",", &hash[..12]);
+    assert!(text.contains(&info), "{info} not in\n{text}");
+
+    // A deploy over HTTP, then a rollback.
+    let v2 = mneme_tests::rebuilt(&v1, "v2");
+    assert_eq!(server.request("PUT", "/v1/components/bank-account", &v2).0, 200);
+    let text = server.request("GET", "/metrics", b"").1;
+    assert_eq!(gauge(&text, "mneme_component_active_version"), 2);
+    assert_eq!(gauge(&text, "mneme_component_versions"), 2);
+    assert_eq!(gauge(&text, "mneme_component_bytes"), v2.len() as u64);
+    assert_eq!(server.request("POST", "/v1/components/bank-account/versions/1/activate", b"").0, 200);
+    let text = server.request("GET", "/metrics", b"").1;
+    assert_eq!(gauge(&text, "mneme_component_active_version"), 1);
+    assert_eq!(gauge(&text, "mneme_component_versions"), 2);
+}

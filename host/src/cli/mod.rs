@@ -259,6 +259,13 @@ pub struct ServeArgs {
     /// failover after a host died is waited out; 0: answer `503` at once).
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=600))]
     pub handoff_wait_secs: Option<u64>,
+    /// Export a trace span per command (with its recovery and guest call) to this
+    /// OpenTelemetry collector over OTLP/HTTP, e.g. `http://localhost:4318`
+    /// (`/v1/traces` is added to a URL without a path). A request's `traceparent`
+    /// header makes its command part of the caller's trace. The service name is
+    /// `OTEL_SERVICE_NAME`, else `mneme`.
+    #[arg(long, env = "MNEME_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Size of a new commit-log segment, in MiB (preallocated; a full disk shows
     /// when a segment is created).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]

@@ -230,6 +230,41 @@ impl Registry {
         v
     }
 
+    /// Per-component gauges for `/metrics`, labelled `entity_type`: which version
+    /// is active (and its hash, an info gauge), how many are stored, its size.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let active = self.list();
+        if active.is_empty() {
+            return;
+        }
+        let stored: Vec<usize> = active.iter().map(|c| self.versions(&c.entity_type).len()).collect();
+        let families = [
+            ("component_active_version", "The version of the component serving this entity type."),
+            ("component_versions", "Versions of this entity type's component stored (any can be activated)."),
+            ("component_bytes", "Size of the active component's .wasm file."),
+            ("component_info", "1 per entity type, labelled with its active version, hash and state version."),
+        ];
+        for (name, help) in families {
+            let _ = writeln!(out, "# HELP mneme_{name} {help}\n# TYPE mneme_{name} gauge");
+            for (c, stored) in active.iter().zip(&stored) {
+                let t = &c.entity_type;
+                let _ = match name {
+                    "component_active_version" => writeln!(out, "mneme_{name}{{entity_type=\"{t}\"}} {}", c.version),
+                    "component_versions" => writeln!(out, "mneme_{name}{{entity_type=\"{t}\"}} {stored}"),
+                    "component_bytes" => writeln!(out, "mneme_{name}{{entity_type=\"{t}\"}} {}", c.size),
+                    _ => writeln!(
+                        out,
+                        "mneme_{name}{{entity_type=\"{t}\",version=\"{}\",hash=\"{}\",state_version=\"{}\"}} 1",
+                        c.version,
+                        &c.hash[..c.hash.len().min(12)],
+                        c.info.state_version
+                    ),
+                };
+            }
+        }
+    }
+
     /// Every stored version number of `entity_type`.
     pub fn versions(&self, entity_type: &str) -> Vec<u64> {
         self.store.versions(entity_type).map(|v| v.into_iter().map(|v| v.version).collect()).unwrap_or_default()

@@ -225,6 +225,7 @@ mod tests {
             accepted: std::time::Instant::now(),
             reply_to: ReplyTo::None,
             origin: None,
+            span: tracing::Span::none(),
         };
         PendingReply {
             pid: pid.into(),

@@ -24,6 +24,7 @@ use crate::journal::{AppliedKey, JournalError, NewEvent, Snapshot};
 use crate::names::{persistence_id, validate_label};
 use crate::router::{Envelope, Origin, Outcome};
 use crate::side_effects::Released;
+use crate::telemetry;
 
 use super::batch::PendingReply;
 use super::entity::{Drain, Entity};
@@ -45,7 +46,9 @@ impl Shard {
             // One with work pending keeps it: if its lease is gone, its write is
             // fenced and it recovers after that.
             Some(e) if e.epoch == lease || !e.is_quiet() => e,
-            _ => match self.recover(&comp, &env.entity_type, &env.entity_id) {
+            _ => match telemetry::recover_span(&env.span)
+                .in_scope(|| self.recover(&comp, &env.entity_type, &env.entity_id))
+            {
                 Ok(mut e) => {
                     e.epoch = lease;
                     e
@@ -79,6 +82,13 @@ impl Shard {
     /// Count the outcome and hand it to whoever waits for it.
     pub(super) fn respond(&self, env: Envelope, result: CommandResult<Outcome>) {
         self.shared.metrics.count_outcome(&result);
+        if !env.span.is_disabled() {
+            match &result {
+                Ok(Outcome::ReplyError(_)) => env.span.record("outcome", "reply-error"),
+                Ok(_) => env.span.record("outcome", "ok"),
+                Err(e) => env.span.record("outcome", tracing::field::display(e)),
+            };
+        }
         // An unknown type gets no metrics of its own (see `TypeMetrics`).
         if !matches!(result, Err(CommandError::UnknownType(_))) {
             self.with_type(&env.entity_type, |m| {
@@ -165,9 +175,11 @@ impl Shard {
         let runner = &shared.side_effects;
         match action {
             Action::Persist(events) if !events.is_empty() => {
+                env.span.record("events", events.len());
                 if let Err(e) = self.persist(comp, pid, entity, env.accepted_ms, events) {
                     return self.respond(env, Err(e));
                 }
+                env.span.record("seq_nr", entity.seq_nr);
                 let planned = runner.plan(pid, entity.seq_nr, true, env.accepted_ms, effect.then);
                 let applied = applied_key(pid, entity.seq_nr, &env.origin);
                 self.batches.add_outbox(pid, planned.records, applied, entity.seq_nr, entity.state.clone());
@@ -181,6 +193,7 @@ impl Shard {
             }
             // (`Stash` is handled before `carry_out` is called.)
             Action::Persist(_) | Action::None | Action::Stash => {
+                env.span.record("seq_nr", entity.seq_nr);
                 let planned = runner.plan(pid, entity.seq_nr, false, env.accepted_ms, effect.then);
                 if planned.records.is_empty() {
                     return self.reply_when_durable(pid, entity, env, Ok(outcome), planned.released);
@@ -229,8 +242,10 @@ impl Shard {
                     .map(|o| wit::Origin { source: o.source.clone(), idempotency_key: o.key.clone() }),
             },
         };
+        env.span.record("component.version", comp.version);
         let started = Instant::now();
-        let decided = self.handler(comp).map(|h| h.handle_command(&entity.state, &command));
+        let decided = telemetry::handle_command_span(&env.span)
+            .in_scope(|| self.handler(comp).map(|h| h.handle_command(&entity.state, &command)));
         self.with_type(&comp.entity_type, |m| m.guest_call_seconds.observe(started.elapsed()));
         // The envelope may be stashed and handed in again: give the command back.
         env.manifest = command.manifest;

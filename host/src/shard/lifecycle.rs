@@ -71,6 +71,10 @@ impl Shard {
         self.shared.metrics.recoveries_total.fetch_add(1, Relaxed);
         let took = started.elapsed();
         self.shared.metrics.recovery_seconds.observe(took);
+        // The `recover` span, when a command's trace asked for one.
+        let span = tracing::Span::current();
+        span.record("events", seq_nr - snapshot_seq_nr);
+        span.record("snapshot_seq_nr", snapshot_seq_nr);
         tracing::debug!(
             %pid,
             seq_nr,
