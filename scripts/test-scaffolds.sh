@@ -6,7 +6,8 @@
 # (scripts/install-guest-toolchains.sh installs them).
 #   scripts/test-scaffolds.sh [rust|python|js|c ...]     (default: all four)
 # Shares $CARGO_TARGET_DIR (default: target/) with the workspace, so the testkit
-# and the SDK are not compiled again.
+# and the SDK are not compiled again (but for Rust, whose project is made from
+# the sources built into the binary, as a user outside a checkout gets it).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -43,7 +44,15 @@ for lang in "${langs[@]}"; do
   dir="$work/$name"
   echo "==> mneme new --lang $lang $name"
   start=$SECONDS
-  "$mneme" new --lang "$lang" --dir "$dir" --mneme-src "$root" "$name"
+  if [ "$lang" = rust ]; then
+    # As from a binary installed anywhere: the SDK and the testkit built into it,
+    # written out under a fresh XDG_DATA_HOME (no checkout named).
+    (unset MNEME_SRC; XDG_DATA_HOME="$work/xdg" "$mneme" new --lang "$lang" --dir "$dir" "$name")
+    grep -q "path = \"$work/xdg/mneme/src/" "$dir/Cargo.toml" \
+      || { echo "test-scaffolds: $name does not use the built-in sources" >&2; cat "$dir/Cargo.toml" >&2; exit 1; }
+  else
+    "$mneme" new --lang "$lang" --dir "$dir" --mneme-src "$root" "$name"
+  fi
   (cd "$dir" && ./build.sh)
   if [ "$lang" = rust ]; then
     (cd "$dir" && cargo test --quiet)

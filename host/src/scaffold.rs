@@ -142,20 +142,83 @@ pub fn files(lang: &str, names: &Names, mneme_src: &str) -> anyhow::Result<Vec<(
     Ok(files)
 }
 
+/// The sources built into this binary (see `host/build.rs`): the SDK, the
+/// testkit and the host crate, with the workspace files they need.
+const SOURCES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/sources.rs"));
+
 /// Where mneme's sources are (for the SDK and the testkit): `explicit`, else
-/// `$MNEME_SRC`, else the checkout this binary was built from.
+/// `$MNEME_SRC`, else the sources built into this binary, written out once under
+/// `$XDG_DATA_HOME/mneme/src/VERSION-HASH` (default `~/.local/share`), so a
+/// project builds against the very SDK and testkit of the `mneme` that made it.
 pub fn mneme_src(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let candidate = explicit
+    let given = explicit
         .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("MNEME_SRC").map(PathBuf::from))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+        .or_else(|| std::env::var_os("MNEME_SRC").filter(|s| !s.is_empty()).map(PathBuf::from));
+    let Some(candidate) = given else { return built_in_sources() };
     let src = candidate.canonicalize().unwrap_or(candidate);
     anyhow::ensure!(
         src.join("guest-sdk/Cargo.toml").exists() && src.join("testkit/Cargo.toml").exists(),
-        "{} is not a mneme source tree (no guest-sdk/ and testkit/): pass --mneme-src PATH or set MNEME_SRC",
+        "{} is not a mneme source tree (no guest-sdk/ and testkit/): pass --mneme-src PATH, or neither it nor MNEME_SRC to use the sources built into mneme",
         src.display()
     );
     Ok(src)
+}
+
+/// The built-in sources, written out (once: a complete copy is never written again).
+fn built_in_sources() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").context("neither XDG_DATA_HOME nor HOME is set")?)
+            .join(".local/share"),
+    };
+    write_sources(&base)
+}
+
+/// The built-in sources under `base/mneme/src/VERSION-HASH`.
+fn write_sources(base: &Path) -> anyhow::Result<PathBuf> {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    for (path, bytes) in SOURCES {
+        hash.update((path.len() as u64).to_le_bytes());
+        hash.update(path.as_bytes());
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    }
+    let id = hex::encode(&hash.finalize()[..6]);
+    let dir = base.join("mneme/src").join(format!("{}-{id}", env!("CARGO_PKG_VERSION")));
+    // Written last: its presence says the copy is complete.
+    let complete = dir.join(".complete");
+    if complete.exists() {
+        return Ok(dir);
+    }
+    let parent = dir.parent().unwrap();
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    // Written beside, then renamed: a copy is never seen half written.
+    let partial = tempfile::Builder::new().prefix(".partial-").tempdir_in(parent)?;
+    for (path, bytes) in SOURCES {
+        let dest = partial.path().join(path);
+        std::fs::create_dir_all(dest.parent().unwrap())?;
+        let bytes = if *path == "Cargo.toml" { workspace_manifest(bytes)?.into_bytes() } else { bytes.to_vec() };
+        std::fs::write(&dest, bytes).with_context(|| format!("writing {}", dest.display()))?;
+    }
+    std::fs::write(partial.path().join(".complete"), b"")?;
+    match std::fs::rename(partial.path(), &dir) {
+        Ok(()) => Ok(dir),
+        // Another `mneme new` wrote it meanwhile: theirs is the same (ours is removed).
+        Err(_) if complete.exists() => Ok(dir),
+        Err(e) => Err(e).with_context(|| format!("moving the sources to {}", dir.display())),
+    }
+}
+
+/// The workspace's `Cargo.toml` with only the crates a project uses as members.
+fn workspace_manifest(original: &[u8]) -> anyhow::Result<String> {
+    let mut manifest: toml::Table = std::str::from_utf8(original)?.parse()?;
+    let workspace = manifest.get_mut("workspace").and_then(|w| w.as_table_mut()).context("no [workspace]")?;
+    let members = ["host", "guest-sdk", "testkit"].map(|m| toml::Value::String(m.into()));
+    workspace.insert("members".into(), toml::Value::Array(members.to_vec()));
+    workspace.remove("default-members");
+    let header = "# mneme's workspace, as built into the `mneme` binary that wrote it out (`mneme new`).\n\n";
+    Ok(header.to_string() + &toml::to_string(&manifest)?)
 }
 
 /// Write a new project for `name` in `lang` into `dir` (which must not exist).
@@ -195,6 +258,30 @@ mod tests {
             }
         }
         assert!(files("cobol", &n, "/x").is_err());
+        assert!(mneme_src(Some(Path::new("/"))).unwrap_err().to_string().contains("is not a mneme source tree"));
         assert!(files("python", &Names::new("entity").unwrap(), "/x").is_err());
+    }
+
+    #[test]
+    fn the_built_in_sources_are_the_workspace_s_and_are_written_once() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = write_sources(base.path()).unwrap();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for rel in ["guest-sdk/src/lib.rs", "testkit/src/lib.rs", "host/src/lib.rs", "wit/entity.wit", "Cargo.lock"] {
+            let theirs = std::fs::read(workspace.join(rel)).unwrap();
+            assert_eq!(std::fs::read(dir.join(rel)).unwrap(), theirs, "{rel} differs from the workspace's");
+        }
+        let manifest: toml::Table = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap().parse().unwrap();
+        let members = manifest["workspace"]["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3);
+        assert!(manifest["workspace"].get("default-members").is_none());
+        assert!(manifest["workspace"]["dependencies"].get("mneme-sdk").is_some());
+        // Once written, reused as it is.
+        let marker = std::fs::metadata(dir.join(".complete")).unwrap().modified().unwrap();
+        assert_eq!(write_sources(base.path()).unwrap(), dir);
+        assert_eq!(std::fs::metadata(dir.join(".complete")).unwrap().modified().unwrap(), marker);
+        // Nothing half written is left beside it.
+        let beside: Vec<_> = std::fs::read_dir(dir.parent().unwrap()).unwrap().collect();
+        assert_eq!(beside.len(), 1);
     }
 }

@@ -140,7 +140,8 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// mneme's source tree, for the SDK and the testkit (default: $MNEME_SRC, else
-        /// the checkout this binary was built from).
+        /// the sources built into this binary, written out under
+        /// ~/.local/share/mneme/src).
         #[arg(long, value_name = "PATH")]
         mneme_src: Option<PathBuf>,
     },
