@@ -28,8 +28,9 @@ use crate::names::partition_of;
 /// Set on a forwarded request: the node id of the host that forwarded it.
 pub const FORWARDED_BY: &str = "mneme-forwarded-by";
 
-/// Request headers passed on to the owner.
-const PASSED_ON: [&str; 4] = ["authorization", "content-type", "mneme-manifest", "accept"];
+/// Request headers passed on to the owner (`traceparent` and `tracestate`: the
+/// command's span on the owner stays in the caller's trace).
+const PASSED_ON: [&str; 6] = ["authorization", "content-type", "mneme-manifest", "accept", "traceparent", "tracestate"];
 
 /// Where a request for an entity goes.
 pub enum Route {
@@ -280,5 +281,48 @@ mod tests {
             Sent::Answered(r) => assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE),
             _ => panic!("any other 503 is the owner's answer, passed back"),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_owner_gets_the_callers_token_manifest_and_trace_context() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.ends_with(br#"{"type":"Deposit","amount":1}"#) {
+                let n = socket.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ended early");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+            tx.send(String::from_utf8_lossy(&seen).to_lowercase()).unwrap();
+        });
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let request = axum::http::Request::post("/v1/entities/bank-account/a1")
+            .header("authorization", "Bearer client-token-0123456789")
+            .header("mneme-manifest", "Deposit.v2")
+            .header("traceparent", traceparent)
+            .header("tracestate", "vendor=1")
+            .header("cookie", "not=passed")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let outgoing = Outgoing::new(&parts, Bytes::from_static(br#"{"type":"Deposit","amount":1}"#));
+        let sent = Forwarder::default().forward("me", &holder(url), outgoing).await;
+        assert!(matches!(sent, Sent::Answered(_)));
+        let seen = rx.recv().unwrap();
+        for line in [
+            "authorization: bearer client-token-0123456789",
+            "mneme-manifest: deposit.v2",
+            &format!("traceparent: {traceparent}"),
+            "tracestate: vendor=1",
+            "mneme-forwarded-by: me",
+        ] {
+            assert!(seen.contains(line), "{line} not passed on:\n{seen}");
+        }
+        assert!(!seen.contains("cookie"), "only the headers named are passed on:\n{seen}");
     }
 }
