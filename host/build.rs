@@ -25,6 +25,7 @@ const ROOTS: &[&str] = &[
     "wit",
     "examples/bank-account-c/json.h",
     "examples/config/mneme.toml",
+    "examples/README-languages.md",
 ];
 
 fn main() {

@@ -7,7 +7,16 @@ use mneme::cli::{run_client, with_config_file, Cli, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // The error and its causes on one line; no backtrace (RUST_BACKTRACE is for
+    // panics, and these are the user's errors: a bad flag, a missing file).
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse_from(with_config_file(std::env::args_os().collect())?);
     match cli.command {
         Command::Serve(args) => {

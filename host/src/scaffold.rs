@@ -224,7 +224,7 @@ fn workspace_manifest(original: &[u8]) -> anyhow::Result<String> {
 /// Write a new project for `name` in `lang` into `dir` (which must not exist).
 pub fn create(lang: &str, name: &str, dir: &Path, mneme_src: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let names = Names::new(name)?;
-    anyhow::ensure!(!dir.exists(), "{} exists already", dir.display());
+    anyhow::ensure!(!dir.exists(), "{} exists already: choose another name, or --dir PATH", dir.display());
     let src = mneme_src.to_string_lossy().into_owned();
     let mut written = Vec::new();
     for (rel, text, executable) in files(lang, &names, &src)? {

@@ -51,7 +51,9 @@ impl Drop for Telemetry {
 /// client blocks, on the exporter's own thread).
 pub fn init(otlp_endpoint: Option<&str>, service_name: &str) -> anyhow::Result<Telemetry> {
     let log_filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "mneme=info".into());
-    let log = tracing_subscriber::fmt::layer().with_filter(log_filter);
+    // Colours only for a terminal: a log file or a journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let log = tracing_subscriber::fmt::layer().with_ansi(ansi).with_filter(log_filter);
     let Some(endpoint) = otlp_endpoint else {
         tracing_subscriber::registry().with(log).init();
         return Ok(Telemetry { provider: None });

@@ -188,6 +188,35 @@ pub struct TestKit {
     pub serialization_check: bool,
 }
 
+/// Make `data_dir/cache` (the registry's precompiled code) the cache kept
+/// across test runs, which keeps the newest [`KEPT_PRECOMPILED`] entries (a
+/// Python component's is about 36 MB); without a home directory, the run
+/// compiles on its own.
+fn share_precompiled(data_dir: &Path) {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")));
+    let Some(cache) = base.map(|b| b.join("mneme/testkit")) else { return };
+    #[cfg(unix)]
+    if std::fs::create_dir_all(&cache).is_ok() {
+        let _ = std::os::unix::fs::symlink(&cache, data_dir.join("cache"));
+        let mut entries: Vec<_> = std::fs::read_dir(&cache)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+        for (_, old) in entries.into_iter().skip(KEPT_PRECOMPILED) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+}
+
+/// Precompiled components kept across test runs.
+const KEPT_PRECOMPILED: usize = 16;
+
 impl TestKit {
     /// A component file (any language), deployed under its file stem, with the
     /// server's default sandbox limits.
@@ -201,8 +230,11 @@ impl TestKit {
     /// A component's bytes deployed as `entity_type`, with the given limits.
     ///
     /// Compiling a Python or JavaScript component takes seconds, so the compiled
-    /// component is kept for the rest of the process: the tests of one file
-    /// compile it once, whichever runs first (the others wait for it).
+    /// component is kept for the rest of the process (the tests of one file
+    /// compile it once, whichever runs first; the others wait for it), and its
+    /// precompiled code across runs, in `$XDG_CACHE_HOME/mneme/testkit` (default
+    /// `~/.cache/mneme/testkit`), keyed like the server's cache by the
+    /// component's hash and the engine's settings.
     pub fn wasm_bytes(entity_type: &str, wasm: &[u8], limits: SandboxLimits) -> anyhow::Result<TestKit> {
         type Compiled = (Arc<LoadedComponent>, Arc<Registry>, Arc<tempfile::TempDir>);
         static COMPILED: Mutex<BTreeMap<String, Compiled>> = Mutex::new(BTreeMap::new());
@@ -212,6 +244,7 @@ impl TestKit {
             Some(c) => c.clone(),
             None => {
                 let dir = Arc::new(tempfile::tempdir()?);
+                share_precompiled(dir.path());
                 let registry = Arc::new(Registry::open(Runtime::new(limits)?, dir.path())?);
                 let component = registry.deploy(entity_type, wasm).map_err(anyhow::Error::msg)?;
                 let c = (component, registry, dir);

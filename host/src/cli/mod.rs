@@ -71,9 +71,12 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Make an earlier version of an entity type active again.
+    /// Make another stored version of an entity type active: an earlier one (a
+    /// rollback) or a later one again (`mneme components` lists the versions).
     Rollback {
+        /// The entity type.
         entity_type: String,
+        /// The stored version to activate.
         version: u64,
         #[command(flatten)]
         server: ServerArg,

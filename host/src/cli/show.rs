@@ -84,9 +84,10 @@ fn events(v: &Value) -> Option<String> {
     if list.is_empty() {
         out.push_str("\n(no events)");
     }
-    // Where the next page starts (tag queries say it; entity pages go on by seq nr).
+    // Where to read on: the rest of a full page, or events written later (tag
+    // queries say it; entity pages go on by seq nr).
     if let Some(next) = v["next_from"].as_u64() {
-        out.push_str(&format!("\nnext page: --from {next}"));
+        out.push_str(&format!("\ncontinue with: --from {next}"));
     }
     Some(out)
 }
@@ -197,7 +198,7 @@ mod tests {
         let shown = show(Answer::Events, text);
         assert_eq!(
             shown,
-            "OFFSET  ENTITY  SEQ  MANIFEST   PAYLOAD\n7       a|1     2    Deposited  {\"amount\":9}\nnext page: --from 8"
+            "OFFSET  ENTITY  SEQ  MANIFEST   PAYLOAD\n7       a|1     2    Deposited  {\"amount\":9}\ncontinue with: --from 8"
         );
     }
 
