@@ -228,8 +228,9 @@ mod tests {
         Outgoing::new(&parts, Bytes::from_static(br#"{"type":"Deposit","amount":1}"#))
     }
 
-    /// A host on a thread that reads one request and does `then` with the socket.
-    fn host(then: impl FnOnce(std::net::TcpStream) + Send + 'static) -> String {
+    /// A host on a thread that reads one request and does `then` with the socket
+    /// and the request's bytes.
+    fn host(then: impl FnOnce(std::net::TcpStream, Vec<u8>) + Send + 'static) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         std::thread::spawn(move || {
@@ -241,7 +242,7 @@ mod tests {
                 assert!(n > 0, "the request ended early");
                 seen.extend_from_slice(&buf[..n]);
             }
-            then(socket);
+            then(socket, seen);
         });
         url
     }
@@ -257,7 +258,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_host_that_took_the_request_and_died_lost_it_and_answers_502() {
-        let url = host(drop);
+        let url = host(|socket, _| drop(socket));
         let h = holder(url);
         match Forwarder::default().forward("me", &h, deposit()).await {
             Sent::Lost(why) => assert_eq!(lost(&h, &why).status(), StatusCode::BAD_GATEWAY),
@@ -268,7 +269,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn not_the_owner_is_told_apart_from_any_other_503() {
         let answer = |not_owner: bool| {
-            host(move |mut socket| {
+            host(move |mut socket, _| {
                 let extra = if not_owner { "mneme-not-owner: 1\r\n" } else { "" };
                 let reply = format!("HTTP/1.1 503 Service Unavailable\r\n{extra}content-length: 2\r\n\r\n{{}}");
                 socket.write_all(reply.as_bytes()).unwrap();
@@ -285,18 +286,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_owner_gets_the_callers_token_manifest_and_trace_context() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let (mut socket, _) = listener.accept().unwrap();
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !seen.ends_with(br#"{"type":"Deposit","amount":1}"#) {
-                let n = socket.read(&mut buf).unwrap();
-                assert!(n > 0, "the request ended early");
-                seen.extend_from_slice(&buf[..n]);
-            }
+        let url = host(move |mut socket, seen| {
             socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
             tx.send(String::from_utf8_lossy(&seen).to_lowercase()).unwrap();
         });
