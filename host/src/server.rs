@@ -240,8 +240,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         opened = &mut opening => opened??,
     };
     let _ = started.set(engine.clone());
-    startup.stage("loading components");
+    // Hand over to the full API first: its `/ready` names each component still
+    // loading, which the starting router cannot; set the other way round, a look in
+    // between would be told "loading components" without the names.
     startup.started(api::router_with(engine.clone(), config.api, Some(startup.clone())));
+    startup.stage("loading components");
     {
         let (engine, components, startup) = (engine.clone(), config.components.clone(), startup.clone());
         let loader = engine.clone();
