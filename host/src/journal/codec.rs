@@ -237,7 +237,22 @@ pub struct EventHead<'a> {
     pub offset: u64,
     pub seq_nr: u64,
     pub persistence_id: &'a str,
-    pub tags: Vec<&'a str>,
+    /// The event's tags, decoded as they are taken (indexing allocates nothing here).
+    pub tags: Tags<'a>,
+}
+
+pub struct Tags<'a> {
+    dec: Dec<'a>,
+    left: u16,
+}
+
+impl<'a> Iterator for Tags<'a> {
+    type Item = JournalResult<&'a str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.left = self.left.checked_sub(1)?;
+        Some(self.dec.str16_ref())
+    }
 }
 
 pub fn event_head(bytes: &[u8]) -> JournalResult<EventHead<'_>> {
@@ -245,9 +260,8 @@ pub fn event_head(bytes: &[u8]) -> JournalResult<EventHead<'_>> {
     let (offset, seq_nr, _timestamp) = (r.u64()?, r.u64()?, r.u64()?);
     let persistence_id = r.str16_ref()?;
     let (_writer, _manifest) = (r.str16_ref()?, r.str16_ref()?);
-    let n = r.u16()?;
-    let tags = (0..n).map(|_| r.str16_ref()).collect::<JournalResult<Vec<_>>>()?;
-    Ok(EventHead { offset, seq_nr, persistence_id, tags })
+    let left = r.u16()?;
+    Ok(EventHead { offset, seq_nr, persistence_id, tags: Tags { dec: r, left } })
 }
 
 /// The persistence id of a snapshot record, and the timer id of a timer record

@@ -6,8 +6,9 @@
 //! Keyspace `index` (keys as in `keys.rs`; every value is a [`Loc`]):
 //!
 //! ```text
-//! b'e' pid 0x00 seq_nr(u64 BE)   -> Loc of the event record
-//! b't' tag 0x00 offset(u64 BE)   -> Loc of the event record       tag index
+//! b'e' crc32c(pid)(u32 BE) pid 0x00 seq_nr(u64 BE)  -> Loc of the event record
+//! b't' tag 0x00 offset(u64 BE)   -> the frame's events carrying the tag, from the
+//!                                    one at `offset` on (a tag list, below)
 //! b's' pid                       -> Loc of the latest snapshot record
 //! b'm' id(u64 BE)                -> Loc of a stored timer record (removed when delivered)
 //! b'v' projection 0x00 generation(u32 BE) key  -> Loc of a view's put record   (`views.rs`)
@@ -16,7 +17,21 @@
 //! b'x', b'k', b'q' ...            -> the outbox's pending entries, applied idempotency
 //!                                    keys and topic messages (`outbox.rs`)
 //! ```
-//! and `0x00 "through"` -> [`Through`], written in the same fjall batch as the
+//! An event key starts with a hash of its persistence id because fjall's memtable
+//! compares keys by their first four bytes before it follows a pointer to the
+//! rest: with the id first, the keys of one entity type share those bytes, and
+//! each of an insert's comparisons read the whole key from another cache line.
+//!
+//! A tag list is one entry per tag per frame, not per event: indexing costs one
+//! memtable insert per event and per (frame, tag), where one per event and tag
+//! made tagged events cost twice the inserts. Its value: `segment(u64 LE)`, then
+//! for each event in offset order `offset(u64 LE) pos(u64 LE) len(u32 LE)`.
+//!
+//! `0x00 "format"` -> [`FORMAT`] (u32 LE), written when an empty index is opened.
+//! An index of another format (format 1, one tag entry per event, had no format
+//! key) is refused at open, and the journal rebuilds it from the log.
+//!
+//! `0x00 "through"` -> [`Through`], written in the same fjall batch as the
 //! entries of the frame it names. Both live in one keyspace on purpose: fjall
 //! flushes each keyspace's memtable on its own, and after a crash recovers a
 //! prefix of the batches of its journal on top of what was flushed; in one
@@ -35,7 +50,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use super::body::{self, Record};
 use super::codec;
-use super::keys::{event_key, event_prefix, snapshot_key, tag_key};
+use super::keys::{snapshot_key, tag_key};
 pub use super::location::{IndexBatch, Loc};
 use super::log::Position;
 use super::outbox;
@@ -77,8 +92,29 @@ impl Through {
 }
 
 const THROUGH: &[u8] = b"\0through";
+const FORMAT_KEY: &[u8] = b"\0format";
+/// The index layout this build writes and reads (see the module docs).
+pub const FORMAT: u32 = 2;
+/// Bytes per event in a tag list.
+const TAG_LIST_EVENT: usize = 20;
 const TIMER_PREFIX: u8 = b'm';
 const FRAME_PREFIX: u8 = b'f';
+
+/// The prefix of `pid`'s event keys (see the module docs).
+pub fn event_prefix(pid: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(pid.len() + 14);
+    k.push(b'e');
+    k.extend_from_slice(&crc32c::crc32c(pid.as_bytes()).to_be_bytes());
+    k.extend_from_slice(pid.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn event_key(pid: &str, seq_nr: u64) -> Vec<u8> {
+    let mut k = event_prefix(pid);
+    k.extend_from_slice(&seq_nr.to_be_bytes());
+    k
+}
 
 pub fn frame_key(first_offset: u64) -> [u8; 9] {
     let mut k = [FRAME_PREFIX; 9];
@@ -105,6 +141,58 @@ fn storage(e: fjall::Error) -> JournalError {
     }
 }
 
+/// A frame's tag lists while it is indexed: per tag (in the order first seen),
+/// the offsets of its first and last event and the list's value.
+#[derive(Default)]
+struct TagLists<'a>(Vec<(&'a str, u64, u64, Vec<u8>)>);
+
+impl<'a> TagLists<'a> {
+    fn add(&mut self, tag: &'a str, offset: u64, loc: Loc) {
+        // A frame carries few distinct tags: a scan beats a hash.
+        let (last, list) = match self.0.iter().position(|(t, ..)| *t == tag) {
+            // An event may name a tag twice: it is listed once.
+            Some(i) if self.0[i].2 == offset => return,
+            Some(i) => {
+                let (_, _, last, list) = &mut self.0[i];
+                (last, list)
+            }
+            None => {
+                let mut v = Vec::with_capacity(8 + 8 * TAG_LIST_EVENT);
+                v.extend_from_slice(&loc.segment.to_le_bytes());
+                self.0.push((tag, offset, offset, v));
+                let (_, _, last, list) = self.0.last_mut().unwrap();
+                (last, list)
+            }
+        };
+        *last = offset;
+        list.extend_from_slice(&offset.to_le_bytes());
+        list.extend_from_slice(&loc.pos.to_le_bytes());
+        list.extend_from_slice(&loc.len.to_le_bytes());
+    }
+}
+
+/// The events of a tag list whose key names `first_offset`: offsets and
+/// locations, in offset order.
+fn decode_tag_list(first_offset: u64, v: &[u8]) -> JournalResult<Vec<(u64, Loc)>> {
+    let bad = |why: &str| JournalError::Corrupt(format!("index: tag list of offset {first_offset}: {why}"));
+    if v.len() < 8 + TAG_LIST_EVENT || !(v.len() - 8).is_multiple_of(TAG_LIST_EVENT) {
+        return Err(bad(&format!("{} bytes", v.len())));
+    }
+    let segment = u64::from_le_bytes(v[..8].try_into().unwrap());
+    let mut out: Vec<(u64, Loc)> = Vec::with_capacity((v.len() - 8) / TAG_LIST_EVENT);
+    for e in v[8..].chunks_exact(TAG_LIST_EVENT) {
+        let offset = u64::from_le_bytes(e[..8].try_into().unwrap());
+        let pos = u64::from_le_bytes(e[8..16].try_into().unwrap());
+        let len = u32::from_le_bytes(e[16..].try_into().unwrap());
+        match out.last() {
+            None if offset != first_offset => return Err(bad(&format!("starts at offset {offset}"))),
+            Some(&(last, _)) if offset <= last => return Err(bad(&format!("offset {offset} after {last}"))),
+            _ => out.push((offset, Loc { segment, pos, len })),
+        }
+    }
+    Ok(out)
+}
+
 /// The index entries of a frame whose body starts at `body_pos` of `segment`,
 /// and the [`Through`] after it.
 pub fn index_frame(
@@ -118,14 +206,15 @@ pub fn index_frame(
     let mut through = Through { end: frame_end, ..before };
     let loc = |at: usize, len: usize| Loc { segment, pos: body_pos + at as u64, len: len as u32 };
     let mut first_offset = None;
+    let mut tag_lists = TagLists::default();
     for record in body::records(body)? {
         match record {
             Record::Event { at, len } => {
+                let l = loc(at, len);
                 let head = codec::event_head(&body[at..at + len])?;
-                let l = loc(at, len).encode();
-                batch.puts.push((event_key(head.persistence_id, head.seq_nr), l));
+                batch.puts.push((event_key(head.persistence_id, head.seq_nr), l.encode()));
                 for tag in head.tags {
-                    batch.puts.push((tag_key(tag, head.offset), l));
+                    tag_lists.add(tag?, head.offset, l);
                 }
                 through.next_offset = through.next_offset.max(head.offset + 1);
                 first_offset.get_or_insert(head.offset);
@@ -157,6 +246,9 @@ pub fn index_frame(
     if let Some(first) = first_offset {
         batch.puts.push((frame_key(first).to_vec(), loc(0, body.len()).encode()));
     }
+    for (tag, first, _, list) in tag_lists.0 {
+        batch.lists.push((tag_key(tag, first), list));
+    }
     Ok((batch, through))
 }
 
@@ -182,7 +274,35 @@ impl Index {
         let entries = db
             .keyspace("index", || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))
             .map_err(storage)?;
-        Ok(Index { db, entries, dir: dir.to_path_buf() })
+        let index = Index { db, entries, dir: dir.to_path_buf() };
+        index.check_format()?;
+        Ok(index)
+    }
+
+    /// Mark an empty index with [`FORMAT`]; refuse one of another format.
+    fn check_format(&self) -> JournalResult<()> {
+        let found = self.entries.get(FORMAT_KEY).map_err(storage)?;
+        match found {
+            Some(v) if *v == FORMAT.to_le_bytes() => Ok(()),
+            None if self.through()?.is_none() => {
+                // Before any `through`: a crash that loses it loses every later entry too.
+                self.entries.insert(FORMAT_KEY, FORMAT.to_le_bytes()).map_err(storage)
+            }
+            found => {
+                let was = match found {
+                    None => "format 1".to_string(),
+                    Some(v) => match <[u8; 4]>::try_from(&*v) {
+                        Ok(b) => format!("format {}", u32::from_le_bytes(b)),
+                        Err(_) => format!("an unreadable format marker ({} bytes)", v.len()),
+                    },
+                };
+                Err(JournalError::Corrupt(format!(
+                    "index {} is in {was}, this mneme keeps format {FORMAT}: rebuild it with \
+                     `mneme journal reindex DATA` (a server start does so itself)",
+                    self.dir.display()
+                )))
+            }
+        }
     }
 
     /// A clean close: write the memtable out to table files, close fjall, and
@@ -222,6 +342,9 @@ impl Index {
         for (k, v) in batch.puts {
             b.insert(&self.entries, k, v);
         }
+        for (k, v) in batch.lists {
+            b.insert(&self.entries, k, v);
+        }
         for k in batch.removes {
             b.remove(&self.entries, k);
         }
@@ -240,7 +363,7 @@ impl Index {
         Ok(out)
     }
 
-    /// Whether an index key (e.g. `keys::event_key`) is present.
+    /// Whether an index key (e.g. [`event_key`]) is present.
     pub fn contains(&self, key: &[u8]) -> JournalResult<bool> {
         self.entries.contains_key(key).map_err(storage)
     }
@@ -252,16 +375,40 @@ impl Index {
         }
     }
 
-    /// Locations of the events carrying `tag` with `offset >= from`, in offset order.
+    /// Locations of the events carrying `tag` with `offset >= from`, in offset
+    /// order, at most `limit`: from the tag list holding `from` (whose first
+    /// offset may be lower) on.
     pub fn tagged(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<(u64, Loc)>> {
-        let range = tag_key(tag, from)..=tag_key(tag, u64::MAX);
         let mut out = Vec::new();
-        for g in self.entries.range(range).take(limit) {
+        if limit == 0 {
+            return Ok(out);
+        }
+        let start = match self.entries.range(tag_key(tag, 0)..=tag_key(tag, from)).next_back() {
+            Some(g) => g.key().map_err(storage)?.to_vec(),
+            None => tag_key(tag, from),
+        };
+        for g in self.entries.range(start..=tag_key(tag, u64::MAX)) {
             let (k, v) = g.into_inner().map_err(storage)?;
-            let offset = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap());
-            out.push((offset, Loc::decode(&v)?));
+            let first = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap());
+            for (offset, loc) in decode_tag_list(first, &v)? {
+                if offset >= from {
+                    out.push((offset, loc));
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// The tag list of `tag` whose first event is at `first_offset`, if stored
+    /// (for `verify`).
+    pub fn tag_list(&self, tag: &str, first_offset: u64) -> JournalResult<Option<Vec<(u64, Loc)>>> {
+        match self.entries.get(tag_key(tag, first_offset)).map_err(storage)? {
+            Some(v) => decode_tag_list(first_offset, &v).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn snapshot(&self, pid: &str) -> JournalResult<Option<Loc>> {
@@ -347,8 +494,8 @@ impl Index {
         }
     }
 
-    /// How many entries start with `prefix` (`b'e'` events, `b't'` tags, `b's'`
-    /// snapshots), for `verify`.
+    /// How many entries start with `prefix` (`b'e'` events, `b't'` tag lists,
+    /// `b's'` snapshots), for `verify`.
     pub fn count(&self, prefix: u8) -> JournalResult<u64> {
         let mut n = 0;
         for g in self.entries.prefix([prefix]) {

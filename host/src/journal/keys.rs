@@ -1,5 +1,6 @@
-//! The key layout shared by the embedded backends (`sled_store`, `fjall_store`), so
-//! both store the same keys and values and refuse the same batches.
+//! The key layout of the sled journal (`sled_store`), and the single writer's
+//! sequence check shared by the sled and log journals (the log journal's index
+//! has its own layout, `index.rs`, and borrows only `tag_key` and `snapshot_key`).
 //!
 //! ```text
 //! b'e' pid 0x00 seq_nr(u64 BE)   -> event record (codec::encode_event)
@@ -157,12 +158,12 @@ impl WriterState {
         WriterState { next_offset, last_seq: HashMap::new() }
     }
 
-    /// Refuse a batch that would overwrite an event or leave a gap. `stored(key)`
-    /// tells whether an event key is already stored.
+    /// Refuse a batch that would overwrite an event or leave a gap.
+    /// `stored(pid, seq_nr)` tells whether that event is already stored.
     pub fn check_sequence(
         &self,
         batch: &WriteBatch,
-        mut stored: impl FnMut(&[u8]) -> JournalResult<bool>,
+        mut stored: impl FnMut(&str, u64) -> JournalResult<bool>,
     ) -> JournalResult<()> {
         let mut expected: HashMap<&str, u64> = HashMap::new();
         for e in &batch.events {
@@ -171,11 +172,7 @@ impl WriterState {
                 Some(&next) => e.seq_nr == next,
                 None => match self.last_seq.get(pid) {
                     Some(&last) => e.seq_nr == last + 1,
-                    None => {
-                        e.seq_nr != 0
-                            && !stored(&event_key(pid, e.seq_nr))?
-                            && (e.seq_nr == 1 || stored(&event_key(pid, e.seq_nr - 1))?)
-                    }
+                    None => e.seq_nr != 0 && !stored(pid, e.seq_nr)? && (e.seq_nr == 1 || stored(pid, e.seq_nr - 1)?),
                 },
             };
             if !follows {
@@ -242,10 +239,10 @@ mod tests {
         let batch = |events| WriteBatch { events, ..WriteBatch::default() };
         let mut w = WriterState::new(1);
         let first = batch(vec![ev("a|1", 1, &[]), ev("a|1", 2, &[])]);
-        w.check_sequence(&first, |_| Ok(false)).unwrap();
+        w.check_sequence(&first, |_, _| Ok(false)).unwrap();
         w.written(&first, 3);
         assert_eq!(w.next_offset, 3);
-        let never = |_: &[u8]| -> JournalResult<bool> { panic!("the store is not read for a remembered id") };
+        let never = |_: &str, _: u64| -> JournalResult<bool> { panic!("the store is not read for a remembered id") };
         assert!(w.check_sequence(&batch(vec![ev("a|1", 2, &[])]), never).is_err(), "overwrite");
         assert!(w.check_sequence(&batch(vec![ev("a|1", 4, &[])]), never).is_err(), "gap");
         w.check_sequence(&batch(vec![ev("a|1", 3, &[])]), never).unwrap();
@@ -253,9 +250,9 @@ mod tests {
         let third = batch(vec![ev("a|1", 3, &[])]);
         w.failed(&third);
         let mut reads = 0;
-        let stored_up_to_3 = |k: &[u8]| {
+        let stored_up_to_3 = |_: &str, seq_nr: u64| {
             reads += 1;
-            Ok(event_key_seq_nr(k)? <= 3)
+            Ok(seq_nr <= 3)
         };
         assert!(w.check_sequence(&third, stored_up_to_3).is_err());
         assert_eq!(reads, 1);

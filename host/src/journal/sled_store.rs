@@ -1,8 +1,7 @@
 //! The embedded journal on sled.
 //!
 //! Key layout in the single tree `journal` (one tree, so that one `apply_batch`
-//! makes events, their indexes and snapshots atomic together; built by `keys.rs`,
-//! shared with `fjall_store`):
+//! makes events, their indexes and snapshots atomic together; built by `keys.rs`):
 //!
 //! ```text
 //! b'e' pid 0x00 seq_nr(u64 BE)   -> event record (codec::encode_event)
@@ -130,7 +129,8 @@ impl Journal for SledJournal {
             return Ok(());
         }
         let mut writer = self.writer.lock().unwrap();
-        writer.check_sequence(batch, |k| self.journal.contains_key(k).map_err(storage))?;
+        writer
+            .check_sequence(batch, |pid, seq_nr| self.journal.contains_key(event_key(pid, seq_nr)).map_err(storage))?;
         let (positions, _) = outbox::assign_positions(&batch.outbox.published, &Default::default(), |t| {
             outbox::sled_topic_head(&self.journal, t)
         })?;

@@ -63,6 +63,7 @@ backend_tests!(
     all_events_are_read_by_offset,
     outbox_parts_are_stored_atomically_with_their_batch,
     a_read_sees_every_write_that_returned_before_it,
+    tagged_events_are_read_from_any_offset_with_any_limit,
 );
 
 pub(crate) fn ev(pid: &str, seq: u64, tags: &[&str]) -> NewEvent {
@@ -436,6 +437,106 @@ fn outbox_parts_are_stored_atomically_with_their_batch(open: Opener) {
     let more = OutboxBatch { published: vec![message("news", "four")], ..Default::default() };
     j.write(&WriteBatch { outbox: more, ..WriteBatch::default() }).unwrap();
     assert_eq!(j.topic_head("news").unwrap(), 4, "positions continue after a reopen");
+}
+
+/// Reading by tag from every offset with every limit, over batches holding several
+/// events of one tag (the log journal keeps one tag list per batch and tag), gives
+/// the tagged events in offset order, each once (an event may name a tag twice).
+fn tagged_events_are_read_from_any_offset_with_any_limit(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path()).unwrap();
+    let tags_of = |i: u64| -> Vec<&'static str> {
+        let mut t = Vec::new();
+        if i.is_multiple_of(2) {
+            t.push("even");
+        }
+        if i.is_multiple_of(3) {
+            t.extend(["three", "three"]);
+        }
+        t.push("all");
+        t
+    };
+    let mut i = 0;
+    for size in [1, 5, 2, 7, 1, 4] {
+        let events = (0..size)
+            .map(|_| {
+                i += 1;
+                ev(&format!("a|{i}"), 1, &tags_of(i))
+            })
+            .collect();
+        j.write(&WriteBatch { events, ..WriteBatch::default() }).unwrap();
+    }
+    for tag in ["even", "three", "all", "none"] {
+        let all: Vec<u64> = (1..=i).filter(|&o| tags_of(o).contains(&tag)).collect();
+        for from in 0..=i + 1 {
+            for limit in [1, 2, 3, 100] {
+                let want: Vec<u64> = all.iter().copied().filter(|&o| o >= from).take(limit).collect();
+                let got: Vec<u64> = j.events_by_tag(tag, from, limit).unwrap().iter().map(|e| e.offset).collect();
+                assert_eq!(got, want, "tag {tag} from {from} limit {limit}");
+            }
+        }
+    }
+    let e = &j.events_by_tag("three", 3, 1).unwrap()[0];
+    assert_eq!(
+        (e.persistence_id.as_str(), e.tags.as_slice()),
+        ("a|3", &["three", "three", "all"].map(String::from)[..])
+    );
+}
+
+/// An index of an older layout (format 1 had one tag entry per event and no
+/// format key) is rebuilt from the log when the journal opens, and then read.
+#[test]
+fn an_index_of_another_format_is_rebuilt_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open_log(dir.path()).unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 1, &["x"]), ev("a|1", 2, &["x"])], ..WriteBatch::default() }).unwrap();
+    drop(j);
+    {
+        let db = fjall::Database::builder(log_journal::index_dir(dir.path())).open().unwrap();
+        let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+        assert!(ks.get(b"\0format").unwrap().is_some(), "a new index says its format");
+        ks.remove(b"\0format").unwrap();
+        // Format 1's tag entry for offset 2: one location, which format 2 cannot read.
+        ks.insert(keys::tag_key("x", 2), [7u8; 20]).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let err = index::Index::open(&log_journal::index_dir(dir.path())).err().expect("another format is refused");
+    assert!(err.to_string().contains("format 1, this mneme keeps format 2"), "{err}");
+    let j = open_log(dir.path()).unwrap();
+    assert_eq!(j.events_by_tag("x", 0, 10).unwrap().iter().map(|e| e.seq_nr).collect::<Vec<_>>(), vec![1, 2]);
+    drop(j);
+    let report = verify::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// `mneme journal verify` finds a tag list that is missing, that points elsewhere
+/// or that the log does not have.
+#[test]
+fn verify_checks_tag_lists_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open_log(dir.path()).unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 1, &["x"]), ev("a|2", 1, &["x", "y"])], ..WriteBatch::default() })
+        .unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 2, &["x"])], ..WriteBatch::default() }).unwrap();
+    drop(j);
+    let report = verify::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    {
+        let db = fjall::Database::builder(log_journal::index_dir(dir.path())).open().unwrap();
+        let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+        ks.remove(keys::tag_key("y", 2)).unwrap();
+        let mut list = ks.get(keys::tag_key("x", 3)).unwrap().unwrap().to_vec();
+        list[16] ^= 1; // the event's position
+        ks.insert(keys::tag_key("x", 3), list).unwrap();
+        let copy = ks.get(keys::tag_key("x", 1)).unwrap().unwrap();
+        ks.insert(keys::tag_key("z", 1), copy.clone()).unwrap();
+        ks.insert(keys::tag_key("w", 1), copy).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let problems = verify::verify(dir.path()).unwrap().problems.join("\n");
+    assert!(problems.contains("index has no tag list of `y` from offset 2"), "{problems}");
+    assert!(problems.contains("tag list of `x` from offset 3 holds"), "{problems}");
+    assert!(problems.contains("index holds 4 tag entries, the log's indexed frames 3"), "{problems}");
 }
 
 /// `mneme journal verify` checks the outbox's records and index entries, and

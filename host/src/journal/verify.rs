@@ -6,7 +6,8 @@
 //! sequence numbers gapless from 1; global offsets gapless and increasing across
 //! frames, each frame's `first_offset` matching its first event; and both ways
 //! between log and index: every event, tag, latest snapshot and live timer of the
-//! log has the index entry pointing at it, and the index has no other entries.
+//! log has the index entry pointing at it (a frame's events of one tag: its tag
+//! list), and the index has no other entries.
 //! Projections (`views.rs`): every view and offset record's CRC; every frame with
 //! view records carries the offset record of their projection; offsets never go
 //! back; every key with a value and every generation's offset has its index entry,
@@ -24,8 +25,8 @@ use std::sync::Arc;
 
 use super::body::{self, Record};
 use super::codec;
-use super::index::{frame_key, Index, Loc, Through};
-use super::keys::{event_key, snapshot_key, tag_key};
+use super::index::{event_key, frame_key, Index, Loc, Through};
+use super::keys::snapshot_key;
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogOptions, StdIo};
 use super::log_journal::{index_dir, log_dir};
@@ -112,6 +113,7 @@ pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
         timers: HashMap::new(),
         indexed_events: 0,
         indexed_tags: 0,
+        frame_tags: Vec::new(),
         views: ViewsCheck::default(),
         indexed_frames: 0,
         outbox: VerifyOutbox::default(),
@@ -160,6 +162,8 @@ struct Check<'a> {
     /// Counts of what the index must hold, for the other direction.
     indexed_events: u64,
     indexed_tags: u64,
+    /// The current frame's events per tag, as its tag lists must hold them.
+    frame_tags: Vec<(String, Vec<(u64, Loc)>)>,
     views: ViewsCheck,
     indexed_frames: u64,
     outbox: VerifyOutbox,
@@ -244,6 +248,9 @@ impl Check<'_> {
                 }
             }
         }
+        if let Some(index) = self.index {
+            self.expect_tag_lists(index);
+        }
         if !projection_records.is_empty() {
             for p in self.views.frame(&projection_records) {
                 self.report.problem(format!("frame at {}: {p}", f.start));
@@ -279,9 +286,29 @@ impl Check<'_> {
             loc,
             &format!("event {}#{}", e.persistence_id, e.seq_nr),
         );
-        for tag in &e.tags {
+        for tag in e.tags {
+            match self.frame_tags.iter_mut().find(|(t, _)| *t == tag) {
+                Some((_, list)) if list.last().is_some_and(|&(o, _)| o == e.offset) => {}
+                Some((_, list)) => list.push((e.offset, loc)),
+                None => self.frame_tags.push((tag, vec![(e.offset, loc)])),
+            }
+        }
+    }
+
+    /// Each tag of the frame just read has its tag list, holding exactly the
+    /// frame's events that carry the tag.
+    fn expect_tag_lists(&mut self, index: &Index) {
+        for (tag, list) in std::mem::take(&mut self.frame_tags) {
             self.indexed_tags += 1;
-            self.expect(index, &tag_key(tag, e.offset), loc, &format!("tag `{tag}` of offset {}", e.offset));
+            let first = list[0].0;
+            match index.tag_list(&tag, first) {
+                Ok(Some(found)) if found == list => {}
+                Ok(Some(found)) => self
+                    .report
+                    .problem(format!("tag list of `{tag}` from offset {first} holds {found:?}, the log has {list:?}")),
+                Ok(None) => self.report.problem(format!("index has no tag list of `{tag}` from offset {first}")),
+                Err(e) => self.report.problem(format!("tag list of `{tag}` from offset {first} cannot be read: {e}")),
+            }
         }
     }
 
