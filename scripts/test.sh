@@ -8,6 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A whole run leaves about 4 GB in the target dir; a disk that fills up on the way
+# shows only as a linker crash (signal 7), so say it first.
+target="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target"
+free_mb=$(df -Pm "$target" | awk 'NR == 2 { print $4 }')
+if [ "$free_mb" -lt 6000 ]; then
+  echo "warning: $free_mb MB free for $target; a whole test run needs about 4 GB (more with guest toolchains to install)" >&2
+fi
+
 scripts/install-guest-toolchains.sh
 scripts/build-components.sh
 scripts/build-polyglot.sh
