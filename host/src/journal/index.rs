@@ -141,34 +141,45 @@ fn storage(e: fjall::Error) -> JournalError {
     }
 }
 
-/// A frame's tag lists while it is indexed: per tag (in the order first seen),
-/// the offsets of its first and last event and the list's value.
-#[derive(Default)]
-struct TagLists<'a>(Vec<(&'a str, u64, u64, Vec<u8>)>);
+/// A frame's events per tag, as its tag lists hold them: per tag, in the order the
+/// tags are first seen, the offset and location of each event carrying it. An
+/// event that names a tag twice is listed once. `index_frame` stores them and
+/// `verify` checks the index against them.
+pub(super) struct TagLists<T>(Vec<(T, Vec<(u64, Loc)>)>);
 
-impl<'a> TagLists<'a> {
-    fn add(&mut self, tag: &'a str, offset: u64, loc: Loc) {
-        // A frame carries few distinct tags: a scan beats a hash.
-        let (last, list) = match self.0.iter().position(|(t, ..)| *t == tag) {
-            // An event may name a tag twice: it is listed once.
-            Some(i) if self.0[i].2 == offset => return,
-            Some(i) => {
-                let (_, _, last, list) = &mut self.0[i];
-                (last, list)
-            }
-            None => {
-                let mut v = Vec::with_capacity(8 + 8 * TAG_LIST_EVENT);
-                v.extend_from_slice(&loc.segment.to_le_bytes());
-                self.0.push((tag, offset, offset, v));
-                let (_, _, last, list) = self.0.last_mut().unwrap();
-                (last, list)
-            }
-        };
-        *last = offset;
-        list.extend_from_slice(&offset.to_le_bytes());
-        list.extend_from_slice(&loc.pos.to_le_bytes());
-        list.extend_from_slice(&loc.len.to_le_bytes());
+impl<T> Default for TagLists<T> {
+    fn default() -> Self {
+        TagLists(Vec::new())
     }
+}
+
+impl<T: std::borrow::Borrow<str>> TagLists<T> {
+    pub(super) fn add(&mut self, tag: T, offset: u64, loc: Loc) {
+        // A frame carries few distinct tags: a scan beats a hash.
+        match self.0.iter_mut().find(|(t, _)| t.borrow() == tag.borrow()) {
+            Some((_, list)) if list.last().is_some_and(|&(o, _)| o == offset) => {}
+            Some((_, list)) => list.push((offset, loc)),
+            None => self.0.push((tag, vec![(offset, loc)])),
+        }
+    }
+
+    /// The lists gathered so far, leaving none.
+    pub(super) fn take(&mut self) -> Vec<(T, Vec<(u64, Loc)>)> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// The value of a tag list (see the module docs): the events of one frame, so of
+/// one segment.
+fn encode_tag_list(list: &[(u64, Loc)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + list.len() * TAG_LIST_EVENT);
+    v.extend_from_slice(&list[0].1.segment.to_le_bytes());
+    for (offset, loc) in list {
+        v.extend_from_slice(&offset.to_le_bytes());
+        v.extend_from_slice(&loc.pos.to_le_bytes());
+        v.extend_from_slice(&loc.len.to_le_bytes());
+    }
+    v
 }
 
 /// The events of a tag list whose key names `first_offset`: offsets and
@@ -246,8 +257,8 @@ pub fn index_frame(
     if let Some(first) = first_offset {
         batch.puts.push((frame_key(first).to_vec(), loc(0, body.len()).encode()));
     }
-    for (tag, first, _, list) in tag_lists.0 {
-        batch.lists.push((tag_key(tag, first), list));
+    for (tag, list) in tag_lists.take() {
+        batch.lists.push((tag_key(tag, list[0].0), encode_tag_list(&list)));
     }
     Ok((batch, through))
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use super::body::{self, Record};
 use super::codec;
-use super::index::{event_key, frame_key, Index, Loc, Through};
+use super::index::{event_key, frame_key, Index, Loc, TagLists, Through};
 use super::keys::snapshot_key;
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogOptions, StdIo};
@@ -113,7 +113,7 @@ pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
         timers: HashMap::new(),
         indexed_events: 0,
         indexed_tags: 0,
-        frame_tags: Vec::new(),
+        frame_tags: TagLists::default(),
         views: ViewsCheck::default(),
         indexed_frames: 0,
         outbox: VerifyOutbox::default(),
@@ -163,7 +163,7 @@ struct Check<'a> {
     indexed_events: u64,
     indexed_tags: u64,
     /// The current frame's events per tag, as its tag lists must hold them.
-    frame_tags: Vec<(String, Vec<(u64, Loc)>)>,
+    frame_tags: TagLists<String>,
     views: ViewsCheck,
     indexed_frames: u64,
     outbox: VerifyOutbox,
@@ -287,18 +287,14 @@ impl Check<'_> {
             &format!("event {}#{}", e.persistence_id, e.seq_nr),
         );
         for tag in e.tags {
-            match self.frame_tags.iter_mut().find(|(t, _)| *t == tag) {
-                Some((_, list)) if list.last().is_some_and(|&(o, _)| o == e.offset) => {}
-                Some((_, list)) => list.push((e.offset, loc)),
-                None => self.frame_tags.push((tag, vec![(e.offset, loc)])),
-            }
+            self.frame_tags.add(tag, e.offset, loc);
         }
     }
 
     /// Each tag of the frame just read has its tag list, holding exactly the
     /// frame's events that carry the tag.
     fn expect_tag_lists(&mut self, index: &Index) {
-        for (tag, list) in std::mem::take(&mut self.frame_tags) {
+        for (tag, list) in self.frame_tags.take() {
             self.indexed_tags += 1;
             let first = list[0].0;
             match index.tag_list(&tag, first) {
