@@ -56,6 +56,11 @@ pub fn apply_events<E: Entity>(state: Vec<u8>, events: Vec<wit::Event>) -> Resul
     runtime::apply_events::<E>(&state, events.iter().map(|e| (e.manifest.as_str(), e.payload.as_slice())))
 }
 
+pub fn apply_event_batch<E: Entity>(state: Vec<u8>, batch: Vec<u8>) -> Result<Vec<u8>, String> {
+    install_panic_hook();
+    runtime::apply_event_batch::<E>(&state, &batch)
+}
+
 pub fn on_recovery_completed<E: Entity>(state: Vec<u8>) -> Vec<wit::SideEffect> {
     install_panic_hook();
     runtime::on_recovery_completed::<E>(&state).into_iter().map(side_effect_to_wit).collect()

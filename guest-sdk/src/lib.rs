@@ -113,7 +113,7 @@ extern crate self as mneme_sdk;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit/entity.wit",
-        world: "entity",
+        world: "entity-with-replay",
         pub_export_macro: true,
         export_macro_name: "__mneme_export_handler",
         default_bindings_module: "::mneme_sdk::__private::bindings",
@@ -150,6 +150,8 @@ pub mod __private {
     #[cfg(target_arch = "wasm32")]
     pub use crate::bindings::exports::mneme::entity::handler::Guest;
     #[cfg(target_arch = "wasm32")]
+    pub use crate::bindings::exports::mneme::entity::replay::Guest as ReplayGuest;
+    #[cfg(target_arch = "wasm32")]
     pub use crate::bindings::mneme::entity::types as wit;
     #[cfg(target_arch = "wasm32")]
     pub use crate::glue;
@@ -165,7 +167,8 @@ pub mod __private {
     pub use wit_bindgen;
 }
 
-/// Exports an [`Entity`] as the component's `mneme:entity/handler`.
+/// Exports an [`Entity`] as the component's `mneme:entity/handler` (and `replay`, which
+/// recovery calls with packed batches).
 ///
 /// Use it once per component crate, at the top level. On `wasm32` it generates the
 /// wit-bindgen glue; on any other target it only checks that the type implements
@@ -203,12 +206,22 @@ macro_rules! export_entity {
                 }
             }
 
+            impl $crate::__private::ReplayGuest for __MnemeEntity {
+                fn apply_event_batch(
+                    state: ::std::vec::Vec<u8>,
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                    $crate::__private::glue::apply_event_batch::<$ty>(state, batch)
+                }
+            }
+
             $crate::__private::bindings::__mneme_export_handler!(__MnemeEntity with_types_in $crate::__private::bindings);
         };
     };
 }
 
-/// Exports an [`Entity`] as the component's `mneme:entity/handler`.
+/// Exports an [`Entity`] as the component's `mneme:entity/handler` (and `replay`, which
+/// recovery calls with packed batches).
 ///
 /// Use it once per component crate, at the top level. On `wasm32` it generates the
 /// wit-bindgen glue; on any other target it only checks that the type implements

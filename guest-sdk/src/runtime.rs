@@ -60,13 +60,57 @@ pub fn apply_events<'a, E: Entity>(
     state: &[u8],
     events: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<Vec<u8>, String> {
+    fold::<E>(state, events.into_iter().map(Ok))
+}
+
+/// [`apply_events`] over the packed batch of `replay.apply-event-batch`
+/// (`wit/entity.wit`), read in place.
+pub fn apply_event_batch<E: Entity>(state: &[u8], batch: &[u8]) -> Result<Vec<u8>, String> {
+    fold::<E>(state, unpack(batch))
+}
+
+fn fold<'a, E: Entity>(
+    state: &[u8],
+    events: impl Iterator<Item = Result<(&'a str, &'a [u8]), String>>,
+) -> Result<Vec<u8>, String> {
     let mut state: E::State = decode_state(state)?;
-    for (index, (manifest, payload)) in events.into_iter().enumerate() {
+    for (index, event) in events.enumerate() {
+        let (manifest, payload) = event?;
         let event: E::Event = E::upcast(manifest, payload)
             .map_err(|err| format!("event {index} of the batch (manifest `{manifest}`) could not be decoded: {err}"))?;
         state = E::apply(state, &event);
     }
     Ok(to_json(&state, "state"))
+}
+
+/// The events of a packed batch: each `manifest length (u32 LE), manifest,
+/// payload length (u32 LE), payload`, nothing else.
+fn unpack(batch: &[u8]) -> impl Iterator<Item = Result<(&str, &[u8]), String>> {
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let event = field(&mut rest, "manifest")
+            .and_then(|m| {
+                std::str::from_utf8(m).map_err(|_| "an event batch holds a manifest that is not UTF-8".into())
+            })
+            .and_then(|manifest| Ok((manifest, field(&mut rest, "payload")?)));
+        if event.is_err() {
+            rest = &[];
+        }
+        Some(event)
+    })
+}
+
+/// One length-prefixed field of a packed batch.
+fn field<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], String> {
+    let truncated = || format!("an event batch ends inside an event's {what}");
+    let len = rest.get(..4).ok_or_else(truncated)?;
+    let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+    let field = rest.get(4..4 + len).ok_or_else(truncated)?;
+    *rest = &rest[4 + len..];
+    Ok(field)
 }
 
 /// Decodes the recovered state and asks the entity for its side effects.

@@ -101,6 +101,48 @@ fn apply_events_folds_a_batch() {
     assert_eq!(state, br#"{"total":5}"#);
 }
 
+/// The packed form of `replay.apply-event-batch`: each event's manifest and
+/// payload, each after its length (u32 LE).
+fn packed(events: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut batch = Vec::new();
+    for (manifest, payload) in events {
+        batch.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
+        batch.extend_from_slice(manifest.as_bytes());
+        batch.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        batch.extend_from_slice(payload);
+    }
+    batch
+}
+
+#[test]
+fn a_packed_batch_folds_like_the_list() {
+    let e1 = br#"{"type":"Added","amount":2}"#;
+    let e2 = br#"{"type":"Added","amount":3}"#;
+    let events = [("Added", &e1[..]), ("Added", &e2[..])];
+    let empty = runtime::empty_state::<Counter>();
+    let list = runtime::apply_events::<Counter>(&empty, events).unwrap();
+    assert_eq!(runtime::apply_event_batch::<Counter>(&empty, &packed(&events)).unwrap(), list);
+    assert_eq!(runtime::apply_event_batch::<Counter>(&empty, &[]).unwrap(), empty);
+    let bad = br#"{"type":"Removed"}"#;
+    let err = runtime::apply_event_batch::<Counter>(&empty, &packed(&[("Added", e1), ("Removed", bad)])).unwrap_err();
+    assert!(err.starts_with("event 1 of the batch (manifest `Removed`) could not be decoded"), "{err}");
+}
+
+#[test]
+fn a_malformed_packed_batch_is_an_error_not_a_panic() {
+    let empty = runtime::empty_state::<Counter>();
+    let whole = packed(&[("Added", br#"{"type":"Added","amount":2}"#)]);
+    for cut in 1..whole.len() {
+        let err = runtime::apply_event_batch::<Counter>(&empty, &whole[..cut]).unwrap_err();
+        let what = if cut < 4 + "Added".len() { "manifest" } else { "payload" };
+        assert_eq!(err, format!("an event batch ends inside an event's {what}"), "cut at {cut}");
+    }
+    let mut not_utf8 = packed(&[("A", b"{}")]);
+    not_utf8[4] = 0xff;
+    let err = runtime::apply_event_batch::<Counter>(&empty, &not_utf8).unwrap_err();
+    assert_eq!(err, "an event batch holds a manifest that is not UTF-8");
+}
+
 #[test]
 fn undecodable_event_names_its_position_and_manifest() {
     let good = br#"{"type":"Added","amount":2}"#;

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use mneme::component::bindings::mneme::entity::types::{
     Action, Command, CommandTo, Effect, EntityInfo, Event, LogLevel, LogLine, Message, Reply, SideEffect, Timer,
 };
-use mneme::component::{EntityHandler, Fault};
+use mneme::component::{EntityHandler, EventBatch, Fault};
 use mneme_sdk::runtime;
 
 /// The handler of entity `E`, natively.
@@ -107,6 +107,10 @@ impl<E: mneme_sdk::Entity> EntityHandler for Native<E> {
         guarded("apply-events", || {
             runtime::apply_events::<E>(state, events.iter().map(|e| (e.manifest.as_str(), e.payload.as_slice())))
         })
+    }
+
+    fn apply_event_batch(&mut self, state: &[u8], batch: &EventBatch) -> Result<Result<Vec<u8>, String>, Fault> {
+        guarded("apply-event-batch", || runtime::apply_event_batch::<E>(state, batch.as_bytes()))
     }
 
     fn on_recovery_completed(&mut self, state: &[u8]) -> Result<Vec<SideEffect>, Fault> {

@@ -6,6 +6,7 @@
 //! sandbox costs).
 
 use super::bindings::exports::mneme::entity::handler::{Command, Effect, EntityInfo, Event, SideEffect};
+use super::event_batch::EventBatch;
 
 /// A call into entity code failed (trap, deadline, memory cap, panic). The handler
 /// must not be called again; the engine makes a new one.
@@ -17,6 +18,11 @@ pub trait EntityHandler: Send {
     fn empty_state(&mut self) -> Result<Vec<u8>, Fault>;
     fn handle_command(&mut self, state: &[u8], command: &Command) -> Result<Result<Effect, String>, Fault>;
     fn apply_events(&mut self, state: &[u8], events: &[Event]) -> Result<Result<Vec<u8>, String>, Fault>;
+    /// The same fold over a packed batch (recovery). A handler that cannot take
+    /// one packed gets the events as a list.
+    fn apply_event_batch(&mut self, state: &[u8], batch: &EventBatch) -> Result<Result<Vec<u8>, String>, Fault> {
+        self.apply_events(state, &batch.to_events())
+    }
     fn on_recovery_completed(&mut self, state: &[u8]) -> Result<Vec<SideEffect>, Fault>;
 }
 

@@ -1,6 +1,8 @@
 //! Components: how entity code gets in, and how it is run.
 //!
 //! * `handler`  — [`EntityHandler`], what the engine calls (Wasm or native).
+//! * `event_batch` — [`EventBatch`], events packed into one buffer for recovery's
+//!   `apply-event-batch`.
 //! * `sandbox`  — the wasmtime engine, the per-call deadline, memory, table and
 //!   stack caps, and [`sandbox::Sandbox`], one live instance with typed calls into
 //!   the handler.
@@ -18,6 +20,7 @@
 //!   component (compile, check its world, instantiate, `describe`) before it
 //!   replaces the old one.
 
+pub mod event_batch;
 pub mod handler;
 mod legacy;
 pub mod limits;
@@ -28,6 +31,7 @@ pub mod store;
 pub mod view;
 pub mod world;
 
+pub use event_batch::EventBatch;
 pub use handler::{EntityHandler, Fault, NativeFactory};
 pub use limits::SandboxLimits;
 pub use projection::{ProjectionFault, ProjectionInfo, ProjectionSandbox};

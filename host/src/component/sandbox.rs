@@ -15,13 +15,14 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Func, HasSelf, Linker, TypedFunc};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 use super::bindings::exports::mneme::entity::handler;
 use super::bindings::mneme::entity::host;
 use super::bindings::{Entity, EntityPre};
 use super::bindings_v01 as v01;
+use super::event_batch::EventBatch;
 use super::handler::{EntityHandler, Fault};
 use super::legacy;
 use super::limits::{self, SandboxLimits};
@@ -65,17 +66,21 @@ impl v01::mneme::entity::host::Host for HostState {
 
 impl v01::mneme::entity::types::Host for HostState {}
 
-/// A component linked and ready to instantiate, in the world it was built for.
+/// A component linked and ready to instantiate, in the world it was built for
+/// (with 0.2.x, where it exports `apply-event-batch`, if it does).
 pub enum WasmPre {
     V0_1(v01::EntityPre<HostState>),
-    V0_2(EntityPre<HostState>),
+    V0_2(EntityPre<HostState>, Option<ComponentExportIndex>),
 }
 
 /// A live instance, in the world it was built for.
 enum Instance {
     V0_1(v01::Entity),
-    V0_2(Entity),
+    V0_2(Entity, Option<Func>),
 }
+
+/// `apply-event-batch: func(state: list<u8>, batch: list<u8>) -> result<list<u8>, string>`.
+type ApplyEventBatch<'a> = TypedFunc<(&'a [u8], &'a [u8]), (Result<Vec<u8>, String>,)>;
 
 impl world::NotesWasiCalls for HostState {
     fn wasi_called(&mut self, function: String) {
@@ -155,7 +160,10 @@ impl Runtime {
         let mismatch = |e: wasmtime::Error| anyhow::anyhow!("its exports do not match the `entity` world: {e:#}");
         Ok(match version {
             WitVersion::V0_1 => WasmPre::V0_1(v01::EntityPre::new(pre).map_err(mismatch)?),
-            WitVersion::V0_2 => WasmPre::V0_2(EntityPre::new(pre).map_err(mismatch)?),
+            WitVersion::V0_2 => {
+                let replay = world::replay_export(&self.engine, component);
+                WasmPre::V0_2(EntityPre::new(pre).map_err(mismatch)?, replay)
+            }
         })
     }
 
@@ -164,7 +172,7 @@ impl Runtime {
         let mut store = self.store();
         let instance = match pre {
             WasmPre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
-            WasmPre::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),
+            WasmPre::V0_2(pre, replay) => instantiate_v02(&mut store, pre, replay.as_ref()),
         };
         let entity = instance.map_err(|e| fault_reason(&e, store.data(), self.limits))?;
         Ok(Sandbox { store, entity, limits: self.limits })
@@ -187,6 +195,26 @@ impl Runtime {
         store.set_epoch_deadline(deadline_ticks(self.limits));
         store
     }
+}
+
+/// A 0.2.x instance and its `apply-event-batch`, whose type is checked here: a
+/// component exporting it with another type is refused when it is deployed.
+fn instantiate_v02(
+    store: &mut Store<HostState>,
+    pre: &EntityPre<HostState>,
+    replay: Option<&ComponentExportIndex>,
+) -> wasmtime::Result<Instance> {
+    let instance = pre.instance_pre().instantiate(&mut *store)?;
+    let entity = Entity::new(&mut *store, &instance)?;
+    let mismatch = |e: wasmtime::Error| e.context("its `mneme:entity/replay` export does not match `wit/entity.wit`");
+    let replay = match replay {
+        Some(index) => {
+            let func: ApplyEventBatch = instance.get_typed_func(&mut *store, index).map_err(mismatch)?;
+            Some(*func.func())
+        }
+        None => None,
+    };
+    Ok(Instance::V0_2(entity, replay))
 }
 
 impl HostState {
@@ -263,7 +291,7 @@ pub struct Sandbox {
 /// The guest of either world and the store to call it with.
 enum Guest<'a> {
     V0_1(&'a v01::exports::mneme::entity::handler::Guest),
-    V0_2(&'a handler::Guest),
+    V0_2(&'a handler::Guest, Option<Func>),
 }
 
 impl Sandbox {
@@ -272,7 +300,7 @@ impl Sandbox {
         self.store.data_mut().reset();
         let guest = match &self.entity {
             Instance::V0_1(e) => Guest::V0_1(e.mneme_entity_handler()),
-            Instance::V0_2(e) => Guest::V0_2(e.mneme_entity_handler()),
+            Instance::V0_2(e, replay) => Guest::V0_2(e.mneme_entity_handler(), *replay),
         };
         f(guest, &mut self.store).map_err(|e| Fault(fault_reason(&e, self.store.data(), self.limits)))
     }
@@ -282,14 +310,14 @@ impl EntityHandler for Sandbox {
     fn describe(&mut self) -> Result<handler::EntityInfo, Fault> {
         self.call(|g, s| match g {
             Guest::V0_1(g) => g.call_describe(s).map(legacy::info),
-            Guest::V0_2(g) => g.call_describe(s),
+            Guest::V0_2(g, _) => g.call_describe(s),
         })
     }
 
     fn empty_state(&mut self) -> Result<Vec<u8>, Fault> {
         self.call(|g, s| match g {
             Guest::V0_1(g) => g.call_empty_state(s),
-            Guest::V0_2(g) => g.call_empty_state(s),
+            Guest::V0_2(g, _) => g.call_empty_state(s),
         })
     }
 
@@ -300,7 +328,7 @@ impl EntityHandler for Sandbox {
     ) -> Result<Result<handler::Effect, String>, Fault> {
         let decision = self.call(|g, s| match g {
             Guest::V0_1(g) => Ok(g.call_handle_command(s, state, &legacy::command(command))?.map(legacy::effect)),
-            Guest::V0_2(g) => g.call_handle_command(s, state, command),
+            Guest::V0_2(g, _) => g.call_handle_command(s, state, command),
         })?;
         limits::check_decision(&decision, &self.limits)?;
         Ok(decision)
@@ -309,14 +337,28 @@ impl EntityHandler for Sandbox {
     fn apply_events(&mut self, state: &[u8], events: &[handler::Event]) -> Result<Result<Vec<u8>, String>, Fault> {
         self.call(|g, s| match g {
             Guest::V0_1(g) => g.call_apply_events(s, state, &legacy::events(events)),
-            Guest::V0_2(g) => g.call_apply_events(s, state, events),
+            Guest::V0_2(g, _) => g.call_apply_events(s, state, events),
+        })
+    }
+
+    fn apply_event_batch(&mut self, state: &[u8], batch: &EventBatch) -> Result<Result<Vec<u8>, String>, Fault> {
+        self.call(|g, s| match g {
+            Guest::V0_2(_, Some(f)) => {
+                let f: ApplyEventBatch = f.typed(&*s)?;
+                Ok(f.call(s, (state, batch.as_bytes()))?.0)
+            }
+            Guest::V0_2(g, None) => {
+                let events = batch.to_events();
+                g.call_apply_events(s, state, &events)
+            }
+            Guest::V0_1(g) => g.call_apply_events(s, state, &legacy::events(&batch.to_events())),
         })
     }
 
     fn on_recovery_completed(&mut self, state: &[u8]) -> Result<Vec<handler::SideEffect>, Fault> {
         self.call(|g, s| match g {
             Guest::V0_1(g) => g.call_on_recovery_completed(s, state).map(legacy::side_effects),
-            Guest::V0_2(g) => g.call_on_recovery_completed(s, state),
+            Guest::V0_2(g, _) => g.call_on_recovery_completed(s, state),
         })
     }
 }

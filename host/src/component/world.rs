@@ -36,7 +36,7 @@
 
 use anyhow::bail;
 use wasmtime::component::types::{self, ComponentItem};
-use wasmtime::component::{Component, Linker, ResourceType};
+use wasmtime::component::{Component, ComponentExportIndex, Linker, ResourceType};
 use wasmtime::Engine;
 
 /// The version of `wit/entity.wit` this host implements.
@@ -320,6 +320,22 @@ pub fn check(spec: &WorldSpec, engine: &Engine, component: &Component) -> anyhow
 /// [`check`] against the `entity` world: the entity world it was built against.
 pub fn check_entity(engine: &Engine, component: &Component) -> anyhow::Result<WitVersion> {
     check(&ENTITY, engine, component).map(WitVersion::of)
+}
+
+/// The package interface holding recovery's packed-batch fold, an optional export.
+const REPLAY_INTERFACE: &str = "mneme:entity/replay";
+
+/// Where a component exports `mneme:entity/replay@0.2.x#apply-event-batch`, the
+/// optional fast path of recovery (`wit/entity.wit`), if it does; its type is
+/// checked when the instance is made.
+pub fn replay_export(engine: &Engine, component: &Component) -> Option<ComponentExportIndex> {
+    let ty = component.component_type();
+    let name = ty.exports(engine).map(|(name, _)| name).find(|name| {
+        let (base, version) = split_version(name);
+        base == REPLAY_INTERFACE && compatible(&ENTITY, version) == Some((0, 2))
+    })?;
+    let interface = component.get_export_index(None, name)?;
+    component.get_export_index(Some(&interface), "apply-event-batch")
 }
 
 /// Host data that remembers which WASI function a guest called, for the fault's

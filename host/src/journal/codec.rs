@@ -30,7 +30,7 @@
 //! The projection records (view put, view delete, projection offset) use the same
 //! encoder; their layouts are in `views.rs`.
 
-use super::{JournalError, JournalResult, NewEvent, Snapshot, StoredEvent, Timer};
+use super::{EventRef, JournalError, JournalResult, NewEvent, Snapshot, StoredEvent, Timer};
 
 const VERSION: u8 = 1;
 /// The self-describing records of the commit log.
@@ -119,6 +119,11 @@ impl<'a> Dec<'a> {
         let n = self.u16()? as usize;
         std::str::from_utf8(self.take(n)?)
             .map_err(|_| JournalError::Corrupt(format!("{} record has invalid UTF-8", self.what)))
+    }
+    /// Skip a string field (not checked for UTF-8: nothing reads it).
+    pub(super) fn take_str16(&mut self) -> JournalResult<&'a [u8]> {
+        let n = self.u16()? as usize;
+        self.take(n)
     }
     pub(super) fn take(&mut self, n: usize) -> JournalResult<&'a [u8]> {
         if self.rest.len() < n {
@@ -229,6 +234,20 @@ pub fn decode_event_record(bytes: &[u8]) -> JournalResult<StoredEvent> {
     let (offset, seq_nr, timestamp_ms) = (r.u64()?, r.u64()?, r.u64()?);
     let pid = r.str16()?;
     decode_event_tail(&mut r, pid, seq_nr, offset, timestamp_ms)
+}
+
+/// What recovery needs of an event record, borrowed from `bytes`, CRC checked
+/// like [`decode_event_record`]: (persistence id, [`EventRef`]).
+pub fn event_ref(bytes: &[u8]) -> JournalResult<(&str, EventRef<'_>)> {
+    let mut r = Dec::version(bytes, "event", LOG_VERSION)?;
+    let (_offset, seq_nr, _timestamp) = (r.u64()?, r.u64()?, r.u64()?);
+    let pid = r.str16_ref()?;
+    let (_writer, manifest) = (r.take_str16()?, r.str16_ref()?);
+    for _ in 0..r.u16()? {
+        r.take_str16()?;
+    }
+    let n = r.u32()? as usize;
+    Ok((pid, EventRef { seq_nr, manifest, payload: r.take(n)? }))
 }
 
 /// What the index needs of an event record, read without copying (and without

@@ -54,7 +54,7 @@ use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, Position, St
 use super::outbox::{self, OutboxEntry, StoredTopicMessage};
 use super::outbox_index;
 use super::views::{self, ProjectionBatch, ProjectionOffset, ViewUpdate};
-use super::{Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
+use super::{EventRef, Journal, JournalError, JournalResult, Snapshot, StoredEvent, Timer, WriteBatch};
 
 /// Records at most this far apart are read together (see `read_many`).
 const SPAN_GAP: u64 = 64 << 10;
@@ -330,6 +330,25 @@ impl LogJournal {
         Ok(())
     }
 
+    /// The records of `pid`'s events with `from <= seq_nr`, at most `limit`, handed
+    /// to `each` in order with the sequence number their index entry names; an
+    /// error of `each` is reported at the record's location. Returns how many.
+    fn event_records(
+        &self,
+        pid: &str,
+        from: u64,
+        limit: usize,
+        mut each: impl FnMut(u64, &[u8]) -> JournalResult<()>,
+    ) -> JournalResult<usize> {
+        let entries = self.index()?.as_ref().unwrap().events(pid, from, limit)?;
+        let locs: Vec<Loc> = entries.iter().map(|(_, loc)| *loc).collect();
+        self.read_many(&locs, |k, bytes| {
+            let (seq_nr, loc) = entries[k];
+            each(seq_nr, bytes).map_err(|e| at(loc, e))
+        })?;
+        Ok(entries.len())
+    }
+
     /// The offset record an index entry points at, checked against the entry's key.
     fn read_offset(&self, projection: &str, generation: u32, loc: Loc) -> JournalResult<ProjectionOffset> {
         let o = views::decode_offset(&self.read(loc)?).map_err(|e| at(loc, e))?;
@@ -447,6 +466,15 @@ impl Drop for LogJournal {
 }
 
 /// Name where a damaged record is.
+/// Whether the event record read for the index entry of `pid#seq_nr` is that event.
+fn is_event(pid: &str, seq_nr: u64, found_pid: &str, found_seq_nr: u64) -> JournalResult<()> {
+    if found_pid == pid && found_seq_nr == seq_nr {
+        return Ok(());
+    }
+    let msg = format!("index entry of {pid}#{seq_nr} points at event {found_pid}#{found_seq_nr}");
+    Err(JournalError::Corrupt(msg))
+}
+
 fn at(loc: Loc, e: JournalError) -> JournalError {
     match e {
         JournalError::Corrupt(m) => {
@@ -576,20 +604,25 @@ impl Journal for LogJournal {
     }
 
     fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {
-        let entries = self.index()?.as_ref().unwrap().events(pid, from, limit)?;
-        let locs: Vec<Loc> = entries.iter().map(|(_, loc)| *loc).collect();
-        let mut out = Vec::with_capacity(locs.len());
-        self.read_many(&locs, |k, bytes| {
-            let (seq_nr, loc) = entries[k];
-            let e = codec::decode_event_record(bytes).map_err(|e| at(loc, e))?;
-            if e.persistence_id != pid || e.seq_nr != seq_nr {
-                let msg = format!("index entry of {pid}#{seq_nr} points at event {}#{}", e.persistence_id, e.seq_nr);
-                return Err(at(loc, JournalError::Corrupt(msg)));
-            }
-            out.push(e);
-            Ok(())
+        let mut out = Vec::new();
+        self.event_records(pid, from, limit, |seq_nr, bytes| {
+            let e = codec::decode_event_record(bytes)?;
+            is_event(pid, seq_nr, &e.persistence_id, e.seq_nr).map(|()| out.push(e))
         })?;
         Ok(out)
+    }
+
+    fn for_each_event(
+        &self,
+        pid: &str,
+        from: u64,
+        limit: usize,
+        each: &mut dyn FnMut(EventRef<'_>),
+    ) -> JournalResult<usize> {
+        self.event_records(pid, from, limit, |seq_nr, bytes| {
+            let (found_pid, e) = codec::event_ref(bytes)?;
+            is_event(pid, seq_nr, found_pid, e.seq_nr).map(|()| each(e))
+        })
     }
 
     fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>> {

@@ -66,6 +66,15 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
 }
 
+/// What recovery needs of a stored event, borrowed from the journal's read buffer:
+/// replaying an entity allocates nothing per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub seq_nr: u64,
+    pub manifest: &'a str,
+    pub payload: &'a [u8],
+}
+
 /// An event as read back from the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -201,6 +210,21 @@ pub trait Journal: Send + Sync + 'static {
     fn highest_seq_nr(&self, pid: &str) -> JournalResult<u64>;
     /// Events of `pid` with `from <= seq_nr`, in order, at most `limit`.
     fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>>;
+    /// The same events as [`events`](Journal::events), handed to `each` one by one
+    /// without being copied out (recovery's read); returns how many.
+    fn for_each_event(
+        &self,
+        pid: &str,
+        from: u64,
+        limit: usize,
+        each: &mut dyn FnMut(EventRef<'_>),
+    ) -> JournalResult<usize> {
+        let events = self.events(pid, from, limit)?;
+        for e in &events {
+            each(EventRef { seq_nr: e.seq_nr, manifest: &e.manifest, payload: &e.payload });
+        }
+        Ok(events.len())
+    }
     /// Events carrying `tag` with `offset >= from`, in offset order, at most `limit`.
     fn events_by_tag(&self, tag: &str, from: u64, limit: usize) -> JournalResult<Vec<StoredEvent>>;
     /// Every event with `offset >= from`, in offset order, at most `limit` (all

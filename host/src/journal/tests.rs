@@ -64,6 +64,7 @@ backend_tests!(
     outbox_parts_are_stored_atomically_with_their_batch,
     a_read_sees_every_write_that_returned_before_it,
     tagged_events_are_read_from_any_offset_with_any_limit,
+    an_entitys_events_are_handed_out_in_place_from_any_seq_nr,
 );
 
 pub(crate) fn ev(pid: &str, seq: u64, tags: &[&str]) -> NewEvent {
@@ -481,6 +482,63 @@ fn tagged_events_are_read_from_any_offset_with_any_limit(open: Opener) {
         (e.persistence_id.as_str(), e.tags.as_slice()),
         ("a|3", &["three", "three", "all"].map(String::from)[..])
     );
+}
+
+/// Recovery's read (`for_each_event`, borrowed from the read buffer) hands out
+/// the same events as `events`, from every sequence number with every limit, over
+/// batches that hold several events of one entity between others' events.
+fn an_entitys_events_are_handed_out_in_place_from_any_seq_nr(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path()).unwrap();
+    let mut seq = 0;
+    for (i, size) in [3, 1, 4, 2].into_iter().enumerate() {
+        let mut events = vec![ev(&format!("b|{i}"), 1, &[])];
+        for _ in 0..size {
+            seq += 1;
+            let mut e = ev("a|1", seq, &["t"]);
+            e.manifest = format!("M{seq}");
+            events.push(e);
+        }
+        j.write(&WriteBatch { events, ..WriteBatch::default() }).unwrap();
+    }
+    for from in 0..=seq + 1 {
+        for limit in [1, 2, 5, 100] {
+            let want: Vec<(u64, String, Vec<u8>)> =
+                j.events("a|1", from, limit).unwrap().into_iter().map(|e| (e.seq_nr, e.manifest, e.payload)).collect();
+            assert_eq!(want.len(), (seq + 1 - from.clamp(1, seq + 1)).min(limit as u64) as usize);
+            let mut got = Vec::new();
+            let n = j
+                .for_each_event("a|1", from, limit, &mut |e| {
+                    got.push((e.seq_nr, e.manifest.to_string(), e.payload.to_vec()))
+                })
+                .unwrap();
+            assert_eq!((n, got), (want.len(), want), "from {from} limit {limit}");
+        }
+    }
+    assert_eq!(j.for_each_event("none|1", 1, 10, &mut |_| panic!("no event")).unwrap(), 0);
+}
+
+/// An index entry that points at another event than the one it names is
+/// corruption, for both reads of an entity's events, reported with its place.
+#[test]
+fn an_index_entry_pointing_at_another_event_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open_log(dir.path()).unwrap();
+    j.write(&WriteBatch { events: vec![ev("a|1", 1, &[]), ev("a|2", 1, &[])], ..WriteBatch::default() }).unwrap();
+    drop(j);
+    {
+        let db = fjall::Database::builder(log_journal::index_dir(dir.path())).open().unwrap();
+        let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+        let other = ks.get(index::event_key("a|2", 1)).unwrap().unwrap();
+        ks.insert(index::event_key("a|1", 1), other).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let j = open_log(dir.path()).unwrap();
+    let want = "index entry of a|1#1 points at event a|2#1 (commit log segment";
+    let err = j.events("a|1", 1, 10).unwrap_err().to_string();
+    assert!(err.contains(want), "{err}");
+    let err = j.for_each_event("a|1", 1, 10, &mut |_| panic!("nothing handed out")).unwrap_err().to_string();
+    assert!(err.contains(want), "{err}");
 }
 
 /// An index of an older layout (format 1 had one tag entry per event and no

@@ -7,8 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::clock::now_ms;
-use crate::component::bindings::exports::mneme::entity::handler;
-use crate::component::LoadedComponent;
+use crate::component::{EventBatch, LoadedComponent};
 use crate::error::{CommandError, CommandResult};
 use crate::journal::JournalError;
 use crate::names::{partition_of, persistence_id};
@@ -137,33 +136,33 @@ impl Shard {
         mut seq_nr: u64,
     ) -> CommandResult<(Vec<u8>, u64)> {
         let shared = self.shared.clone();
+        let mut batch = EventBatch::default();
         loop {
-            let stored = shared
+            batch.clear();
+            let mut gap = None;
+            shared
                 .journal
-                .events(pid, seq_nr + 1, shared.config.recovery_batch)
+                .for_each_event(pid, seq_nr + 1, shared.config.recovery_batch, &mut |e| {
+                    if gap.is_none() && e.seq_nr != seq_nr + 1 + batch.len() as u64 {
+                        gap = Some((e.seq_nr, seq_nr + batch.len() as u64));
+                    }
+                    batch.push(e.manifest, e.payload);
+                })
                 .map_err(|e| journal_failed(pid, e))?;
-            if stored.is_empty() {
+            if let Some((found, after)) = gap {
+                return Err(recovery_failed(pid, format!("journal has a gap: event {found} follows {after}")));
+            }
+            if batch.is_empty() {
                 return Ok((state, seq_nr));
             }
-            let mut events = Vec::with_capacity(stored.len());
-            for e in stored {
-                if e.seq_nr != seq_nr + 1 {
-                    return Err(recovery_failed(
-                        pid,
-                        format!("journal has a gap: event {} follows {seq_nr}", e.seq_nr),
-                    ));
-                }
-                seq_nr = e.seq_nr;
-                // Tags are for the journal's queries, not for the state: not handed in.
-                events.push(handler::Event { manifest: e.manifest, payload: e.payload, tags: Vec::new() });
-            }
-            state = match self.handler(comp)?.apply_events(&state, &events) {
+            state = match self.handler(comp)?.apply_event_batch(&state, &batch) {
                 Ok(Ok(s)) => s,
                 Ok(Err(msg)) => {
                     return Err(recovery_failed(pid, format!("apply-events refused a stored event: {msg}")))
                 }
                 Err(f) => return Err(self.fault(comp, f.0)),
             };
+            seq_nr += batch.len() as u64;
         }
     }
 
