@@ -32,8 +32,14 @@ fn raw_appends(dir: &std::path::Path, batches: usize, per_batch: usize) -> f64 {
 /// of the `write` calls alone: building a batch is the caller's work (the shards'),
 /// not the journal's, and the raw baseline has no such step either.
 fn journal_appends(journal: &dyn Journal, batches: usize, per_batch: usize) -> f64 {
+    journal_appends_after(journal, batches, &mut vec![0; per_batch])
+}
+
+/// [`journal_appends`] of `seq.len()` events per batch, entity `i`'s events
+/// numbered on from `seq[i]`.
+fn journal_appends_after(journal: &dyn Journal, batches: usize, seq: &mut [u64]) -> f64 {
+    let per_batch = seq.len();
     let payload = vec![7u8; RECORD - 28];
-    let mut seq = vec![0u64; per_batch];
     let mut writing = std::time::Duration::ZERO;
     for _ in 0..batches {
         let mut batch = WriteBatch::default();
@@ -100,6 +106,28 @@ pub fn run(report: &mut Report, quick: bool) {
         log_batched,
         "events/s",
         Some(("raw 512/sync", raw_batched)),
+    );
+    drop(log);
+    // The same two, alternated in rounds, so that each ratio compares stretches of
+    // time next to each other on a machine whose disk and CPU are shared.
+    let data = dir.path().join("log-journal-rounds");
+    let log = LogJournal::open(&data, DataLock::acquire(&data).unwrap()).unwrap();
+    let rounds = if quick { 2 } else { 5 };
+    let mut seq = vec![0; 512];
+    let mut ratios: Vec<f64> = (0..rounds)
+        .map(|_| {
+            journal_appends_after(&log, batches / rounds, &mut seq) / raw_appends(dir.path(), batches / rounds, 512)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    report.figure(
+        &format!(
+            "log journal: 512 events/write against raw 512/sync, {rounds} alternated rounds: median ratio (all {})",
+            ratios.iter().map(|r| format!("{r:.2}x")).collect::<Vec<_>>().join(" ")
+        ),
+        ratios[rounds / 2],
+        "x raw",
+        None,
     );
     // The commit log alone, frames of 512 records' bytes, against the same bytes
     // appended and fdatasync'ed to a plain file in the same call.

@@ -274,9 +274,16 @@ pub struct Index {
 /// BENCHMARKS.md).
 const MEMTABLE_BYTES: u64 = 16 << 20;
 
+/// fjall's background threads (its default: one per core, at most 4). With more
+/// than one, fjall 3.1's first worker hands every compaction request back to the
+/// queue and takes it again until another worker is free: while the other one
+/// flushes, it spins (a third of fjall's share of the CPU in the engine benchmark,
+/// BENCHMARKS.md). One worker flushes and compacts in turn.
+const WORKER_THREADS: usize = 1;
+
 impl Index {
     pub fn open(dir: &Path) -> JournalResult<Index> {
-        let db = Database::builder(dir).open().map_err(|e| match e {
+        let db = Database::builder(dir).worker_threads(WORKER_THREADS).open().map_err(|e| match e {
             fjall::Error::Locked => {
                 JournalError::Locked(format!("index {} is in use by another process", dir.display()))
             }

@@ -18,8 +18,6 @@
 //! existed kept one `b'o' offset -> ref` key per event; `legacy_next_offset` reads
 //! the last of those.
 
-use std::collections::HashMap;
-
 use super::codec;
 use super::{JournalError, JournalResult, WriteBatch};
 
@@ -146,7 +144,7 @@ pub(crate) fn batch_entries(batch: &WriteBatch, first_offset: u64) -> (Vec<Entry
 /// two in the store. Backends hold it under a mutex for the whole `write`.
 pub(crate) struct WriterState {
     pub next_offset: u64,
-    last_seq: HashMap<String, u64>,
+    last_seq: foldhash::HashMap<String, u64>,
 }
 
 /// Forget the sequence numbers when this many persistence ids are remembered (the
@@ -155,7 +153,7 @@ const LAST_SEQ_CAPACITY: usize = 200_000;
 
 impl WriterState {
     pub fn new(next_offset: u64) -> Self {
-        WriterState { next_offset, last_seq: HashMap::new() }
+        WriterState { next_offset, last_seq: foldhash::HashMap::default() }
     }
 
     /// Refuse a batch that would overwrite an event or leave a gap.
@@ -165,7 +163,8 @@ impl WriterState {
         batch: &WriteBatch,
         mut stored: impl FnMut(&str, u64) -> JournalResult<bool>,
     ) -> JournalResult<()> {
-        let mut expected: HashMap<&str, u64> = HashMap::new();
+        let mut expected: foldhash::HashMap<&str, u64> = foldhash::HashMap::default();
+        expected.reserve(batch.events.len());
         for e in &batch.events {
             let pid = e.persistence_id.as_str();
             let follows = match expected.get(pid) {

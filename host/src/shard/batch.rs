@@ -15,7 +15,7 @@
 //! A batch also remembers the idempotency keys its commands applied, so a command
 //! delivered again while the first delivery is not durable yet is recognised.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::error::CommandResult;
@@ -33,7 +33,7 @@ pub struct PendingReply {
 }
 
 /// An entity's newest sequence number and state within a batch.
-pub type Touched = HashMap<String, (u64, Arc<[u8]>)>;
+pub type Touched = foldhash::HashMap<String, (u64, Arc<[u8]>)>;
 
 #[derive(Default)]
 struct Batch {
@@ -158,6 +158,10 @@ impl Batches {
         let id = self.next_id;
         self.next_id += 1;
         let mut batch = std::mem::replace(&mut self.open, Batch { id, ..Batch::default() });
+        // The next batch is likely the size of this one: grow its lists once.
+        self.open.write.events.reserve(batch.write.events.len());
+        self.open.replies.reserve(batch.replies.len());
+        self.open.touched.reserve(batch.touched.len());
         if batch.write.is_empty() {
             return Some(Flush::Durable(DurableBatch { id: batch.id, touched: batch.touched, replies: batch.replies }));
         }

@@ -44,7 +44,7 @@ mod lifecycle;
 mod permits;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -98,10 +98,10 @@ struct Shard {
     /// How many entities this shard last counted in the `active_entities` gauge.
     reported_entities: usize,
     /// The live handler of each entity type, with its component version.
-    handlers: HashMap<String, (u64, Box<dyn EntityHandler>)>,
+    handlers: foldhash::HashMap<String, (u64, Box<dyn EntityHandler>)>,
     /// The metrics of each entity type this shard has run (looked up here, not in
     /// the shared map, on the command path).
-    types: RefCell<HashMap<String, Arc<TypeMetrics>>>,
+    types: RefCell<foldhash::HashMap<String, Arc<TypeMetrics>>>,
     /// What this shard last counted in the per-type gauges: entities, stashed commands.
     reported_types: HashMap<String, (usize, usize)>,
     batches: Batches,
@@ -120,7 +120,7 @@ pub fn spawn(index: usize, shared: Arc<Shared>, me: Sender<ShardMsg>, rx: Receiv
                 entities: LinkedHashMap::new(),
                 max_entities,
                 reported_entities: 0,
-                handlers: HashMap::new(),
+                handlers: foldhash::HashMap::default(),
                 types: RefCell::default(),
                 reported_types: HashMap::new(),
                 batches: Batches::new(),
@@ -275,7 +275,8 @@ impl Shard {
 impl Shard {
     /// The batch is durable: advance durable state, release replies and side effects.
     fn batch_durable(&mut self, batch: DurableBatch) {
-        let mut members: HashSet<String> = HashSet::new();
+        let mut members = foldhash::HashSet::default();
+        members.reserve(batch.replies.len().max(batch.touched.len()));
         for (pid, (seq_nr, state)) in batch.touched {
             if let Some(e) = self.entities.get_mut(&pid) {
                 e.durable_seq_nr = seq_nr;
