@@ -5,7 +5,8 @@
 //! naming what is wrong, and the version already active keeps serving.
 //!
 //! Components: `tests/components/hostile` (attacks on request), `uses-wasi` (reads
-//! files and the clock), `wrong-world` (built against `mneme:entity@0.3.0`).
+//! files and the clock), `wrong-world` (built against `mneme:entity@0.3.0`),
+//! `wrong-replay` (its optional `replay` export of another type).
 
 use std::process::Command;
 
@@ -210,6 +211,15 @@ fn components_that_do_not_fit_the_entity_world_are_refused_at_deploy() {
             "it exports `mneme:entity/handler@0.3.0`",
         ],
         "a component of another WIT version",
+    );
+    let wrong_replay = std::fs::read(test_component("wrong-replay")).unwrap();
+    let (s, body) = server.request("PUT", "/v1/components/ledger", &wrong_replay);
+    assert_error(
+        s,
+        &json(&body),
+        400,
+        &["its `mneme:entity/replay` export does not match `wit/entity.wit`"],
+        "a component whose optional `replay` export has another type",
     );
 
     // The version that was active keeps serving, with its state; nothing was stored.

@@ -206,7 +206,12 @@ fn instantiate_v02(
 ) -> wasmtime::Result<Instance> {
     let instance = pre.instance_pre().instantiate(&mut *store)?;
     let entity = Entity::new(&mut *store, &instance)?;
-    let mismatch = |e: wasmtime::Error| e.context("its `mneme:entity/replay` export does not match `wit/entity.wit`");
+    let mismatch = |e: wasmtime::Error| {
+        e.context(
+            "its `mneme:entity/replay` export does not match `wit/entity.wit` (`apply-event-batch: func(state: \
+             list<u8>, batch: list<u8>) -> result<list<u8>, string>`)",
+        )
+    };
     let replay = match replay {
         Some(index) => {
             let func: ApplyEventBatch = instance.get_typed_func(&mut *store, index).map_err(mismatch)?;
