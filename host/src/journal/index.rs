@@ -274,16 +274,13 @@ pub struct Index {
 /// BENCHMARKS.md).
 const MEMTABLE_BYTES: u64 = 16 << 20;
 
-/// fjall's background threads (its default: one per core, at most 4). With more
-/// than one, fjall 3.1's first worker hands every compaction request back to the
-/// queue and takes it again until another worker is free: while the other one
-/// flushes, it spins (a third of fjall's share of the CPU in the engine benchmark,
-/// BENCHMARKS.md). One worker flushes and compacts in turn.
-const WORKER_THREADS: usize = 1;
-
 impl Index {
     pub fn open(dir: &Path) -> JournalResult<Index> {
-        let db = Database::builder(dir).worker_threads(WORKER_THREADS).open().map_err(|e| match e {
+        // fjall's default worker threads (one per core, at most 4). With two, its first
+        // worker spins handing compactions back while the other flushes (a few % of
+        // the CPU), but with one, a flush waits behind a compaction and writes stall:
+        // p99 at 16 connections went from ~5 ms to 28–72 ms (BENCHMARKS.md).
+        let db = Database::builder(dir).open().map_err(|e| match e {
             fjall::Error::Locked => {
                 JournalError::Locked(format!("index {} is in use by another process", dir.display()))
             }
