@@ -321,3 +321,27 @@ fn a_torn_last_frame_is_cut_and_logged_and_nothing_acknowledged_is_lost() {
         }
     }
 }
+
+/// A damaged index file on which fjall aborts the process (a panic in its manifest
+/// decode while it holds a lock, then another in its destructor: seen as trial 27
+/// of one CI run): that start is refused naming the damaged index, and the next
+/// start rebuilds the index from the log and serves everything acknowledged.
+#[test]
+fn an_index_whose_store_aborts_is_refused_once_then_rebuilt() {
+    let comps = components_dir(&[example("bank-account"), test_component("faulty")]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let reference = build(&data, comps.path());
+    // The manifest of the index's keyspace: byte 8 is its level count (7).
+    let manifest = data.join("index/keyspaces/1/v0");
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    assert_eq!(bytes[8], 7, "the manifest layout this test damages");
+    bytes[8] ^= 0x89;
+    std::fs::write(&manifest, &bytes).unwrap();
+    let stderr = dir.path().join("stderr");
+    let why = Server::try_start(&data, comps.path(), EXTRA, Some(&stderr)).err().expect("the damaged start is refused");
+    assert!(why.contains("the index") && why.contains("is damaged"), "{why}");
+    let server = Server::start(&data, comps.path(), EXTRA);
+    assert_eq!(read_all(&server).unwrap(), reference, "served data differs from what was acknowledged");
+    server.kill();
+}

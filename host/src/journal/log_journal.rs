@@ -487,8 +487,25 @@ fn at(loc: Loc, e: JournalError) -> JournalError {
 /// Open the index; one that cannot be opened (damaged, or a file of it missing)
 /// is derived data: it is removed and rebuilt from the log. If the fresh one
 /// cannot be opened either (no space, no permission), that error stands.
+///
+/// An open that never finished (the marker `index.opening` beside the index is
+/// still there) counts as damage too: fjall 3.1 can abort the process on a
+/// damaged file (a panic while it holds a lock, then another in its destructor),
+/// which no `catch_unwind` survives. That start is refused with a message naming
+/// the index (see [`report_index_panics`]); the next one rebuilds it.
 fn open_index(dir: &Path) -> JournalResult<Index> {
-    match open_index_once(dir) {
+    let marker = dir.with_extension("opening");
+    if marker.exists() && dir.exists() {
+        tracing::warn!(
+            "index {} did not finish opening last time (its store stopped the process); rebuilding it from the \
+             commit log",
+            dir.display()
+        );
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| JournalError::Storage(format!("removing damaged index {}: {e}", dir.display())))?;
+    }
+    std::fs::write(&marker, b"").map_err(|e| JournalError::Storage(format!("writing {}: {e}", marker.display())))?;
+    let opened = match open_index_once(dir) {
         Err(JournalError::Locked(m)) => Err(JournalError::Locked(m)),
         Err(e) => {
             tracing::warn!("index {} cannot be opened ({e}); rebuilding it from the commit log", dir.display());
@@ -497,7 +514,36 @@ fn open_index(dir: &Path) -> JournalResult<Index> {
             open_index_once(dir)
         }
         ok => ok,
+    };
+    if opened.is_ok() {
+        std::fs::remove_file(&marker)
+            .map_err(|e| JournalError::Storage(format!("removing {}: {e}", marker.display())))?;
     }
+    opened
+}
+
+thread_local! {
+    /// The index this thread is opening, for [`report_index_panics`].
+    static OPENING_INDEX: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Before a panic's message, say which index panicked and what happens next: if
+/// the store then aborts the process, this line is what the operator reads.
+fn report_index_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(dir) = OPENING_INDEX.with(|o| o.borrow().clone()) {
+                eprintln!(
+                    "mneme: the index {} is damaged: its store panicked while opening it; it is derived data, \
+                     rebuilt from the commit log (at the next start if this process stops now)",
+                    dir.display()
+                );
+            }
+            previous(info);
+        }));
+    });
 }
 
 /// `Index::open`, with a panic of the store's own recovery taken as damage. fjall
@@ -506,7 +552,11 @@ fn open_index(dir: &Path) -> JournalResult<Index> {
 /// on the thread opening the index, which here is the writer's. The index is
 /// derived from the log, so it is rebuilt instead.
 fn open_index_once(dir: &Path) -> JournalResult<Index> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Index::open(dir))).unwrap_or_else(|panic| {
+    report_index_panics();
+    OPENING_INDEX.with(|o| *o.borrow_mut() = Some(dir.to_path_buf()));
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Index::open(dir)));
+    OPENING_INDEX.with(|o| *o.borrow_mut() = None);
+    opened.unwrap_or_else(|panic| {
         let why = panic
             .downcast_ref::<String>()
             .map(String::as_str)
