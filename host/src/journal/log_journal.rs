@@ -497,8 +497,8 @@ fn open_index(dir: &Path) -> JournalResult<Index> {
     let marker = dir.with_extension("opening");
     if marker.exists() && dir.exists() {
         tracing::warn!(
-            "index {} did not finish opening last time (its store stopped the process); rebuilding it from the \
-             commit log",
+            "index {} did not finish opening last time (the process stopped while opening it: killed, or its store \
+             aborted on a damaged file); rebuilding it from the commit log",
             dir.display()
         );
         std::fs::remove_dir_all(dir)
