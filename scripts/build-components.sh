@@ -6,8 +6,9 @@
 #   target/test-components/faulty-projection-v2.wasm                 (the same, view-version 2)
 #   target/test-components/entity-v01.wasm                           (test-only, built
 #                                      against the earlier WIT 0.1.0, which must keep running)
-#   target/test-components/{uses-wasi,wrong-world,wrong-replay}.wasm (test-only, built
-#                                      to be refused at deploy: WASI, WIT 0.3.0, a mistyped `replay`)
+#   target/test-components/{uses-wasi,wrong-world,wrong-replay,wrong-decide}.wasm (test-only,
+#                                      built to be refused at deploy: WASI, WIT 0.3.0, a mistyped
+#                                      `replay`, a mistyped `decide`)
 # Runnable from any directory. Installs the wasm32-wasip2 target if it is missing
 # (no rust-toolchain.toml: the active toolchain is used as is).
 set -euo pipefail
@@ -22,7 +23,7 @@ fi
 
 cargo build --profile "$PROFILE" --target "$TARGET" \
     -p bank-account -p bank-account-v2 -p blog-post -p task-manager -p account-balances \
-    -p faulty -p hostile -p uses-wasi -p wrong-world -p wrong-replay -p faulty-projection -p entity-v01
+    -p faulty -p hostile -p uses-wasi -p wrong-world -p wrong-fast-path -p faulty-projection -p entity-v01
 
 # Cargo's target dir may be moved with CARGO_TARGET_DIR.
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -56,9 +57,12 @@ echo "Built components:"
 for crate in bank-account bank-account-v2 blog-post task-manager account-balances; do
     install_component "$crate" "$target_dir/components/$crate.wasm"
 done
-for crate in faulty hostile uses-wasi wrong-world wrong-replay faulty-projection entity-v01; do
+for crate in faulty hostile uses-wasi wrong-world faulty-projection entity-v01; do
     install_component "$crate" "$target_dir/test-components/$crate.wasm"
 done
-# The same crate again with another view-version: a different component.
+install_component wrong-fast-path "$target_dir/test-components/wrong-replay.wasm"
+# The same crates again with a feature: different components.
+cargo build --profile "$PROFILE" --target "$TARGET" -p wrong-fast-path --features decide
+install_component wrong-fast-path "$target_dir/test-components/wrong-decide.wasm"
 cargo build --profile "$PROFILE" --target "$TARGET" -p faulty-projection --features view-version-2
 install_component faulty-projection "$target_dir/test-components/faulty-projection-v2.wasm"

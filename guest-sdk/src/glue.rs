@@ -4,6 +4,7 @@
 
 use std::sync::Once;
 
+use crate::bindings::exports::mneme::entity::decide;
 use crate::bindings::mneme::entity::{host, types as wit};
 use crate::effect::Action;
 use crate::runtime::{self, EncodedEvent};
@@ -40,15 +41,25 @@ pub fn empty_state<E: Entity>() -> Vec<u8> {
 
 pub fn handle_command<E: Entity>(state: Vec<u8>, command: wit::Command) -> Result<wit::Effect, String> {
     install_panic_hook();
-    let meta = command.metadata;
-    let ctx = Context {
+    let ctx = context(command.metadata);
+    runtime::handle_command::<E>(&state, &command.payload, &ctx).map(effect_to_wit)
+}
+
+pub fn handle_command_and_apply<E: Entity>(state: Vec<u8>, command: wit::Command) -> Result<decide::Decision, String> {
+    install_panic_hook();
+    let ctx = context(command.metadata);
+    let (effect, state_after) = runtime::handle_command_and_apply::<E>(&state, &command.payload, &ctx)?;
+    Ok(decide::Decision { effect: effect_to_wit(effect), state_after })
+}
+
+fn context(meta: wit::CommandMetadata) -> Context {
+    Context {
         entity_type: meta.entity_type,
         entity_id: meta.entity_id,
         sequence_nr: meta.sequence_nr,
         timestamp_ms: meta.timestamp_ms,
         origin: meta.origin.map(|o| Origin { source: o.source, idempotency_key: o.idempotency_key }),
-    };
-    runtime::handle_command::<E>(&state, &command.payload, &ctx).map(effect_to_wit)
+    }
 }
 
 pub fn apply_events<E: Entity>(state: Vec<u8>, events: Vec<wit::Event>) -> Result<Vec<u8>, String> {

@@ -113,7 +113,7 @@ extern crate self as mneme_sdk;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit/entity.wit",
-        world: "entity-with-replay",
+        world: "entity-with-fast-paths",
         pub_export_macro: true,
         export_macro_name: "__mneme_export_handler",
         default_bindings_module: "::mneme_sdk::__private::bindings",
@@ -148,6 +148,8 @@ pub mod __private {
     #[cfg(target_arch = "wasm32")]
     pub use crate::bindings;
     #[cfg(target_arch = "wasm32")]
+    pub use crate::bindings::exports::mneme::entity::decide::{Decision, Guest as DecideGuest};
+    #[cfg(target_arch = "wasm32")]
     pub use crate::bindings::exports::mneme::entity::handler::Guest;
     #[cfg(target_arch = "wasm32")]
     pub use crate::bindings::exports::mneme::entity::replay::Guest as ReplayGuest;
@@ -167,8 +169,9 @@ pub mod __private {
     pub use wit_bindgen;
 }
 
-/// Exports an [`Entity`] as the component's `mneme:entity/handler` (and `replay`, which
-/// recovery calls with packed batches).
+/// Exports an [`Entity`] as the component's `mneme:entity/handler`, with `replay`
+/// (recovery calls it with packed batches) and `decide` (each command: decide and
+/// apply the events in one call).
 ///
 /// Use it once per component crate, at the top level. On `wasm32` it generates the
 /// wit-bindgen glue; on any other target it only checks that the type implements
@@ -215,13 +218,23 @@ macro_rules! export_entity {
                 }
             }
 
+            impl $crate::__private::DecideGuest for __MnemeEntity {
+                fn handle_command_and_apply(
+                    state: ::std::vec::Vec<u8>,
+                    command: $crate::__private::wit::Command,
+                ) -> ::std::result::Result<$crate::__private::Decision, ::std::string::String> {
+                    $crate::__private::glue::handle_command_and_apply::<$ty>(state, command)
+                }
+            }
+
             $crate::__private::bindings::__mneme_export_handler!(__MnemeEntity with_types_in $crate::__private::bindings);
         };
     };
 }
 
-/// Exports an [`Entity`] as the component's `mneme:entity/handler` (and `replay`, which
-/// recovery calls with packed batches).
+/// Exports an [`Entity`] as the component's `mneme:entity/handler`, with `replay`
+/// (recovery calls it with packed batches) and `decide` (each command: decide and
+/// apply the events in one call).
 ///
 /// Use it once per component crate, at the top level. On `wasm32` it generates the
 /// wit-bindgen glue; on any other target it only checks that the type implements

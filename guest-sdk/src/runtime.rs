@@ -21,13 +21,42 @@ pub fn empty_state<E: Entity>() -> Vec<u8> {
 
 /// Decodes state and command, runs `E::handle`, encodes the events.
 pub fn handle_command<E: Entity>(state: &[u8], command: &[u8], ctx: &Context) -> Result<Effect<EncodedEvent>, String> {
+    decide::<E>(state, command, ctx, false).map(|(effect, _)| effect)
+}
+
+/// [`handle_command`], and the state after the events it persists, encoded (none
+/// when it persists none): `decide.handle-command-and-apply` (`wit/entity.wit`).
+/// The events are applied as `E::handle` returned them, before their encoding,
+/// as Akka applies an effect's events.
+pub fn handle_command_and_apply<E: Entity>(
+    state: &[u8],
+    command: &[u8],
+    ctx: &Context,
+) -> Result<(Effect<EncodedEvent>, Option<Vec<u8>>), String> {
+    decide::<E>(state, command, ctx, true)
+}
+
+fn decide<E: Entity>(
+    state: &[u8],
+    command: &[u8],
+    ctx: &Context,
+    with_state_after: bool,
+) -> Result<(Effect<EncodedEvent>, Option<Vec<u8>>), String> {
     let state: E::State = decode_state(state)?;
     let command: E::Command = decode_command(command)?;
     let effect = E::handle(&state, command, ctx);
-    let reply = match &effect.reply_with {
-        // The state after the events, by the entity's own event handler.
-        Some(reply) => Some(reply.call(&effect.events().iter().fold(state, E::apply))),
-        None => effect.reply,
+    let persists = matches!(effect.action, Action::Persist(_));
+    // The state after the events, by the entity's own event handler: for a reply
+    // computed from it, and for the caller that asked for it.
+    let after = (effect.reply_with.is_some() || (with_state_after && persists))
+        .then(|| effect.events().iter().fold(state, E::apply));
+    let reply = match (&effect.reply_with, &after) {
+        (Some(reply), Some(after)) => Some(reply.call(after)),
+        _ => effect.reply,
+    };
+    let state_after = match after {
+        Some(after) if with_state_after && persists => Some(to_json(&after, "state")),
+        _ => None,
     };
     let action = match effect.action {
         Action::Persist(events) => Action::Persist(
@@ -44,14 +73,15 @@ pub fn handle_command<E: Entity>(state: &[u8], command: &[u8], ctx: &Context) ->
         Action::Unhandled => Action::Unhandled,
         Action::Stash => Action::Stash,
     };
-    Ok(Effect {
+    let effect = Effect {
         action,
         reply,
         reply_with: None,
         then: effect.then,
         unstash_all: effect.unstash_all,
         stop: effect.stop,
-    })
+    };
+    Ok((effect, state_after))
 }
 
 /// Decodes the state once, folds every `(manifest, payload)` event, encodes once:

@@ -236,3 +236,25 @@ fn then_reply_with_replies_from_the_state_after_the_events() {
 fn then_reply_with_of_another_type_than_the_state_names_the_type() {
     let _ = runtime::handle_command::<Counter>(br#"{"total":1}"#, br#"{"type":"WrongStateType"}"#, &ctx());
 }
+
+#[test]
+fn handle_command_and_apply_gives_the_state_apply_events_would() {
+    let state = br#"{"total":1}"#;
+    for command in [&br#"{"type":"Add","amount":5}"#[..], br#"{"type":"AddAndTell","amount":4}"#] {
+        let alone = runtime::handle_command::<Counter>(state, command, &ctx()).unwrap();
+        let (effect, after) = runtime::handle_command_and_apply::<Counter>(state, command, &ctx()).unwrap();
+        // The same decision as `handle-command`, reply included.
+        assert_eq!(effect, alone);
+        let folded = runtime::apply_events::<Counter>(
+            state,
+            effect.events().iter().map(|e| (e.manifest.as_str(), &e.payload[..])),
+        )
+        .unwrap();
+        assert_eq!(after, Some(folded));
+    }
+    let (effect, after) = runtime::handle_command_and_apply::<Counter>(state, br#"{"type":"Stash"}"#, &ctx()).unwrap();
+    assert!(effect.is_stashed());
+    assert_eq!(after, None, "no events, no state after them");
+    let err = runtime::handle_command_and_apply::<Counter>(state, br#"{"type":"Nope"}"#, &ctx()).unwrap_err();
+    assert!(err.contains("Nope"), "{err}");
+}

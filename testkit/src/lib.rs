@@ -22,7 +22,10 @@
 //! Every command is also checked the way the server would: the action's events
 //! must pass the journal's manifest and tag rules, and (Akka's serialization
 //! check) the state must survive a round trip through `apply-events` unchanged,
-//! so a snapshot of it recovers to the same state.
+//! so a snapshot of it recovers to the same state, and the state a handler
+//! computed with its decision (`decide.handle-command-and-apply`, which the
+//! server keeps) must equal `apply-events` of the events it persisted (what
+//! recovery rebuilds).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,7 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use mneme::component::bindings::mneme::entity::types::{Action, Command, CommandMetadata, Event, Reply, SideEffect};
 use mneme::component::store::sha256_hex;
-use mneme::component::{sandbox::Runtime, EntityHandler, LoadedComponent, Registry, SandboxLimits};
+use mneme::component::{sandbox::Runtime, Decision, EntityHandler, LoadedComponent, Registry, SandboxLimits};
 use serde_json::Value;
 
 mod native;
@@ -378,8 +381,8 @@ impl TestKit {
             stop: false,
             unstashed: vec![],
         };
-        let effect = match self.handler.handle_command(&self.state, &command) {
-            Ok(Ok(effect)) => effect,
+        let Decision { effect, state_after } = match self.handler.handle_command_and_apply(&self.state, &command) {
+            Ok(Ok(decision)) => decision,
             Ok(Err(msg)) => return done(self, Outcome::Malformed(msg)),
             Err(fault) => {
                 self.handler = self.maker.make();
@@ -387,7 +390,7 @@ impl TestKit {
             }
         };
         let limits = SandboxLimits::default();
-        if let Err(f) = mneme::component::limits::check_decision(&Ok(effect.clone()), &limits) {
+        if let Err(f) = mneme::component::limits::check_decision(Ok(&effect), &limits) {
             return done(self, Outcome::Fault(f.0));
         }
         let events = match effect.action {
@@ -423,6 +426,9 @@ impl TestKit {
         };
         if self.serialization_check {
             self.check_round_trip(&state);
+            if let Some(after) = state_after.filter(|_| !persisted.is_empty()) {
+                self.check_state_after(&after, &state);
+            }
         }
         self.state = state;
         self.events.extend(persisted.iter().cloned());
@@ -475,6 +481,19 @@ impl TestKit {
             Ok(Err(msg)) => panic!("serialization check: apply-events cannot read the state it wrote: {msg}"),
             Err(f) => panic!("serialization check: apply-events faulted on the state it wrote: {}", f.0),
         }
+    }
+
+    /// The server keeps the state a handler computed with its decision
+    /// (`decide.handle-command-and-apply`); recovery folds the stored events
+    /// through `apply-events`: both must give the same state.
+    fn check_state_after(&self, decided: &[u8], folded: &[u8]) {
+        assert!(
+            decided == folded,
+            "serialization check: the state handle-command-and-apply returned differs from apply-events of its \
+             events, so recovery would rebuild another state than the live one\n  decided: {}\n  folded:  {}",
+            String::from_utf8_lossy(decided),
+            String::from_utf8_lossy(folded)
+        );
     }
 
     /// Restart the entity as the server would after a crash: a fresh instance

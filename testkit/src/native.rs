@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use mneme::component::bindings::mneme::entity::types::{
     Action, Command, CommandTo, Effect, EntityInfo, Event, LogLevel, LogLine, Message, Reply, SideEffect, Timer,
 };
-use mneme::component::{EntityHandler, EventBatch, Fault};
+use mneme::component::{Decision, EntityHandler, EventBatch, Fault};
 use mneme_sdk::runtime;
 
 /// The handler of entity `E`, natively.
@@ -40,6 +40,43 @@ fn side_effect(s: &mneme_sdk::SideEffect) -> SideEffect {
     }
 }
 
+fn context(command: &Command) -> mneme_sdk::Context {
+    let m = &command.metadata;
+    let ctx = mneme_sdk::Context::new(m.entity_type.clone(), m.entity_id.clone(), m.sequence_nr, m.timestamp_ms);
+    match &m.origin {
+        Some(o) => ctx.sent_by(o.source.clone(), o.idempotency_key.clone()),
+        None => ctx,
+    }
+}
+
+fn effect_to_wit(effect: &mneme_sdk::Effect<runtime::EncodedEvent>) -> Effect {
+    let action = if effect.is_persist() {
+        Action::Persist(
+            effect
+                .events()
+                .iter()
+                .map(|e| Event { manifest: e.manifest.clone(), payload: e.payload.clone(), tags: e.tags.clone() })
+                .collect(),
+        )
+    } else if effect.is_unhandled() {
+        Action::Unhandled
+    } else if effect.is_stashed() {
+        Action::Stash
+    } else {
+        Action::None
+    };
+    Effect {
+        action,
+        reply: effect.reply_value().map(|r| match r {
+            mneme_sdk::Reply::Ok(b) => Reply::Ok(b.clone()),
+            mneme_sdk::Reply::Error(m) => Reply::Error(m.clone()),
+        }),
+        then: effect.side_effects().iter().map(side_effect).collect(),
+        unstash_all: effect.unstashes_all(),
+        stop: effect.stops(),
+    }
+}
+
 /// A panic in native entity code is what a trap is in a component.
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, Fault> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
@@ -66,41 +103,16 @@ impl<E: mneme_sdk::Entity> EntityHandler for Native<E> {
     }
 
     fn handle_command(&mut self, state: &[u8], command: &Command) -> Result<Result<Effect, String>, Fault> {
-        let m = &command.metadata;
-        let mut ctx =
-            mneme_sdk::Context::new(m.entity_type.clone(), m.entity_id.clone(), m.sequence_nr, m.timestamp_ms);
-        if let Some(o) = &m.origin {
-            ctx = ctx.sent_by(o.source.clone(), o.idempotency_key.clone());
-        }
-        let effect = match guarded("handle-command", || runtime::handle_command::<E>(state, &command.payload, &ctx))? {
-            Ok(e) => e,
-            Err(msg) => return Ok(Err(msg)),
-        };
-        let action = if effect.is_persist() {
-            Action::Persist(
-                effect
-                    .events()
-                    .iter()
-                    .map(|e| Event { manifest: e.manifest.clone(), payload: e.payload.clone(), tags: e.tags.clone() })
-                    .collect(),
-            )
-        } else if effect.is_unhandled() {
-            Action::Unhandled
-        } else if effect.is_stashed() {
-            Action::Stash
-        } else {
-            Action::None
-        };
-        Ok(Ok(Effect {
-            action,
-            reply: effect.reply_value().map(|r| match r {
-                mneme_sdk::Reply::Ok(b) => Reply::Ok(b.clone()),
-                mneme_sdk::Reply::Error(m) => Reply::Error(m.clone()),
-            }),
-            then: effect.side_effects().iter().map(side_effect).collect(),
-            unstash_all: effect.unstashes_all(),
-            stop: effect.stops(),
-        }))
+        let ctx = context(command);
+        let effect = guarded("handle-command", || runtime::handle_command::<E>(state, &command.payload, &ctx))?;
+        Ok(effect.map(|e| effect_to_wit(&e)))
+    }
+
+    fn handle_command_and_apply(&mut self, state: &[u8], command: &Command) -> Result<Result<Decision, String>, Fault> {
+        let ctx = context(command);
+        let decided =
+            guarded("handle-command", || runtime::handle_command_and_apply::<E>(state, &command.payload, &ctx))?;
+        Ok(decided.map(|(e, state_after)| Decision { effect: effect_to_wit(&e), state_after }))
     }
 
     fn apply_events(&mut self, state: &[u8], events: &[Event]) -> Result<Result<Vec<u8>, String>, Fault> {

@@ -6,7 +6,8 @@
 //!
 //! Components: `tests/components/hostile` (attacks on request), `uses-wasi` (reads
 //! files and the clock), `wrong-world` (built against `mneme:entity@0.3.0`),
-//! `wrong-replay` (its optional `replay` export of another type).
+//! `wrong-replay` and `wrong-decide` (`tests/components/wrong-fast-path`: its
+//! optional `replay` or `decide` export of another type).
 
 use std::process::Command;
 
@@ -220,6 +221,18 @@ fn components_that_do_not_fit_the_entity_world_are_refused_at_deploy() {
         400,
         &["its `mneme:entity/replay` export does not match `wit/entity.wit`"],
         "a component whose optional `replay` export has another type",
+    );
+    let wrong_decide = std::fs::read(test_component("wrong-decide")).unwrap();
+    let (s, body) = server.request("PUT", "/v1/components/ledger", &wrong_decide);
+    assert_error(
+        s,
+        &json(&body),
+        400,
+        &[
+            "its `mneme:entity/decide` export does not match `wit/entity.wit`",
+            "handle-command-and-apply: func(state: list<u8>, command: command) -> result<decision, string>",
+        ],
+        "a component whose optional `decide` export has another type",
     );
 
     // The version that was active keeps serving, with its state; nothing was stored.

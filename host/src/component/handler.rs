@@ -13,10 +13,27 @@ use super::event_batch::EventBatch;
 #[derive(Debug, Clone)]
 pub struct Fault(pub String);
 
+/// What a command handler decided, and, when it could say so in the same call
+/// (the `decide` export of `wit/entity.wit`), the state after the events it
+/// persists.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub effect: Effect,
+    /// The state after the effect's events, when the effect persists events and
+    /// the handler computed it; else the engine calls `apply_events`.
+    pub state_after: Option<Vec<u8>>,
+}
+
 pub trait EntityHandler: Send {
     fn describe(&mut self) -> Result<EntityInfo, Fault>;
     fn empty_state(&mut self) -> Result<Vec<u8>, Fault>;
     fn handle_command(&mut self, state: &[u8], command: &Command) -> Result<Result<Effect, String>, Fault>;
+    /// `handle_command`, and the state after the persisted events if the handler
+    /// can fold them in the same call. A handler that cannot leaves it to
+    /// `apply_events`.
+    fn handle_command_and_apply(&mut self, state: &[u8], command: &Command) -> Result<Result<Decision, String>, Fault> {
+        Ok(self.handle_command(state, command)?.map(|effect| Decision { effect, state_after: None }))
+    }
     fn apply_events(&mut self, state: &[u8], events: &[Event]) -> Result<Result<Vec<u8>, String>, Fault>;
     /// The same fold over a packed batch (recovery). A handler that cannot take
     /// one packed gets the events as a list.

@@ -32,7 +32,7 @@ pub mod view;
 pub mod world;
 
 pub use event_batch::EventBatch;
-pub use handler::{EntityHandler, Fault, NativeFactory};
+pub use handler::{Decision, EntityHandler, Fault, NativeFactory};
 pub use limits::SandboxLimits;
 pub use projection::{ProjectionFault, ProjectionInfo, ProjectionSandbox};
 pub use registry::{Code, LoadedComponent, LoadedProjection, Registry};

@@ -15,7 +15,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use wasmtime::component::{Component, ComponentExportIndex, Func, HasSelf, Linker, TypedFunc};
+use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Func, HasSelf, Lift, Linker, TypedFunc};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 use super::bindings::exports::mneme::entity::handler;
@@ -23,7 +23,7 @@ use super::bindings::mneme::entity::host;
 use super::bindings::{Entity, EntityPre};
 use super::bindings_v01 as v01;
 use super::event_batch::EventBatch;
-use super::handler::{EntityHandler, Fault};
+use super::handler::{Decision, EntityHandler, Fault};
 use super::legacy;
 use super::limits::{self, SandboxLimits};
 use super::view::ViewReader;
@@ -67,20 +67,42 @@ impl v01::mneme::entity::host::Host for HostState {
 impl v01::mneme::entity::types::Host for HostState {}
 
 /// A component linked and ready to instantiate, in the world it was built for
-/// (with 0.2.x, where it exports `apply-event-batch`, if it does).
+/// (with 0.2.x, the optional exports it has).
 pub enum WasmPre {
     V0_1(v01::EntityPre<HostState>),
-    V0_2(EntityPre<HostState>, Option<ComponentExportIndex>),
+    V0_2(EntityPre<HostState>, FastPaths<ComponentExportIndex>),
+}
+
+/// The optional exports of a 0.2.x component (`wit/entity.wit`), where it has them.
+#[derive(Clone, Copy, Default)]
+pub struct FastPaths<T> {
+    /// `replay#apply-event-batch`: recovery's packed batches.
+    replay: Option<T>,
+    /// `decide#handle-command-and-apply`: a command decided and applied in one call.
+    decide: Option<T>,
 }
 
 /// A live instance, in the world it was built for.
 enum Instance {
     V0_1(v01::Entity),
-    V0_2(Entity, Option<Func>),
+    V0_2(Entity, FastPaths<Func>),
 }
 
 /// `apply-event-batch: func(state: list<u8>, batch: list<u8>) -> result<list<u8>, string>`.
 type ApplyEventBatch<'a> = TypedFunc<(&'a [u8], &'a [u8]), (Result<Vec<u8>, String>,)>;
+
+/// `handle-command-and-apply: func(state: list<u8>, command: command) -> result<decision, string>`.
+type HandleCommandAndApply<'a> = TypedFunc<(&'a [u8], &'a handler::Command), (Result<WitDecision, String>,)>;
+
+/// `decide.decision` of `wit/entity.wit`.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct WitDecision {
+    #[component(name = "effect")]
+    effect: handler::Effect,
+    #[component(name = "state-after")]
+    state_after: Option<Vec<u8>>,
+}
 
 impl world::NotesWasiCalls for HostState {
     fn wasi_called(&mut self, function: String) {
@@ -161,8 +183,11 @@ impl Runtime {
         Ok(match version {
             WitVersion::V0_1 => WasmPre::V0_1(v01::EntityPre::new(pre).map_err(mismatch)?),
             WitVersion::V0_2 => {
-                let replay = world::replay_export(&self.engine, component);
-                WasmPre::V0_2(EntityPre::new(pre).map_err(mismatch)?, replay)
+                let exports = FastPaths {
+                    replay: world::optional_export(&self.engine, component, "replay", "apply-event-batch"),
+                    decide: world::optional_export(&self.engine, component, "decide", "handle-command-and-apply"),
+                };
+                WasmPre::V0_2(EntityPre::new(pre).map_err(mismatch)?, exports)
             }
         })
     }
@@ -172,7 +197,7 @@ impl Runtime {
         let mut store = self.store();
         let instance = match pre {
             WasmPre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
-            WasmPre::V0_2(pre, replay) => instantiate_v02(&mut store, pre, replay.as_ref()),
+            WasmPre::V0_2(pre, exports) => instantiate_v02(&mut store, pre, exports),
         };
         let entity = instance.map_err(|e| fault_reason(&e, store.data(), self.limits))?;
         Ok(Sandbox { store, entity, limits: self.limits })
@@ -197,29 +222,40 @@ impl Runtime {
     }
 }
 
-/// A 0.2.x instance and its `apply-event-batch`, whose type is checked here: a
-/// component exporting it with another type is refused when it is deployed.
+/// A 0.2.x instance and its optional exports, whose types are checked here: a
+/// component exporting one with another type is refused when it is deployed.
 fn instantiate_v02(
     store: &mut Store<HostState>,
     pre: &EntityPre<HostState>,
-    replay: Option<&ComponentExportIndex>,
+    exports: &FastPaths<ComponentExportIndex>,
 ) -> wasmtime::Result<Instance> {
     let instance = pre.instance_pre().instantiate(&mut *store)?;
     let entity = Entity::new(&mut *store, &instance)?;
-    let mismatch = |e: wasmtime::Error| {
-        e.context(
-            "its `mneme:entity/replay` export does not match `wit/entity.wit` (`apply-event-batch: func(state: \
-             list<u8>, batch: list<u8>) -> result<list<u8>, string>`)",
-        )
+    let mismatch = |interface: &str, signature: &str| {
+        let message = format!("its `mneme:entity/{interface}` export does not match `wit/entity.wit` (`{signature}`)");
+        move |e: wasmtime::Error| e.context(message)
     };
-    let replay = match replay {
+    let replay = match &exports.replay {
         Some(index) => {
-            let func: ApplyEventBatch = instance.get_typed_func(&mut *store, index).map_err(mismatch)?;
+            let func: ApplyEventBatch = instance.get_typed_func(&mut *store, index).map_err(mismatch(
+                "replay",
+                "apply-event-batch: func(state: list<u8>, batch: list<u8>) -> result<list<u8>, string>",
+            ))?;
             Some(*func.func())
         }
         None => None,
     };
-    Ok(Instance::V0_2(entity, replay))
+    let decide = match &exports.decide {
+        Some(index) => {
+            let func: HandleCommandAndApply = instance.get_typed_func(&mut *store, index).map_err(mismatch(
+                "decide",
+                "handle-command-and-apply: func(state: list<u8>, command: command) -> result<decision, string>",
+            ))?;
+            Some(*func.func())
+        }
+        None => None,
+    };
+    Ok(Instance::V0_2(entity, FastPaths { replay, decide }))
 }
 
 impl HostState {
@@ -296,7 +332,7 @@ pub struct Sandbox {
 /// The guest of either world and the store to call it with.
 enum Guest<'a> {
     V0_1(&'a v01::exports::mneme::entity::handler::Guest),
-    V0_2(&'a handler::Guest, Option<Func>),
+    V0_2(&'a handler::Guest, FastPaths<Func>),
 }
 
 impl Sandbox {
@@ -305,7 +341,7 @@ impl Sandbox {
         self.store.data_mut().reset();
         let guest = match &self.entity {
             Instance::V0_1(e) => Guest::V0_1(e.mneme_entity_handler()),
-            Instance::V0_2(e, replay) => Guest::V0_2(e.mneme_entity_handler(), *replay),
+            Instance::V0_2(e, exports) => Guest::V0_2(e.mneme_entity_handler(), *exports),
         };
         f(guest, &mut self.store).map_err(|e| Fault(fault_reason(&e, self.store.data(), self.limits)))
     }
@@ -335,7 +371,29 @@ impl EntityHandler for Sandbox {
             Guest::V0_1(g) => Ok(g.call_handle_command(s, state, &legacy::command(command))?.map(legacy::effect)),
             Guest::V0_2(g, _) => g.call_handle_command(s, state, command),
         })?;
-        limits::check_decision(&decision, &self.limits)?;
+        limits::check_decision(decision.as_ref().map_err(String::as_str), &self.limits)?;
+        Ok(decision)
+    }
+
+    fn handle_command_and_apply(
+        &mut self,
+        state: &[u8],
+        command: &handler::Command,
+    ) -> Result<Result<Decision, String>, Fault> {
+        let decision = self.call(|g, s| match g {
+            Guest::V0_2(_, FastPaths { decide: Some(f), .. }) => {
+                let f: HandleCommandAndApply = f.typed(&*s)?;
+                let decided = f.call(s, (state, command))?.0;
+                Ok(decided.map(|d| Decision { effect: d.effect, state_after: d.state_after }))
+            }
+            Guest::V0_2(g, _) => {
+                Ok(g.call_handle_command(s, state, command)?.map(|effect| Decision { effect, state_after: None }))
+            }
+            Guest::V0_1(g) => Ok(g
+                .call_handle_command(s, state, &legacy::command(command))?
+                .map(|e| Decision { effect: legacy::effect(e), state_after: None })),
+        })?;
+        limits::check_decision(decision.as_ref().map(|d| &d.effect).map_err(String::as_str), &self.limits)?;
         Ok(decision)
     }
 
@@ -348,11 +406,11 @@ impl EntityHandler for Sandbox {
 
     fn apply_event_batch(&mut self, state: &[u8], batch: &EventBatch) -> Result<Result<Vec<u8>, String>, Fault> {
         self.call(|g, s| match g {
-            Guest::V0_2(_, Some(f)) => {
+            Guest::V0_2(_, FastPaths { replay: Some(f), .. }) => {
                 let f: ApplyEventBatch = f.typed(&*s)?;
                 Ok(f.call(s, (state, batch.as_bytes()))?.0)
             }
-            Guest::V0_2(g, None) => {
+            Guest::V0_2(g, _) => {
                 let events = batch.to_events();
                 g.call_apply_events(s, state, &events)
             }

@@ -322,20 +322,24 @@ pub fn check_entity(engine: &Engine, component: &Component) -> anyhow::Result<Wi
     check(&ENTITY, engine, component).map(WitVersion::of)
 }
 
-/// The package interface holding recovery's packed-batch fold, an optional export.
-const REPLAY_INTERFACE: &str = "mneme:entity/replay";
-
-/// Where a component exports `mneme:entity/replay@0.2.x#apply-event-batch`, the
-/// optional fast path of recovery (`wit/entity.wit`), if it does; its type is
+/// Where a component exports `mneme:entity/{interface}@0.2.x#{function}`, an
+/// optional fast path of `wit/entity.wit` (`replay#apply-event-batch` for recovery,
+/// `decide#handle-command-and-apply` for commands), if it does; its type is
 /// checked when the instance is made.
-pub fn replay_export(engine: &Engine, component: &Component) -> Option<ComponentExportIndex> {
+pub fn optional_export(
+    engine: &Engine,
+    component: &Component,
+    interface: &str,
+    function: &str,
+) -> Option<ComponentExportIndex> {
     let ty = component.component_type();
+    let wanted = format!("mneme:entity/{interface}");
     let name = ty.exports(engine).map(|(name, _)| name).find(|name| {
         let (base, version) = split_version(name);
-        base == REPLAY_INTERFACE && compatible(&ENTITY, version) == Some((0, 2))
+        base == wanted && compatible(&ENTITY, version) == Some((0, 2))
     })?;
     let interface = component.get_export_index(None, name)?;
-    component.get_export_index(Some(&interface), "apply-event-batch")
+    component.get_export_index(Some(&interface), function)
 }
 
 /// Host data that remembers which WASI function a guest called, for the fault's

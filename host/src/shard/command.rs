@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::component::bindings::exports::mneme::entity::handler;
 use crate::component::bindings::mneme::entity::types::{self as wit, Action, CommandMetadata, Reply};
-use crate::component::LoadedComponent;
+use crate::component::{Decision, LoadedComponent};
 use crate::error::{CommandError, CommandResult};
 use crate::journal::{AppliedKey, JournalError, NewEvent, Snapshot};
 use crate::names::{persistence_id, validate_label};
@@ -123,17 +123,16 @@ impl Shard {
                 Err(e) => return self.respond(env, Err(e)),
             }
         }
-        let mut effect = match self.decide(comp, entity, &mut env) {
-            Ok(effect) => effect,
+        let decision = match self.decide(comp, entity, &mut env) {
+            Ok(decision) => decision,
             Err(e) => return self.respond(env, Err(e)),
         };
-        let action = std::mem::replace(&mut effect.action, Action::None);
-        if matches!(action, Action::Stash) {
+        if matches!(decision.effect.action, Action::Stash) {
             // Unstashing right after stashing would loop forever: no unstash here.
-            return self.stash(pid, entity, env, effect.stop);
+            return self.stash(pid, entity, env, decision.effect.stop);
         }
-        let (unstash_all, stop) = (effect.unstash_all, effect.stop);
-        self.carry_out(comp, pid, entity, env, action, effect);
+        let (unstash_all, stop) = (decision.effect.unstash_all, decision.effect.stop);
+        self.carry_out(comp, pid, entity, env, decision);
         if unstash_all {
             while let Some(env) = entity.stash.pop_back() {
                 queue.push_front(env);
@@ -157,15 +156,8 @@ impl Shard {
     }
 
     /// Persist / none / unhandled, and the reply and side effects that go with it.
-    fn carry_out(
-        &mut self,
-        comp: &LoadedComponent,
-        pid: &str,
-        entity: &mut Entity,
-        env: Envelope,
-        action: Action,
-        effect: handler::Effect,
-    ) {
+    fn carry_out(&mut self, comp: &LoadedComponent, pid: &str, entity: &mut Entity, env: Envelope, decision: Decision) {
+        let Decision { effect, state_after } = decision;
         let outcome = match effect.reply {
             Some(Reply::Ok(bytes)) => Outcome::Reply(bytes),
             Some(Reply::Error(msg)) => Outcome::ReplyError(msg),
@@ -173,10 +165,10 @@ impl Shard {
         };
         let shared = self.shared.clone();
         let runner = &shared.side_effects;
-        match action {
+        match effect.action {
             Action::Persist(events) if !events.is_empty() => {
                 env.span.record("events", events.len());
-                if let Err(e) = self.persist(comp, pid, entity, env.accepted_ms, events) {
+                if let Err(e) = self.persist(comp, pid, entity, env.accepted_ms, events, state_after) {
                     return self.respond(env, Err(e));
                 }
                 env.span.record("seq_nr", entity.seq_nr);
@@ -221,13 +213,9 @@ impl Shard {
         }
     }
 
-    /// Call the command handler on the entity's newest state.
-    fn decide(
-        &mut self,
-        comp: &LoadedComponent,
-        entity: &Entity,
-        env: &mut Envelope,
-    ) -> CommandResult<handler::Effect> {
+    /// Call the command handler on the entity's newest state (and have it apply
+    /// the events it persists in the same call, if it can).
+    fn decide(&mut self, comp: &LoadedComponent, entity: &Entity, env: &mut Envelope) -> CommandResult<Decision> {
         let command = handler::Command {
             manifest: std::mem::take(&mut env.manifest),
             payload: std::mem::take(&mut env.payload),
@@ -245,13 +233,13 @@ impl Shard {
         env.span.record("component.version", comp.version);
         let started = Instant::now();
         let decided = telemetry::handle_command_span(&env.span)
-            .in_scope(|| self.handler(comp).map(|h| h.handle_command(&entity.state, &command)));
+            .in_scope(|| self.handler(comp).map(|h| h.handle_command_and_apply(&entity.state, &command)));
         self.with_type(&comp.entity_type, |m| m.guest_call_seconds.observe(started.elapsed()));
         // The envelope may be stashed and handed in again: give the command back.
         env.manifest = command.manifest;
         env.payload = command.payload;
         match decided? {
-            Ok(Ok(effect)) => Ok(effect),
+            Ok(Ok(decision)) => Ok(decision),
             Ok(Err(msg)) => Err(CommandError::Malformed(msg)),
             Err(f) => Err(self.fault(comp, f.0)),
         }
@@ -287,8 +275,9 @@ impl Shard {
         }
     }
 
-    /// Validate the events, apply them to the newest state and add them (and a
-    /// snapshot if the policy says so) to the open batch.
+    /// Validate the events, apply them to the newest state (unless the handler
+    /// did, `state_after`) and add them (and a snapshot if the policy says so) to
+    /// the open batch.
     fn persist(
         &mut self,
         comp: &LoadedComponent,
@@ -296,11 +285,15 @@ impl Shard {
         entity: &mut Entity,
         timestamp_ms: u64,
         mut events: Vec<handler::Event>,
+        state_after: Option<Vec<u8>>,
     ) -> CommandResult<()> {
         self.check_events(&events)?;
         // `apply-events` gets no tags, live as in recovery (see wit/entity.wit).
         let tags: Vec<Vec<String>> = events.iter_mut().map(|e| std::mem::take(&mut e.tags)).collect();
-        let new_state = self.apply(comp, &entity.state, &events)?;
+        let new_state = match state_after {
+            Some(state) => state,
+            None => self.apply(comp, &entity.state, &events)?,
+        };
         let first = entity.seq_nr + 1;
         entity.seq_nr += events.len() as u64;
         entity.state = new_state.into();
