@@ -46,7 +46,9 @@
 //! assert_eq!(view.json("alice"), Some(serde_json::json!(10)));
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use foldhash::fast::FixedState;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -149,13 +151,17 @@ pub enum ViewUpdate {
 pub struct View<'a> {
     read: &'a mut dyn FnMut(&str) -> Option<Vec<u8>>,
     /// Every key read or written: its current value and whether it was changed.
-    entries: BTreeMap<String, (Option<Vec<u8>>, bool)>,
+    /// Hashed, not ordered: a batch reads and writes each key many times, and in
+    /// Wasm a string compared byte by byte on every step of an ordered lookup was
+    /// a sixth of a projection's time. The seed is fixed (a guest has no
+    /// randomness), and the changes are sorted once at the end.
+    entries: HashMap<String, (Option<Vec<u8>>, bool), FixedState>,
 }
 
 impl<'a> View<'a> {
     /// A view that reads what it has not seen yet through `read`.
     pub fn new(read: &'a mut dyn FnMut(&str) -> Option<Vec<u8>>) -> View<'a> {
-        View { read, entries: BTreeMap::new() }
+        View { read, entries: HashMap::default() }
     }
 
     /// The current value of `key`, with this batch's changes.
@@ -204,11 +210,12 @@ impl<'a> View<'a> {
         Ok(())
     }
 
-    /// The changes, one per key.
+    /// The changes, one per key, in key order.
     pub fn into_updates(self) -> Vec<ViewUpdate> {
-        self.entries
+        let mut changed: Vec<_> = self.entries.into_iter().filter(|(_, (_, changed))| *changed).collect();
+        changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        changed
             .into_iter()
-            .filter(|(_, (_, changed))| *changed)
             .map(|(key, (value, _))| match value {
                 Some(value) => ViewUpdate::Put { key, value },
                 None => ViewUpdate::Delete { key },

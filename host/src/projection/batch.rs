@@ -10,7 +10,7 @@
 //! * [`check_updates`]: what a guest returned, checked against the limits before
 //!   anything of it is stored.
 
-use std::collections::{BTreeMap, HashMap};
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::component::ViewReader;
@@ -89,7 +89,7 @@ pub struct ViewCache {
 
 impl ViewCache {
     pub fn new(budget: usize) -> ViewCache {
-        ViewCache { pending: HashMap::new(), values: HashMap::new(), bytes: 0, budget }
+        ViewCache { pending: HashMap::default(), values: HashMap::default(), bytes: 0, budget }
     }
 
     fn get(&self, key: &str) -> Option<Option<Vec<u8>>> {
@@ -152,7 +152,7 @@ pub struct Overlay {
     generation: u32,
     cache: Arc<Mutex<ViewCache>>,
     /// Key → its new value (`None`: deleted), for every key the batch changed.
-    changes: Mutex<BTreeMap<String, Option<Vec<u8>>>>,
+    changes: Mutex<HashMap<String, Option<Vec<u8>>>>,
 }
 
 impl Overlay {
@@ -167,7 +167,7 @@ impl Overlay {
             projection: projection.to_string(),
             generation,
             cache,
-            changes: Mutex::new(BTreeMap::new()),
+            changes: Mutex::new(HashMap::default()),
         })
     }
 
@@ -182,9 +182,11 @@ impl Overlay {
         }
     }
 
-    /// The batch's updates, one per key.
+    /// The batch's updates, one per key, in key order.
     pub fn into_updates(&self) -> Vec<ViewUpdate> {
-        std::mem::take(&mut *self.changes.lock().unwrap())
+        let mut changes: Vec<_> = std::mem::take(&mut *self.changes.lock().unwrap()).into_iter().collect();
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        changes
             .into_iter()
             .map(|(key, value)| match value {
                 Some(value) => ViewUpdate::Put { key, value },
