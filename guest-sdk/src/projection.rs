@@ -46,6 +46,7 @@
 //! assert_eq!(view.json("alice"), Some(serde_json::json!(10)));
 //! ```
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 
 use foldhash::fast::FixedState;
@@ -150,12 +151,45 @@ pub enum ViewUpdate {
 /// host; writes are collected and returned to the host at the end of the batch.
 pub struct View<'a> {
     read: &'a mut dyn FnMut(&str) -> Option<Vec<u8>>,
-    /// Every key read or written: its current value and whether it was changed.
+    /// Every key read or written in this batch.
     /// Hashed, not ordered: a batch reads and writes each key many times, and in
     /// Wasm a string compared byte by byte on every step of an ordered lookup was
     /// a sixth of a projection's time. The seed is fixed (a guest has no
     /// randomness), and the changes are sorted once at the end.
-    entries: HashMap<String, (Option<Vec<u8>>, bool), FixedState>,
+    entries: HashMap<String, Entry, FixedState>,
+}
+
+/// One key of the view during a batch.
+struct Entry {
+    /// The value as JSON (none: absent); out of date while `typed` holds a value.
+    bytes: Option<Vec<u8>>,
+    /// The value the last [`View::update`] left, decoded: the next `update` of
+    /// the same type changes it in place, so a key updated by every event (a
+    /// running total) is decoded and encoded once per batch, not once per event.
+    /// Encoded into `bytes` before anything reads them, and at the end of the batch.
+    typed: Option<Box<dyn Typed>>,
+    /// Changed in this batch: returned to the host.
+    changed: bool,
+}
+
+impl Entry {
+    /// Bring `bytes` up to date with `typed`.
+    fn settle(&mut self) {
+        if let Some(typed) = self.typed.take() {
+            self.bytes = Some(typed.encode());
+        }
+    }
+}
+
+/// A decoded view value that can be encoded again.
+trait Typed: Any {
+    fn encode(&self) -> Vec<u8>;
+}
+
+impl<T: Serialize + Any> Typed for T {
+    fn encode(&self) -> Vec<u8> {
+        crate::codec::to_json(self, "view value")
+    }
 }
 
 impl<'a> View<'a> {
@@ -166,11 +200,12 @@ impl<'a> View<'a> {
 
     /// The current value of `key`, with this batch's changes.
     pub fn get_bytes(&mut self, key: &str) -> Option<Vec<u8>> {
-        if let Some((value, _)) = self.entries.get(key) {
-            return value.clone();
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.settle();
+            return entry.bytes.clone();
         }
         let value = (self.read)(key);
-        self.entries.insert(key.to_string(), (value.clone(), false));
+        self.entries.insert(key.to_string(), Entry { bytes: value.clone(), typed: None, changed: false });
         value
     }
 
@@ -185,7 +220,7 @@ impl<'a> View<'a> {
     }
 
     pub fn put_bytes(&mut self, key: impl Into<String>, value: Vec<u8>) {
-        self.entries.insert(key.into(), (Some(value), true));
+        self.entries.insert(key.into(), Entry { bytes: Some(value), typed: None, changed: true });
     }
 
     /// Store `value` (as JSON) under `key`.
@@ -194,31 +229,46 @@ impl<'a> View<'a> {
     }
 
     pub fn delete(&mut self, key: impl Into<String>) {
-        self.entries.insert(key.into(), (None, true));
+        self.entries.insert(key.into(), Entry { bytes: None, typed: None, changed: true });
     }
 
     /// Read-modify-write: the current value of `key` (or `T::default()`), changed
-    /// by `f`, stored back as JSON.
-    pub fn update<T: DeserializeOwned + Serialize + Default>(
+    /// by `f`, stored back as JSON. Within a batch the value stays decoded between
+    /// updates of the same type, so updating one key for every event costs one
+    /// decode and one encode per batch.
+    pub fn update<T: DeserializeOwned + Serialize + Default + 'static>(
         &mut self,
         key: &str,
         f: impl FnOnce(&mut T),
     ) -> Result<(), String> {
+        if let Some(entry) = self.entries.get_mut(key) {
+            let typed = entry.typed.as_deref_mut().map(|t| t as &mut dyn Any);
+            if let Some(value) = typed.and_then(|t| t.downcast_mut::<T>()) {
+                f(value);
+                entry.changed = true;
+                return Ok(());
+            }
+        }
         let mut value = self.get::<T>(key)?.unwrap_or_default();
         f(&mut value);
-        self.put(key, &value);
+        let entry = self.entries.get_mut(key).expect("`get` keeps every key it reads");
+        entry.typed = Some(Box::new(value));
+        entry.changed = true;
         Ok(())
     }
 
     /// The changes, one per key, in key order.
     pub fn into_updates(self) -> Vec<ViewUpdate> {
-        let mut changed: Vec<_> = self.entries.into_iter().filter(|(_, (_, changed))| *changed).collect();
+        let mut changed: Vec<_> = self.entries.into_iter().filter(|(_, entry)| entry.changed).collect();
         changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         changed
             .into_iter()
-            .map(|(key, (value, _))| match value {
-                Some(value) => ViewUpdate::Put { key, value },
-                None => ViewUpdate::Delete { key },
+            .map(|(key, mut entry)| {
+                entry.settle();
+                match entry.bytes {
+                    Some(value) => ViewUpdate::Put { key, value },
+                    None => ViewUpdate::Delete { key },
+                }
             })
             .collect()
     }
@@ -355,6 +405,38 @@ mod tests {
             ]
         );
         assert_eq!(reads, vec!["a", "_sum", "b"], "each key is read from the host once");
+    }
+
+    #[test]
+    fn updates_kept_decoded_read_back_like_stored_ones() {
+        let mut read = |key: &str| (key == "n").then(|| b"1".to_vec());
+        let mut view = View::new(&mut read);
+        for _ in 0..3 {
+            view.update("n", |n: &mut u64| *n += 1).unwrap();
+        }
+        // Every read sees the newest value, as bytes or decoded.
+        assert_eq!(view.get_bytes("n"), Some(b"4".to_vec()));
+        assert_eq!(view.get::<u64>("n").unwrap(), Some(4));
+        view.update("n", |n: &mut u64| *n *= 10).unwrap();
+        // Another type reads the JSON of the newest value.
+        view.update("n", |n: &mut f64| *n += 0.5).unwrap();
+        assert_eq!(view.get::<f64>("n").unwrap(), Some(40.5));
+        // A put after updates wins, and so does an update after a put.
+        view.update("m", |m: &mut Vec<u8>| m.push(1)).unwrap();
+        view.put("m", &vec![7u8]);
+        view.put("k", &1u8);
+        view.update("k", |k: &mut u8| *k += 1).unwrap();
+        view.update("gone", |g: &mut u8| *g += 1).unwrap();
+        view.delete("gone");
+        assert_eq!(
+            view.into_updates(),
+            vec![
+                ViewUpdate::Delete { key: "gone".into() },
+                ViewUpdate::Put { key: "k".into(), value: b"2".to_vec() },
+                ViewUpdate::Put { key: "m".into(), value: b"[7]".to_vec() },
+                ViewUpdate::Put { key: "n".into(), value: b"40.5".to_vec() },
+            ]
+        );
     }
 
     #[test]
