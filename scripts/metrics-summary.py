@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Summarise mneme's histograms from a /metrics text on stdin: count, mean, and the
-p50/p99/p99.9 bucket bounds of command latency, guest call time, journal write
+p50/p99/p99.9 bucket bounds of command latency, time in a shard's queue, guest call time, journal write
 (sync) time and events per write. Used by scripts/bench-wrk.sh."""
 import re
 import sys
 
 FAMILIES = [
     ("mneme_command_seconds", "command (accepted -> outcome)", "ms"),
+    ("mneme_command_queue_seconds", "shard queue (accepted -> taken up)", "ms"),
     ("mneme_guest_call_seconds", "guest call", "ms"),
     ("mneme_journal_write_seconds", "journal write (append + sync)", "ms"),
     ("mneme_journal_write_events", "events per write", ""),

@@ -25,6 +25,10 @@ macro_rules! metrics {
             pub recovery_seconds: Histogram,
             /// How long each journal write took: append and sync of one group commit.
             pub journal_write_seconds: Histogram,
+            /// How long each command waited between being accepted and its shard
+            /// taking it up (the shard's queue): the part of a command's time
+            /// that is neither its guest call nor the wait for its write.
+            pub command_queue_seconds: Histogram,
             /// Events per journal write (the group commit's size).
             pub journal_write_events: CountHistogram,
             /// What is counted per entity type.
@@ -44,6 +48,11 @@ macro_rules! metrics {
                     &mut out,
                     "journal_write_seconds",
                     "Time a journal write took: append and sync of one group commit (the fsync time).",
+                );
+                self.command_queue_seconds.render(
+                    &mut out,
+                    "command_queue_seconds",
+                    "Time a command waited between being accepted and its shard taking it up (the shard's queue).",
                 );
                 self.journal_write_events.0.render(
                     &mut out,

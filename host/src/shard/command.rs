@@ -33,6 +33,7 @@ use super::Shard;
 impl Shard {
     /// Route a command to its entity, recovering the entity first if needed.
     pub(super) fn deliver(&mut self, env: Envelope) {
+        self.shared.metrics.command_queue_seconds.observe(env.accepted.elapsed());
         let pid = persistence_id(&env.entity_type, &env.entity_id);
         let comp = match self.component(&env.entity_type) {
             Ok(c) => c,
