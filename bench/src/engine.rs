@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bank_account::AccountEntity;
-use mneme::component::bindings::mneme::entity::types::{Command, CommandMetadata};
+use mneme::component::bindings::mneme::entity::types::{Action, Command, CommandMetadata};
 use mneme::component::sandbox::Runtime;
 use mneme::component::{EntityHandler, Registry, SandboxLimits};
 use mneme::journal::{self, Backend, Journal, NewEvent, Snapshot, WriteBatch};
@@ -106,6 +106,32 @@ pub fn handler_cost(report: &mut Report, quick: bool) {
         } else {
             report.figure(&scenario, per_call, "µs/call", Some(("native Rust", native)));
         }
+        // A persisting command as the engine runs it: two calls (decide, then
+        // apply the events), or one where the component exports `decide`.
+        let t = Instant::now();
+        for _ in 0..*calls {
+            let effect = h.handle_command(state, &cmd).unwrap().unwrap();
+            let Action::Persist(events) = &effect.action else { panic!("a deposit persists") };
+            std::hint::black_box(h.apply_events(state, events).unwrap().unwrap());
+        }
+        let two_calls = t.elapsed().as_secs_f64() * 1e6 / *calls as f64;
+        let t = Instant::now();
+        for _ in 0..*calls {
+            let decision = h.handle_command_and_apply(state, &cmd).unwrap().unwrap();
+            let after = match (&decision.effect.action, decision.state_after) {
+                (_, Some(after)) => after,
+                (Action::Persist(events), None) => h.apply_events(state, events).unwrap().unwrap(),
+                _ => panic!("a deposit persists"),
+            };
+            std::hint::black_box(after);
+        }
+        let one_call = t.elapsed().as_secs_f64() * 1e6 / *calls as f64;
+        report.figure(
+            &format!("  deposit decided and applied (`decide` where exported), {name}"),
+            one_call,
+            "µs/cmd",
+            Some(("handle-command + apply-events", two_calls)),
+        );
     }
 }
 

@@ -15,11 +15,13 @@ Wire formats (shared with the Rust, JavaScript and C versions, byte for byte):
 """
 
 import json
+import struct
 import traceback
-from typing import List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from componentize_py_types import Err
 from wit_world import exports
+from wit_world.exports.decide import Decision
 from wit_world.imports import host
 from wit_world.imports.types import (
     Action_None_,
@@ -139,19 +141,41 @@ def event(payload: dict) -> Event:
     return Event(manifest=payload["type"], payload=dumps(payload), tags=TAGS)
 
 
-def upcast(ev: Event) -> dict:
+def upcast(manifest: str, payload: bytes) -> dict:
     """Decode a stored event into the current schema.
 
     The manifest names the schema. When an event's shape changes, give the new
     shape a new manifest (e.g. "Deposited.v2") and translate the old ones here,
     so journals written by older code still replay.
     """
-    payload = json.loads(ev.payload)
-    if ev.manifest in ("AccountCreated", "AccountClosed"):
-        return {"type": ev.manifest}
-    if ev.manifest in ("Deposited", "Withdrawn"):
-        return {"type": ev.manifest, "amount": _amount(payload, "amount")}
-    raise ValueError(f"unknown event manifest {json.dumps(ev.manifest)}")
+    fields = json.loads(payload)
+    if manifest in ("AccountCreated", "AccountClosed"):
+        return {"type": manifest}
+    if manifest in ("Deposited", "Withdrawn"):
+        return {"type": manifest, "amount": _amount(fields, "amount")}
+    raise ValueError(f"unknown event manifest {json.dumps(manifest)}")
+
+
+def unpack(batch: bytes) -> Iterator[Tuple[str, bytes]]:
+    """The events of a packed batch (`replay.apply-event-batch` in wit/entity.wit):
+    each is manifest length (u32 LE), manifest, payload length (u32 LE), payload."""
+    pos = 0
+    while pos < len(batch):
+        fields = []
+        for what in ("manifest", "payload"):
+            if pos + 4 > len(batch):
+                raise ValueError(f"an event batch ends inside an event's {what}")
+            (length,) = struct.unpack_from("<I", batch, pos)
+            pos += 4
+            if pos + length > len(batch):
+                raise ValueError(f"an event batch ends inside an event's {what}")
+            fields.append(batch[pos : pos + length])
+            pos += length
+        try:
+            manifest = fields[0].decode()
+        except UnicodeDecodeError:
+            raise ValueError("an event batch holds a manifest that is not UTF-8") from None
+        yield manifest, fields[1]
 
 
 def apply(state: dict, ev: dict) -> dict:
@@ -226,6 +250,23 @@ def _fault(what: str) -> None:
     host.report_fault(f"{what}: {traceback.format_exc()}")
 
 
+def _decide(state: bytes, command: Command) -> Tuple[dict, Effect]:
+    """The state, decoded, and what to do with the command."""
+    try:
+        cmd = decode_command(command.payload)
+    except ValueError as e:
+        raise Err(f"malformed command: {e}")
+    try:
+        current = decode_state(state)
+    except ValueError as e:
+        raise Err(f"corrupt state: {e}")
+    try:
+        return current, decide(current, cmd, command.metadata.entity_id)
+    except Exception:
+        _fault("handle-command")
+        raise
+
+
 class Handler(exports.Handler):
     def describe(self) -> EntityInfo:
         return EntityInfo(type_name="bank-account", state_version=1, snapshot_every=100)
@@ -234,28 +275,46 @@ class Handler(exports.Handler):
         return dumps(empty())
 
     def handle_command(self, state: bytes, command: Command) -> Effect:
-        try:
-            cmd = decode_command(command.payload)
-        except ValueError as e:
-            raise Err(f"malformed command: {e}")
-        try:
-            current = decode_state(state)
-        except ValueError as e:
-            raise Err(f"corrupt state: {e}")
-        try:
-            return decide(current, cmd, command.metadata.entity_id)
-        except Exception:
-            _fault("handle-command")
-            raise
+        return _decide(state, command)[1]
 
     def apply_events(self, state: bytes, events: List[Event]) -> bytes:
         try:
             current = decode_state(state)
             for ev in events:
-                current = apply(current, upcast(ev))
+                current = apply(current, upcast(ev.manifest, ev.payload))
         except ValueError as e:
             raise Err(str(e))
         return dumps(current)
 
     def on_recovery_completed(self, state: bytes) -> List[SideEffect]:
         return []
+
+
+class Decide(exports.Decide):
+    """One call per command: decide, and fold the events decided on into the
+    state decoded once (the host keeps the state returned here)."""
+
+    def handle_command_and_apply(self, state: bytes, command: Command) -> Decision:
+        current, decided = _decide(state, command)
+        if not isinstance(decided.action, Action_Persist):
+            return Decision(effect=decided, state_after=None)
+        try:
+            for ev in decided.action.value:
+                current = apply(current, upcast(ev.manifest, ev.payload))
+        except Exception:
+            _fault("handle-command-and-apply")
+            raise
+        return Decision(effect=decided, state_after=dumps(current))
+
+
+class Replay(exports.Replay):
+    """Recovery's packed batches: one buffer per batch, read in place."""
+
+    def apply_event_batch(self, state: bytes, batch: bytes) -> bytes:
+        try:
+            current = decode_state(state)
+            for manifest, payload in unpack(batch):
+                current = apply(current, upcast(manifest, payload))
+        except ValueError as e:
+            raise Err(str(e))
+        return dumps(current)

@@ -15,7 +15,7 @@ fi
 mkdir -p "$(dirname "$out")"
 # --stub-wasi: every WASI import becomes a trapping stub inside the component, so
 # the component imports nothing but mneme:entity/host (mneme links no WASI).
-componentize-py -d "$root/wit/v0.1" -w entity \
+componentize-py -d "$root/wit/entity.wit" -w entity-with-fast-paths \
   componentize --stub-wasi -p "$here" -o "$out.tmp" bank_account
 mv "$out.tmp" "$out"
 echo "built $out"
