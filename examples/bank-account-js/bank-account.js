@@ -14,7 +14,7 @@
 //   replies   ok {"balance":N}
 //
 
-import { reportFault } from 'mneme:entity/host@0.1.0';
+import { reportFault } from 'mneme:entity/host@0.2.0';
 
 const TAGS = ['account'];
 const encoder = new TextEncoder();
@@ -196,6 +196,32 @@ function upcast(ev) {
   }
 }
 
+// The events of a packed batch (`replay.apply-event-batch` in wit/entity.wit):
+// each is manifest length (u32 LE), manifest, payload length (u32 LE), payload.
+function* unpack(batch) {
+  const view = new DataView(batch.buffer, batch.byteOffset, batch.byteLength);
+  let pos = 0;
+  const field = (what) => {
+    if (pos + 4 > batch.length) throw new DomainError(`an event batch ends inside an event's ${what}`);
+    const length = view.getUint32(pos, true);
+    pos += 4;
+    if (pos + length > batch.length) throw new DomainError(`an event batch ends inside an event's ${what}`);
+    const bytes = batch.subarray(pos, pos + length);
+    pos += length;
+    return bytes;
+  };
+  while (pos < batch.length) {
+    let manifest;
+    try {
+      manifest = decoder.decode(field('manifest'));
+    } catch (e) {
+      if (e instanceof DomainError) throw e;
+      throw new DomainError('an event batch holds a manifest that is not UTF-8');
+    }
+    yield { manifest, payload: field('payload') };
+  }
+}
+
 function apply(state, ev) {
   if (state.status === 'empty' && ev.type === 'AccountCreated') return opened(0n);
   if (state.status === 'open') {
@@ -223,7 +249,7 @@ const error = (message) => effect({ tag: 'none' }, { tag: 'error', val: message 
 const persistAndReply = (events, balance) =>
   effect({ tag: 'persist', val: events.map(event) }, ok({ balance }));
 
-function decide(state, cmd, accountNumber) {
+function decideEffect(state, cmd, accountNumber) {
   if (state.status === 'empty') {
     if (cmd.type === 'CreateAccount') return persistAndReply([{ type: 'AccountCreated' }], 0n);
     return effect({ tag: 'unhandled' });
@@ -269,6 +295,13 @@ function guard(what, prefix, body) {
   }
 }
 
+// The state, decoded, and what to do with the command.
+function decideCommand(state, command) {
+  const cmd = guard('handle-command', 'malformed command: ', () => decodeCommand(command.payload));
+  const current = guard('handle-command', 'corrupt state: ', () => decodeState(state));
+  return { current, effect: guard('handle-command', '', () => decideEffect(current, cmd, command.metadata.entityId)) };
+}
+
 export const handler = {
   describe() {
     return { typeName: 'bank-account', stateVersion: 1, snapshotEvery: 100n };
@@ -279,9 +312,7 @@ export const handler = {
   },
 
   handleCommand(state, command) {
-    const cmd = guard('handle-command', 'malformed command: ', () => decodeCommand(command.payload));
-    const current = guard('handle-command', 'corrupt state: ', () => decodeState(state));
-    return guard('handle-command', '', () => decide(current, cmd, command.metadata.entityId));
+    return decideCommand(state, command).effect;
   },
 
   applyEvents(state, events) {
@@ -294,5 +325,33 @@ export const handler = {
 
   onRecoveryCompleted(_state) {
     return [];
+  },
+};
+
+// One call per command: decide, and fold the events decided on into the state
+// decoded once (the host keeps the state returned here).
+export const decide = {
+  handleCommandAndApply(state, command) {
+    let { current, effect } = decideCommand(state, command);
+    if (effect.action.tag !== 'persist') return { effect, stateAfter: undefined };
+    try {
+      for (const ev of effect.action.val) current = apply(current, upcast(ev));
+    } catch (e) {
+      // Events this handler just decided on that do not apply are a bug: trap.
+      reportFault(`handle-command-and-apply: ${e && e.stack ? `${e}\n${e.stack}` : e}`);
+      throw new Error(`${e}`);
+    }
+    return { effect, stateAfter: encode(current) };
+  },
+};
+
+// Recovery's packed batches: one buffer per batch, read in place.
+export const replay = {
+  applyEventBatch(state, batch) {
+    return guard('apply-event-batch', '', () => {
+      let current = decodeState(state);
+      for (const ev of unpack(batch)) current = apply(current, upcast(ev));
+      return encode(current);
+    });
   },
 };

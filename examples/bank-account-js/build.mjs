@@ -1,4 +1,5 @@
-// Componentize bank-account.js against wit/v0.1 (world `entity` of mneme:entity@0.1.0) with ComponentizeJS.
+// Componentize bank-account.js against wit/entity.wit (world `entity-with-fast-paths` of
+// mneme:entity@0.2.0: `entity` with the optional `decide` and `replay` exports) with ComponentizeJS.
 //   node build.mjs <output.wasm>
 // All of the engine's WASI features are disabled, so the component needs no WASI
 // capability at run time (console.log, Math.random, Date.now and fetch are unavailable).
@@ -16,8 +17,8 @@ if (!out) {
 
 const { component, imports } = await componentize({
   sourcePath: resolve(here, 'bank-account.js'),
-  witPath: resolve(here, '../../wit/v0.1'),
-  worldName: 'entity',
+  witPath: resolve(here, '../../wit/entity.wit'),
+  worldName: 'entity-with-fast-paths',
   disableFeatures: ['stdio', 'random', 'clocks', 'http', 'fetch-event'],
 });
 await writeFile(out, component);

@@ -4,8 +4,8 @@
 //! refused with the reason instead of failing every call later.
 //!
 //! Versions: mneme implements `mneme:entity@0.2.0` ([`WIT_VERSION`], the Rust
-//! SDK's and the Python example's) and still runs entities built against `0.1.x`
-//! (`wit/v0.1`, e.g. the JavaScript and C examples): [`WitVersion`] names the world a
+//! SDK's and the Python and JavaScript examples') and still runs entities built
+//! against `0.1.x` (`wit/v0.1`, e.g. the C example): [`WitVersion`] names the world a
 //! component's `handler` export belongs to, and the sandbox binds that world.
 //! Projections: `mneme:projection@0.1.x`. Within a world the component model's
 //! semver rule applies (for 0.x, the same minor: `0.2.7` is `0.2.x`).
