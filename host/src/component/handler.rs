@@ -14,14 +14,24 @@ use super::event_batch::EventBatch;
 pub struct Fault(pub String);
 
 /// What a command handler decided, and, when it could say so in the same call
-/// (the `decide` export of `wit/entity.wit`), the state after the events it
-/// persists.
-#[derive(Debug, Clone)]
+/// (`decide.decision` of `wit/entity.wit`, lifted as is), the state after the
+/// events it persists.
+#[derive(Debug, wasmtime::component::ComponentType, wasmtime::component::Lift)]
+#[component(record)]
 pub struct Decision {
+    #[component(name = "effect")]
     pub effect: Effect,
     /// The state after the effect's events, when the effect persists events and
     /// the handler computed it; else the engine calls `apply_events`.
+    #[component(name = "state-after")]
     pub state_after: Option<Vec<u8>>,
+}
+
+impl From<Effect> for Decision {
+    /// A decision whose events the engine applies itself.
+    fn from(effect: Effect) -> Decision {
+        Decision { effect, state_after: None }
+    }
 }
 
 pub trait EntityHandler: Send {
@@ -32,7 +42,7 @@ pub trait EntityHandler: Send {
     /// can fold them in the same call. A handler that cannot leaves it to
     /// `apply_events`.
     fn handle_command_and_apply(&mut self, state: &[u8], command: &Command) -> Result<Result<Decision, String>, Fault> {
-        Ok(self.handle_command(state, command)?.map(|effect| Decision { effect, state_after: None }))
+        Ok(self.handle_command(state, command)?.map(Decision::from))
     }
     fn apply_events(&mut self, state: &[u8], events: &[Event]) -> Result<Result<Vec<u8>, String>, Fault>;
     /// The same fold over a packed batch (recovery). A handler that cannot take

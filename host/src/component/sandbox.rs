@@ -15,7 +15,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Func, HasSelf, Lift, Linker, TypedFunc};
+use wasmtime::component::{Component, ComponentExportIndex, Func, HasSelf, Linker, TypedFunc};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 use super::bindings::exports::mneme::entity::handler;
@@ -92,17 +92,7 @@ enum Instance {
 type ApplyEventBatch<'a> = TypedFunc<(&'a [u8], &'a [u8]), (Result<Vec<u8>, String>,)>;
 
 /// `handle-command-and-apply: func(state: list<u8>, command: command) -> result<decision, string>`.
-type HandleCommandAndApply<'a> = TypedFunc<(&'a [u8], &'a handler::Command), (Result<WitDecision, String>,)>;
-
-/// `decide.decision` of `wit/entity.wit`.
-#[derive(ComponentType, Lift)]
-#[component(record)]
-struct WitDecision {
-    #[component(name = "effect")]
-    effect: handler::Effect,
-    #[component(name = "state-after")]
-    state_after: Option<Vec<u8>>,
-}
+type HandleCommandAndApply<'a> = TypedFunc<(&'a [u8], &'a handler::Command), (Result<Decision, String>,)>;
 
 impl world::NotesWasiCalls for HostState {
     fn wasi_called(&mut self, function: String) {
@@ -380,18 +370,13 @@ impl EntityHandler for Sandbox {
         state: &[u8],
         command: &handler::Command,
     ) -> Result<Result<Decision, String>, Fault> {
-        let decision = self.call(|g, s| match g {
-            Guest::V0_2(_, FastPaths { decide: Some(f), .. }) => {
-                let f: HandleCommandAndApply = f.typed(&*s)?;
-                let decided = f.call(s, (state, command))?.0;
-                Ok(decided.map(|d| Decision { effect: d.effect, state_after: d.state_after }))
-            }
-            Guest::V0_2(g, _) => {
-                Ok(g.call_handle_command(s, state, command)?.map(|effect| Decision { effect, state_after: None }))
-            }
-            Guest::V0_1(g) => Ok(g
-                .call_handle_command(s, state, &legacy::command(command))?
-                .map(|e| Decision { effect: legacy::effect(e), state_after: None })),
+        let Instance::V0_2(_, FastPaths { decide: Some(decide), .. }) = &self.entity else {
+            return Ok(self.handle_command(state, command)?.map(Decision::from));
+        };
+        let decide = *decide;
+        let decision = self.call(|_, s| {
+            let f: HandleCommandAndApply = decide.typed(&*s)?;
+            Ok(f.call(s, (state, command))?.0)
         })?;
         limits::check_decision(decision.as_ref().map(|d| &d.effect).map_err(String::as_str), &self.limits)?;
         Ok(decision)
