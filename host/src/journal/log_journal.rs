@@ -61,8 +61,12 @@ const SPAN_GAP: u64 = 64 << 10;
 /// The longest span read at once.
 const SPAN_MAX: u64 = 4 << 20;
 
-/// Frames queued for the indexer at most (see `append`).
-const INDEX_QUEUE: usize = 4;
+/// Bytes of frames queued for the indexer at most (see `append`). Enough to ride
+/// out an index write that stalls for a while (fjall syncs its own journal while a
+/// flush holds the lock its writes need: tens of ms at times) without holding up
+/// the log's writes and their replies; small enough that a read, which waits for
+/// the frames written before it, waits for little.
+const INDEX_QUEUE_BYTES: usize = 8 << 20;
 /// How often a broken index is retried while it keeps failing.
 const INDEX_RETRY: Duration = Duration::from_secs(1);
 /// Forget the remembered topic heads beyond this many topics (the next write of
@@ -92,9 +96,19 @@ struct IndexSide {
     trouble: Mutex<Option<String>>,
     /// What the index holds.
     through: Mutex<Through>,
-    /// Frames handed to the indexer and frames it is done with, counted since open.
-    progress: Mutex<(u64, u64)>,
+    progress: Mutex<Progress>,
     indexed: Condvar,
+}
+
+/// The indexer's queue, counted since open.
+#[derive(Default)]
+struct Progress {
+    /// Frames handed to the indexer.
+    appended: u64,
+    /// Frames it is done with.
+    done: u64,
+    /// Body bytes of the frames handed to it and not yet done.
+    queued_bytes: usize,
 }
 
 /// A durable frame for the indexer.
@@ -184,12 +198,12 @@ impl LogJournal {
             behind: AtomicBool::new(true),
             trouble: Mutex::new(None),
             through: Mutex::new(through),
-            progress: Mutex::new((0, 0)),
+            progress: Mutex::default(),
             indexed: Condvar::new(),
         });
-        // A few frames in the queue at most: a writer faster than the indexer waits
-        // for it instead of queueing without bound.
-        let (tx, rx) = crossbeam_channel::bounded(INDEX_QUEUE);
+        // Bounded by bytes (`append` waits for room): a writer faster than the
+        // indexer waits for it instead of queueing without bound.
+        let (tx, rx) = crossbeam_channel::unbounded();
         let indexer = {
             let side = side.clone();
             std::thread::Builder::new()
@@ -258,7 +272,7 @@ impl LogJournal {
 
     /// The index, with every frame appended before this call indexed.
     fn index(&self) -> JournalResult<RwLockReadGuard<'_, Option<Index>>> {
-        let appended = self.side.progress.lock().unwrap().0;
+        let appended = self.side.progress.lock().unwrap().appended;
         self.side.wait_for(appended);
         if self.side.behind.load(Ordering::Acquire) {
             self.catch_up(&mut self.writer.lock().unwrap())?;
@@ -285,12 +299,15 @@ impl LogJournal {
             *self.side.trouble.lock().unwrap() = None;
         }
         let frame = Frame { segment: appended.segment, body_pos: appended.body_pos, end: appended.end, body };
-        self.side.progress.lock().unwrap().0 += 1;
-        let queued = self.frames.lock().unwrap().as_ref().is_some_and(|tx| tx.send(frame).is_ok());
-        if !queued {
+        self.side.make_room(frame.body.len());
+        let queued = match self.frames.lock().unwrap().as_ref() {
+            Some(tx) => tx.send(frame).map_err(|e| e.into_inner()),
+            None => Err(frame),
+        };
+        if let Err(frame) = queued {
             // No indexer (closing): the next start indexes the frame from the log.
             self.side.behind.store(true, Ordering::Release);
-            self.side.done_with_frame();
+            self.side.done_with_frame(frame.body.len());
         }
         Ok(())
     }
@@ -390,7 +407,7 @@ impl IndexSide {
             if !self.behind.load(Ordering::Acquire) {
                 self.index_frame(&frame);
             }
-            self.done_with_frame();
+            self.done_with_frame(frame.body.len());
         }
     }
 
@@ -415,22 +432,36 @@ impl IndexSide {
         }
     }
 
-    fn done_with_frame(&self) {
-        self.progress.lock().unwrap().1 += 1;
+    /// Count a frame of `bytes` as queued, once the queue has room for it (a frame
+    /// larger than the whole bound waits for an empty queue).
+    fn make_room(&self, bytes: usize) {
+        let mut p = self.progress.lock().unwrap();
+        while p.queued_bytes > 0 && p.queued_bytes + bytes > INDEX_QUEUE_BYTES {
+            p = self.indexed.wait(p).unwrap();
+        }
+        p.appended += 1;
+        p.queued_bytes += bytes;
+    }
+
+    fn done_with_frame(&self, bytes: usize) {
+        let mut p = self.progress.lock().unwrap();
+        p.done += 1;
+        p.queued_bytes -= bytes;
+        drop(p);
         self.indexed.notify_all();
     }
 
     /// Wait until the indexer is done with the first `appended` frames.
     fn wait_for(&self, appended: u64) {
         let mut p = self.progress.lock().unwrap();
-        while p.1 < appended {
+        while p.done < appended {
             p = self.indexed.wait(p).unwrap();
         }
     }
 
     /// Wait until the indexer is done with every frame queued so far.
     fn wait_all(&self) {
-        let appended = self.progress.lock().unwrap().0;
+        let appended = self.progress.lock().unwrap().appended;
         self.wait_for(appended);
     }
 
