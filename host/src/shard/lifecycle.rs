@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::clock::now_ms;
 use crate::component::{EventBatch, LoadedComponent};
@@ -207,9 +208,7 @@ impl Shard {
     /// Drop entities idle longer than the idle timeout with nothing pending.
     pub(super) fn passivate_idle(&mut self) {
         let timeout = self.shared.config.idle_timeout;
-        let before = self.entities.len();
-        self.entities.retain(|_, e| !(e.is_quiet() && e.last_active.elapsed() >= timeout));
-        let passivated = (before - self.entities.len()) as u64;
+        let passivated = self.entities.take_idle(Instant::now(), timeout, Entity::is_quiet).len() as u64;
         self.shared.metrics.passivations_total.fetch_add(passivated, Relaxed);
     }
 
@@ -227,6 +226,9 @@ impl Shard {
             if entity.is_quiet() {
                 passivated += 1;
             } else {
+                // Work pending: it is active (and goes back in `last_active` order).
+                let mut entity = entity;
+                entity.last_active = Instant::now();
                 self.entities.insert(pid, entity);
             }
         }

@@ -41,6 +41,7 @@ mod command;
 mod entity;
 mod handlers;
 mod lifecycle;
+mod live;
 mod permits;
 
 use std::cell::RefCell;
@@ -50,7 +51,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use hashlink::LinkedHashMap;
 
 use crate::cluster::Ownership;
 use crate::component::{EntityHandler, Registry};
@@ -64,7 +64,7 @@ use crate::side_effects::SideEffectRunner;
 use crate::writer::{WriteRequest, Writer, WriterMsg};
 
 use batch::{Batches, DurableBatch, FailedBatch, Flush};
-use entity::Entity;
+use live::Live;
 pub use permits::RecoveryPermits;
 
 /// How often a shard looks for idle entities.
@@ -90,9 +90,8 @@ struct Shard {
     index: usize,
     shared: Arc<Shared>,
     me: Sender<ShardMsg>,
-    /// Live entities, least recently used first: a command takes its entity out
-    /// and puts it back at the end.
-    entities: LinkedHashMap<String, Entity>,
+    /// Live entities, least recently active first (`live.rs`).
+    entities: Live,
     /// Most entities this shard keeps in memory.
     max_entities: usize,
     /// How many entities this shard last counted in the `active_entities` gauge.
@@ -117,7 +116,7 @@ pub fn spawn(index: usize, shared: Arc<Shared>, me: Sender<ShardMsg>, rx: Receiv
                 index,
                 shared,
                 me,
-                entities: LinkedHashMap::new(),
+                entities: Live::default(),
                 max_entities,
                 reported_entities: 0,
                 handlers: foldhash::HashMap::default(),
@@ -186,11 +185,7 @@ impl Shard {
     fn report_types(&mut self, stopped: bool) {
         let mut now: HashMap<&str, (usize, usize)> = HashMap::new();
         if !stopped {
-            for e in self.entities.values() {
-                let n = now.entry(e.entity_type.as_str()).or_default();
-                n.0 += 1;
-                n.1 += e.stash.len();
-            }
+            now.extend(self.entities.per_type().map(|(t, c)| (t, (c.entities, c.stashed))));
         }
         let mut changed = Vec::new();
         for (t, before) in &self.reported_types {
