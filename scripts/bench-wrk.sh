@@ -30,7 +30,7 @@ data=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 "$bin" serve --data "$data" --components "$components" --listen 127.0.0.1:$port --watch-secs 0 ${MNEME_SERVE_ARGS:-} &
 server=$!
-trap 'kill $server 2>/dev/null; rm -rf "$data"' EXIT
+trap 'kill $server 2>/dev/null; rm -rf "$data" "$data.metrics"' EXIT
 ready=no
 for _ in $(seq 600); do
   if curl -sf -m 1 http://127.0.0.1:$port/health >/dev/null; then ready=yes; break; fi
@@ -38,8 +38,9 @@ for _ in $(seq 600); do
 done
 [ $ready = yes ] || { echo "bench-wrk: the server did not become ready within 60 s" >&2; exit 1; }
 wrk -t1 -c64 -d4s -s bench/wrk/create.lua http://127.0.0.1:$port >/dev/null
+curl -sf http://127.0.0.1:$port/metrics > "$data.metrics"
 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" http://127.0.0.1:$port
-# Where the time went, from the server's own histograms (the create phase included):
-# command latency inside the server, time in the guest, the journal's sync, events
-# per write. Quantiles are bucket upper bounds.
-curl -sf http://127.0.0.1:$port/metrics | python3 scripts/metrics-summary.py
+# Where the time went, from the server's own histograms (the deposits only, not the
+# create phase): command latency inside the server, time in a shard's queue and in
+# the guest, the journal's sync, events per write. Quantiles are bucket upper bounds.
+curl -sf http://127.0.0.1:$port/metrics | python3 scripts/metrics-summary.py "$data.metrics"

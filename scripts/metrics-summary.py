@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Summarise mneme's histograms from a /metrics text on stdin: count, mean, and the
-p50/p99/p99.9 bucket bounds of command latency, time in a shard's queue, guest call time, journal write
-(sync) time and events per write. Used by scripts/bench-wrk.sh."""
+p50/p99/p99.9/max bucket bounds of command latency, time in a shard's queue, guest call time, journal write
+(sync) time and events per write. Used by scripts/bench-wrk.sh.
+  metrics-summary.py [BEFORE] < AFTER   # with BEFORE (an earlier /metrics text of the same
+                                        # process): only what was observed in between"""
 import re
 import sys
 
@@ -47,11 +49,27 @@ def show(v, unit):
     return f"{v * 1000:.2f} ms" if unit == "ms" else f"{v:g}"
 
 
+def minus(after, before):
+    """The observations of `after` that `before` does not hold (histograms only grow)."""
+    for name, h in after.items():
+        b = before.get(name)
+        if not b:
+            continue
+        h["buckets"] = {k: v - b["buckets"].get(k, 0.0) for k, v in h["buckets"].items()}
+        h["sum"] -= b["sum"]
+        h["count"] -= b["count"]
+    return after
+
+
 hist = parse(sys.stdin.read())
+if len(sys.argv) > 1:
+    with open(sys.argv[1]) as f:
+        hist = minus(hist, parse(f.read()))
 for name, what, unit in FAMILIES:
     h = hist.get(name)
     if not h or h["count"] == 0:
         continue
     mean = h["sum"] / h["count"]
     qs = "  ".join(f"p{int(q * 1000) / 10:g} <= {show(quantile(h, q), unit)}" for q in (0.5, 0.99, 0.999))
+    qs += f"  max <= {show(quantile(h, 1.0), unit)}"
     print(f"{what:32} n={int(h['count'])}  mean {show(mean, unit)}  {qs}")

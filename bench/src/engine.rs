@@ -394,11 +394,13 @@ pub fn restart(report: &mut Report) {
     let dir = tempfile::tempdir().unwrap();
     let mut wasm: Vec<(String, Vec<u8>)> =
         ["bank-account", "blog-post", "task-manager"].iter().map(|n| (n.to_string(), component(n))).collect();
+    // The polyglot entities (the folder also holds projections, which are not deployed here).
     let poly = target_dir().join("components-polyglot");
     if let Ok(entries) = std::fs::read_dir(&poly) {
         for e in entries.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "wasm") {
+            let entity = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("bank-account-"));
+            if entity && p.extension().is_some_and(|x| x == "wasm") {
                 wasm.push((p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()));
             }
         }
