@@ -27,10 +27,14 @@ if [ -z "${MNEME_BIN:-}" ]; then
   cargo build --release -p mneme --bins
 fi
 data=$(mktemp -d)
+# The bank account alone (the components directory also holds the example projection,
+# which would follow the deposits).
+mkdir "$data.components"
+cp "$components/bank-account.wasm" "$data.components/"
 port=$((20000 + RANDOM % 20000))
-"$bin" serve --data "$data" --components "$components" --listen 127.0.0.1:$port --watch-secs 0 ${MNEME_SERVE_ARGS:-} &
+"$bin" serve --data "$data" --components "$data.components" --listen 127.0.0.1:$port --watch-secs 0 ${MNEME_SERVE_ARGS:-} &
 server=$!
-trap 'kill $server 2>/dev/null; rm -rf "$data" "$data.metrics"' EXIT
+trap 'kill $server 2>/dev/null; rm -rf "$data" "$data.metrics" "$data.components"' EXIT
 ready=no
 for _ in $(seq 600); do
   if curl -sf -m 1 http://127.0.0.1:$port/health >/dev/null; then ready=yes; break; fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start mneme with the example entities on the embedded store.
+# Start mneme with the example entities and projection on the embedded store.
 #   scripts/run-examples.sh [extra `mneme serve` flags]
 # Data goes to ./mneme-data; the server listens on 127.0.0.1:8080.
 set -euo pipefail

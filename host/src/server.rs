@@ -173,14 +173,14 @@ pub fn open_engine(
 }
 
 /// Load the stored active versions, then deploy the files of the components
-/// directory whose bytes are new (see `Registry::deploy_dir`): slow for Python
-/// and JavaScript components that are not in the compiled-code cache yet.
+/// directory whose bytes are new ([`deploy_dir_file`]): slow for Python and
+/// JavaScript components that are not in the compiled-code cache yet.
 pub fn load_components(engine: &Engine, components: Option<&Path>) -> anyhow::Result<()> {
     let registry = engine.registry();
     registry.load_stored()?;
     if let Some(dir) = components {
         for path in Registry::dir_files(dir)? {
-            let (name, outcome) = registry.deploy_file(&path);
+            let (name, outcome) = deploy_dir_file(engine, &path);
             if let DirOutcome::Failed(err) = outcome {
                 tracing::error!("component `{name}` not loaded: {err}");
             }
@@ -191,6 +191,36 @@ pub fn load_components(engine: &Engine, components: Option<&Path>) -> anyhow::Re
         registry.done(&name);
     }
     Ok(())
+}
+
+/// Deploy one file of the components directory, its stem naming what it holds: a
+/// projection component as that projection (its workers follow the new version at
+/// once), anything else as that entity type (`Registry::deploy_file`). Either way
+/// bytes of a stored version are not deployed again, so a file left as it was
+/// never undoes a deploy or rollback made over HTTP.
+fn deploy_dir_file(engine: &Engine, path: &Path) -> (String, DirOutcome) {
+    let registry = engine.registry();
+    let wasm = match std::fs::read(path) {
+        Ok(wasm) if registry.is_projection(&wasm) => wasm,
+        _ => return registry.deploy_file(path),
+    };
+    let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let outcome = match registry.projection_version_of(&name, &wasm) {
+        Ok(Some(version)) => DirOutcome::Known { version },
+        Ok(None) => match deploys::deploy_projection(engine, &name, &wasm) {
+            Ok(status) => {
+                let version = status.version;
+                tracing::info!(projection = %name, version, file = %path.display(), "projection deployed from the components directory");
+                DirOutcome::Projection { version }
+            }
+            Err(e) => DirOutcome::Failed(e.to_string()),
+        },
+        Err(e) => DirOutcome::Failed(e),
+    };
+    if let DirOutcome::Failed(e) = &outcome {
+        tracing::error!(file = %path.display(), "{e}");
+    }
+    (name, outcome)
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -328,8 +358,8 @@ async fn watch_components(engine: Engine, dir: PathBuf, every: Duration) {
         }
         first = false;
         for p in changed {
-            let registry = engine.registry().clone();
-            match tokio::task::spawn_blocking(move || registry.deploy_file(&p)).await {
+            let engine2 = engine.clone();
+            match tokio::task::spawn_blocking(move || deploy_dir_file(&engine2, &p)).await {
                 Ok((_, DirOutcome::Deployed(c))) => {
                     tracing::info!(entity_type = %c.entity_type, version = c.version, "hot-loaded from components directory");
                     let (engine, c) = (engine.clone(), c.clone());
@@ -339,7 +369,7 @@ async fn watch_components(engine: Engine, dir: PathBuf, every: Duration) {
                         Ok(Ok(())) => {}
                     }
                 }
-                Ok((_, DirOutcome::Known { .. })) => {}
+                Ok((_, DirOutcome::Known { .. } | DirOutcome::Projection { .. })) => {}
                 Ok((name, DirOutcome::Failed(e))) => tracing::error!("hot-load of `{name}` failed: {e}"),
                 Err(e) => tracing::error!("hot-load failed: {e}"),
             }

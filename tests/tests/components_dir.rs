@@ -70,3 +70,61 @@ fn the_components_directory_never_undoes_an_http_deploy_or_rollback() {
     let server = Server::start(data.path(), comps.path(), &args);
     assert_eq!(active(&server, "shopping-cart").0, 3, "and a restart keeps it");
 }
+
+fn projection(server: &Server, name: &str) -> Value {
+    let (s, list) = server.get("/v1/projections");
+    assert_eq!(s, 200, "{list}");
+    list["projections"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap_or(Value::Null)
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A projection component in the directory is deployed as the projection its file
+/// names (as `scripts/run-examples.sh` serves `account-balances` beside the
+/// entities), by the same rule as entities: new bytes only, hot-loaded, and never
+/// undoing an HTTP rollback.
+#[test]
+fn a_projection_in_the_components_directory_is_deployed_as_a_projection() {
+    let data = tempfile::tempdir().unwrap();
+    let v1 = std::fs::read(example("account-balances")).unwrap();
+    let comps = components_dir(&[example("bank-account")]);
+    let file = comps.path().join("balances.wasm");
+    std::fs::write(&file, &v1).unwrap();
+    let args = ["--watch-secs", "1"];
+
+    let server = Server::start(data.path(), comps.path(), &args);
+    let p = projection(&server, "balances");
+    assert_eq!((p["version"].as_u64(), p["versions"].clone()), (Some(1), serde_json::json!([1])), "{p}");
+    let (s, list) = server.get("/v1/components");
+    assert_eq!(s, 200);
+    assert!(list["components"].as_array().unwrap().iter().all(|c| c["entity_type"] != "balances"), "{list}");
+    assert_eq!(server.send("bank-account", "a", r#"{"type":"CreateAccount"}"#).0, 200);
+    assert_eq!(server.send("bank-account", "a", r#"{"type":"Deposit","amount":7}"#).0, 200);
+    wait_until("the projection did not fold the deposit", || {
+        let (s, v) = server.get("/v1/views/balances/a");
+        s == 200 && v["value"]["balance"] == 7
+    });
+
+    // New bytes in the file: hot-loaded as version 2.
+    std::fs::write(&file, rebuilt(&v1, "v2")).unwrap();
+    wait_until("the watcher did not deploy the new projection bytes", || {
+        projection(&server, "balances")["version"] == 2
+    });
+    // Rolled back over HTTP; a restart with v2's bytes still in the file keeps the rollback.
+    let (s, body) = server.request("POST", "/v1/projections/balances/versions/1/activate", b"");
+    assert_eq!(s, 200, "{body}");
+    drop(server);
+    let server = Server::start(data.path(), comps.path(), &args);
+    let p = projection(&server, "balances");
+    assert_eq!((p["version"].as_u64(), p["versions"].clone()), (Some(1), serde_json::json!([1, 2])), "{p}");
+    wait_until("the view did not survive", || {
+        let (s, v) = server.get("/v1/views/balances/a");
+        s == 200 && v["value"]["balance"] == 7
+    });
+}

@@ -31,6 +31,7 @@ use super::projection::bindings::ProjectionPre;
 use super::projection::{ProjectionInfo, ProjectionSandbox};
 use super::sandbox::{HostState, Runtime, WasmPre};
 use super::store::{sha256_hex, write_atomically, ComponentStore};
+use super::world;
 use crate::clock::now_ms;
 use crate::error::{CommandError, CommandResult};
 use crate::names::{validate_entity_type, validate_label, validate_projection_name};
@@ -110,6 +111,11 @@ pub struct Registry {
 pub enum DirOutcome {
     /// Deployed as a new version and made active.
     Deployed(Arc<LoadedComponent>),
+    /// A projection component, deployed as a new version of the projection its
+    /// file names and made active (by the caller, which runs projections).
+    Projection {
+        version: u64,
+    },
     /// Its bytes are those of a stored version: nothing changed.
     Known {
         version: u64,
@@ -429,6 +435,25 @@ impl Registry {
             }
         }
         Ok(failures)
+    }
+
+    /// Whether `wasm` is a projection component (anything else in a components
+    /// directory is taken for an entity). Compiles it, into the cache a deploy
+    /// then reads.
+    pub fn is_projection(&self, wasm: &[u8]) -> bool {
+        self.compile(wasm, &sha256_hex(wasm)).is_ok_and(|c| world::exports_projection(self.runtime.engine(), &c))
+    }
+
+    /// The stored version of projection `name` whose bytes are `wasm`, if any (the
+    /// components directory's rule: such bytes are not deployed again).
+    pub fn projection_version_of(&self, name: &str, wasm: &[u8]) -> Result<Option<u64>, String> {
+        let hash = sha256_hex(wasm);
+        for v in self.projection_store.versions(name).map_err(|e| e.to_string())? {
+            if v.meta().map_err(|e| e.to_string())?.sha256 == hash {
+                return Ok(Some(v.version));
+            }
+        }
+        Ok(None)
     }
 
     /// The active version of a projection.

@@ -322,6 +322,13 @@ pub fn check_entity(engine: &Engine, component: &Component) -> anyhow::Result<Wi
     check(&ENTITY, engine, component).map(WitVersion::of)
 }
 
+/// Whether a component exports a `projection` world's handler (of any version): a
+/// components directory holds entities and projections side by side.
+pub fn exports_projection(engine: &Engine, component: &Component) -> bool {
+    let handler = format!("{}/handler", PROJECTION.package);
+    component.component_type().exports(engine).any(|(name, _)| split_version(name).0 == handler)
+}
+
 /// Where a component exports `mneme:entity/{interface}@0.2.x#{function}`, an
 /// optional fast path of `wit/entity.wit` (`replay#apply-event-batch` for recovery,
 /// `decide#handle-command-and-apply` for commands), if it does; its type is
