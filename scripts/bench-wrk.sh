@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # HTTP load from an out-of-process generator (wrk, Debian package `wrk`): starts a
-# release `mneme serve` on a fresh data directory, opens 10k accounts, then runs
-# 64 keep-alive connections of deposits. Compare with the in-process rows of
-# scripts/bench.sh (same machine, same run conditions).
+# release `mneme serve` on a fresh data directory, opens 10k accounts (or
+# $MNEME_ACCOUNTS), then runs 64 keep-alive connections of deposits. Compare with the
+# in-process rows of scripts/bench.sh (same machine, same run conditions).
 #   scripts/bench-wrk.sh [connections] [seconds] [round-robin|random]
 # `random` sends each deposit to a uniformly random account (the tail-latency case:
 # a command may wait behind its entity's write in flight).
@@ -41,7 +41,8 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 [ $ready = yes ] || { echo "bench-wrk: the server did not become ready within 60 s" >&2; exit 1; }
-wrk -t1 -c64 -d4s -s bench/wrk/create.lua http://127.0.0.1:$port >/dev/null
+accounts=${MNEME_ACCOUNTS:-10000}
+wrk -t1 -c64 -d$(( 4 * (accounts + 9999) / 10000 ))s -s bench/wrk/create.lua http://127.0.0.1:$port >/dev/null
 curl -sf http://127.0.0.1:$port/metrics > "$data.metrics"
 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" http://127.0.0.1:$port
 # Where the time went, from the server's own histograms (the deposits only, not the
