@@ -13,10 +13,12 @@
 //!
 //! Pages are shared ([`Pages`]): subscribers that follow the same source from the
 //! same position (typically all of those at the head, woken by the same write)
-//! get one journal read and one JSON encoding between them, not one each. A page
-//! is immutable once read (the journal only appends), except that an empty page
-//! says only "nothing yet at the head it was read at", so it is used only by a
-//! subscriber that has not seen a newer head.
+//! get one journal read and one encoding between them, not one each. A page is
+//! kept as the bytes of its SSE messages, which every subscriber writes as they
+//! are (one buffer per page, not one message each). A page is immutable once
+//! read (the journal only appends), except that an empty page says only "nothing
+//! yet at the head it was read at", so it is used only by a subscriber that has
+//! not seen a newer head.
 //!
 //! Architecture invariant: subscriptions only read the journal; they never write.
 
@@ -25,8 +27,10 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::stream::{self, Stream};
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
@@ -97,11 +101,25 @@ pub fn event_json(e: StoredEvent) -> Value {
 
 /// Events from one position of one source, encoded as the stream sends them.
 struct Page {
-    /// Position and `data:` of each event, in order.
-    events: Vec<(u64, String)>,
+    /// The SSE messages, in order: `id: <position>`, `data: <event JSON>`.
+    sse: Bytes,
+    /// The position of the last event; `None` for an empty page.
+    last: Option<u64>,
     /// The durable head when the read began: an empty page is current up to it.
     head: u64,
-    bytes: usize,
+}
+
+/// Append one SSE message (`event` names its type; none for an event).
+fn message(out: &mut Vec<u8>, event: Option<&str>, id: Option<u64>, data: &str) {
+    use std::io::Write;
+    debug_assert!(!data.contains(['\n', '\r']), "compact JSON has no line breaks");
+    if let Some(event) = event {
+        let _ = writeln!(out, "event: {event}");
+    }
+    if let Some(id) = id {
+        let _ = writeln!(out, "id: {id}");
+    }
+    let _ = write!(out, "data: {data}\n\n");
 }
 
 type PageKey = (Arc<Source>, u64);
@@ -131,8 +149,8 @@ impl Pages {
         loop {
             let cell = self.cell(&key);
             let page = cell.get_or_try_init(|| read_page(engine, source.clone(), from)).await?.clone();
-            self.account(&key, page.bytes);
-            if !page.events.is_empty() || page.head >= seen_head {
+            self.account(&key, page.sse.len());
+            if page.last.is_some() || page.head >= seen_head {
                 return Ok(page);
             }
             // Empty as of an older head than the caller saw: read again.
@@ -194,10 +212,13 @@ async fn read_page(engine: &Engine, source: Arc<Source>, from: u64) -> Result<Ar
     let journal = engine.journal().clone();
     let read = tokio::task::spawn_blocking(move || {
         let events = source.read(&*journal, from)?;
-        let events: Vec<(u64, String)> =
-            events.into_iter().map(|e| (source.position(&e), event_json(e).to_string())).collect();
-        let bytes = events.iter().map(|(_, data)| data.len() + 32).sum();
-        JournalResult::Ok(Page { events, head, bytes })
+        let last = events.last().map(|e| source.position(e));
+        let mut sse = Vec::with_capacity(events.iter().map(|e| e.payload.len() + 256).sum());
+        for e in events {
+            let id = source.position(&e);
+            message(&mut sse, None, Some(id), &event_json(e).to_string());
+        }
+        JournalResult::Ok(Page { sse: sse.into(), last, head })
     });
     match read.await {
         Ok(Ok(page)) => Ok(Arc::new(page)),
@@ -212,62 +233,59 @@ struct Cursor {
     source: Arc<Source>,
     /// The position of the next event to send.
     next: u64,
-    /// The page being sent, and the index of its next event.
-    page: Option<(Arc<Page>, usize)>,
+    keep_alive: Duration,
     done: bool,
 }
 
-/// The SSE response for `source` from position `from` on.
-pub fn subscribe(
-    engine: Engine,
-    pages: Arc<Pages>,
-    source: Source,
-    from: u64,
-    keep_alive: Duration,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>> + Send + 'static> {
-    let cursor = Cursor { engine, pages, source: Arc::new(source), next: from, page: None, done: false };
-    let events = stream::unfold(cursor, |mut c| async move {
-        let event = c.next_event().await?;
-        Some((Ok(event), c))
+/// The SSE response (`text/event-stream`) for `source` from position `from` on; a
+/// `: keep-alive` comment after `keep_alive` without an event.
+pub fn subscribe(engine: Engine, pages: Arc<Pages>, source: Source, from: u64, keep_alive: Duration) -> Response {
+    let cursor = Cursor { engine, pages, source: Arc::new(source), next: from, keep_alive, done: false };
+    let chunks = stream::unfold(cursor, |mut c| async move {
+        let chunk = c.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), c))
     });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
+    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(chunks))
+        .into_response()
 }
 
+const KEEP_ALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
 impl Cursor {
-    /// The next SSE message; `None` ends the stream (after an error message, or
-    /// when the engine stops).
-    async fn next_event(&mut self) -> Option<Event> {
+    /// The next SSE messages to write (a page of events, a keep-alive comment or a
+    /// final error); `None` ends the stream (after an error message, or when the
+    /// engine stops).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.done {
             return None;
         }
         loop {
-            if let Some((page, i)) = &mut self.page {
-                if let Some((id, data)) = page.events.get(*i) {
-                    *i += 1;
-                    self.next = id + 1;
-                    return Some(Event::default().id(id.to_string()).data(data));
-                }
-                self.page = None;
-            }
             let mut head = self.engine.durable_head();
             // Mark the current head as seen before reading, so a write that lands
             // after the read wakes the wait below.
             let seen = *head.borrow_and_update();
             match self.pages.get(&self.engine, &self.source, self.next, seen).await {
-                Ok(page) if !page.events.is_empty() => self.page = Some((page, 0)),
-                Ok(_) => {
-                    if head.changed().await.is_err() {
-                        return None;
+                Ok(page) => {
+                    if let Some(last) = page.last {
+                        self.next = last + 1;
+                        return Some(page.sse.clone());
                     }
                 }
                 Err(e) => return Some(self.fail(e)),
+            }
+            match tokio::time::timeout(self.keep_alive, head.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return None,
+                Err(_) => return Some(Bytes::from_static(KEEP_ALIVE_COMMENT)),
             }
         }
     }
 
     /// A final `error` message, then the end of the stream.
-    fn fail(&mut self, why: String) -> Event {
+    fn fail(&mut self, why: String) -> Bytes {
         self.done = true;
-        Event::default().event("error").data(serde_json::json!({ "error": why }).to_string())
+        let mut out = Vec::new();
+        message(&mut out, Some("error"), None, &serde_json::json!({ "error": why }).to_string());
+        out.into()
     }
 }
