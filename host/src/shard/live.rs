@@ -73,14 +73,16 @@ impl Live {
     }
 
     /// Take out the entities inactive for `timeout` as of `now` that `leave` lets
-    /// go; those it keeps go to the back as active now. Looks at each entity due
-    /// at most once and stops at the first that is not due (the order invariant).
+    /// go; those it keeps go to the back as active now. Looks at each entity once
+    /// at most and stops at the first that is not due (the order invariant).
     pub fn take_idle(&mut self, now: Instant, timeout: Duration, leave: impl Fn(&Entity) -> bool) -> Vec<Entity> {
         let mut out = Vec::new();
+        let mut unseen = self.entities.len();
         while let Some((_, e)) = self.entities.front() {
-            if now.saturating_duration_since(e.last_active) < timeout {
+            if unseen == 0 || now.saturating_duration_since(e.last_active) < timeout {
                 break;
             }
+            unseen -= 1;
             let (pid, mut e) = self.pop_front().unwrap();
             if leave(&e) {
                 out.push(e);
@@ -174,5 +176,18 @@ mod tests {
         assert_eq!(order.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["3", "4", "1"]);
         assert!(order.windows(2).all(|w| w[0].1 <= w[1].1));
         assert!(counts(&live).is_empty());
+    }
+
+    #[test]
+    fn a_zero_timeout_looks_at_each_entity_once() {
+        let now = Instant::now();
+        let mut live = Live::default();
+        for id in ["0", "1", "2"] {
+            let (pid, e) = entity("a", id, now);
+            live.insert(pid, e);
+        }
+        let left = live.take_idle(now, Duration::ZERO, |e| e.entity_id == "1");
+        assert_eq!(left.iter().map(|e| e.entity_id.as_str()).collect::<Vec<_>>(), ["1"]);
+        assert_eq!(live.len(), 2, "the busy ones stay, and the walk ends");
     }
 }
