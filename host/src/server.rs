@@ -180,7 +180,7 @@ pub fn load_components(engine: &Engine, components: Option<&Path>) -> anyhow::Re
     registry.load_stored()?;
     if let Some(dir) = components {
         for path in Registry::dir_files(dir)? {
-            let (name, outcome) = deploy_dir_file(engine, &path);
+            let (name, outcome) = deploy_dir_file(engine, &path, false);
             if let DirOutcome::Failed(err) = outcome {
                 tracing::error!("component `{name}` not loaded: {err}");
             }
@@ -197,17 +197,24 @@ pub fn load_components(engine: &Engine, components: Option<&Path>) -> anyhow::Re
 /// projection component as that projection (its workers follow the new version at
 /// once), anything else as that entity type (`Registry::deploy_file`). Either way
 /// bytes of a stored version are not deployed again, so a file left as it was
-/// never undoes a deploy or rollback made over HTTP.
-fn deploy_dir_file(engine: &Engine, path: &Path) -> (String, DirOutcome) {
+/// never undoes a deploy or rollback made over HTTP. With several hosts, a
+/// projection hot-loaded while serving (`share`) goes to every host, as a
+/// hot-loaded entity does; one deployed at start is shared by `deploys::seed` only
+/// if the hosts have none.
+fn deploy_dir_file(engine: &Engine, path: &Path, share: bool) -> (String, DirOutcome) {
     let registry = engine.registry();
     let wasm = match std::fs::read(path) {
         Ok(wasm) if registry.is_projection(&wasm) => wasm,
         _ => return registry.deploy_file(path),
     };
     let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let deploy = |wasm: &[u8]| match share {
+        true => deploys::deploy_projection(engine, &name, wasm),
+        false => engine.projections().deploy(&name, wasm),
+    };
     let outcome = match registry.projection_version_of(&name, &wasm) {
         Ok(Some(version)) => DirOutcome::Known { version },
-        Ok(None) => match deploys::deploy_projection(engine, &name, &wasm) {
+        Ok(None) => match deploy(&wasm) {
             Ok(status) => {
                 let version = status.version;
                 tracing::info!(projection = %name, version, file = %path.display(), "projection deployed from the components directory");
@@ -359,7 +366,7 @@ async fn watch_components(engine: Engine, dir: PathBuf, every: Duration) {
         first = false;
         for p in changed {
             let engine2 = engine.clone();
-            match tokio::task::spawn_blocking(move || deploy_dir_file(&engine2, &p)).await {
+            match tokio::task::spawn_blocking(move || deploy_dir_file(&engine2, &p, true)).await {
                 Ok((_, DirOutcome::Deployed(c))) => {
                     tracing::info!(entity_type = %c.entity_type, version = c.version, "hot-loaded from components directory");
                     let (engine, c) = (engine.clone(), c.clone());
