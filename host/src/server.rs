@@ -218,15 +218,12 @@ fn deploy_dir_file(engine: &Engine, path: &Path, share: bool) -> (String, DirOut
             Ok(status) => {
                 let version = status.version;
                 tracing::info!(projection = %name, version, file = %path.display(), "projection deployed from the components directory");
-                DirOutcome::Projection { version }
+                DirOutcome::Projection
             }
             Err(e) => DirOutcome::Failed(e.to_string()),
         },
         Err(e) => DirOutcome::Failed(e),
     };
-    if let DirOutcome::Failed(e) = &outcome {
-        tracing::error!(file = %path.display(), "{e}");
-    }
     (name, outcome)
 }
 
@@ -376,7 +373,7 @@ async fn watch_components(engine: Engine, dir: PathBuf, every: Duration) {
                         Ok(Ok(())) => {}
                     }
                 }
-                Ok((_, DirOutcome::Known { .. } | DirOutcome::Projection { .. })) => {}
+                Ok((_, DirOutcome::Known { .. } | DirOutcome::Projection)) => {}
                 Ok((name, DirOutcome::Failed(e))) => tracing::error!("hot-load of `{name}` failed: {e}"),
                 Err(e) => tracing::error!("hot-load failed: {e}"),
             }

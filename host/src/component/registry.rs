@@ -14,7 +14,7 @@
 //!
 //! Who decides the active version: HTTP deploys and rollbacks (`activate`) are
 //! recorded in `ACTIVE` and win. The components directory only *adds* versions:
-//! [`Registry::deploy_dir`] deploys a file only when its bytes differ from every
+//! [`Registry::deploy_file`] deploys a file only when its bytes differ from every
 //! stored version of its type, so a restart or an untouched file never undoes a
 //! deploy or a rollback made over HTTP.
 
@@ -107,15 +107,13 @@ pub struct Registry {
     pending: RwLock<BTreeMap<String, String>>,
 }
 
-/// What [`Registry::deploy_dir`] did with one file.
+/// What deploying one file of a components directory did.
 pub enum DirOutcome {
     /// Deployed as a new version and made active.
     Deployed(Arc<LoadedComponent>),
     /// A projection component, deployed as a new version of the projection its
     /// file names and made active (by the caller, which runs projections).
-    Projection {
-        version: u64,
-    },
+    Projection,
     /// Its bytes are those of a stored version: nothing changed.
     Known {
         version: u64,
@@ -298,10 +296,8 @@ impl Registry {
         validate_entity_type(entity_type)?;
         let _guard = self.deploying.lock().unwrap();
         let hash = sha256_hex(wasm);
-        for v in self.store.versions(entity_type).map_err(|e| e.to_string())? {
-            if v.meta().map_err(|e| e.to_string())?.sha256 == hash {
-                return Ok(Err(v.version));
-            }
+        if let Some(version) = self.store.version_with_hash(entity_type, &hash).map_err(|e| e.to_string())? {
+            return Ok(Err(version));
         }
         self.deploy_locked(entity_type, wasm, &hash).map(Ok)
     }
@@ -424,19 +420,6 @@ impl Registry {
         (name, outcome)
     }
 
-    /// Deploy every `*.wasm` of `dir` whose bytes differ from every stored version
-    /// of the type named by its file stem ([`Registry::deploy_file`]). Returns the
-    /// failures.
-    pub fn deploy_dir(&self, dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
-        let mut failures = Vec::new();
-        for path in Self::dir_files(dir)? {
-            if let (name, DirOutcome::Failed(e)) = self.deploy_file(&path) {
-                failures.push((name, e));
-            }
-        }
-        Ok(failures)
-    }
-
     /// Whether `wasm` is a projection component (anything else in a components
     /// directory is taken for an entity). Compiles it, into the cache a deploy
     /// then reads.
@@ -447,13 +430,7 @@ impl Registry {
     /// The stored version of projection `name` whose bytes are `wasm`, if any (the
     /// components directory's rule: such bytes are not deployed again).
     pub fn projection_version_of(&self, name: &str, wasm: &[u8]) -> Result<Option<u64>, String> {
-        let hash = sha256_hex(wasm);
-        for v in self.projection_store.versions(name).map_err(|e| e.to_string())? {
-            if v.meta().map_err(|e| e.to_string())?.sha256 == hash {
-                return Ok(Some(v.version));
-            }
-        }
-        Ok(None)
+        self.projection_store.version_with_hash(name, &sha256_hex(wasm)).map_err(|e| e.to_string())
     }
 
     /// The active version of a projection.

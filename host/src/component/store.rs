@@ -157,6 +157,16 @@ impl ComponentStore {
         Ok(out)
     }
 
+    /// The stored version of `entity_type` whose bytes have SHA-256 `hash`, if any.
+    pub fn version_with_hash(&self, entity_type: &str, hash: &str) -> std::io::Result<Option<u64>> {
+        for v in self.versions(entity_type)? {
+            if v.meta()?.sha256 == hash {
+                return Ok(Some(v.version));
+            }
+        }
+        Ok(None)
+    }
+
     pub fn cache_path(&self, hash: &str, engine_fingerprint: &str) -> PathBuf {
         self.cache.join(format!("{hash}-{engine_fingerprint}.cwasm"))
     }
