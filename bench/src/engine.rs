@@ -394,14 +394,14 @@ pub fn restart(report: &mut Report) {
     let dir = tempfile::tempdir().unwrap();
     let mut wasm: Vec<(String, Vec<u8>)> =
         ["bank-account", "blog-post", "task-manager"].iter().map(|n| (n.to_string(), component(n))).collect();
+    let registry = Registry::open(Runtime::new(SandboxLimits::default()).unwrap(), dir.path()).unwrap();
     // The polyglot entities (the folder also holds projections, which are not deployed here).
     let poly = target_dir().join("components-polyglot");
-    if let Ok(entries) = std::fs::read_dir(&poly) {
-        for e in entries.flatten() {
-            let p = e.path();
-            let entity = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("bank-account-"));
-            if entity && p.extension().is_some_and(|x| x == "wasm") {
-                wasm.push((p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()));
+    if let Ok(paths) = Registry::dir_files(&poly) {
+        for p in paths {
+            let bytes = std::fs::read(&p).unwrap();
+            if !registry.is_projection(&bytes) {
+                wasm.push((p.file_stem().unwrap().to_string_lossy().into_owned(), bytes));
             }
         }
     }
@@ -412,12 +412,10 @@ pub fn restart(report: &mut Report) {
         wasm.push((format!("{name}-{}", wasm.len()), bytes));
         i += 1;
     }
-    {
-        let registry = Registry::open(Runtime::new(SandboxLimits::default()).unwrap(), dir.path()).unwrap();
-        for (name, bytes) in &wasm {
-            registry.deploy(name, bytes).unwrap();
-        }
+    for (name, bytes) in &wasm {
+        registry.deploy(name, bytes).unwrap();
     }
+    drop(registry);
     let open = || {
         let t = Instant::now();
         let journal = open_journal(dir.path());
