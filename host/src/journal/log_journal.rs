@@ -62,10 +62,11 @@ const SPAN_GAP: u64 = 64 << 10;
 const SPAN_MAX: u64 = 4 << 20;
 
 /// Bytes of frames queued for the indexer at most (see `append`). Enough to ride
-/// out an index write that stalls for a while (fjall syncs its own journal while a
-/// flush holds the lock its writes need: tens of ms at times) without holding up
-/// the log's writes and their replies; small enough that a read, which waits for
-/// the frames written before it, waits for little.
+/// out an index write that stalls for a while (fjall's batch commit took 12–71 ms
+/// at times under HTTP load; its flush worker holds the journal lock that writes
+/// need while it syncs fjall's journal) without holding up the log's writes and
+/// their replies; small enough that a read, which waits for the frames written
+/// before it, waits for little.
 const INDEX_QUEUE_BYTES: usize = 8 << 20;
 /// How often a broken index is retried while it keeps failing.
 const INDEX_RETRY: Duration = Duration::from_secs(1);
