@@ -276,11 +276,16 @@ const MEMTABLE_BYTES: u64 = 16 << 20;
 
 impl Index {
     pub fn open(dir: &Path) -> JournalResult<Index> {
-        // fjall's default worker threads (one per core, at most 4). With two, its first
-        // worker spins handing compactions back while the other flushes (a few % of
-        // the CPU), but with one, a flush waits behind a compaction and writes stall:
-        // p99 at 16 connections went from ~5 ms to 28–72 ms (BENCHMARKS.md).
-        let db = Database::builder(dir).open().map_err(|e| match e {
+        // Three fjall workers. Each memtable flush queues one compaction request per
+        // worker, and worker 0 hands compaction requests back to the queue while
+        // another worker can take them. With fjall's default of two on two cores, worker 0
+        // spun doing so for as long as worker 1 compacted: about 7% of all CPU in
+        // `--only engine` (BENCHMARKS.md, "fjall's worker threads"). With a third, a
+        // second compaction request of the same keyspace finds the first one's
+        // tables taken, returns, and takes the request worker 0 was handing back.
+        // One worker is worse: a flush then waits behind a compaction and writes
+        // stall (p99 at 16 connections went from ~5 ms to 28–72 ms).
+        let db = Database::builder(dir).worker_threads(3).open().map_err(|e| match e {
             fjall::Error::Locked => {
                 JournalError::Locked(format!("index {} is in use by another process", dir.display()))
             }
