@@ -6,7 +6,8 @@
 //! Keyspace `index` (keys as in `keys.rs`; every value is a [`Loc`]):
 //!
 //! ```text
-//! b'e' crc32c(pid)(u32 BE) pid 0x00 seq_nr(u64 BE)  -> Loc of the event record
+//! b'e' crc32c(pid)(u32 BE) pid 0x00 seq_nr(u64 BE)  -> the frame's events of `pid`
+//!                                    from `seq_nr` on (an event run, below)
 //! b't' tag 0x00 offset(u64 BE)   -> the frame's events carrying the tag, from the
 //!                                    one at `offset` on (a tag list, below)
 //! b's' pid                       -> Loc of the latest snapshot record
@@ -22,14 +23,24 @@
 //! rest: with the id first, the keys of one entity type share those bytes, and
 //! each of an insert's comparisons read the whole key from another cache line.
 //!
+//! An event run is one entry per entity per frame, not per event: the events of
+//! one persistence id that a frame holds with consecutive sequence numbers (an
+//! entity's events of one write, or of several writes of one group commit). An
+//! entity that persists many events at once, or a replay of a long history
+//! written in large batches, then costs one memtable insert and one step of a
+//! range scan per frame instead of per event. Its value: `segment(u64 LE)`, then
+//! for each event in sequence order `pos(u64 LE) len(u32 LE)`; the i-th event has
+//! sequence number `seq_nr + i`.
+//!
 //! A tag list is one entry per tag per frame, not per event: indexing costs one
-//! memtable insert per event and per (frame, tag), where one per event and tag
-//! made tagged events cost twice the inserts. Its value: `segment(u64 LE)`, then
-//! for each event in offset order `offset(u64 LE) pos(u64 LE) len(u32 LE)`.
+//! memtable insert per (frame, entity) and per (frame, tag), where one per event
+//! and tag made tagged events cost twice the inserts. Its value: `segment(u64 LE)`,
+//! then for each event in offset order `offset(u64 LE) pos(u64 LE) len(u32 LE)`.
 //!
 //! `0x00 "format"` -> [`FORMAT`] (u32 LE), written when an empty index is opened.
 //! An index of another format (format 1, one tag entry per event, had no format
-//! key) is refused at open, and the journal rebuilds it from the log.
+//! key; format 2, one event entry per event) is refused at open, and the journal
+//! rebuilds it from the log.
 //!
 //! `0x00 "through"` -> [`Through`], written in the same fjall batch as the
 //! entries of the frame it names. Both live in one keyspace on purpose: fjall
@@ -94,9 +105,11 @@ impl Through {
 const THROUGH: &[u8] = b"\0through";
 const FORMAT_KEY: &[u8] = b"\0format";
 /// The index layout this build writes and reads (see the module docs).
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 /// Bytes per event in a tag list.
 const TAG_LIST_EVENT: usize = 20;
+/// Bytes per event in an event run.
+const RUN_EVENT: usize = 12;
 const TIMER_PREFIX: u8 = b'm';
 const FRAME_PREFIX: u8 = b'f';
 
@@ -110,6 +123,7 @@ pub fn event_prefix(pid: &str) -> Vec<u8> {
     k
 }
 
+/// The key of `pid`'s event run whose first event is `seq_nr`.
 pub fn event_key(pid: &str, seq_nr: u64) -> Vec<u8> {
     let mut k = event_prefix(pid);
     k.extend_from_slice(&seq_nr.to_be_bytes());
@@ -169,6 +183,77 @@ impl<T: std::borrow::Borrow<str>> TagLists<T> {
     }
 }
 
+/// A frame's event runs (see the module docs), in the order their first events
+/// appear: per run the persistence id, the first sequence number and each event's
+/// location. `index_frame` stores them and `verify` checks the index against them.
+pub(super) struct EventRuns<T> {
+    runs: Vec<(T, u64, Vec<Loc>)>,
+    /// The run each persistence id's next event would continue.
+    open: foldhash::HashMap<T, usize>,
+}
+
+impl<T> Default for EventRuns<T> {
+    fn default() -> Self {
+        EventRuns { runs: Vec::new(), open: foldhash::HashMap::default() }
+    }
+}
+
+impl<T: std::borrow::Borrow<str> + std::hash::Hash + Eq + Clone> EventRuns<T> {
+    pub(super) fn add(&mut self, pid: T, seq_nr: u64, loc: Loc) {
+        // Most runs continue the previous event's entity: no hash lookup then.
+        if let Some((p, first, locs)) = self.runs.last_mut() {
+            if p.borrow() == pid.borrow() && *first + locs.len() as u64 == seq_nr {
+                return locs.push(loc);
+            }
+        }
+        if let Some(&i) = self.open.get(pid.borrow()) {
+            let (_, first, locs) = &mut self.runs[i];
+            if *first + locs.len() as u64 == seq_nr {
+                return locs.push(loc);
+            }
+        }
+        self.open.insert(pid.clone(), self.runs.len());
+        self.runs.push((pid, seq_nr, vec![loc]));
+    }
+
+    /// The runs gathered so far, leaving none.
+    pub(super) fn take(&mut self) -> Vec<(T, u64, Vec<Loc>)> {
+        self.open.clear();
+        std::mem::take(&mut self.runs)
+    }
+}
+
+/// The value of an event run (see the module docs): events of one frame, so of
+/// one segment.
+fn encode_event_run(locs: &[Loc]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + locs.len() * RUN_EVENT);
+    v.extend_from_slice(&locs[0].segment.to_le_bytes());
+    for loc in locs {
+        v.extend_from_slice(&loc.pos.to_le_bytes());
+        v.extend_from_slice(&loc.len.to_le_bytes());
+    }
+    v
+}
+
+/// The events of the run of `pid` stored under `key`: sequence numbers and
+/// locations, in order.
+fn decode_event_run(pid: &str, key: &[u8], v: &[u8]) -> JournalResult<(u64, Vec<Loc>)> {
+    let first = super::keys::event_key_seq_nr(key)?;
+    if v.len() < 8 + RUN_EVENT || !(v.len() - 8).is_multiple_of(RUN_EVENT) {
+        return Err(JournalError::Corrupt(format!("index: event run of {pid}#{first}: {} bytes", v.len())));
+    }
+    let segment = u64::from_le_bytes(v[..8].try_into().unwrap());
+    let locs = v[8..]
+        .chunks_exact(RUN_EVENT)
+        .map(|e| Loc {
+            segment,
+            pos: u64::from_le_bytes(e[..8].try_into().unwrap()),
+            len: u32::from_le_bytes(e[8..].try_into().unwrap()),
+        })
+        .collect();
+    Ok((first, locs))
+}
+
 /// The value of a tag list (see the module docs): the events of one frame, so of
 /// one segment.
 fn encode_tag_list(list: &[(u64, Loc)]) -> Vec<u8> {
@@ -218,12 +303,13 @@ pub fn index_frame(
     let loc = |at: usize, len: usize| Loc { segment, pos: body_pos + at as u64, len: len as u32 };
     let mut first_offset = None;
     let mut tag_lists = TagLists::default();
+    let mut runs = EventRuns::default();
     for record in body::records(body)? {
         match record {
             Record::Event { at, len } => {
                 let l = loc(at, len);
                 let head = codec::event_head(&body[at..at + len])?;
-                batch.puts.push((event_key(head.persistence_id, head.seq_nr), l.encode()));
+                runs.add(head.persistence_id, head.seq_nr, l);
                 for tag in head.tags {
                     tag_lists.add(tag?, head.offset, l);
                 }
@@ -253,6 +339,9 @@ pub fn index_frame(
                 outbox::index_record(kind, &body[at..at + len], loc(at, len), &mut batch)?
             }
         }
+    }
+    for (pid, first_seq, locs) in runs.take() {
+        batch.lists.push((event_key(pid, first_seq), encode_event_run(&locs)));
     }
     if let Some(first) = first_offset {
         batch.puts.push((frame_key(first).to_vec(), loc(0, body.len()).encode()));
@@ -372,25 +461,67 @@ impl Index {
         b.commit().map_err(storage)
     }
 
-    /// Locations of `pid`'s events with `from <= seq_nr`, in order, at most `limit`.
+    /// Locations of `pid`'s events with `from <= seq_nr`, in order, at most `limit`:
+    /// from the run holding `from` (whose first event may be lower) on.
     pub fn events(&self, pid: &str, from: u64, limit: usize) -> JournalResult<Vec<(u64, Loc)>> {
-        let range = event_key(pid, from.max(1))..=event_key(pid, u64::MAX);
+        let from = from.max(1);
         let mut out = Vec::new();
-        for g in self.entries.range(range).take(limit) {
+        if limit == 0 {
+            return Ok(out);
+        }
+        let start = match self.entries.range(event_key(pid, 0)..=event_key(pid, from)).next_back() {
+            Some(g) => g.key().map_err(storage)?.to_vec(),
+            None => event_key(pid, from),
+        };
+        for g in self.entries.range(start..=event_key(pid, u64::MAX)) {
             let (k, v) = g.into_inner().map_err(storage)?;
-            out.push((super::keys::event_key_seq_nr(&k)?, Loc::decode(&v)?));
+            let (first, locs) = decode_event_run(pid, &k, &v)?;
+            for (i, loc) in locs.into_iter().enumerate() {
+                let seq_nr = first + i as u64;
+                if seq_nr >= from {
+                    out.push((seq_nr, loc));
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
         }
         Ok(out)
     }
 
-    /// Whether an index key (e.g. [`event_key`]) is present.
+    /// The event run of `pid` whose first event is `first_seq`, if stored (for `verify`).
+    pub fn event_run(&self, pid: &str, first_seq: u64) -> JournalResult<Option<Vec<Loc>>> {
+        let key = event_key(pid, first_seq);
+        match self.entries.get(&key).map_err(storage)? {
+            Some(v) => decode_event_run(pid, &key, &v).map(|(_, locs)| Some(locs)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `pid`'s event `seq_nr` is indexed.
+    pub fn has_event(&self, pid: &str, seq_nr: u64) -> JournalResult<bool> {
+        match self.entries.range(event_key(pid, 0)..=event_key(pid, seq_nr)).next_back() {
+            Some(g) => {
+                let (k, v) = g.into_inner().map_err(storage)?;
+                let (first, locs) = decode_event_run(pid, &k, &v)?;
+                Ok(seq_nr < first + locs.len() as u64)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Whether an index key (e.g. [`frame_key`]) is present.
     pub fn contains(&self, key: &[u8]) -> JournalResult<bool> {
         self.entries.contains_key(key).map_err(storage)
     }
 
     pub fn highest_seq_nr(&self, pid: &str) -> JournalResult<u64> {
         match self.entries.prefix(event_prefix(pid)).next_back() {
-            Some(g) => super::keys::event_key_seq_nr(&g.key().map_err(storage)?),
+            Some(g) => {
+                let (k, v) = g.into_inner().map_err(storage)?;
+                let (first, locs) = decode_event_run(pid, &k, &v)?;
+                Ok(first + locs.len() as u64 - 1)
+            }
             None => Ok(0),
         }
     }
@@ -514,7 +645,7 @@ impl Index {
         }
     }
 
-    /// How many entries start with `prefix` (`b'e'` events, `b't'` tag lists,
+    /// How many entries start with `prefix` (`b'e'` event runs, `b't'` tag lists,
     /// `b's'` snapshots), for `verify`.
     pub fn count(&self, prefix: u8) -> JournalResult<u64> {
         let mut n = 0;

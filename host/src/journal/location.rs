@@ -35,7 +35,7 @@ impl Loc {
 #[derive(Default)]
 pub struct IndexBatch {
     pub(super) puts: Vec<(Vec<u8>, [u8; 20])>,
-    /// Entries whose value is not one location (a frame's tag lists).
+    /// Entries whose value is not one location (a frame's tag lists and event runs).
     pub(super) lists: Vec<(Vec<u8>, Vec<u8>)>,
     pub(super) removes: Vec<Vec<u8>>,
 }

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use super::body::{self, BodyBuilder, Record};
 use super::codec;
-use super::index::{event_key, index_frame, Index, Loc, Through};
+use super::index::{index_frame, Index, Loc, Through};
 use super::keys::WriterState;
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogIo, LogOptions, LogReader, Position, StdIo};
@@ -647,7 +647,7 @@ impl Journal for LogJournal {
         let (positions, topic_heads) = {
             let guard = self.side.index.read().unwrap();
             let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
-            w.state.check_sequence(batch, |pid, seq_nr| index.contains(&event_key(pid, seq_nr)))?;
+            w.state.check_sequence(batch, |pid, seq_nr| index.has_event(pid, seq_nr))?;
             outbox::assign_positions(&batch.outbox.published, &w.topic_heads, |t| {
                 outbox_index::topic_head_in_index(index, t)
             })?

@@ -541,6 +541,76 @@ fn an_index_entry_pointing_at_another_event_is_corruption() {
     assert!(err.contains(want), "{err}");
 }
 
+/// An entity's events of one frame are one index entry (an event run): reads
+/// start inside a run and cross runs, and the entity's highest sequence number
+/// and the writer's sequence check read runs.
+#[test]
+fn an_entitys_events_of_one_frame_are_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open_log(dir.path()).unwrap();
+    let events = |pid: &str, seqs: std::ops::RangeInclusive<u64>| seqs.map(|s| ev(pid, s, &[])).collect::<Vec<_>>();
+    // a|1 1..=5 and b|1 1..=2 interleaved in one frame; then a|1 6..=7.
+    let mut first = events("a|1", 1..=3);
+    first.extend(events("b|1", 1..=2));
+    first.extend(events("a|1", 4..=5));
+    j.write(&WriteBatch { events: first, ..WriteBatch::default() }).unwrap();
+    j.write(&WriteBatch { events: events("a|1", 6..=7), ..WriteBatch::default() }).unwrap();
+    drop(j);
+    {
+        let db = fjall::Database::builder(log_journal::index_dir(dir.path())).open().unwrap();
+        let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+        let runs: Vec<Vec<u8>> = ks.prefix(index::event_prefix("a|1")).map(|g| g.key().unwrap().to_vec()).collect();
+        assert_eq!(runs, vec![index::event_key("a|1", 1), index::event_key("a|1", 6)], "one run per frame");
+    }
+    let j = open_log(dir.path()).unwrap();
+    assert_eq!(j.highest_seq_nr("a|1").unwrap(), 7);
+    assert_eq!(j.highest_seq_nr("b|1").unwrap(), 2);
+    for from in 0..=8 {
+        for limit in [1, 2, 3, 10] {
+            let got: Vec<u64> = j.events("a|1", from, limit).unwrap().iter().map(|e| e.seq_nr).collect();
+            let want: Vec<u64> = (from.max(1)..=7).take(limit).collect();
+            assert_eq!(got, want, "from {from} limit {limit}");
+        }
+    }
+    // A sequence number inside a run is stored; the next one follows.
+    let again = j.write(&WriteBatch { events: vec![ev("a|1", 3, &[])], ..WriteBatch::default() });
+    assert!(again.is_err(), "a stored sequence number is refused");
+    j.write(&WriteBatch { events: vec![ev("a|1", 8, &[])], ..WriteBatch::default() }).unwrap();
+    drop(j);
+    let report = verify::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.events, 10);
+}
+
+/// `mneme journal verify` finds an event run that is missing, that points
+/// elsewhere or that the log does not have.
+#[test]
+fn verify_checks_event_runs_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open_log(dir.path()).unwrap();
+    j.write(&WriteBatch {
+        events: vec![ev("a|1", 1, &[]), ev("a|1", 2, &[]), ev("a|2", 1, &[])],
+        ..WriteBatch::default()
+    })
+    .unwrap();
+    drop(j);
+    {
+        let db = fjall::Database::builder(log_journal::index_dir(dir.path())).open().unwrap();
+        let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+        ks.remove(index::event_key("a|2", 1)).unwrap();
+        let mut run = ks.get(index::event_key("a|1", 1)).unwrap().unwrap().to_vec();
+        run[8 + 12] ^= 1; // the second event's position
+        ks.insert(index::event_key("a|1", 1), run.clone()).unwrap();
+        ks.insert(index::event_key("z|1", 1), run.clone()).unwrap();
+        ks.insert(index::event_key("z|2", 1), run).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let problems = verify::verify(dir.path()).unwrap().problems.join("\n");
+    assert!(problems.contains("index has no entry for events a|2#1 to #1"), "{problems}");
+    assert!(problems.contains("event run of a|1#1 holds"), "{problems}");
+    assert!(problems.contains("index holds 3 event run entries, the log's indexed frames 2"), "{problems}");
+}
+
 /// An index of an older layout (format 1 had one tag entry per event and no
 /// format key) is rebuilt from the log when the journal opens, and then read.
 #[test]
@@ -554,12 +624,12 @@ fn an_index_of_another_format_is_rebuilt_at_open() {
         let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
         assert!(ks.get(b"\0format").unwrap().is_some(), "a new index says its format");
         ks.remove(b"\0format").unwrap();
-        // Format 1's tag entry for offset 2: one location, which format 2 cannot read.
+        // Format 1's tag entry for offset 2: one location, which this format cannot read.
         ks.insert(keys::tag_key("x", 2), [7u8; 20]).unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
     let err = index::Index::open(&log_journal::index_dir(dir.path())).err().expect("another format is refused");
-    assert!(err.to_string().contains("format 1, this mneme keeps format 2"), "{err}");
+    assert!(err.to_string().contains(&format!("format 1, this mneme keeps format {}", index::FORMAT)), "{err}");
     let j = open_log(dir.path()).unwrap();
     assert_eq!(j.events_by_tag("x", 0, 10).unwrap().iter().map(|e| e.seq_nr).collect::<Vec<_>>(), vec![1, 2]);
     drop(j);

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use super::body::{self, Record};
 use super::codec;
-use super::index::{event_key, frame_key, Index, Loc, TagLists, Through};
+use super::index::{frame_key, EventRuns, Index, Loc, TagLists, Through};
 use super::keys::snapshot_key;
 use super::lock::DataLock;
 use super::log::{CommitLog, LogError, LogOptions, StdIo};
@@ -111,9 +111,10 @@ pub fn verify(data: &Path) -> JournalResult<VerifyReport> {
         last_seq: HashMap::new(),
         snapshots: HashMap::new(),
         timers: HashMap::new(),
-        indexed_events: 0,
+        indexed_runs: 0,
         indexed_tags: 0,
         frame_tags: TagLists::default(),
+        frame_runs: EventRuns::default(),
         views: ViewsCheck::default(),
         indexed_frames: 0,
         outbox: VerifyOutbox::default(),
@@ -160,10 +161,12 @@ struct Check<'a> {
     snapshots: HashMap<String, Loc>,
     timers: HashMap<u64, Loc>,
     /// Counts of what the index must hold, for the other direction.
-    indexed_events: u64,
+    indexed_runs: u64,
     indexed_tags: u64,
     /// The current frame's events per tag, as its tag lists must hold them.
     frame_tags: TagLists<String>,
+    /// The current frame's indexed events per entity, as its event runs must hold them.
+    frame_runs: EventRuns<String>,
     views: ViewsCheck,
     indexed_frames: u64,
     outbox: VerifyOutbox,
@@ -249,6 +252,7 @@ impl Check<'_> {
             }
         }
         if let Some(index) = self.index {
+            self.expect_event_runs(index);
             self.expect_tag_lists(index);
         }
         if !projection_records.is_empty() {
@@ -278,16 +282,29 @@ impl Check<'_> {
             ));
         }
         self.next_offset = e.offset + 1;
-        let Some(index) = self.index.filter(|_| indexed) else { return };
-        self.indexed_events += 1;
-        self.expect(
-            index,
-            &event_key(&e.persistence_id, e.seq_nr),
-            loc,
-            &format!("event {}#{}", e.persistence_id, e.seq_nr),
-        );
+        if self.index.is_none() || !indexed {
+            return;
+        }
+        self.frame_runs.add(e.persistence_id, e.seq_nr, loc);
         for tag in e.tags {
             self.frame_tags.add(tag, e.offset, loc);
+        }
+    }
+
+    /// Each entity of the frame just read has its event runs, holding exactly the
+    /// frame's events of the entity.
+    fn expect_event_runs(&mut self, index: &Index) {
+        for (pid, first, locs) in self.frame_runs.take() {
+            self.indexed_runs += 1;
+            let last = first + locs.len() as u64 - 1;
+            match index.event_run(&pid, first) {
+                Ok(Some(found)) if found == locs => {}
+                Ok(Some(found)) => self.report.problem(format!(
+                    "event run of {pid}#{first} holds {found:?}, the log has events {first} to {last} at {locs:?}"
+                )),
+                Ok(None) => self.report.problem(format!("index has no entry for events {pid}#{first} to #{last}")),
+                Err(e) => self.report.problem(format!("event run of {pid}#{first} cannot be read: {e}")),
+            }
         }
     }
 
@@ -324,7 +341,7 @@ impl Check<'_> {
     fn index_has_nothing_else(&mut self, index: &Index, complete: bool) {
         let snapshots = std::mem::take(&mut self.snapshots);
         let expected = [
-            (b'e', "event", self.indexed_events),
+            (b'e', "event run", self.indexed_runs),
             (b't', "tag", self.indexed_tags),
             (b'f', "frame", self.indexed_frames),
         ];
