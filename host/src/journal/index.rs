@@ -469,7 +469,9 @@ impl Index {
         if limit == 0 {
             return Ok(out);
         }
-        let start = match self.entries.range(event_key(pid, 0)..=event_key(pid, from)).next_back() {
+        // No run starts before 1: only a later start needs the run holding it.
+        let before = (from > 1).then(|| self.entries.range(event_key(pid, 1)..=event_key(pid, from)).next_back());
+        let start = match before.flatten() {
             Some(g) => g.key().map_err(storage)?.to_vec(),
             None => event_key(pid, from),
         };
