@@ -192,8 +192,11 @@ fn engine_following(entities: usize) -> (tempfile::TempDir, Engine) {
 pub fn live_lag(report: &mut Report, quick: bool) {
     let entities = 10_000;
     let duration = Duration::from_secs(if quick { 3 } else { 10 });
-    let rates: &[u64] =
-        if quick { &[10_000, 20_000] } else { &[5_000, 10_000, 20_000, 30_000, 40_000, 60_000, 80_000] };
+    let rates: &[u64] = if quick {
+        &[10_000, 20_000]
+    } else {
+        &[5_000, 10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 100_000, 120_000]
+    };
     for &rate in rates {
         let (_dir, engine) = engine_following(entities);
         let lag = under_load(&engine, || paced(&engine, entities, rate, duration));
