@@ -235,23 +235,45 @@ fn encode_event_run(locs: &[Loc]) -> Vec<u8> {
     v
 }
 
-/// The events of the run of `pid` stored under `key`: sequence numbers and
-/// locations, in order.
-fn decode_event_run(pid: &str, key: &[u8], v: &[u8]) -> JournalResult<(u64, Vec<Loc>)> {
-    let first = super::keys::event_key_seq_nr(key)?;
-    if v.len() < 8 + RUN_EVENT || !(v.len() - 8).is_multiple_of(RUN_EVENT) {
-        return Err(JournalError::Corrupt(format!("index: event run of {pid}#{first}: {} bytes", v.len())));
+/// An event run as stored: its first sequence number and its events' locations,
+/// read in place.
+struct EventRun<'a> {
+    first: u64,
+    segment: u64,
+    events: &'a [u8],
+}
+
+impl EventRun<'_> {
+    /// The run of `pid` stored under `key`, checked for shape.
+    fn decode<'a>(pid: &str, key: &[u8], v: &'a [u8]) -> JournalResult<EventRun<'a>> {
+        let first = super::keys::event_key_seq_nr(key)?;
+        if v.len() < 8 + RUN_EVENT || !(v.len() - 8).is_multiple_of(RUN_EVENT) {
+            return Err(JournalError::Corrupt(format!("index: event run of {pid}#{first}: {} bytes", v.len())));
+        }
+        Ok(EventRun { first, segment: u64::from_le_bytes(v[..8].try_into().unwrap()), events: &v[8..] })
     }
-    let segment = u64::from_le_bytes(v[..8].try_into().unwrap());
-    let locs = v[8..]
-        .chunks_exact(RUN_EVENT)
-        .map(|e| Loc {
-            segment,
-            pos: u64::from_le_bytes(e[..8].try_into().unwrap()),
-            len: u32::from_le_bytes(e[8..].try_into().unwrap()),
+
+    fn len(&self) -> u64 {
+        (self.events.len() / RUN_EVENT) as u64
+    }
+
+    /// The sequence number after the run's last event.
+    fn end(&self) -> u64 {
+        self.first + self.len()
+    }
+
+    /// Sequence numbers and locations of the run's events from `from` on.
+    fn from(&self, from: u64) -> impl Iterator<Item = (u64, Loc)> + '_ {
+        let skip = from.saturating_sub(self.first).min(self.len()) as usize;
+        self.events[skip * RUN_EVENT..].chunks_exact(RUN_EVENT).enumerate().map(move |(i, e)| {
+            let loc = Loc {
+                segment: self.segment,
+                pos: u64::from_le_bytes(e[..8].try_into().unwrap()),
+                len: u32::from_le_bytes(e[8..].try_into().unwrap()),
+            };
+            (self.first + (skip + i) as u64, loc)
         })
-        .collect();
-    Ok((first, locs))
+    }
 }
 
 /// The value of a tag list (see the module docs): the events of one frame, so of
@@ -477,14 +499,10 @@ impl Index {
         };
         for g in self.entries.range(start..=event_key(pid, u64::MAX)) {
             let (k, v) = g.into_inner().map_err(storage)?;
-            let (first, locs) = decode_event_run(pid, &k, &v)?;
-            for (i, loc) in locs.into_iter().enumerate() {
-                let seq_nr = first + i as u64;
-                if seq_nr >= from {
-                    out.push((seq_nr, loc));
-                    if out.len() == limit {
-                        return Ok(out);
-                    }
+            for event in EventRun::decode(pid, &k, &v)?.from(from) {
+                out.push(event);
+                if out.len() == limit {
+                    return Ok(out);
                 }
             }
         }
@@ -495,7 +513,7 @@ impl Index {
     pub fn event_run(&self, pid: &str, first_seq: u64) -> JournalResult<Option<Vec<Loc>>> {
         let key = event_key(pid, first_seq);
         match self.entries.get(&key).map_err(storage)? {
-            Some(v) => decode_event_run(pid, &key, &v).map(|(_, locs)| Some(locs)),
+            Some(v) => Ok(Some(EventRun::decode(pid, &key, &v)?.from(first_seq).map(|(_, loc)| loc).collect())),
             None => Ok(None),
         }
     }
@@ -505,8 +523,7 @@ impl Index {
         match self.entries.range(event_key(pid, 0)..=event_key(pid, seq_nr)).next_back() {
             Some(g) => {
                 let (k, v) = g.into_inner().map_err(storage)?;
-                let (first, locs) = decode_event_run(pid, &k, &v)?;
-                Ok(seq_nr < first + locs.len() as u64)
+                Ok(seq_nr < EventRun::decode(pid, &k, &v)?.end())
             }
             None => Ok(false),
         }
@@ -521,8 +538,7 @@ impl Index {
         match self.entries.prefix(event_prefix(pid)).next_back() {
             Some(g) => {
                 let (k, v) = g.into_inner().map_err(storage)?;
-                let (first, locs) = decode_event_run(pid, &k, &v)?;
-                Ok(first + locs.len() as u64 - 1)
+                Ok(EventRun::decode(pid, &k, &v)?.end() - 1)
             }
             None => Ok(0),
         }
