@@ -518,6 +518,15 @@ fn an_entitys_events_are_handed_out_in_place_from_any_seq_nr(open: Opener) {
     assert_eq!(j.for_each_event("none|1", 1, 10, &mut |_| panic!("no event")).unwrap(), 0);
 }
 
+/// Open the index of the journal in `data` as fjall sees it, let `edit` read or
+/// change its entries, and sync what it changed.
+fn edit_index(data: &std::path::Path, edit: impl FnOnce(&fjall::Keyspace)) {
+    let db = fjall::Database::builder(log_journal::index_dir(data)).open().unwrap();
+    let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+    edit(&ks);
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
 /// An index entry that points at another event than the one it names is
 /// corruption, for both reads of an entity's events, reported with its place.
 #[test]
@@ -526,13 +535,10 @@ fn an_index_entry_pointing_at_another_event_is_corruption() {
     let j = open_log(dir.path()).unwrap();
     j.write(&WriteBatch { events: vec![ev("a|1", 1, &[]), ev("a|2", 1, &[])], ..WriteBatch::default() }).unwrap();
     drop(j);
-    {
-        let db = fjall::Database::builder(log_journal::index_dir(dir.path())).open().unwrap();
-        let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+    edit_index(dir.path(), |ks| {
         let other = ks.get(index::event_key("a|2", 1)).unwrap().unwrap();
         ks.insert(index::event_key("a|1", 1), other).unwrap();
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
-    }
+    });
     let j = open_log(dir.path()).unwrap();
     let want = "index entry of a|1#1 points at event a|2#1 (commit log segment";
     let err = j.events("a|1", 1, 10).unwrap_err().to_string();
@@ -556,12 +562,10 @@ fn an_entitys_events_of_one_frame_are_one_run() {
     j.write(&WriteBatch { events: first, ..WriteBatch::default() }).unwrap();
     j.write(&WriteBatch { events: events("a|1", 6..=7), ..WriteBatch::default() }).unwrap();
     drop(j);
-    {
-        let db = fjall::Database::builder(log_journal::index_dir(dir.path())).open().unwrap();
-        let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+    edit_index(dir.path(), |ks| {
         let runs: Vec<Vec<u8>> = ks.prefix(index::event_prefix("a|1")).map(|g| g.key().unwrap().to_vec()).collect();
         assert_eq!(runs, vec![index::event_key("a|1", 1), index::event_key("a|1", 6)], "one run per frame");
-    }
+    });
     let j = open_log(dir.path()).unwrap();
     assert_eq!(j.highest_seq_nr("a|1").unwrap(), 7);
     assert_eq!(j.highest_seq_nr("b|1").unwrap(), 2);
@@ -594,17 +598,14 @@ fn verify_checks_event_runs_both_ways() {
     })
     .unwrap();
     drop(j);
-    {
-        let db = fjall::Database::builder(log_journal::index_dir(dir.path())).open().unwrap();
-        let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+    edit_index(dir.path(), |ks| {
         ks.remove(index::event_key("a|2", 1)).unwrap();
         let mut run = ks.get(index::event_key("a|1", 1)).unwrap().unwrap().to_vec();
         run[8 + 12] ^= 1; // the second event's position
         ks.insert(index::event_key("a|1", 1), run.clone()).unwrap();
         ks.insert(index::event_key("z|1", 1), run.clone()).unwrap();
         ks.insert(index::event_key("z|2", 1), run).unwrap();
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
-    }
+    });
     let problems = verify::verify(dir.path()).unwrap().problems.join("\n");
     assert!(problems.contains("index has no entry for events a|2#1 to #1"), "{problems}");
     assert!(problems.contains("event run of a|1#1 holds"), "{problems}");
@@ -619,15 +620,12 @@ fn an_index_of_another_format_is_rebuilt_at_open() {
     let j = open_log(dir.path()).unwrap();
     j.write(&WriteBatch { events: vec![ev("a|1", 1, &["x"]), ev("a|1", 2, &["x"])], ..WriteBatch::default() }).unwrap();
     drop(j);
-    {
-        let db = fjall::Database::builder(log_journal::index_dir(dir.path())).open().unwrap();
-        let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+    edit_index(dir.path(), |ks| {
         assert!(ks.get(b"\0format").unwrap().is_some(), "a new index says its format");
         ks.remove(b"\0format").unwrap();
         // Format 1's tag entry for offset 2: one location, which this format cannot read.
         ks.insert(keys::tag_key("x", 2), [7u8; 20]).unwrap();
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
-    }
+    });
     let err = index::Index::open(&log_journal::index_dir(dir.path())).err().expect("another format is refused");
     assert!(err.to_string().contains(&format!("format 1, this mneme keeps format {}", index::FORMAT)), "{err}");
     let j = open_log(dir.path()).unwrap();
@@ -649,9 +647,7 @@ fn verify_checks_tag_lists_both_ways() {
     drop(j);
     let report = verify::verify(dir.path()).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    {
-        let db = fjall::Database::builder(log_journal::index_dir(dir.path())).open().unwrap();
-        let ks = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+    edit_index(dir.path(), |ks| {
         ks.remove(keys::tag_key("y", 2)).unwrap();
         let mut list = ks.get(keys::tag_key("x", 3)).unwrap().unwrap().to_vec();
         list[16] ^= 1; // the event's position
@@ -659,8 +655,7 @@ fn verify_checks_tag_lists_both_ways() {
         let copy = ks.get(keys::tag_key("x", 1)).unwrap().unwrap();
         ks.insert(keys::tag_key("z", 1), copy.clone()).unwrap();
         ks.insert(keys::tag_key("w", 1), copy).unwrap();
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
-    }
+    });
     let problems = verify::verify(dir.path()).unwrap().problems.join("\n");
     assert!(problems.contains("index has no tag list of `y` from offset 2"), "{problems}");
     assert!(problems.contains("tag list of `x` from offset 3 holds"), "{problems}");
