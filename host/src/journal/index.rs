@@ -206,13 +206,16 @@ impl<T: std::borrow::Borrow<str> + std::hash::Hash + Eq + Clone> EventRuns<T> {
                 return locs.push(loc);
             }
         }
-        if let Some(&i) = self.open.get(pid.borrow()) {
-            let (_, first, locs) = &mut self.runs[i];
+        // One hash per event: most entities of a frame start a run of their own.
+        let next = self.runs.len();
+        let open = self.open.entry(pid.clone()).or_insert(next);
+        if *open != next {
+            let (_, first, locs) = &mut self.runs[*open];
             if *first + locs.len() as u64 == seq_nr {
                 return locs.push(loc);
             }
+            *open = next;
         }
-        self.open.insert(pid.clone(), self.runs.len());
         self.runs.push((pid, seq_nr, vec![loc]));
     }
 
@@ -393,7 +396,8 @@ impl Index {
         // spun doing so for as long as worker 1 compacted: about 7% of all CPU in
         // `--only engine` (BENCHMARKS.md, "fjall's worker threads"). With a third, a
         // second compaction request of the same keyspace finds the first one's
-        // tables taken, returns, and takes the request worker 0 was handing back.
+        // tables taken (as fjall's source reads), returns, and takes the request
+        // worker 0 was handing back.
         // One worker is worse: a flush then waits behind a compaction and writes
         // stall (p99 at 16 connections went from ~5 ms to 28–72 ms).
         let db = Database::builder(dir).worker_threads(3).open().map_err(|e| match e {
