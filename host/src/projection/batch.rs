@@ -11,6 +11,7 @@
 //!   anything of it is stored.
 
 use foldhash::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 
 use crate::component::ViewReader;
@@ -96,21 +97,39 @@ impl ViewCache {
         self.pending.get(key).or_else(|| self.values.get(key)).cloned()
     }
 
-    fn insert(&mut self, key: &str, value: Option<Vec<u8>>) {
-        let cost = |value: &Option<Vec<u8>>| key.len() + value.as_ref().map_or(0, Vec::len) + 64;
-        if let Some(old) = self.values.remove(key) {
-            self.bytes -= cost(&old);
-        }
-        let size = cost(&value);
+    fn insert(&mut self, key: String, value: Option<Vec<u8>>) {
+        let cost = |key: &str, value: &Option<Vec<u8>>| key.len() + value.as_ref().map_or(0, Vec::len) + 64;
+        let size = cost(&key, &value);
         if size > self.budget {
+            if let Some(old) = self.values.remove(&key) {
+                self.bytes -= cost(&key, &old);
+            }
             return;
         }
-        if self.bytes + size > self.budget {
-            self.values.clear();
-            self.bytes = 0;
+        // One lookup for the common case, a key already cached. Past the budget
+        // the rest starts over: only this key stays.
+        match self.values.entry(key) {
+            Entry::Occupied(mut e) => {
+                let old = std::mem::replace(e.get_mut(), value);
+                self.bytes = self.bytes - cost(e.key(), &old) + size;
+                if self.bytes > self.budget {
+                    let (key, value) = e.remove_entry();
+                    self.values.clear();
+                    self.values.insert(key, value);
+                    self.bytes = size;
+                }
+            }
+            Entry::Vacant(e) if self.bytes + size > self.budget => {
+                let key = e.into_key();
+                self.values.clear();
+                self.values.insert(key, value);
+                self.bytes = size;
+            }
+            Entry::Vacant(e) => {
+                e.insert(value);
+                self.bytes += size;
+            }
         }
-        self.bytes += size;
-        self.values.insert(key.to_string(), value);
     }
 
     /// The updates of a batch on its way to the journal: read from here until it lands.
@@ -127,7 +146,7 @@ impl ViewCache {
     /// The queued batch is stored.
     pub fn landed(&mut self) {
         for (key, value) in std::mem::take(&mut self.pending) {
-            self.insert(&key, value);
+            self.insert(key, value);
         }
     }
 
@@ -205,7 +224,7 @@ impl ViewReader for Overlay {
             return Ok(known);
         }
         let stored = self.journal.view_get(&self.projection, self.generation, key).map_err(|e| e.to_string())?;
-        self.cache.lock().unwrap().insert(key, stored.clone());
+        self.cache.lock().unwrap().insert(key.to_string(), stored.clone());
         Ok(stored)
     }
 }
@@ -398,6 +417,12 @@ mod tests {
         assert_eq!((c.get("a"), c.get("b"), c.get("c")), (Some(Some(vec![1; 10])), Some(None), None));
         stored(&mut c, &[ViewUpdate::Put { key: "a".into(), value: vec![2; 10] }]);
         assert_eq!((c.get("a"), c.len()), (Some(Some(vec![2; 10])), 2), "replaced, not counted twice");
+        stored(&mut c, &[ViewUpdate::Put { key: "a".into(), value: vec![3; 80] }]);
+        assert_eq!(
+            (c.get("a"), c.get("b"), c.len()),
+            (Some(Some(vec![3; 80])), None, 1),
+            "a value grown past the budget: starts over with it alone"
+        );
         stored(&mut c, &[ViewUpdate::Put { key: "big".into(), value: vec![0; 100] }]);
         assert_eq!((c.get("a"), c.get("big").is_some()), (None, true), "over the budget: starts over");
         stored(&mut c, &[ViewUpdate::Put { key: "huge".into(), value: vec![0; 1000] }]);
