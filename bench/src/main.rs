@@ -31,6 +31,10 @@ struct Args {
     /// Run only the scenarios whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// projection-lag: only these offered rates (commands/s, comma-separated),
+    /// without the closed loop; to repeat the rates near the target many times.
+    #[arg(long, value_delimiter = ',')]
+    lag_rates: Vec<u64>,
 }
 
 fn main() {
@@ -84,6 +88,6 @@ fn main() {
         projection::catch_up(&mut report, args.quick);
     }
     if want("projection-lag") {
-        projection::live_lag(&mut report, args.quick);
+        projection::live_lag(&mut report, args.quick, &args.lag_rates);
     }
 }

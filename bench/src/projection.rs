@@ -189,10 +189,13 @@ fn engine_following(entities: usize) -> (tempfile::TempDir, Engine) {
 
 /// Lag while following load: at fixed rates, and at the highest closed-loop load
 /// (next to the same load without the projection).
-pub fn live_lag(report: &mut Report, quick: bool) {
+/// `only_rates`: these offered rates instead, and no closed loop.
+pub fn live_lag(report: &mut Report, quick: bool, only_rates: &[u64]) {
     let entities = 10_000;
     let duration = Duration::from_secs(if quick { 3 } else { 10 });
-    let rates: &[u64] = if quick {
+    let rates: &[u64] = if !only_rates.is_empty() {
+        only_rates
+    } else if quick {
         &[10_000, 20_000]
     } else {
         &[5_000, 10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 100_000, 120_000]
@@ -214,6 +217,9 @@ pub fn live_lag(report: &mut Report, quick: bool) {
         );
     }
 
+    if !only_rates.is_empty() {
+        return;
+    }
     // The highest load: closed loop, 4096 clients; baseline without the projection.
     let clients = 4096;
     let dir = tempfile::tempdir().unwrap();
