@@ -6,9 +6,9 @@
 #   target/test-components/faulty-projection-v2.wasm                 (the same, view-version 2)
 #   target/test-components/entity-v01.wasm                           (test-only, built
 #                                      against the earlier WIT 0.1.0, which must keep running)
-#   target/test-components/{uses-wasi,wrong-world,wrong-replay,wrong-decide}.wasm (test-only,
+#   target/test-components/{uses-wasi,wrong-world,wrong-replay,wrong-decide,wrong-feed}.wasm (test-only,
 #                                      built to be refused at deploy: WASI, WIT 0.3.0, a mistyped
-#                                      `replay`, a mistyped `decide`)
+#                                      `replay`, `decide` or `feed`)
 # Runnable from any directory. Installs the wasm32-wasip2 target if it is missing
 # (no rust-toolchain.toml: the active toolchain is used as is).
 set -euo pipefail
@@ -64,5 +64,7 @@ install_component wrong-fast-path "$target_dir/test-components/wrong-replay.wasm
 # The same crates again with a feature: different components.
 cargo build --profile "$PROFILE" --target "$TARGET" -p wrong-fast-path --features decide
 install_component wrong-fast-path "$target_dir/test-components/wrong-decide.wasm"
+cargo build --profile "$PROFILE" --target "$TARGET" -p wrong-fast-path --features feed
+install_component wrong-fast-path "$target_dir/test-components/wrong-feed.wasm"
 cargo build --profile "$PROFILE" --target "$TARGET" -p faulty-projection --features view-version-2
 install_component faulty-projection "$target_dir/test-components/faulty-projection-v2.wasm"

@@ -126,7 +126,7 @@ pub mod bindings {
 pub mod projection_bindings {
     wit_bindgen::generate!({
         path: "../wit/projection.wit",
-        world: "projection",
+        world: "projection-with-fast-paths",
         pub_export_macro: true,
         export_macro_name: "__mneme_export_projection",
         default_bindings_module: "::mneme_sdk::__private::projection_bindings",
@@ -159,6 +159,8 @@ pub mod __private {
     pub use crate::glue;
     #[cfg(target_arch = "wasm32")]
     pub use crate::projection_bindings;
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::projection_bindings::exports::mneme::projection::feed::Guest as FeedGuest;
     #[cfg(target_arch = "wasm32")]
     pub use crate::projection_bindings::exports::mneme::projection::handler::Guest as ProjectionGuest;
     #[cfg(target_arch = "wasm32")]
@@ -250,7 +252,8 @@ macro_rules! export_entity {
     };
 }
 
-/// Exports a [`Projection`] as the component's `mneme:projection/handler`.
+/// Exports a [`Projection`] as the component's `mneme:projection/handler`, with
+/// `feed` (mneme hands it each batch packed into one buffer).
 ///
 /// Use it once per component crate, at the top level (a crate is an entity or a
 /// projection, not both). On `wasm32` it generates the wit-bindgen glue; on any
@@ -276,6 +279,17 @@ macro_rules! export_projection {
                 }
             }
 
+            impl $crate::__private::FeedGuest for __MnemeProjection {
+                fn handle_event_batch(
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<$crate::__private::projection_wit::ViewUpdate>,
+                    ::std::string::String,
+                > {
+                    $crate::__private::projection_glue::handle_event_batch::<$ty>(batch)
+                }
+            }
+
             $crate::__private::projection_bindings::__mneme_export_projection!(
                 __MnemeProjection with_types_in $crate::__private::projection_bindings
             );
@@ -283,7 +297,8 @@ macro_rules! export_projection {
     };
 }
 
-/// Exports a [`Projection`] as the component's `mneme:projection/handler`.
+/// Exports a [`Projection`] as the component's `mneme:projection/handler`, with
+/// `feed` (mneme hands it each batch packed into one buffer).
 ///
 /// Use it once per component crate, at the top level (a crate is an entity or a
 /// projection, not both). On `wasm32` it generates the wit-bindgen glue; on any

@@ -281,26 +281,146 @@ pub fn handle_events<P: Projection>(
     read: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
 ) -> Result<Vec<ViewUpdate>, String> {
     let mut view = View::new(read);
+    let mut at = Current::default();
     for e in events {
-        let Some(event) = P::decode(&e.manifest, &e.payload)
-            .map_err(|err| format!("event at offset {} ({}#{}): {err}", e.offset, e.persistence_id, e.seq_nr))?
-        else {
-            continue;
-        };
-        let envelope = EventEnvelope {
-            persistence_id: e.persistence_id,
-            seq_nr: e.seq_nr,
-            offset: e.offset,
-            timestamp_ms: e.timestamp_ms,
-            manifest: e.manifest,
-            tags: e.tags,
-            event,
-        };
-        P::handle(&mut view, &envelope).map_err(|err| {
-            format!("event at offset {} ({}#{}): {err}", envelope.offset, envelope.persistence_id, envelope.seq_nr)
-        })?;
+        at.persistence_id = e.persistence_id;
+        at.manifest = e.manifest;
+        at.tags = e.tags;
+        (at.seq_nr, at.offset, at.timestamp_ms) = (e.seq_nr, e.offset, e.timestamp_ms);
+        fold_one::<P>(&mut view, &mut at, &e.payload)?;
     }
     Ok(view.into_updates())
+}
+
+/// [`handle_events`] over the packed batch of `feed.handle-event-batch`
+/// (`wit/projection.wit`), read in place: the payload is decoded where it lies,
+/// and the envelope's strings are reused from event to event, so an event
+/// costs no allocation of its own.
+pub fn handle_event_batch<P: Projection>(
+    batch: &[u8],
+    read: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> Result<Vec<ViewUpdate>, String> {
+    let mut view = View::new(read);
+    let mut at = Current::default();
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let payload = unpack_one(&mut rest, &mut at)?;
+        fold_one::<P>(&mut view, &mut at, payload)?;
+    }
+    Ok(view.into_updates())
+}
+
+/// The event being folded, but its payload: what its envelope is built from.
+#[derive(Default)]
+struct Current {
+    persistence_id: String,
+    seq_nr: u64,
+    offset: u64,
+    timestamp_ms: u64,
+    manifest: String,
+    tags: Vec<String>,
+}
+
+/// Decode one event and hand it to `P`; `at`'s strings are lent to the
+/// envelope and taken back.
+fn fold_one<P: Projection>(view: &mut View, at: &mut Current, payload: &[u8]) -> Result<(), String> {
+    let failed = |at: &Current, err: String| {
+        format!("event at offset {} ({}#{}): {err}", at.offset, at.persistence_id, at.seq_nr)
+    };
+    let Some(event) = P::decode(&at.manifest, payload).map_err(|err| failed(at, err))? else {
+        return Ok(());
+    };
+    let envelope = EventEnvelope {
+        persistence_id: std::mem::take(&mut at.persistence_id),
+        seq_nr: at.seq_nr,
+        offset: at.offset,
+        timestamp_ms: at.timestamp_ms,
+        manifest: std::mem::take(&mut at.manifest),
+        tags: std::mem::take(&mut at.tags),
+        event,
+    };
+    let handled = P::handle(view, &envelope);
+    at.persistence_id = envelope.persistence_id;
+    at.manifest = envelope.manifest;
+    at.tags = envelope.tags;
+    handled.map_err(|err| failed(at, err))
+}
+
+/// Events packed as `feed.handle-event-batch` receives them (`wit/projection.wit`):
+/// per event its persistence id, seq nr, offset, timestamp, manifest, tags and
+/// payload, strings and the payload each after a u32 length, integers
+/// little-endian.
+pub fn pack(events: &[StoredEvent]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let str32 = |out: &mut Vec<u8>, s: &[u8]| {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s);
+    };
+    for e in events {
+        str32(&mut out, e.persistence_id.as_bytes());
+        out.extend_from_slice(&e.seq_nr.to_le_bytes());
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.timestamp_ms.to_le_bytes());
+        str32(&mut out, e.manifest.as_bytes());
+        out.extend_from_slice(&(e.tags.len() as u32).to_le_bytes());
+        for t in &e.tags {
+            str32(&mut out, t.as_bytes());
+        }
+        str32(&mut out, &e.payload);
+    }
+    out
+}
+
+/// Read one packed event from the front of `rest` into `at` (reusing its
+/// strings); returns its payload.
+fn unpack_one<'a>(rest: &mut &'a [u8], at: &mut Current) -> Result<&'a [u8], String> {
+    set_str(&mut at.persistence_id, field(rest, "persistence id")?, "persistence id")?;
+    at.seq_nr = u64_le(rest, "seq nr")?;
+    at.offset = u64_le(rest, "offset")?;
+    at.timestamp_ms = u64_le(rest, "timestamp")?;
+    set_str(&mut at.manifest, field(rest, "manifest")?, "manifest")?;
+    let count = u32_le(rest, "tag count")? as usize;
+    // Each tag takes at least its 4 length bytes: a count past that is damage.
+    if count > rest.len() / 4 {
+        return Err(format!("an event batch names {count} tags, more than it holds"));
+    }
+    at.tags.truncate(count);
+    for i in 0..count {
+        let tag = field(rest, "tag")?;
+        if i == at.tags.len() {
+            at.tags.push(String::new());
+        }
+        set_str(&mut at.tags[i], tag, "tag")?;
+    }
+    field(rest, "payload")
+}
+
+fn field<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], String> {
+    let len = u32_le(rest, what)? as usize;
+    let field = rest.get(..len).ok_or_else(|| format!("an event batch ends inside an event's {what}"))?;
+    *rest = &rest[len..];
+    Ok(field)
+}
+
+fn set_str(to: &mut String, bytes: &[u8], what: &str) -> Result<(), String> {
+    let s = std::str::from_utf8(bytes).map_err(|_| format!("an event batch holds a {what} that is not UTF-8"))?;
+    to.clear();
+    to.push_str(s);
+    Ok(())
+}
+
+fn take<const N: usize>(rest: &mut &[u8], what: &str) -> Result<[u8; N], String> {
+    let bytes = rest.get(..N).ok_or_else(|| format!("an event batch ends inside an event's {what}"))?;
+    *rest = &rest[N..];
+    Ok(bytes.try_into().unwrap())
+}
+
+fn u32_le(rest: &mut &[u8], what: &str) -> Result<u32, String> {
+    take(rest, what).map(u32::from_le_bytes)
+}
+
+fn u64_le(rest: &mut &[u8], what: &str) -> Result<u64, String> {
+    take(rest, what).map(u64::from_le_bytes)
 }
 
 /// An in-memory view for native tests: what the host would store.
@@ -310,11 +430,12 @@ pub struct TestView {
 }
 
 impl TestView {
-    /// Feed `events` to `P` as one batch and store its changes.
+    /// Feed `events` to `P` as one batch and store its changes. The batch goes
+    /// through the packed form mneme hands a Rust projection in Wasm.
     pub fn apply<P: Projection>(&mut self, events: &[StoredEvent]) -> Result<(), String> {
         let entries = &self.entries;
         let mut read = |key: &str| entries.get(key).cloned();
-        let updates = handle_events::<P>(events.iter().cloned(), &mut read)?;
+        let updates = handle_event_batch::<P>(&pack(events), &mut read)?;
         for u in updates {
             match u {
                 ViewUpdate::Put { key, value } => self.entries.insert(key, value),
@@ -454,6 +575,77 @@ mod tests {
         assert_eq!(view, before, "a failed batch changes nothing");
         let err = view.apply::<Counter>(&[ev("c|a", 5, json!({"type": "Nope"}))]).unwrap_err();
         assert!(err.contains("offset 5"), "{err}");
+    }
+
+    /// Stores every envelope's fields under its offset, to see them arrive.
+    struct Echo;
+
+    impl Projection for Echo {
+        type Event = serde_json::Value;
+        const NAME: &'static str = "echo";
+        const TAGS: &'static [&'static str] = &["t"];
+
+        fn handle(view: &mut View, e: &EventEnvelope<serde_json::Value>) -> Result<(), String> {
+            let fields = (&e.persistence_id, e.seq_nr, e.timestamp_ms, &e.manifest, &e.tags, &e.event);
+            view.put(e.offset.to_string(), &fields);
+            Ok(())
+        }
+    }
+
+    fn varied() -> Vec<StoredEvent> {
+        let mut events = vec![
+            ev("c|a", 1, json!({"type": "Add", "n": 1})),
+            ev("c|ünï|cödé", 7, json!({"type": "Add", "n": -3, "note": "x".repeat(300)})),
+            ev("c|b", u64::MAX, json!(null)),
+        ];
+        events[0].tags = vec!["t".into(), "other".into(), String::new()];
+        events[1].timestamp_ms = 1_764_000_000_123;
+        events[1].seq_nr = 42;
+        events[2].manifest = String::new();
+        events
+    }
+
+    #[test]
+    fn a_packed_batch_gives_what_the_list_gives() {
+        let mut read = |_: &str| None;
+        let listed = handle_events::<Echo>(varied(), &mut read).unwrap();
+        let packed = handle_event_batch::<Echo>(&pack(&varied()), &mut read).unwrap();
+        assert_eq!(packed, listed);
+        assert_eq!(listed.len(), 3);
+        let ViewUpdate::Put { value, .. } = &listed[0] else { panic!("{listed:?}") };
+        let fields: serde_json::Value = serde_json::from_slice(value).unwrap();
+        assert_eq!(fields, json!(["c|a", 1, 0, "Add", ["t", "other", ""], {"type": "Add", "n": 1}]));
+        assert_eq!(handle_event_batch::<Echo>(&[], &mut read).unwrap(), vec![], "an empty batch");
+    }
+
+    #[test]
+    fn a_damaged_batch_is_refused_with_the_reason() {
+        let mut read = |_: &str| None;
+        let events = varied();
+        let whole = pack(&events);
+        let ends: Vec<usize> = (0..events.len()).map(|n| pack(&events[..n]).len()).collect();
+        // Cut anywhere: an error naming the part it ends in, or (at the end of an
+        // event) the events before the cut.
+        for cut in 0..whole.len() {
+            match handle_event_batch::<Echo>(&whole[..cut], &mut read) {
+                Ok(updates) => assert_eq!(ends.iter().position(|&e| e == cut), Some(updates.len()), "cut at {cut}"),
+                Err(e) => assert!(
+                    e.starts_with("an event batch ends inside an event's ") || e.ends_with("tags, more than it holds"),
+                    "cut at {cut}: {e}"
+                ),
+            }
+        }
+        // A tag count past the batch's end.
+        let mut bad = pack(&events[..1]);
+        let at = 4 + "c|a".len() + 24 + 4 + "Add".len();
+        bad[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = handle_event_batch::<Echo>(&bad, &mut read).unwrap_err();
+        assert!(e.contains("4294967295 tags, more than it holds"), "{e}");
+        // A persistence id that is not UTF-8.
+        let mut bad = pack(&events[..1]);
+        bad[4] = 0xff;
+        let e = handle_event_batch::<Echo>(&bad, &mut read).unwrap_err();
+        assert_eq!(e, "an event batch holds a persistence id that is not UTF-8");
     }
 
     #[test]

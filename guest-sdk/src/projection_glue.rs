@@ -1,6 +1,6 @@
 //! wasm32 only: converts between the projection world's WIT types and the SDK's.
 //! [`crate::export_projection!`] calls these functions; the protocol itself is
-//! `projection::handle_events`, tested natively.
+//! `projection::handle_events` and `projection::handle_event_batch`, tested natively.
 
 use std::sync::Once;
 
@@ -37,11 +37,19 @@ pub fn handle_events<P: Projection>(events: Vec<wit::StoredEvent>) -> Result<Vec
     });
     let mut read = |key: &str| view::get(key);
     let updates = projection::handle_events::<P>(events, &mut read)?;
-    Ok(updates
-        .into_iter()
-        .map(|u| match u {
-            ViewUpdate::Put { key, value } => wit::ViewUpdate::Put(wit::ViewEntry { key, value }),
-            ViewUpdate::Delete { key } => wit::ViewUpdate::Delete(key),
-        })
-        .collect())
+    Ok(updates.into_iter().map(update_to_wit).collect())
+}
+
+pub fn handle_event_batch<P: Projection>(batch: Vec<u8>) -> Result<Vec<wit::ViewUpdate>, String> {
+    install_panic_hook();
+    let mut read = |key: &str| view::get(key);
+    let updates = projection::handle_event_batch::<P>(&batch, &mut read)?;
+    Ok(updates.into_iter().map(update_to_wit).collect())
+}
+
+fn update_to_wit(update: ViewUpdate) -> wit::ViewUpdate {
+    match update {
+        ViewUpdate::Put { key, value } => wit::ViewUpdate::Put(wit::ViewEntry { key, value }),
+        ViewUpdate::Delete { key } => wit::ViewUpdate::Delete(key),
+    }
 }

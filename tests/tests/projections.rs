@@ -332,6 +332,17 @@ fn a_faulty_projection_fails_alone_and_a_fixed_version_resumes_from_its_offset()
         body.contains("does not fit mneme's `projection` world") && body.contains("mneme:projection/handler"),
         "{body}"
     );
+    let (s, body) = server.request(
+        "PUT",
+        "/v1/projections/account-balances",
+        &std::fs::read(test_component("wrong-feed")).unwrap(),
+    );
+    assert_eq!(s, 400, "a mistyped `feed` export: {body}");
+    assert!(
+        body.contains("its `mneme:projection/feed` export does not match `wit/projection.wit`")
+            && body.contains("handle-event-batch: func(batch: list<u8>) -> result<list<view-update>, string>"),
+        "{body}"
+    );
     let p = projection(&server, "account-balances");
     assert_eq!((&p["version"], &p["versions"], &p["status"]), (&json!(1), &json!([1]), &json!("running")), "{p}");
     for (path, status) in [

@@ -6,6 +6,10 @@
 //! library links become named traps), an epoch deadline per call, memory and
 //! table caps, a bounded Wasm stack. A faulted instance is discarded.
 //!
+//! A component that exports `feed#handle-event-batch` (the Rust SDK's do) gets
+//! its events packed into one buffer ([`pack_events`]) instead of as a
+//! `list<stored-event>`; both calls return the same updates.
+//!
 //! The `get` import reads the projection's view through a [`ViewReader`] the
 //! caller hands in with each `handle-events` call; a reader that fails (storage
 //! trouble) traps the call, and the failure is reported as the host's
@@ -13,7 +17,7 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Func, HasSelf, Linker, TypedFunc};
 use wasmtime::Store;
 
 use super::limits::SandboxLimits;
@@ -32,6 +36,16 @@ pub mod bindings {
 
 use bindings::mneme::projection::{host, types as wit, view};
 use bindings::{Projection, ProjectionPre};
+
+/// `handle-event-batch: func(batch: list<u8>) -> result<list<view-update>, string>`.
+type HandleEventBatch<'a> = TypedFunc<(&'a [u8],), (Result<Vec<ViewUpdate>, String>,)>;
+
+/// A linked projection component, ready to instantiate.
+pub struct ProjectionCode {
+    pre: ProjectionPre<HostState>,
+    /// `feed#handle-event-batch`, where the component exports it.
+    feed: Option<ComponentExportIndex>,
+}
 
 /// An event as a projection receives it.
 pub type StoredEventRef = wit::StoredEvent;
@@ -93,20 +107,65 @@ impl Runtime {
     /// Check that a compiled component fits the `projection` world (refusing it
     /// with every reason if not), then link it. The linker is built here, once
     /// per deploy or start, so the entity sandbox needs to know nothing of projections.
-    pub fn prepare_projection(&self, component: &Component) -> anyhow::Result<ProjectionPre<HostState>> {
+    pub fn prepare_projection(&self, component: &Component) -> anyhow::Result<ProjectionCode> {
         world::check(&world::PROJECTION, self.engine(), component)?;
         let mut linker = Linker::new(self.engine());
         Projection::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         world::link_inert_imports(&world::PROJECTION, self.engine(), component, &mut linker)?;
         let pre = linker.instantiate_pre(component)?;
-        ProjectionPre::new(pre).map_err(|e| anyhow::anyhow!("its exports do not match the `projection` world: {e:#}"))
+        let feed = world::optional_export(&world::PROJECTION, self.engine(), component, "feed", "handle-event-batch");
+        let pre = ProjectionPre::new(pre)
+            .map_err(|e| anyhow::anyhow!("its exports do not match the `projection` world: {e:#}"))?;
+        Ok(ProjectionCode { pre, feed })
     }
 
-    /// A fresh, empty projection instance.
-    pub fn instantiate_projection(&self, pre: &ProjectionPre<HostState>) -> Result<ProjectionSandbox, String> {
+    /// A fresh, empty projection instance. A `feed` export of another type than
+    /// `wit/projection.wit`'s is refused here (a deploy makes an instance first).
+    pub fn instantiate_projection(&self, code: &ProjectionCode) -> Result<ProjectionSandbox, String> {
         let mut store = self.store();
-        let instance = pre.instantiate(&mut store).map_err(|e| fault_reason(&e, store.data(), self.limits()))?;
-        Ok(ProjectionSandbox { store, instance, limits: self.limits() })
+        let made = (|| {
+            let instance = code.pre.instance_pre().instantiate(&mut store)?;
+            let projection = Projection::new(&mut store, &instance)?;
+            let feed = match &code.feed {
+                Some(index) => {
+                    let func: HandleEventBatch = instance.get_typed_func(&mut store, index).map_err(|e| {
+                        e.context(
+                            "its `mneme:projection/feed` export does not match `wit/projection.wit` \
+                             (`handle-event-batch: func(batch: list<u8>) -> result<list<view-update>, string>`)",
+                        )
+                    })?;
+                    Some(*func.func())
+                }
+                None => None,
+            };
+            wasmtime::Result::Ok((projection, feed))
+        })();
+        let (instance, feed) = made.map_err(|e| fault_reason(&e, store.data(), self.limits()))?;
+        Ok(ProjectionSandbox { store, instance, feed, packed: Vec::new(), limits: self.limits() })
+    }
+}
+
+/// The events packed for `feed#handle-event-batch`, in the format
+/// `wit/projection.wit` gives, appended to `out` (cleared first).
+pub fn pack_events(events: &[StoredEventRef], out: &mut Vec<u8>) {
+    out.clear();
+    let str32 = |out: &mut Vec<u8>, s: &[u8]| {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s);
+    };
+    for e in events {
+        let tags: usize = e.tags.iter().map(|t| 4 + t.len()).sum();
+        out.reserve(44 + e.persistence_id.len() + e.manifest.len() + tags + e.payload.len());
+        str32(out, e.persistence_id.as_bytes());
+        out.extend_from_slice(&e.seq_nr.to_le_bytes());
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.timestamp_ms.to_le_bytes());
+        str32(out, e.manifest.as_bytes());
+        out.extend_from_slice(&(e.tags.len() as u32).to_le_bytes());
+        for t in &e.tags {
+            str32(out, t.as_bytes());
+        }
+        str32(out, &e.payload);
     }
 }
 
@@ -114,6 +173,10 @@ impl Runtime {
 pub struct ProjectionSandbox {
     store: Store<HostState>,
     instance: Projection,
+    /// `feed#handle-event-batch`, type-checked, where the component exports it.
+    feed: Option<Func>,
+    /// The packed batch, its buffer reused from call to call.
+    packed: Vec<u8>,
     limits: SandboxLimits,
 }
 
@@ -147,6 +210,17 @@ impl ProjectionSandbox {
         events: &[StoredEventRef],
         view: Arc<dyn ViewReader>,
     ) -> Result<Result<Vec<ViewUpdate>, String>, ProjectionFault> {
-        self.call(Some(view), |g, s| g.call_handle_events(s, events))
+        match self.feed {
+            Some(f) => {
+                let mut packed = std::mem::take(&mut self.packed);
+                pack_events(events, &mut packed);
+                // SAFETY: type checked in `instantiate_projection`.
+                let f: HandleEventBatch = unsafe { TypedFunc::new_unchecked(f) };
+                let result = self.call(Some(view), |_, s| Ok(f.call(s, (&packed,))?.0));
+                self.packed = packed;
+                result
+            }
+            None => self.call(Some(view), |g, s| g.call_handle_events(s, events)),
+        }
     }
 }

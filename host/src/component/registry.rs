@@ -27,9 +27,9 @@ use anyhow::Context as _;
 use wasmtime::component::Component;
 
 use super::handler::{EntityHandler, NativeFactory};
-use super::projection::bindings::ProjectionPre;
+use super::projection::ProjectionCode;
 use super::projection::{ProjectionInfo, ProjectionSandbox};
-use super::sandbox::{HostState, Runtime, WasmPre};
+use super::sandbox::{Runtime, WasmPre};
 use super::store::{sha256_hex, write_atomically, ComponentStore};
 use super::world;
 use crate::clock::now_ms;
@@ -83,7 +83,7 @@ pub struct LoadedProjection {
     pub size: usize,
     pub info: ProjectionInfo,
     pub deployed_at_ms: u64,
-    pre: ProjectionPre<HostState>,
+    pre: ProjectionCode,
 }
 
 impl LoadedProjection {

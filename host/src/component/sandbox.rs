@@ -174,8 +174,20 @@ impl Runtime {
             WitVersion::V0_1 => WasmPre::V0_1(v01::EntityPre::new(pre).map_err(mismatch)?),
             WitVersion::V0_2 => {
                 let exports = FastPaths {
-                    replay: world::optional_export(&self.engine, component, "replay", "apply-event-batch"),
-                    decide: world::optional_export(&self.engine, component, "decide", "handle-command-and-apply"),
+                    replay: world::optional_export(
+                        &world::ENTITY,
+                        &self.engine,
+                        component,
+                        "replay",
+                        "apply-event-batch",
+                    ),
+                    decide: world::optional_export(
+                        &world::ENTITY,
+                        &self.engine,
+                        component,
+                        "decide",
+                        "handle-command-and-apply",
+                    ),
                 };
                 WasmPre::V0_2(EntityPre::new(pre).map_err(mismatch)?, exports)
             }

@@ -32,7 +32,9 @@
 //!
 //! Exports: the world's `handler` interface (`mneme:entity/handler@0.1.x` or
 //! `@0.2.x` with all five functions, `mneme:projection/handler@0.1.x` with both).
-//! Their types are checked by wasmtime when the component is linked.
+//! Their types are checked by wasmtime when the component is linked. The optional
+//! fast paths ([`optional_export`]) are found by name and type-checked when an
+//! instance is made.
 
 use anyhow::bail;
 use wasmtime::component::types::{self, ComponentItem};
@@ -100,7 +102,7 @@ pub const PROJECTION: WorldSpec = WorldSpec {
     world: "projection",
     what: "a projection",
     package: "mneme:projection",
-    version: (0, 1, 0),
+    version: (0, 1, 1),
     accepted: &[(0, 1)],
     wit_file: "wit/projection.wit",
     imports: &[("view", &["get"]), ("host", &["report-fault"])],
@@ -329,21 +331,25 @@ pub fn exports_projection(engine: &Engine, component: &Component) -> bool {
     component.component_type().exports(engine).any(|(name, _)| split_version(name).0 == handler)
 }
 
-/// Where a component exports `mneme:entity/{interface}@0.2.x#{function}`, an
-/// optional fast path of `wit/entity.wit` (`replay#apply-event-batch` for recovery,
-/// `decide#handle-command-and-apply` for commands), if it does; its type is
-/// checked when the instance is made.
+/// Where a component exports `{package}/{interface}@{major.minor}.x#{function}`
+/// of `spec`'s world at the version this host implements: an optional fast path
+/// (`wit/entity.wit`: `replay#apply-event-batch` for recovery,
+/// `decide#handle-command-and-apply` for commands; `wit/projection.wit`:
+/// `feed#handle-event-batch`), if it does; its type is checked when the instance
+/// is made.
 pub fn optional_export(
+    spec: &WorldSpec,
     engine: &Engine,
     component: &Component,
     interface: &str,
     function: &str,
 ) -> Option<ComponentExportIndex> {
     let ty = component.component_type();
-    let wanted = format!("mneme:entity/{interface}");
+    let wanted = format!("{}/{interface}", spec.package);
+    let current = (spec.version.0, spec.version.1);
     let name = ty.exports(engine).map(|(name, _)| name).find(|name| {
         let (base, version) = split_version(name);
-        base == wanted && compatible(&ENTITY, version) == Some((0, 2))
+        base == wanted && compatible(spec, version) == Some(current)
     })?;
     let interface = component.get_export_index(None, name)?;
     component.get_export_index(Some(&interface), function)

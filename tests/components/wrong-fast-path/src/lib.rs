@@ -6,8 +6,39 @@
 //! `handler` is a trivial, working entity of the current world; mneme must
 //! refuse it at deploy, naming the export, rather than fail a later call. Raw
 //! wit-bindgen, because the SDK builds the right exports.
+//!
+//! With the feature `feed`, a projection instead, whose `mneme:projection/feed`
+//! export does not match `wit/projection.wit` (`wit-feed/`, in which
+//! `handle-event-batch` returns bytes); its `handler` works.
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "feed"))]
+mod projection {
+    wit_bindgen::generate!({ path: "wit-feed", world: "projection-with-fast-paths" });
+
+    use exports::mneme::projection::handler::{Guest, ProjectionInfo, StoredEvent, ViewUpdate};
+
+    struct WrongFeed;
+
+    impl Guest for WrongFeed {
+        fn describe() -> ProjectionInfo {
+            ProjectionInfo { name: "wrong-feed".into(), tags: vec!["account".into()], view_version: 1 }
+        }
+
+        fn handle_events(_events: Vec<StoredEvent>) -> Result<Vec<ViewUpdate>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    impl exports::mneme::projection::feed::Guest for WrongFeed {
+        fn handle_event_batch(batch: Vec<u8>) -> Vec<u8> {
+            batch
+        }
+    }
+
+    export!(WrongFeed);
+}
+
+#[cfg(all(target_arch = "wasm32", not(feature = "feed")))]
 mod component {
     #[cfg(not(feature = "decide"))]
     wit_bindgen::generate!({ path: "wit-replay", world: "entity-with-replay" });
