@@ -574,9 +574,10 @@ fn open_index(dir: &Path) -> JournalResult<Index> {
 }
 
 thread_local! {
-    /// The buffer `read_many` reads spans into. A fresh buffer per span (up to
-    /// `SPAN_MAX` bytes) was allocated, zeroed and its pages first touched on
-    /// every read: a tenth of a catching-up projection's thread in a profile.
+    /// The buffer `read_many` reads spans into, so that a page of events read by
+    /// tag or a replay does not allocate, zero and first touch a fresh buffer of
+    /// up to `SPAN_MAX` bytes per span (what showed in a catching-up
+    /// projection's profile).
     static SPAN_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 
     /// The index this thread is opening, for [`report_index_panics`].
