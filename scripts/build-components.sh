@@ -6,6 +6,8 @@
 #   target/test-components/faulty-projection-v2.wasm                 (the same, view-version 2)
 #   target/test-components/entity-v01.wasm                           (test-only, built
 #                                      against the earlier WIT 0.1.0, which must keep running)
+#   target/test-components/projection-v010.wasm                      (test-only, built against
+#                                      mneme:projection@0.1.0, before `feed`: must keep running)
 #   target/test-components/{uses-wasi,wrong-world,wrong-replay,wrong-decide,wrong-feed}.wasm (test-only,
 #                                      built to be refused at deploy: WASI, WIT 0.3.0, a mistyped
 #                                      `replay`, `decide` or `feed`)
@@ -23,7 +25,8 @@ fi
 
 cargo build --profile "$PROFILE" --target "$TARGET" \
     -p bank-account -p bank-account-v2 -p blog-post -p task-manager -p account-balances \
-    -p faulty -p hostile -p uses-wasi -p wrong-world -p wrong-fast-path -p faulty-projection -p entity-v01
+    -p faulty -p hostile -p uses-wasi -p wrong-world -p wrong-fast-path -p faulty-projection -p entity-v01 \
+    -p projection-v010
 
 # Cargo's target dir may be moved with CARGO_TARGET_DIR.
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -57,7 +60,7 @@ echo "Built components:"
 for crate in bank-account bank-account-v2 blog-post task-manager account-balances; do
     install_component "$crate" "$target_dir/components/$crate.wasm"
 done
-for crate in faulty hostile uses-wasi wrong-world faulty-projection entity-v01; do
+for crate in faulty hostile uses-wasi wrong-world faulty-projection entity-v01 projection-v010; do
     install_component "$crate" "$target_dir/test-components/$crate.wasm"
 done
 install_component wrong-fast-path "$target_dir/test-components/wrong-replay.wasm"

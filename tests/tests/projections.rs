@@ -449,6 +449,36 @@ fn a_new_view_version_is_rebuilt_beside_the_old_view_and_swapped_in_when_caught_
     assert_eq!(view(&server, "balances"), http_fold(&server));
 }
 
+/// A projection built against `mneme:projection@0.1.0`, before the optional
+/// `feed` export, deploys and folds every event once through `handle-events`,
+/// beside one that has `feed`, and again after a restart.
+#[test]
+fn a_projection_built_against_wit_0_1_0_keeps_running() {
+    let data = tempfile::tempdir().unwrap();
+    let comps = components_dir(&[example("bank-account")]);
+    let mut server = bank_server(data.path(), comps.path(), &[]);
+    populate(&server, "a", 8, 5);
+    let old = deploy(&server, "counts", &test_component("projection-v010"));
+    assert_eq!(old["tags"], json!(["account"]), "{old}");
+    deploy(&server, "account-balances", &example("account-balances"));
+    populate(&server, "b", 4, 3);
+    wait_caught_up(&server, "counts", 1);
+    wait_caught_up(&server, "account-balances", 1);
+    let balances = http_fold(&server);
+    let counts = |balances: &View| -> View {
+        let accounts = balances.iter().filter(|(k, _)| *k != "_total");
+        accounts.map(|(k, v)| (k.clone(), v["events"].clone())).collect()
+    };
+    assert_eq!(balances.len(), 13, "12 accounts and `_total`");
+    assert_eq!(view(&server, "counts"), counts(&balances));
+    assert_eq!(view(&server, "account-balances"), balances);
+    server.kill();
+    server = bank_server(data.path(), comps.path(), &[]);
+    ok(&server, "a0", r#"{"type":"Deposit","amount":1}"#);
+    wait_caught_up(&server, "counts", 1);
+    assert_eq!(view(&server, "counts"), counts(&http_fold(&server)));
+}
+
 /// The same projection written in Python gives the same view.
 #[test]
 fn the_python_projection_gives_the_same_view() {
