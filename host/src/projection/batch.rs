@@ -145,9 +145,12 @@ impl ViewCache {
 
     /// The queued batch is stored.
     pub fn landed(&mut self) {
-        for (key, value) in std::mem::take(&mut self.pending) {
+        // Drained, not replaced: the next batch's updates reuse its table.
+        let mut pending = std::mem::take(&mut self.pending);
+        for (key, value) in pending.drain() {
             self.insert(key, value);
         }
+        self.pending = pending;
     }
 
     /// A write failed: what it held is not stored, and what was computed on top of it is void.
