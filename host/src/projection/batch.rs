@@ -11,7 +11,6 @@
 //!   anything of it is stored.
 
 use foldhash::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 
 use crate::component::ViewReader;
@@ -99,37 +98,19 @@ impl ViewCache {
 
     fn insert(&mut self, key: String, value: Option<Vec<u8>>) {
         let cost = |key: &str, value: &Option<Vec<u8>>| key.len() + value.as_ref().map_or(0, Vec::len) + 64;
+        if let Some(old) = self.values.remove(&key) {
+            self.bytes -= cost(&key, &old);
+        }
         let size = cost(&key, &value);
         if size > self.budget {
-            if let Some(old) = self.values.remove(&key) {
-                self.bytes -= cost(&key, &old);
-            }
             return;
         }
-        // One lookup for the common case, a key already cached. Past the budget
-        // the rest starts over: only this key stays.
-        match self.values.entry(key) {
-            Entry::Occupied(mut e) => {
-                let old = std::mem::replace(e.get_mut(), value);
-                self.bytes = self.bytes - cost(e.key(), &old) + size;
-                if self.bytes > self.budget {
-                    let (key, value) = e.remove_entry();
-                    self.values.clear();
-                    self.values.insert(key, value);
-                    self.bytes = size;
-                }
-            }
-            Entry::Vacant(e) if self.bytes + size > self.budget => {
-                let key = e.into_key();
-                self.values.clear();
-                self.values.insert(key, value);
-                self.bytes = size;
-            }
-            Entry::Vacant(e) => {
-                e.insert(value);
-                self.bytes += size;
-            }
+        if self.bytes + size > self.budget {
+            self.values.clear();
+            self.bytes = 0;
         }
+        self.bytes += size;
+        self.values.insert(key, value);
     }
 
     /// The updates of a batch on its way to the journal: read from here until it lands.
