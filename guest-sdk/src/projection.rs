@@ -50,8 +50,9 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 
 use foldhash::fast::FixedState;
-
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::runtime::field;
 
 /// A projection: folds events into a view.
 ///
@@ -393,13 +394,6 @@ fn unpack_one<'a>(rest: &mut &'a [u8], at: &mut Current) -> Result<&'a [u8], Str
         set_str(&mut at.tags[i], tag, "tag")?;
     }
     field(rest, "payload")
-}
-
-fn field<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], String> {
-    let len = u32_le(rest, what)? as usize;
-    let field = rest.get(..len).ok_or_else(|| format!("an event batch ends inside an event's {what}"))?;
-    *rest = &rest[len..];
-    Ok(field)
 }
 
 fn set_str(to: &mut String, bytes: &[u8], what: &str) -> Result<(), String> {

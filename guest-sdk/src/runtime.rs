@@ -133,8 +133,9 @@ fn unpack(batch: &[u8]) -> impl Iterator<Item = Result<(&str, &[u8]), String>> {
     })
 }
 
-/// One length-prefixed field of a packed batch.
-fn field<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], String> {
+/// One length-prefixed field (u32 LE length, then the bytes) of a packed batch:
+/// the entity's `replay` batches and a projection's `feed` batches.
+pub(crate) fn field<'a>(rest: &mut &'a [u8], what: &str) -> Result<&'a [u8], String> {
     let truncated = || format!("an event batch ends inside an event's {what}");
     let len = rest.get(..4).ok_or_else(truncated)?;
     let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
