@@ -29,10 +29,8 @@ impl EventBatch {
 
     pub fn push(&mut self, manifest: &str, payload: &[u8]) {
         self.bytes.reserve(8 + manifest.len() + payload.len());
-        self.bytes.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
-        self.bytes.extend_from_slice(manifest.as_bytes());
-        self.bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.bytes.extend_from_slice(payload);
+        put_field(&mut self.bytes, manifest.as_bytes());
+        put_field(&mut self.bytes, payload);
         self.len += 1;
     }
 
@@ -75,6 +73,13 @@ impl EventBatch {
             })
             .collect()
     }
+}
+
+/// Append a length-prefixed field (u32 LE length, then the bytes): the fields of
+/// the packed batches of `wit/entity.wit`'s `replay` and `wit/projection.wit`'s `feed`.
+pub fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// One length-prefixed field of bytes `push` wrote.

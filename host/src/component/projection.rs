@@ -20,6 +20,7 @@ use std::sync::Arc;
 use wasmtime::component::{Component, ComponentExportIndex, Func, HasSelf, Linker, TypedFunc};
 use wasmtime::Store;
 
+use super::event_batch::put_field;
 use super::limits::SandboxLimits;
 use super::sandbox::{deadline_ticks, fault_reason, HostState, Runtime};
 use super::view::ViewReader;
@@ -149,23 +150,19 @@ impl Runtime {
 /// `wit/projection.wit` gives, appended to `out` (cleared first).
 pub fn pack_events(events: &[StoredEventRef], out: &mut Vec<u8>) {
     out.clear();
-    let str32 = |out: &mut Vec<u8>, s: &[u8]| {
-        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        out.extend_from_slice(s);
-    };
     for e in events {
         let tags: usize = e.tags.iter().map(|t| 4 + t.len()).sum();
-        out.reserve(44 + e.persistence_id.len() + e.manifest.len() + tags + e.payload.len());
-        str32(out, e.persistence_id.as_bytes());
+        out.reserve(40 + e.persistence_id.len() + e.manifest.len() + tags + e.payload.len());
+        put_field(out, e.persistence_id.as_bytes());
         out.extend_from_slice(&e.seq_nr.to_le_bytes());
         out.extend_from_slice(&e.offset.to_le_bytes());
         out.extend_from_slice(&e.timestamp_ms.to_le_bytes());
-        str32(out, e.manifest.as_bytes());
+        put_field(out, e.manifest.as_bytes());
         out.extend_from_slice(&(e.tags.len() as u32).to_le_bytes());
         for t in &e.tags {
-            str32(out, t.as_bytes());
+            put_field(out, t.as_bytes());
         }
-        str32(out, &e.payload);
+        put_field(out, &e.payload);
     }
 }
 
@@ -222,5 +219,42 @@ impl ProjectionSandbox {
             }
             None => self.call(Some(view), |g, s| g.call_handle_events(s, events)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packed_layout_is_the_one_wit_projection_documents() {
+        let event = StoredEventRef {
+            persistence_id: "t|a".into(),
+            seq_nr: 2,
+            offset: 258,
+            timestamp_ms: 1,
+            manifest: "M".into(),
+            tags: vec!["x".into(), "".into()],
+            payload: b"{}".to_vec(),
+        };
+        let mut out = vec![9; 3];
+        pack_events(&[event.clone(), event], &mut out);
+        let one: Vec<u8> = [
+            &[3, 0, 0, 0][..],
+            b"t|a",
+            &[2, 0, 0, 0, 0, 0, 0, 0],
+            &[2, 1, 0, 0, 0, 0, 0, 0],
+            &[1, 0, 0, 0, 0, 0, 0, 0],
+            &[1, 0, 0, 0],
+            b"M",
+            &[2, 0, 0, 0],
+            &[1, 0, 0, 0],
+            b"x",
+            &[0, 0, 0, 0],
+            &[2, 0, 0, 0],
+            b"{}",
+        ]
+        .concat();
+        assert_eq!(out, [one.clone(), one].concat(), "cleared first, then each event in order");
     }
 }
