@@ -90,7 +90,8 @@ impl LogReader {
         if pos.checked_add(len as u64).is_none_or(|e| e > end) {
             return Err(out_of_range());
         }
-        // Only the part of `buf` never used before is zeroed.
+        // Zeroes only what lies past `buf`'s current length; checked above first,
+        // so a bad length from a damaged index allocates nothing.
         buf.resize(len as usize, 0);
         seg.file.read_at(pos, buf).map_err(|e| LogError::io("read", &seg.path, e))
     }
