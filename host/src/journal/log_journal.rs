@@ -130,6 +130,12 @@ struct Writer {
     next_timer_id: u64,
     /// The newest position of the topics written recently (`outbox.rs`).
     topic_heads: HashMap<String, u64>,
+    /// The offset each projection generation stored last, as written through this
+    /// writer (the only one of the data directory): a projection batch checks that
+    /// it continues from it without waiting for the indexer, which would hold up
+    /// every other write behind the writer's lock. Filled from the index on a
+    /// generation's first batch since open; a handful of entries per projection.
+    projection_offsets: HashMap<(String, u32), u64>,
     last_index_attempt: Option<Instant>,
     /// When `health` last probed a failing journal.
     last_probe: Option<Instant>,
@@ -192,6 +198,7 @@ impl LogJournal {
             next_timer_id: through.next_timer_id,
             log,
             topic_heads: HashMap::new(),
+            projection_offsets: HashMap::new(),
             last_index_attempt: None,
             last_probe: None,
         };
@@ -847,16 +854,22 @@ impl Journal for LogJournal {
         let o = &batch.offset;
         let mut w = self.writer.lock().unwrap();
         self.catch_up(&mut w)?;
-        // The generation's offset record may be in a frame still being indexed.
-        self.side.wait_all();
-        let stored = {
-            let guard = self.side.index.read().unwrap();
-            let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
-            index.get(&views::offset_key(&o.projection, o.generation))?
-        };
-        let stored = match stored {
-            Some(loc) => self.read_offset(&o.projection, o.generation, loc)?.offset,
-            None => 0,
+        let generation = (o.projection.clone(), o.generation);
+        let stored = match w.projection_offsets.get(&generation) {
+            Some(&offset) => offset,
+            None => {
+                // The generation's offset record may be in a frame still being indexed.
+                self.side.wait_all();
+                let loc = {
+                    let guard = self.side.index.read().unwrap();
+                    let index = guard.as_ref().ok_or_else(|| JournalError::Storage("index unavailable".into()))?;
+                    index.get(&views::offset_key(&o.projection, o.generation))?
+                };
+                match loc {
+                    Some(loc) => self.read_offset(&o.projection, o.generation, loc)?.offset,
+                    None => 0,
+                }
+            }
         };
         if stored != batch.previous_offset {
             return Err(JournalError::Invalid(format!(
@@ -878,7 +891,10 @@ impl Journal for LogJournal {
         }
         body.projection_offset(o);
         let first_offset = w.state.next_offset;
-        self.append(&mut w, first_offset, body.finish())
+        self.append(&mut w, first_offset, body.finish())?;
+        // A failed append stored nothing: the remembered offset stays as it was.
+        w.projection_offsets.insert(generation, o.offset);
+        Ok(())
     }
 
     fn projection_offsets(&self, projection: &str) -> JournalResult<Vec<ProjectionOffset>> {

@@ -810,6 +810,8 @@ mod projections {
         let j = open(dir.path()).unwrap();
         assert_eq!(scan(&*j, 1, "ali", "", 10).len(), 4);
         assert_eq!(j.projection_offsets("balances").unwrap()[0], offset("balances", 1, 2, true));
+        let stale = j.write_projection(&batch(1, 1, 2, vec![put("carol", "9")])).unwrap_err();
+        assert!(matches!(&stale, JournalError::Invalid(m) if m.contains("is at offset 2")), "{stale}");
         j.write_projection(&batch(1, 2, 2, vec![put("carol", "3")])).unwrap();
         assert_eq!(j.view_get("balances", 1, "carol").unwrap(), Some(b"3".to_vec()));
     }
