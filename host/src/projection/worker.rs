@@ -1,8 +1,9 @@
-//! One projection generation being fed: a thread that reads the next batch after
+//! One projection generation being fed: a thread that takes the next batch after
 //! its position, hands it to the component, and stores the view updates with the
 //! new offset in one atomic write; then waits for the durable head to move.
-//! Storing batch N (on a thread of its own) overlaps with reading and computing
-//! batch N+1; N+1 is stored only once N has landed, and is dropped if N fails.
+//! Three stages overlap, each on a thread of its own: storing batch N, computing
+//! N+1, reading N+2 (`read_ahead.rs`); N+1 is stored only once N has landed, and
+//! is dropped if N fails.
 //!
 //! Failures:
 //!
@@ -24,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::batch::{check_updates, next_batch, Overlay, ViewCache};
+use super::read_ahead::ReadAhead;
 use crate::cluster::Ownership;
 use crate::component::projection::StoredEventRef;
 use crate::component::{LoadedProjection, ProjectionFault, ProjectionSandbox, Registry};
@@ -137,6 +139,7 @@ pub fn spawn(env: Env, spec: Spec, on_live: Option<OnLive>) -> Worker {
         .spawn(move || {
             let cache = Arc::new(Mutex::new(ViewCache::new(env.config.cache_bytes)));
             let store = Store::spawn(env.clone(), &spec.name);
+            let reader = read_ahead(&env, &spec);
             let mut run = Run {
                 env,
                 spec,
@@ -145,6 +148,7 @@ pub fn spawn(env: Env, spec: Spec, on_live: Option<OnLive>) -> Worker {
                 sandbox: None,
                 cache,
                 store,
+                reader,
                 stored: 0,
                 chain: 0,
                 live_stored: false,
@@ -171,6 +175,7 @@ struct Run {
     sandbox: Option<ProjectionSandbox>,
     cache: Arc<Mutex<ViewCache>>,
     store: Store,
+    reader: ReadAhead,
     /// The generation's offset as stored in the journal.
     stored: u64,
     /// The offset of the last batch computed (stored, or on its way): the next
@@ -474,22 +479,17 @@ impl Run {
         Ok(())
     }
 
-    /// Read the next batch after `position` (up to `head`) and hand it to the
-    /// component, on top of the batch in flight.
+    /// Take the next batch after `position` (up to the head), hand it to the
+    /// component on top of the batch in flight, and start reading the one after.
     fn compute(&mut self, position: u64, head: u64) -> Step {
-        let config = &self.env.config;
-        let journal = self.env.journal.clone();
-        let feed = match next_batch(
-            |tag, from, limit| journal.events_by_tag(tag, from, limit),
-            &self.spec.code.info.tags,
-            position,
-            head,
-            config.batch_events,
-            config.batch_bytes,
-        ) {
+        let feed = match self.reader.take(position) {
             Ok(feed) => feed,
             Err(e) => return Step::Halt(journal_halt("reading events", e)),
         };
+        if feed.through < *self.env.head.borrow() {
+            self.reader.ask(feed.through);
+        }
+        let journal = self.env.journal.clone();
         // A view that is not live yet takes over once it has everything up to the head.
         let live = self.live_chain || feed.through >= head;
         if feed.events.is_empty() {
@@ -598,6 +598,19 @@ impl Run {
             fence: self.lease.map(|epoch| Fence { node: self.node(), leases: vec![(LEADER, epoch)] }),
         }
     }
+}
+
+/// The reader of the worker's batches: the events of its tags after a position,
+/// up to the durable head when read.
+fn read_ahead(env: &Env, spec: &Spec) -> ReadAhead {
+    let (journal, head, config) = (env.journal.clone(), env.head.clone(), env.config.clone());
+    let tags = spec.code.info.tags.clone();
+    let read = move |position| {
+        let head = *head.borrow();
+        let read = |tag: &str, from, limit| journal.events_by_tag(tag, from, limit);
+        next_batch(read, &tags, position, head, config.batch_events, config.batch_bytes)
+    };
+    ReadAhead::spawn(&spec.name, Box::new(read))
 }
 
 /// Store a batch: its updates and offset in one atomic write.
