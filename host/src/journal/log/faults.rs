@@ -212,6 +212,17 @@ impl LogIo for FaultyIo {
         Ok(self.wrap(self.inner.create_segment(path, len)?))
     }
 
+    /// Never prepares: the fault schedules count segment creations
+    /// (`create_segment`), and a segment prepared ahead would move a fault to
+    /// another roll. The writer then creates every segment as a roll needs it.
+    fn prepare_segment(&self, _prepared: &Path, _len: u64) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn link_segment(&self, prepared: &Path, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        Ok(self.wrap(self.inner.link_segment(prepared, path)?))
+    }
+
     fn open_segment(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
         Ok(self.wrap(self.inner.open_segment(path)?))
     }

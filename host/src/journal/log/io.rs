@@ -4,8 +4,9 @@
 //!
 //! [`StdIo`] is the real implementation: positioned reads and writes
 //! (`pread`/`pwrite`) on std files, `fdatasync` for [`LogFile::sync_data`],
-//! `fsync` for [`LogFile::sync_all`], `fallocate` to preallocate segments and an
-//! `fsync` of the directory's own descriptor for [`LogIo::sync_dir`].
+//! `fsync` for [`LogFile::sync_all`], `fallocate` to preallocate segments, zeros
+//! written ahead for [`LogIo::prepare_segment`] and an `fsync` of the directory's
+//! own descriptor for [`LogIo::sync_dir`].
 
 use std::any::Any;
 use std::fs::{File, OpenOptions};
@@ -45,6 +46,15 @@ pub trait LogIo: Send + Sync + 'static {
     /// Create a new segment file (it must not exist) and preallocate `len` bytes
     /// ([`LogFile::allocate`]). On error the file may exist, empty or short.
     fn create_segment(&self, path: &Path, len: u64) -> io::Result<Arc<dyn LogFile>>;
+    /// Write a file of `len` zero bytes at `prepared` and `fsync` it: the next
+    /// segment, made ahead of time (see the `log` module docs, "Writing"). A file
+    /// already there is removed first, never truncated: a crash between the two
+    /// steps of [`LogIo::link_segment`] leaves it a second name of a segment.
+    /// On error the file may exist, short.
+    fn prepare_segment(&self, prepared: &Path, len: u64) -> io::Result<()>;
+    /// Make the prepared file the segment at `path` (which must not exist): link
+    /// it there, remove the prepared name, and open the segment.
+    fn link_segment(&self, prepared: &Path, path: &Path) -> io::Result<Arc<dyn LogFile>>;
     /// Open an existing segment file for reading and writing.
     fn open_segment(&self, path: &Path) -> io::Result<Arc<dyn LogFile>>;
     /// Open `COMMITTED` for rewriting in place, creating it if missing.
@@ -120,7 +130,6 @@ fn preallocate(file: &File, len: u64) -> io::Result<()> {
 
 /// Allocate by writing zeros from the current end to `len` (only ever past the
 /// end, so no data is overwritten).
-#[cfg_attr(target_os = "linux", allow(dead_code))]
 fn write_zeros_to(file: &File, len: u64) -> io::Result<()> {
     let zeros = vec![0u8; 1 << 20];
     let mut pos = file.metadata()?.len();
@@ -160,6 +169,24 @@ impl LogIo for StdIo {
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
         preallocate(&file, len)?;
         Ok(Arc::new(StdFile(file)))
+    }
+
+    fn prepare_segment(&self, prepared: &Path, len: u64) -> io::Result<()> {
+        match std::fs::remove_file(prepared) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(prepared)?;
+        write_zeros_to(&file, len)?;
+        file.sync_all()
+    }
+
+    fn link_segment(&self, prepared: &Path, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        // A hard link, unlike `rename`, fails if `path` exists.
+        std::fs::hard_link(prepared, path)?;
+        std::fs::remove_file(prepared)?;
+        self.open_segment(path)
     }
 
     fn open_segment(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {

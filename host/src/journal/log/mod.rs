@@ -23,6 +23,9 @@
 //!   ever behind the durable data (it is written after the data's sync).
 //!   [`CommitLog::close`] syncs it.
 //! * `LOCK`: locked (`flock`) by the open [`CommitLog`], keeping a second writer out.
+//! * `next-segment`, at times: the next segment's file, zeros, prepared ahead
+//!   (below). Not part of the log: recovery ignores it, and the writer removes
+//!   it before preparing another.
 //!
 //! A frame is a 32-byte header (magic `MNFR`, body length, sequence number,
 //! `first_offset`, a CRC-32C of the header, a CRC-32C of header and body), the
@@ -32,10 +35,23 @@
 //!
 //! # Writing
 //!
-//! * A segment is created with its full length allocated (`fallocate`), so a
-//!   write inside it never fails for lack of space: `ENOSPC` can only come when a
-//!   segment is created. Its header is written, the file `fsync`ed and the
-//!   directory `fsync`ed before any frame is written to it.
+//! * A segment is created with its full length allocated, so a write inside it
+//!   never fails for lack of space: `ENOSPC` can only come when a segment is
+//!   created. Its header is written, the file `fsync`ed and the directory
+//!   `fsync`ed before any frame is written to it.
+//! * The first segment is allocated with `fallocate`. Once the last segment is
+//!   half full, a thread writes the next one ahead as `next-segment`: zeros to
+//!   its full length, `fsync`ed. The roll that finds it ready hard-links it under
+//!   the new segment's name (a link, unlike `rename`, never replaces a file),
+//!   removes the prepared name and goes on as for a created segment (header,
+//!   `fsync`, directory `fsync`). A roll never waits for it: one not ready, or
+//!   failed, and the roll creates the segment with `fallocate`. Written zeros
+//!   make every later `fdatasync` in the segment a data write only, where in an
+//!   `fallocate`d segment each also records on disk that the blocks it wrote are
+//!   no longer unwritten. Killed between the link and the removal, the prepared
+//!   name is a second name of the segment: the next preparation removes that
+//!   name and writes a new file, never truncating the old one. The thread ends
+//!   before the writer releases `LOCK`.
 //! * An append writes the frame at the end of the last segment with one
 //!   `pwrite`, then `fdatasync`s the file (data and the metadata needed to read
 //!   it; the size never changes after creation), then publishes the new end to

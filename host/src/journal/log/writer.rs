@@ -6,7 +6,8 @@ use std::any::Any;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{mpsc, Arc, RwLock};
+use std::thread::JoinHandle;
 
 use super::format::{
     encode_frame, frame_len, Committed, SegmentHeader, FRAME_ALIGN, FRAME_HEADER_LEN, MAX_BODY, SEGMENT_HEADER_LEN,
@@ -39,7 +40,36 @@ pub struct CommitLog {
     committed: Arc<dyn LogFile>,
     committed_path: PathBuf,
     buf: Vec<u8>,
+    /// The next segment's file, being written ahead (from when `active` is half
+    /// full) or ready.
+    prepared: Option<Prepared>,
     _lock: Box<dyn Any + Send + Sync>,
+}
+
+/// Name of the file the next segment is prepared in (see the `log` module docs).
+pub(super) const PREPARED_FILE: &str = "next-segment";
+
+/// The next segment's file, written full of zeros and synced by a thread of its
+/// own, so that a roll does not wait for it and every later `fdatasync` in the
+/// segment writes data only: in a segment merely `fallocate`d, each sync also
+/// records that the blocks it wrote are no longer unwritten (BENCHMARKS.md,
+/// "Segments written ahead").
+struct Prepared {
+    /// The segment capacity it is prepared for.
+    len: u64,
+    /// The thread's result, once it is done.
+    done: mpsc::Receiver<io::Result<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for CommitLog {
+    /// The thread preparing a segment ends before the lock is released: the
+    /// next writer of this directory must not find it still writing its file.
+    fn drop(&mut self) {
+        if let Some(thread) = self.prepared.as_mut().and_then(|p| p.thread.take()) {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl CommitLog {
@@ -70,7 +100,7 @@ impl CommitLog {
             .collect();
         if segments.is_empty() {
             let header = SegmentHeader { id: 1, prev_end: 0, first_seq: 1, capacity: segment_capacity(&opts, 0) };
-            let file = create_segment(&*io, dir, &header).map_err(|(e, _)| e)?;
+            let file = create_segment(&*io, dir, &header, None).map_err(|(e, _)| e)?;
             capacity = header.capacity;
             segments.push(Arc::new(Segment {
                 id: 1,
@@ -106,6 +136,7 @@ impl CommitLog {
             committed,
             committed_path,
             buf: Vec::new(),
+            prepared: None,
             _lock: lock,
         };
         Ok((log, report))
@@ -148,6 +179,9 @@ impl CommitLog {
         let record = Committed { segment: seg.id, pos: end, seq }.encode();
         if let Err(e) = self.committed.write_at(0, &record) {
             tracing::warn!("commit log: updating {} failed: {e}", self.committed_path.display());
+        }
+        if self.prepared.is_none() && end > self.capacity / 2 {
+            self.prepare_next();
         }
         Ok(Appended {
             segment: seg.id,
@@ -206,15 +240,8 @@ impl CommitLog {
         let _ = self.roll(len);
     }
 
-    /// Make a new segment, with room for a frame of `need` bytes, the active one.
-    fn roll(&mut self, need: u64) -> Result<(), LogError> {
-        let id = self.active.id + 1;
-        let header = SegmentHeader {
-            id,
-            prev_end: self.pos,
-            first_seq: self.next_seq,
-            capacity: segment_capacity(&self.opts, need),
-        };
+    /// Remove the segment file a failed roll left, if any.
+    fn remove_leftover(&mut self) -> Result<(), LogError> {
         if let Some(path) = self.leftover.take() {
             match self.io.remove(&path) {
                 Ok(()) => {}
@@ -225,7 +252,82 @@ impl CommitLog {
                 }
             }
         }
-        let file = create_segment(&*self.io, &self.dir, &header).map_err(|(e, leftover)| {
+        Ok(())
+    }
+
+    /// Start writing the next segment's file ahead, on a thread of its own.
+    fn prepare_next(&mut self) {
+        let (tx, done) = mpsc::channel();
+        let (io, path, len) = (self.io.clone(), self.dir.join(PREPARED_FILE), segment_capacity(&self.opts, 0));
+        let thread = std::thread::Builder::new()
+            .name("mneme-log-prepare".into())
+            .spawn(move || {
+                let _ = tx.send(io.prepare_segment(&path, len));
+            })
+            // Without the thread `done` reports a failure, and the roll creates
+            // the segment itself.
+            .ok();
+        self.prepared = Some(Prepared { len, done, thread });
+    }
+
+    /// Wait until the segment being prepared ahead, if any, is ready (or
+    /// failed); `false` if none was being prepared. For tests and the benchmark:
+    /// the writer itself never waits for it.
+    pub fn wait_prepared(&mut self) -> bool {
+        match self.prepared.as_mut().and_then(|p| p.thread.take()) {
+            Some(thread) => thread.join().is_ok(),
+            None => false,
+        }
+    }
+
+    /// The prepared file, if it is ready for a segment of `capacity` bytes.
+    /// One still being written is left to finish (the roll does not wait); one
+    /// that failed is forgotten (the next segment prepares again).
+    fn take_prepared(&mut self, capacity: u64) -> Option<PathBuf> {
+        let prepared = self.prepared.as_mut()?;
+        match prepared.done.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => None,
+            Ok(Ok(())) if prepared.len == capacity => {
+                self.prepared = None;
+                Some(self.dir.join(PREPARED_FILE))
+            }
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => {
+                if e.kind() != io::ErrorKind::Unsupported {
+                    tracing::debug!("commit log: preparing the next segment failed: {e}");
+                }
+                self.prepared = None;
+                None
+            }
+            Err(mpsc::TryRecvError::Disconnected) => {
+                self.prepared = None;
+                None
+            }
+        }
+    }
+
+    /// Make a new segment, with room for a frame of `need` bytes, the active one.
+    fn roll(&mut self, need: u64) -> Result<(), LogError> {
+        let id = self.active.id + 1;
+        let header = SegmentHeader {
+            id,
+            prev_end: self.pos,
+            first_seq: self.next_seq,
+            capacity: segment_capacity(&self.opts, need),
+        };
+        self.remove_leftover()?;
+        let prepared = self.take_prepared(header.capacity);
+        let file = match prepared.map(|p| create_segment(&*self.io, &self.dir, &header, Some(&p))) {
+            Some(Ok(file)) => Ok(file),
+            Some(Err((e, leftover))) => {
+                tracing::debug!("commit log: the prepared segment could not be used ({e}); creating one");
+                self.leftover = leftover;
+                self.remove_leftover()?;
+                create_segment(&*self.io, &self.dir, &header, None)
+            }
+            None => create_segment(&*self.io, &self.dir, &header, None),
+        }
+        .map_err(|(e, leftover)| {
             self.leftover = leftover;
             e
         })?;
@@ -250,14 +352,16 @@ fn segment_capacity(opts: &LogOptions, need: u64) -> u64 {
     opts.segment_bytes.max(SEGMENT_HEADER_LEN + need).next_multiple_of(FRAME_ALIGN)
 }
 
-/// Create a segment durably: the file, preallocated, its header, `fsync`, then
-/// an `fsync` of the directory. Only then may a frame in it be acknowledged. On
-/// failure the file is removed again (it holds no frame); if even that fails its
-/// path comes back with the error.
+/// Create a segment durably: the file, preallocated (or the file prepared ahead
+/// at `prepared`, zeros and synced, linked as the segment), its header, `fsync`,
+/// then an `fsync` of the directory. Only then may a frame in it be
+/// acknowledged. On failure the segment's name is removed again (it holds no
+/// frame); if even that fails its path comes back with the error.
 fn create_segment(
     io: &dyn LogIo,
     dir: &Path,
     header: &SegmentHeader,
+    prepared: Option<&Path>,
 ) -> Result<Arc<dyn LogFile>, (LogError, Option<PathBuf>)> {
     let path = segment_path(dir, header.id);
     let fail = |op: &'static str, e: io::Error| {
@@ -271,11 +375,15 @@ fn create_segment(
         };
         (LogError::io(op, &path, e), leftover)
     };
-    let file = match io.create_segment(&path, header.capacity) {
+    let (op, made) = match prepared {
+        Some(prepared) => ("link", io.link_segment(prepared, &path)),
+        None => ("create", io.create_segment(&path, header.capacity)),
+    };
+    let file = match made {
         Ok(file) => file,
-        // Never remove a file this call did not create.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err((LogError::io("create", &path, e), None)),
-        Err(e) => return Err(fail("create", e)),
+        // Never remove a file this call did not make.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err((LogError::io(op, &path, e), None)),
+        Err(e) => return Err(fail(op, e)),
     };
     file.write_at(0, &header.encode()).map_err(|e| fail("write", e))?;
     file.sync_all().map_err(|e| fail("fsync", e))?;

@@ -4,6 +4,7 @@ use std::sync::mpsc;
 
 use super::*;
 use crate::journal::log::format::{frame_len, SEGMENT_HEADER_LEN};
+use crate::journal::log::writer::PREPARED_FILE;
 
 #[test]
 fn appended_frames_read_back_and_survive_reopen() {
@@ -81,6 +82,96 @@ fn small_segments_roll_and_chain_across_reopen() {
     log.close().unwrap();
     let (log, report) = open(dir.path(), 256).unwrap();
     assert_eq!((report.segments as u64, report.frames), (segments, 50));
+    assert_eq!(frames(&log.reader()), expect);
+}
+
+#[test]
+fn the_next_segment_is_prepared_ahead_and_taken_by_the_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let prepared = dir.path().join(PREPARED_FILE);
+    let (mut log, _) = open(dir.path(), 4096).unwrap();
+    let mut expect = Vec::new();
+    let mut append = |log: &mut CommitLog, i: u64| {
+        let b = body(i, 500);
+        let a = log.append(i, &b).unwrap();
+        expect.push((i, b));
+        a
+    };
+    // Half of segment 1 written: its successor is being prepared.
+    let mut i = 0;
+    while append(&mut log, i).end.pos <= 2048 {
+        i += 1;
+    }
+    assert!(log.wait_prepared(), "a thread prepares the next segment");
+    assert_eq!(std::fs::read(&prepared).unwrap(), vec![0u8; 4096], "zeros, the segment's length");
+    // The roll takes it: linked as segment 2, the prepared name gone.
+    loop {
+        i += 1;
+        if append(&mut log, i).segment == 2 {
+            break;
+        }
+    }
+    assert!(!prepared.exists(), "the prepared file became segment 2");
+    let seg2 = std::fs::read(segment_file(dir.path(), 2)).unwrap();
+    assert_eq!(seg2.len(), 4096);
+    let end = log.end().pos as usize;
+    assert!(seg2[end..].iter().all(|&b| b == 0), "zeros after the last frame");
+    assert_eq!(frames(&log.reader()), expect);
+    log.close().unwrap();
+    let (log, report) = open(dir.path(), 4096).unwrap();
+    assert_eq!((report.segments, report.torn_tail, report.removed_segment), (2, None, None));
+    assert_eq!(frames(&log.reader()), expect);
+}
+
+#[test]
+fn a_roll_without_its_prepared_file_creates_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), 4096).unwrap();
+    let mut expect = Vec::new();
+    let mut i = 0u64;
+    loop {
+        expect.push((i, body(i, 500)));
+        let a = log.append(i, &expect[i as usize].1).unwrap();
+        i += 1;
+        if log.wait_prepared() {
+            // Ready, then gone before the roll takes it (removed by hand).
+            std::fs::remove_file(dir.path().join(PREPARED_FILE)).unwrap();
+        }
+        if a.segment == 2 {
+            break;
+        }
+    }
+    assert_eq!(std::fs::metadata(segment_file(dir.path(), 2)).unwrap().len(), 4096);
+    drop(log);
+    let (log, report) = open(dir.path(), 4096).unwrap();
+    assert_eq!((report.segments, report.removed_segment), (2, None));
+    assert_eq!(frames(&log.reader()), expect);
+}
+
+#[test]
+fn a_prepared_name_left_on_a_segment_is_removed_never_truncated() {
+    // Killed between linking the prepared file as a segment and removing its
+    // prepared name: both names are one file, which holds acknowledged frames.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), 4096).unwrap();
+    let mut expect = Vec::new();
+    for i in 0..3u64 {
+        expect.push((i, body(i, 500)));
+        log.append(i, &expect[i as usize].1).unwrap();
+    }
+    drop(log);
+    let prepared = dir.path().join(PREPARED_FILE);
+    std::fs::hard_link(segment_file(dir.path(), 1), &prepared).unwrap();
+    let (mut log, report) = open(dir.path(), 4096).unwrap();
+    assert_eq!(report.frames, 3, "recovery reads segments only");
+    for i in 3..6u64 {
+        expect.push((i, body(i, 500)));
+        log.append(i, &expect[i as usize].1).unwrap();
+    }
+    assert!(log.wait_prepared());
+    assert_eq!(std::fs::read(&prepared).unwrap(), vec![0u8; 4096], "a new file under the prepared name");
+    drop(log);
+    let (log, _) = open(dir.path(), 4096).unwrap();
     assert_eq!(frames(&log.reader()), expect);
 }
 
@@ -205,11 +296,14 @@ fn errors_tell_the_operator_what_and_where() {
 #[test]
 fn bench_appends_measures_both_sides() {
     let dir = tempfile::tempdir().unwrap();
-    let (log_secs, raw_secs) = bench_appends(dir.path(), 5, 100);
-    assert!(log_secs > 0.0 && raw_secs > 0.0);
-    let (log, report) = open(&dir.path().join("log"), 64 << 20).unwrap();
-    assert_eq!(report.frames, 5);
-    assert_eq!(frames(&log.reader()).len(), 5);
+    let (first_secs, ahead_secs, raw_secs) = bench_appends(dir.path(), 5, 100, 4096);
+    assert!(first_secs > 0.0 && ahead_secs > 0.0 && raw_secs > 0.0);
+    let (log, report) = open(&dir.path().join("log"), 4096).unwrap();
+    assert_eq!(report.segments, 2, "the second timed frames went to the second segment, prepared ahead");
+    assert!(!dir.path().join("log").join(PREPARED_FILE).exists(), "the roll took the prepared segment");
+    let all = frames(&log.reader());
+    assert!(all.len() > 10 + 3000 / 200, "{} frames: the first segment filled untimed", all.len());
+    assert!(all.iter().enumerate().all(|(i, (offset, _))| *offset == i as u64));
     assert_eq!(std::fs::metadata(dir.path().join("raw")).unwrap().len(), 500);
 }
 
