@@ -50,7 +50,7 @@ pub trait LogIo: Send + Sync + 'static {
     /// segment, made ahead of time (see the `log` module docs, "Writing"). A file
     /// already there is removed first, never truncated: a crash between the two
     /// steps of [`LogIo::link_segment`] leaves it a second name of a segment.
-    /// On error the file may exist, short.
+    /// On error the file is removed (if that fails too, it may remain, short).
     fn prepare_segment(&self, prepared: &Path, len: u64) -> io::Result<()>;
     /// Make the prepared file the segment at `path` (which must not exist): link
     /// it there, remove the prepared name, and open the segment.
@@ -178,8 +178,12 @@ impl LogIo for StdIo {
             Err(e) => return Err(e),
         }
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(prepared)?;
-        write_zeros_to(&file, len)?;
-        file.sync_all()
+        let written = write_zeros_to(&file, len).and_then(|()| file.sync_all());
+        if written.is_err() {
+            // Short of space, a partial file would only hold on to what is left.
+            let _ = std::fs::remove_file(prepared);
+        }
+        written
     }
 
     fn link_segment(&self, prepared: &Path, path: &Path) -> io::Result<Arc<dyn LogFile>> {
