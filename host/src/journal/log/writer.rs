@@ -55,9 +55,8 @@ pub(super) const PREPARED_FILE: &str = "next-segment";
 /// records that the blocks it wrote are no longer unwritten (BENCHMARKS.md,
 /// "Segments written ahead").
 struct Prepared {
-    /// The segment capacity it is prepared for.
-    len: u64,
-    /// The thread's result, once it is done.
+    /// The thread's result, once it is done. The file is
+    /// `segment_capacity(opts, 0)` bytes long: a segment of the usual size.
     done: mpsc::Receiver<io::Result<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -267,7 +266,7 @@ impl CommitLog {
             // Without the thread `done` reports a failure, and the roll creates
             // the segment itself.
             .ok();
-        self.prepared = Some(Prepared { len, done, thread });
+        self.prepared = Some(Prepared { done, thread });
     }
 
     /// Wait until the segment being prepared ahead, if any, is ready (or
@@ -281,29 +280,24 @@ impl CommitLog {
     }
 
     /// The prepared file, if it is ready for a segment of `capacity` bytes.
-    /// One still being written is left to finish (the roll does not wait); one
-    /// that failed is forgotten (the next segment prepares again).
+    /// One still being written, or ready but of another size (a segment sized
+    /// for an oversized frame), is kept for a later roll (the roll does not
+    /// wait); one that failed is forgotten (the next segment prepares again).
     fn take_prepared(&mut self, capacity: u64) -> Option<PathBuf> {
-        let prepared = self.prepared.as_mut()?;
-        match prepared.done.try_recv() {
-            Err(mpsc::TryRecvError::Empty) => None,
-            Ok(Ok(())) if prepared.len == capacity => {
-                self.prepared = None;
-                Some(self.dir.join(PREPARED_FILE))
-            }
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => {
-                if e.kind() != io::ErrorKind::Unsupported {
-                    tracing::debug!("commit log: preparing the next segment failed: {e}");
-                }
-                self.prepared = None;
-                None
-            }
-            Err(mpsc::TryRecvError::Disconnected) => {
-                self.prepared = None;
-                None
-            }
+        if capacity != segment_capacity(&self.opts, 0) {
+            return None;
         }
+        let ready = match self.prepared.as_ref()?.done.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => return None,
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!("commit log: preparing the next segment failed: {e}");
+                false
+            }
+            Err(mpsc::TryRecvError::Disconnected) => false,
+        };
+        self.prepared = None;
+        ready.then(|| self.dir.join(PREPARED_FILE))
     }
 
     /// Make a new segment, with room for a frame of `need` bytes, the active one.

@@ -124,6 +124,26 @@ fn the_next_segment_is_prepared_ahead_and_taken_by_the_roll() {
 }
 
 #[test]
+fn a_prepared_segment_waits_out_an_oversized_frame_for_the_next_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let prepared = dir.path().join(PREPARED_FILE);
+    let (mut log, _) = open(dir.path(), 4096).unwrap();
+    let mut i = 0;
+    while log.append(i, &body(i, 500)).unwrap().end.pos <= 2048 {
+        i += 1;
+    }
+    assert!(log.wait_prepared());
+    // Segment 2 is sized for the big frame: the prepared file does not fit it.
+    let big = log.append(100, &body(100, 10_000)).unwrap();
+    assert_eq!(big.segment, 2);
+    assert!(prepared.exists(), "kept");
+    // Segment 3 is of the usual size: the roll takes the prepared file.
+    assert_eq!(log.append(101, &body(101, 500)).unwrap().segment, 3);
+    assert!(!prepared.exists(), "the prepared file became segment 3");
+    assert_eq!(std::fs::metadata(segment_file(dir.path(), 3)).unwrap().len(), 4096);
+}
+
+#[test]
 fn a_roll_without_its_prepared_file_creates_the_segment() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = open(dir.path(), 4096).unwrap();
