@@ -85,21 +85,23 @@ fn small_segments_roll_and_chain_across_reopen() {
     assert_eq!(frames(&log.reader()), expect);
 }
 
+/// Append frame `i` (500 bytes) and keep it in `expect`.
+fn append_kept(log: &mut CommitLog, expect: &mut Vec<(u64, Vec<u8>)>, i: u64) -> Appended {
+    let b = body(i, 500);
+    let a = log.append(i, &b).unwrap();
+    expect.push((i, b));
+    a
+}
+
 #[test]
 fn the_next_segment_is_prepared_ahead_and_taken_by_the_roll() {
     let dir = tempfile::tempdir().unwrap();
     let prepared = dir.path().join(PREPARED_FILE);
     let (mut log, _) = open(dir.path(), 4096).unwrap();
     let mut expect = Vec::new();
-    let mut append = |log: &mut CommitLog, i: u64| {
-        let b = body(i, 500);
-        let a = log.append(i, &b).unwrap();
-        expect.push((i, b));
-        a
-    };
     // Half of segment 1 written: its successor is being prepared.
     let mut i = 0;
-    while append(&mut log, i).end.pos <= 2048 {
+    while append_kept(&mut log, &mut expect, i).end.pos <= 2048 {
         i += 1;
     }
     assert!(log.wait_prepared(), "a thread prepares the next segment");
@@ -107,7 +109,7 @@ fn the_next_segment_is_prepared_ahead_and_taken_by_the_roll() {
     // The roll takes it: linked as segment 2, the prepared name gone.
     loop {
         i += 1;
-        if append(&mut log, i).segment == 2 {
+        if append_kept(&mut log, &mut expect, i).segment == 2 {
             break;
         }
     }
@@ -147,20 +149,19 @@ fn a_prepared_segment_waits_out_an_oversized_frame_for_the_next_roll() {
 fn a_roll_without_its_prepared_file_creates_the_segment() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = open(dir.path(), 4096).unwrap();
-    let mut expect = Vec::new();
-    let mut i = 0u64;
-    loop {
-        expect.push((i, body(i, 500)));
-        let a = log.append(i, &expect[i as usize].1).unwrap();
-        i += 1;
+    let (mut expect, mut removed) = (Vec::new(), false);
+    for i in 0.. {
+        let a = append_kept(&mut log, &mut expect, i);
         if log.wait_prepared() {
             // Ready, then gone before the roll takes it (removed by hand).
             std::fs::remove_file(dir.path().join(PREPARED_FILE)).unwrap();
+            removed = true;
         }
         if a.segment == 2 {
             break;
         }
     }
+    assert!(removed, "the roll found its prepared file gone");
     assert_eq!(std::fs::metadata(segment_file(dir.path(), 2)).unwrap().len(), 4096);
     drop(log);
     let (log, report) = open(dir.path(), 4096).unwrap();
@@ -175,18 +176,16 @@ fn a_prepared_name_left_on_a_segment_is_removed_never_truncated() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = open(dir.path(), 4096).unwrap();
     let mut expect = Vec::new();
-    for i in 0..3u64 {
-        expect.push((i, body(i, 500)));
-        log.append(i, &expect[i as usize].1).unwrap();
+    for i in 0..3 {
+        append_kept(&mut log, &mut expect, i);
     }
     drop(log);
     let prepared = dir.path().join(PREPARED_FILE);
     std::fs::hard_link(segment_file(dir.path(), 1), &prepared).unwrap();
     let (mut log, report) = open(dir.path(), 4096).unwrap();
     assert_eq!(report.frames, 3, "recovery reads segments only");
-    for i in 3..6u64 {
-        expect.push((i, body(i, 500)));
-        log.append(i, &expect[i as usize].1).unwrap();
+    for i in 3..6 {
+        append_kept(&mut log, &mut expect, i);
     }
     assert!(log.wait_prepared());
     assert_eq!(std::fs::read(&prepared).unwrap(), vec![0u8; 4096], "a new file under the prepared name");
