@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mneme::component::SandboxLimits;
-use mneme::journal::Journal;
+use mneme::journal::{Journal, NewEvent, WriteBatch};
 use mneme::{CommandError, EngineConfig, Outcome};
 use mneme_tests::{example, test_component, TestEngine};
 use serde_json::{json, Value};
@@ -247,6 +247,68 @@ fn recovery_replays_events_through_the_event_handler() {
     assert_eq!(balance(&t, "x"), 50);
     // The recovered state drives behaviour: a published post does not handle Publish.
     assert!(matches!(t.send("blog-post", "p1", r#"{"type":"Publish"}"#), Err(CommandError::Unhandled { .. })));
+}
+
+#[test]
+fn a_history_of_several_batches_recovers_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // Four events per `apply-event-batch` call: 23 events are six calls (the last
+    // one short), 24 are six full ones and a read that finds nothing more, and 4
+    // are one full batch; all but the short histories are read a batch ahead.
+    let batched = || EngineConfig { snapshot_every: 0, recovery_batch: 4, ..config() };
+    let t = start(&dir, &all(), batched());
+    for (id, n) in [("h23", 23), ("h24", 24), ("h4", 4), ("h3", 3)] {
+        for i in 0..n {
+            t.ok("faulty", id, &format!(r#"{{"type":"Record","value":"{id}-{i}"}}"#));
+        }
+    }
+    t.stop();
+    let t = start(&dir, &all(), batched());
+    for (id, n) in [("h23", 23), ("h24", 24), ("h4", 4), ("h3", 3)] {
+        let expected: Vec<String> = (0..n).map(|i| format!("{id}-{i}")).collect();
+        assert_eq!(t.state("faulty", id), (n, json!({ "values": expected })), "{id}");
+    }
+}
+
+#[test]
+fn a_stored_event_the_guest_cannot_apply_fails_recovery_in_any_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let batched = || EngineConfig { snapshot_every: 0, recovery_batch: 4, ..config() };
+    let t = start(&dir, &all(), batched());
+    for id in ["broken", "undecodable"] {
+        for i in 0..10 {
+            t.ok("faulty", id, &format!(r#"{{"type":"Record","value":"{i}"}}"#));
+        }
+    }
+    // Event 11 of each: one whose `apply` panics, one that does not decode; both
+    // in the third batch of their recovery, read ahead while the second is applied.
+    let stored = |id: &str, payload: &str| NewEvent {
+        persistence_id: format!("faulty|{id}"),
+        seq_nr: 11,
+        timestamp_ms: 0,
+        writer_id: "test".into(),
+        manifest: "Recorded".into(),
+        tags: Vec::new(),
+        payload: payload.as_bytes().to_vec(),
+    };
+    let events = vec![stored("broken", r#"{"type":"Broken"}"#), stored("undecodable", r#"{"type":"Recorded"}"#)];
+    t.journal.write(&WriteBatch { events, ..WriteBatch::default() }).unwrap();
+    t.stop();
+    let t = start(&dir, &all(), batched());
+    for _ in 0..2 {
+        match t.send("faulty", "broken", r#"{"type":"Get"}"#) {
+            Err(CommandError::GuestFault { reason, .. }) => assert!(reason.contains("BadApply"), "{reason}"),
+            other => panic!("broken: {other:?}"),
+        }
+        match t.send("faulty", "undecodable", r#"{"type":"Get"}"#) {
+            Err(CommandError::RecoveryFailed { reason, .. }) => {
+                assert!(reason.contains("event 2 of the batch") && reason.contains("value"), "{reason}")
+            }
+            other => panic!("undecodable: {other:?}"),
+        }
+    }
+    // The shard goes on serving the others.
+    t.ok("faulty", "fine", r#"{"type":"Record","value":"a"}"#);
 }
 
 #[test]

@@ -255,3 +255,34 @@ fn pending_transfers_are_in_the_state_json_only_while_there_are_some() {
     .unwrap();
     assert_eq!(state, br#"{"status":"open","balance":60}"#);
 }
+
+#[test]
+fn every_event_reads_back_by_its_manifest_as_it_was_written() {
+    let transfer_id = "alice#7".to_owned();
+    let events = [
+        Event::AccountCreated,
+        Event::Deposited { amount: 100 },
+        Event::Withdrawn { amount: 30 },
+        Event::TransferSent { transfer_id: transfer_id.clone(), to: "bob".into(), amount: 5 },
+        Event::TransferReceived { transfer_id: transfer_id.clone(), from: "bob".into(), amount: 5 },
+        Event::TransferCompleted { transfer_id: transfer_id.clone() },
+        Event::TransferRefunded { transfer_id, amount: 5, reason: "closed".into() },
+        Event::AccountClosed,
+    ];
+    for event in events {
+        let (manifest, payload) = (AccountEntity::manifest(&event), serde_json::to_vec(&event).unwrap());
+        assert_eq!(AccountEntity::upcast(&manifest, &payload), Ok(event), "{manifest}");
+    }
+}
+
+#[test]
+fn a_deposit_that_does_not_decode_is_refused_naming_what_is_wrong() {
+    for (payload, wrong) in [
+        (r#"{"type":"Deposited"}"#, "missing field `amount`"),
+        (r#"{"type":"Deposited","amount":-1}"#, "invalid value"),
+        (r#"{"type":"Deposited","amount":1"#, "EOF"),
+    ] {
+        let err = AccountEntity::upcast("Deposited", payload.as_bytes()).unwrap_err();
+        assert!(err.contains(wrong), "{payload}: {err}");
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::clock::now_ms;
 use crate::component::{EventBatch, LoadedComponent};
 use crate::error::{CommandError, CommandResult};
-use crate::journal::JournalError;
+use crate::journal::{Journal, JournalError};
 use crate::names::{partition_of, persistence_id};
 use crate::router::{EntityState, Outcome};
 
@@ -129,42 +129,81 @@ impl Shard {
     }
 
     /// Apply every event after `seq_nr` to `state`, `recovery_batch` events per call.
+    /// A history longer than one batch is read a batch ahead on a thread of its own
+    /// (`mneme-replay-N`, for this recovery only), so the journal read of the next
+    /// batch overlaps the guest's fold of this one; a history of one batch (most
+    /// entities, and every one recovered from a recent snapshot) starts no thread.
     fn replay(
         &mut self,
         comp: &LoadedComponent,
         pid: &str,
-        mut state: Vec<u8>,
-        mut seq_nr: u64,
+        state: Vec<u8>,
+        seq_nr: u64,
     ) -> CommandResult<(Vec<u8>, u64)> {
         let shared = self.shared.clone();
+        let limit = shared.config.recovery_batch;
         let mut batch = EventBatch::default();
-        loop {
-            batch.clear();
-            let mut gap = None;
-            shared
-                .journal
-                .for_each_event(pid, seq_nr + 1, shared.config.recovery_batch, &mut |e| {
-                    if gap.is_none() && e.seq_nr != seq_nr + 1 + batch.len() as u64 {
-                        gap = Some((e.seq_nr, seq_nr + batch.len() as u64));
-                    }
-                    batch.push(e.manifest, e.payload);
-                })
-                .map_err(|e| journal_failed(pid, e))?;
-            if let Some((found, after)) = gap {
-                return Err(recovery_failed(pid, format!("journal has a gap: event {found} follows {after}")));
-            }
-            if batch.is_empty() {
-                return Ok((state, seq_nr));
-            }
-            state = match self.handler(comp)?.apply_event_batch(&state, &batch) {
-                Ok(Ok(s)) => s,
-                Ok(Err(msg)) => {
-                    return Err(recovery_failed(pid, format!("apply-events refused a stored event: {msg}")))
-                }
-                Err(f) => return Err(self.fault(comp, f.0)),
-            };
-            seq_nr += batch.len() as u64;
+        read_batch(&*shared.journal, pid, seq_nr + 1, limit, &mut batch)?;
+        if batch.len() < limit {
+            return self.fold(comp, pid, state, seq_nr, &batch);
         }
+        std::thread::scope(|scope| {
+            // Filled batches come back one at a time; emptied ones go back for reuse.
+            let (filled_tx, filled) = std::sync::mpsc::sync_channel::<CommandResult<EventBatch>>(1);
+            let (empty, empty_rx) = std::sync::mpsc::sync_channel::<EventBatch>(2);
+            let journal = &*shared.journal;
+            let first = seq_nr + 1 + batch.len() as u64;
+            std::thread::Builder::new()
+                .name(format!("mneme-replay-{}", self.index))
+                .spawn_scoped(scope, move || {
+                    let mut from = first;
+                    let mut next = EventBatch::default();
+                    loop {
+                        let read = read_batch(journal, pid, from, limit, &mut next);
+                        let done = read.is_err() || next.len() < limit;
+                        from += next.len() as u64;
+                        if filled_tx.send(read.map(|()| next)).is_err() || done {
+                            return;
+                        }
+                        // The shard dropped its end: it stopped (failed) before the end.
+                        let Ok(reused) = empty_rx.recv() else { return };
+                        next = reused;
+                    }
+                })
+                .map_err(|e| {
+                    CommandError::JournalUnavailable(format!("recovery of `{pid}`: could not start its reader: {e}"))
+                })?;
+            let (mut state, mut seq_nr) = (state, seq_nr);
+            loop {
+                (state, seq_nr) = self.fold(comp, pid, state, seq_nr, &batch)?;
+                if batch.len() < limit {
+                    return Ok((state, seq_nr));
+                }
+                let next = filled.recv().expect("the replay reader sends until its last batch")?;
+                // Fails only once the reader has ended, after its last batch.
+                let _ = empty.send(std::mem::replace(&mut batch, next));
+            }
+        })
+    }
+
+    /// One batch through the guest's `apply-event-batch`.
+    fn fold(
+        &mut self,
+        comp: &LoadedComponent,
+        pid: &str,
+        state: Vec<u8>,
+        seq_nr: u64,
+        batch: &EventBatch,
+    ) -> CommandResult<(Vec<u8>, u64)> {
+        if batch.is_empty() {
+            return Ok((state, seq_nr));
+        }
+        let state = match self.handler(comp)?.apply_event_batch(&state, batch) {
+            Ok(Ok(s)) => s,
+            Ok(Err(msg)) => return Err(recovery_failed(pid, format!("apply-events refused a stored event: {msg}"))),
+            Err(f) => return Err(self.fault(comp, f.0)),
+        };
+        Ok((state, seq_nr + batch.len() as u64))
     }
 
     /// The entity's durable state, recovering it if it is not in memory. An entity
@@ -266,6 +305,25 @@ fn journal_failed(pid: &str, e: JournalError) -> CommandError {
         }
         JournalError::Corrupt(m) => CommandError::JournalCorrupt(format!("recovery of `{pid}`: journal corrupt: {m}")),
         JournalError::Invalid(m) => recovery_failed(pid, m),
+    }
+}
+
+/// Up to `limit` events of `pid` from `from` into `batch` (cleared first); a
+/// sequence number out of order is a gap in the journal.
+fn read_batch(journal: &dyn Journal, pid: &str, from: u64, limit: usize, batch: &mut EventBatch) -> CommandResult<()> {
+    batch.clear();
+    let mut gap = None;
+    journal
+        .for_each_event(pid, from, limit, &mut |e| {
+            if gap.is_none() && e.seq_nr != from + batch.len() as u64 {
+                gap = Some((e.seq_nr, from - 1 + batch.len() as u64));
+            }
+            batch.push(e.manifest, e.payload);
+        })
+        .map_err(|e| journal_failed(pid, e))?;
+    match gap {
+        Some((found, after)) => Err(recovery_failed(pid, format!("journal has a gap: event {found} follows {after}"))),
+        None => Ok(()),
     }
 }
 
