@@ -34,7 +34,7 @@ cp "$components/bank-account.wasm" "$data.components/"
 port=$((20000 + RANDOM % 20000))
 "$bin" serve --data "$data" --components "$data.components" --listen 127.0.0.1:$port --watch-secs 0 ${MNEME_SERVE_ARGS:-} &
 server=$!
-trap 'kill $server 2>/dev/null; rm -rf "$data" "$data.metrics" "$data.components"' EXIT
+trap 'kill $server 2>/dev/null; rm -rf "$data" "$data.metrics" "$data.components" "$data.sync" "$data.sync-probe"' EXIT
 ready=no
 for _ in $(seq 600); do
   if curl -sf -m 1 http://127.0.0.1:$port/health >/dev/null; then ready=yes; break; fi
@@ -44,7 +44,13 @@ done
 accounts=${MNEME_ACCOUNTS:-10000}
 wrk -t1 -c64 -d$(( 4 * (accounts + 9999) / 10000 ))s -s bench/wrk/create.lua http://127.0.0.1:$port >/dev/null
 curl -sf http://127.0.0.1:$port/metrics > "$data.metrics"
+# The disk's own sync latency over the same seconds, on the data directory's file
+# system: the floor under the max latency of a reply that waits for its sync.
+python3 scripts/sync-probe.py "$data.sync-probe" "$secs" > "$data.sync" &
+probe=$!
 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" http://127.0.0.1:$port
+wait $probe
+cat "$data.sync"
 # Where the time went, from the server's own histograms (the deposits only, not the
 # create phase): command latency inside the server, time in a shard's queue and in
 # the guest, the journal's sync, events per write. Quantiles are bucket upper bounds.

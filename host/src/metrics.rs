@@ -111,9 +111,10 @@ gauges {
 }
 }
 
-/// Upper bounds of the duration buckets, in seconds (from 100 µs to 10 s).
-const SECONDS: [f64; 14] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0];
+/// Upper bounds of the duration buckets, in seconds (from 100 µs to 10 s); 15 and
+/// 20 ms tell a sync or a command just under 20 ms from one over it.
+const SECONDS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0];
 /// Upper bounds of the size buckets (events per write).
 const COUNTS: [f64; 12] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
 
