@@ -265,8 +265,8 @@ impl Entity for AccountEntity {
     /// Decodes by manifest, as Akka's serializers choose the class by manifest: a
     /// deposit or withdrawal (most of an account's history) is read as its one
     /// field, which skips serde's buffering of every field of an internally tagged
-    /// enum before it chooses the variant (half of a replay's cost); every other
-    /// event through the enum.
+    /// enum before it chooses the variant (recovery folds deposits 1.6x-1.8x
+    /// faster for it, BENCHMARKS.md); every other event through the enum.
     fn upcast(manifest: &str, payload: &[u8]) -> Result<Event, String> {
         #[derive(Deserialize)]
         struct Amount {
