@@ -36,6 +36,7 @@ pub mod log_journal;
 pub mod outbox;
 mod outbox_index;
 pub mod postgres;
+pub mod read_ahead;
 pub mod sled_store;
 pub mod verify;
 pub mod views;

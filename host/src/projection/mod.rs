@@ -9,7 +9,7 @@
 //!
 //! Each active projection has a worker thread (`worker.rs`) feeding it the events
 //! of its tags in offset order, from offset 0 on first deploy, then live (two more
-//! threads store its batches and read the next one ahead, `read_ahead.rs`): it waits
+//! threads store its batches and read the next one ahead, `journal/read_ahead.rs`): it waits
 //! on the engine's durable head rather than polling. Only durable events are read
 //! (the head is published after the write that made them durable). Each batch's
 //! view updates and new offset are one atomic write (`journal/views.rs`), so
@@ -33,7 +33,6 @@
 //! head), beside the shards; it uses the journal and the component sandbox.
 
 pub mod batch;
-mod read_ahead;
 pub mod worker;
 
 use std::collections::BTreeMap;

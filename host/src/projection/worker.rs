@@ -2,7 +2,7 @@
 //! its position, hands it to the component, and stores the view updates with the
 //! new offset in one atomic write; then waits for the durable head to move.
 //! Three stages overlap, each on a thread of its own: storing batch N, computing
-//! N+1, reading N+2 (`read_ahead.rs`); N+1 is stored only once N has landed, and
+//! N+1, reading N+2 (`journal/read_ahead.rs`); N+1 is stored only once N has landed, and
 //! is dropped if N fails.
 //!
 //! Failures:
@@ -24,14 +24,14 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::batch::{check_updates, next_batch, Overlay, ViewCache};
-use super::read_ahead::ReadAhead;
+use super::batch::{check_updates, next_batch, Feed, Overlay, ViewCache};
 use crate::cluster::Ownership;
 use crate::component::projection::StoredEventRef;
 use crate::component::{LoadedProjection, ProjectionFault, ProjectionSandbox, Registry};
 use crate::config::ProjectionConfig;
+use crate::journal::read_ahead::ReadAhead;
 use crate::journal::Fence;
-use crate::journal::{Journal, JournalError, ProjectionBatch, ProjectionOffset, StoredEvent};
+use crate::journal::{Journal, JournalError, JournalResult, ProjectionBatch, ProjectionOffset, StoredEvent};
 use crate::metrics::Metrics;
 use crate::writer::Head;
 
@@ -175,7 +175,7 @@ struct Run {
     sandbox: Option<ProjectionSandbox>,
     cache: Arc<Mutex<ViewCache>>,
     store: Store,
-    reader: ReadAhead,
+    reader: ReadAhead<JournalResult<Feed>>,
     /// The generation's offset as stored in the journal.
     stored: u64,
     /// The offset of the last batch computed (stored, or on its way): the next
@@ -482,7 +482,7 @@ impl Run {
     /// Take the next batch after `position` (up to the head), hand it to the
     /// component on top of the batch in flight, and start reading the one after.
     fn compute(&mut self, position: u64, head: u64) -> Step {
-        let feed = match self.reader.take(position) {
+        let feed = match self.reader.take(position).and_then(|read| read) {
             Ok(feed) => feed,
             Err(e) => return Step::Halt(journal_halt("reading events", e)),
         };
@@ -602,7 +602,7 @@ impl Run {
 
 /// The reader of the worker's batches: the events of its tags after a position,
 /// up to the durable head when read.
-fn read_ahead(env: &Env, spec: &Spec) -> ReadAhead {
+fn read_ahead(env: &Env, spec: &Spec) -> ReadAhead<JournalResult<Feed>> {
     let (journal, head, config) = (env.journal.clone(), env.head.clone(), env.config.clone());
     let tags = spec.code.info.tags.clone();
     let read = move |position| {
@@ -610,7 +610,8 @@ fn read_ahead(env: &Env, spec: &Spec) -> ReadAhead {
         let read = |tag: &str, from, limit| journal.events_by_tag(tag, from, limit);
         next_batch(read, &tags, position, head, config.batch_events, config.batch_bytes)
     };
-    ReadAhead::spawn(&spec.name, Box::new(read))
+    ReadAhead::spawn(format!("mneme-projection-{}-read", spec.name), Box::new(read))
+        .expect("spawn projection reader thread")
 }
 
 /// Store a batch: its updates and offset in one atomic write.

@@ -4,12 +4,13 @@
 //! pending).
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::clock::now_ms;
 use crate::component::{EventBatch, LoadedComponent};
 use crate::error::{CommandError, CommandResult};
+use crate::journal::read_ahead::ReadAhead;
 use crate::journal::{Journal, JournalError};
 use crate::names::{partition_of, persistence_id};
 use crate::router::{EntityState, Outcome};
@@ -130,60 +131,45 @@ impl Shard {
 
     /// Apply every event after `seq_nr` to `state`, `recovery_batch` events per call.
     /// A history longer than one batch is read a batch ahead on a thread of its own
-    /// (`mneme-replay-N`, for this recovery only), so the journal read of the next
-    /// batch overlaps the guest's fold of this one; a history of one batch (most
-    /// entities, and every one recovered from a recent snapshot) starts no thread.
+    /// (`mneme-replay-N`, for this recovery only, `journal/read_ahead.rs`), so the
+    /// journal read of the next batch overlaps the guest's fold of this one; a
+    /// history of one batch (most entities, and every one recovered from a recent
+    /// snapshot) starts no thread.
     fn replay(
         &mut self,
         comp: &LoadedComponent,
         pid: &str,
-        state: Vec<u8>,
-        seq_nr: u64,
+        mut state: Vec<u8>,
+        mut seq_nr: u64,
     ) -> CommandResult<(Vec<u8>, u64)> {
-        let shared = self.shared.clone();
-        let limit = shared.config.recovery_batch;
-        let mut batch = EventBatch::default();
-        read_batch(&*shared.journal, pid, seq_nr + 1, limit, &mut batch)?;
+        let limit = self.shared.config.recovery_batch;
+        let mut batch = read_batch(&*self.shared.journal, pid, seq_nr + 1, limit, EventBatch::default())?;
         if batch.len() < limit {
             return self.fold(comp, pid, state, seq_nr, &batch);
         }
-        std::thread::scope(|scope| {
-            // Filled batches come back one at a time; emptied ones go back for reuse.
-            let (filled_tx, filled) = std::sync::mpsc::sync_channel::<CommandResult<EventBatch>>(1);
-            let (empty, empty_rx) = std::sync::mpsc::sync_channel::<EventBatch>(2);
-            let journal = &*shared.journal;
-            let first = seq_nr + 1 + batch.len() as u64;
-            std::thread::Builder::new()
-                .name(format!("mneme-replay-{}", self.index))
-                .spawn_scoped(scope, move || {
-                    let mut from = first;
-                    let mut next = EventBatch::default();
-                    loop {
-                        let read = read_batch(journal, pid, from, limit, &mut next);
-                        let done = read.is_err() || next.len() < limit;
-                        from += next.len() as u64;
-                        if filled_tx.send(read.map(|()| next)).is_err() || done {
-                            return;
-                        }
-                        // The shard dropped its end: it stopped (failed) before the end.
-                        let Ok(reused) = empty_rx.recv() else { return };
-                        next = reused;
-                    }
-                })
-                .map_err(|e| {
-                    CommandError::JournalUnavailable(format!("recovery of `{pid}`: could not start its reader: {e}"))
-                })?;
-            let (mut state, mut seq_nr) = (state, seq_nr);
-            loop {
-                (state, seq_nr) = self.fold(comp, pid, state, seq_nr, &batch)?;
-                if batch.len() < limit {
-                    return Ok((state, seq_nr));
-                }
-                let next = filled.recv().expect("the replay reader sends until its last batch")?;
-                // Fails only once the reader has ended, after its last batch.
-                let _ = empty.send(std::mem::replace(&mut batch, next));
+        // The batch last folded goes back to the reader to be filled again: a batch
+        // is tens of KiB, allocated once per recovery, not once per batch.
+        let spare = Arc::new(Mutex::new(None::<EventBatch>));
+        let (journal, owned_pid, reused) = (self.shared.journal.clone(), pid.to_owned(), spare.clone());
+        let read = move |from| {
+            let batch = reused.lock().unwrap().take().unwrap_or_default();
+            read_batch(&*journal, &owned_pid, from, limit, batch)
+        };
+        let mut reader = ReadAhead::spawn(format!("mneme-replay-{}", self.index), Box::new(read)).map_err(|e| {
+            CommandError::JournalUnavailable(format!("recovery of `{pid}`: could not start its reader: {e}"))
+        })?;
+        loop {
+            let (full, next) = (batch.len() == limit, seq_nr + 1 + batch.len() as u64);
+            if full {
+                reader.ask(next);
             }
-        })
+            (state, seq_nr) = self.fold(comp, pid, state, seq_nr, &batch)?;
+            if !full {
+                return Ok((state, seq_nr));
+            }
+            let folded = std::mem::replace(&mut batch, reader.take(next).map_err(|e| journal_failed(pid, e))??);
+            *spare.lock().unwrap() = Some(folded);
+        }
     }
 
     /// One batch through the guest's `apply-event-batch`.
@@ -308,9 +294,15 @@ fn journal_failed(pid: &str, e: JournalError) -> CommandError {
     }
 }
 
-/// Up to `limit` events of `pid` from `from` into `batch` (cleared first); a
-/// sequence number out of order is a gap in the journal.
-fn read_batch(journal: &dyn Journal, pid: &str, from: u64, limit: usize, batch: &mut EventBatch) -> CommandResult<()> {
+/// Up to `limit` events of `pid` from `from`, packed into `batch` (emptied first);
+/// a sequence number out of order is a gap in the journal.
+fn read_batch(
+    journal: &dyn Journal,
+    pid: &str,
+    from: u64,
+    limit: usize,
+    mut batch: EventBatch,
+) -> CommandResult<EventBatch> {
     batch.clear();
     let mut gap = None;
     journal
@@ -323,7 +315,7 @@ fn read_batch(journal: &dyn Journal, pid: &str, from: u64, limit: usize, batch: 
         .map_err(|e| journal_failed(pid, e))?;
     match gap {
         Some((found, after)) => Err(recovery_failed(pid, format!("journal has a gap: event {found} follows {after}"))),
-        None => Ok(()),
+        None => Ok(batch),
     }
 }
 
